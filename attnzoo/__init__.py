@@ -1,0 +1,9 @@
+"""attnzoo: drop-in attention blocks for CNNs, insertion into backbones, and honest ablations."""
+from __future__ import annotations
+
+from . import blocks as _blocks  # noqa: F401  (registers every block)
+from .factory import create_attn, get_attn, list_attn, register_attn
+
+__version__ = "0.1.0"
+
+__all__ = ["create_attn", "get_attn", "list_attn", "register_attn", "__version__"]

@@ -1,0 +1,106 @@
+"""What every attention block shares: input checks, reduced widths, layer lookup, and the tap.
+
+``AttnTap`` is the one hook point through which every block shows the attention it computed.
+It is an identity module; a block passes the factor it multiplies into its input through it
+(``x * self.tap(gate)``), so ``attnzoo.explain.capture_attention`` can read that factor with a
+forward hook, with no per-block code and no cost when nothing is captured.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from timm.layers import get_act_layer, make_divisible
+
+__all__ = ["AttnTap", "check_input", "check_channels", "reduced_channels", "resolve_layer"]
+
+TAP_KINDS = ("channel", "spatial", "query")
+
+
+class AttnTap(nn.Module):
+    """Identity that marks an attention factor for capture.
+
+    kind:
+      * ``"channel"``: a per-channel factor broadcast over H, W; shape (B, C, 1, 1) or (B, C).
+      * ``"spatial"``: a per-position factor; shape (B, 1 or C, H, W) (or broadcastable to it).
+      * ``"query"``: self-attention weights, (B, heads, N_query, H, W) with N_query = H*W; only
+        computed by a block while ``active`` is True (attention done through SDPA never builds them).
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in TAP_KINDS:
+            raise ValueError(f"AttnTap kind must be one of {TAP_KINDS}, got {kind!r}")
+        self.kind = kind
+        self.active = False  # set by capture; self-attention blocks build weights only then
+
+    def forward(self, weights: torch.Tensor) -> torch.Tensor:
+        return weights
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"
+
+
+def check_channels(block: str, channels: Any, minimum: int = 1) -> int:
+    """``channels`` must be an int >= ``minimum``; say which block refused it."""
+    if isinstance(channels, bool) or not isinstance(channels, int):
+        raise TypeError(f"{block}: channels must be an int (the C of a (B, C, H, W) input), got {channels!r}")
+    if channels < minimum:
+        raise ValueError(f"{block}: channels={channels} is too small; this block needs channels >= {minimum}")
+    return channels
+
+
+def reduced_channels(
+    block: str,
+    channels: int,
+    rd_ratio: float,
+    rd_channels: int | None,
+    rd_divisor: int,
+) -> int:
+    """Width of a reduction bottleneck, timm's convention: ``make_divisible(C * rd_ratio, rd_divisor)``.
+
+    Raises when the reduction would leave less than one channel, instead of silently
+    widening the bottleneck past what the user asked for.
+    """
+    check_channels(block, channels)
+    if rd_channels is not None:
+        if isinstance(rd_channels, bool) or not isinstance(rd_channels, int) or rd_channels < 1:
+            raise ValueError(f"{block}: rd_channels must be a positive int, got {rd_channels!r}")
+        return rd_channels
+    if not 0 < rd_ratio <= 1:
+        raise ValueError(f"{block}: rd_ratio must be in (0, 1], got {rd_ratio!r}")
+    if channels * rd_ratio < 1:
+        raise ValueError(
+            f"{block}: channels={channels} is too small for rd_ratio={rd_ratio:g} "
+            f"(it would reduce to {channels * rd_ratio:g} channels); use channels >= {int(-(-1 // rd_ratio))}, "
+            f"a larger rd_ratio, or set rd_channels explicitly"
+        )
+    return make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
+
+
+def resolve_layer(block: str, what: str, layer: str | type[nn.Module] | Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """An activation/gate given as a name ('relu', 'sigmoid', 'hard_sigmoid', ...) or a class."""
+    try:
+        resolved = get_act_layer(layer)
+    except Exception as e:  # timm raises a bare KeyError/AssertionError for unknown names
+        raise ValueError(f"{block}: unknown {what} {layer!r}; use a torch.nn module class or a timm name "
+                         f"such as 'relu', 'silu', 'gelu', 'sigmoid', 'hard_sigmoid'") from e
+    if resolved is None:
+        raise ValueError(f"{block}: {what} must not be None")
+    return resolved
+
+
+def check_input(block: nn.Module, x: torch.Tensor) -> None:
+    """A block takes (B, C, H, W) with its own C; anything else gets a message that says so."""
+    channels = getattr(block, "channels", None)
+    name = type(block).__name__
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor of shape (B, {channels}, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects a 4-D input (B, C={channels}, H, W), got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(
+            f"{name} was built for {channels} channels but got an input with {x.shape[1]} "
+            f"(shape {tuple(x.shape)}); build it with channels={x.shape[1]}"
+        )

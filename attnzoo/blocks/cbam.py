@@ -1,0 +1,120 @@
+"""Convolutional Block Attention Module, and its channel and spatial halves.
+
+Paper: S. Woo, J. Park, J.-Y. Lee, I. S. Kweon, "CBAM: Convolutional Block Attention Module",
+ECCV 2018. https://arxiv.org/abs/1807.06521
+
+    Mc(F) = sigmoid(MLP(AvgPool(F)) + MLP(MaxPool(F)))         shared MLP C -> C/r -> C, r = 16 (Eq. 2)
+    Ms(F) = sigmoid(f7x7([mean_c(F); max_c(F)]))                 7x7 conv over 2 maps (Eq. 3)
+    F'  = Mc(F) * F,   F'' = Ms(F') * F'                         channel first, then spatial (Eq. 1)
+
+NOTE: as in the authors' released code, the 7x7 spatial convolution is followed by BatchNorm
+(``spatial_norm=True``); Eq. 3 shows none. The MLP has biases as in the authors' code
+(``mlp_bias=True``); timm's CbamModule uses ``mlp_bias=False`` -- pass that for timm parity.
+The reduced width is ``make_divisible(C * rd_ratio, rd_divisor=1)``, i.e. exactly floor-rounded C/r.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..factory import register_attn
+from .base import AttnTap, check_channels, check_input, reduced_channels, resolve_layer
+
+__all__ = ["CbamChannel", "CbamSpatial", "Cbam"]
+
+_META = dict(
+    paper="CBAM: Convolutional Block Attention Module",
+    authors="Woo, Park, Lee, Kweon",
+    year=2018,
+    link="https://arxiv.org/abs/1807.06521",
+)
+
+
+@register_attn("cbam_channel", family="channel", **_META)
+class CbamChannel(nn.Module):
+    """Mc: a shared MLP over the average- and max-pooled channel descriptors."""
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        rd_ratio: float = 1.0 / 16,
+        rd_channels: int | None = None,
+        rd_divisor: int = 1,
+        mlp_bias: bool = True,
+        act_layer: str | type[nn.Module] = "relu",
+        gate_layer: str | type[nn.Module] = "sigmoid",
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.rd_channels = reduced_channels("cbam", channels, rd_ratio, rd_channels, rd_divisor)
+        self.fc1 = nn.Conv2d(channels, self.rd_channels, 1, bias=mlp_bias)
+        self.act = resolve_layer("cbam", "act_layer", act_layer)(inplace=True)
+        self.fc2 = nn.Conv2d(self.rd_channels, channels, 1, bias=mlp_bias)
+        self.gate = resolve_layer("cbam", "gate_layer", gate_layer)()
+        self.tap = AttnTap("channel")
+
+    def forward(self, x):
+        check_input(self, x)
+        avg = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))  # (B, C, 1, 1)
+        mx = self.fc2(self.act(self.fc1(x.amax((2, 3), keepdim=True))))  # (B, C, 1, 1)
+        return x * self.tap(self.gate(avg + mx))
+
+
+@register_attn("cbam_spatial", family="spatial", **_META)
+class CbamSpatial(nn.Module):
+    """Ms: a k x k convolution over the channel-wise mean and max maps."""
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        kernel_size: int = 7,
+        spatial_norm: bool = True,
+        gate_layer: str | type[nn.Module] = "sigmoid",
+    ) -> None:
+        super().__init__()
+        self.channels = check_channels("cbam_spatial", channels)
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"cbam_spatial: kernel_size must be a positive odd int, got {kernel_size!r}")
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not spatial_norm)
+        self.norm = nn.BatchNorm2d(1) if spatial_norm else nn.Identity()
+        self.gate = resolve_layer("cbam_spatial", "gate_layer", gate_layer)()
+        self.tap = AttnTap("spatial")
+
+    def forward(self, x):
+        check_input(self, x)
+        s = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)  # (B, 2, H, W)
+        s = self.gate(self.norm(self.conv(s)))  # (B, 1, H, W)
+        return x * self.tap(s)
+
+
+@register_attn("cbam", family="channel+spatial", **_META)
+class Cbam(nn.Module):
+    """Mc then Ms, sequentially (the arrangement the paper found best, Table 4)."""
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        kernel_size: int = 7,
+        rd_ratio: float = 1.0 / 16,
+        rd_channels: int | None = None,
+        rd_divisor: int = 1,
+        mlp_bias: bool = True,
+        spatial_norm: bool = True,
+        act_layer: str | type[nn.Module] = "relu",
+        gate_layer: str | type[nn.Module] = "sigmoid",
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.channel = CbamChannel(
+            channels, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
+            mlp_bias=mlp_bias, act_layer=act_layer, gate_layer=gate_layer,
+        )
+        self.rd_channels = self.channel.rd_channels
+        self.spatial = CbamSpatial(channels, kernel_size=kernel_size, spatial_norm=spatial_norm, gate_layer=gate_layer)
+
+    def forward(self, x):
+        check_input(self, x)
+        return self.spatial(self.channel(x))

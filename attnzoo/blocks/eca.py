@@ -1,0 +1,67 @@
+"""Efficient Channel Attention.
+
+Paper: Q. Wang, B. Wu, P. Zhu, P. Li, W. Zuo, Q. Hu, "ECA-Net: Efficient Channel Attention for
+Deep Convolutional Neural Networks", CVPR 2020. https://arxiv.org/abs/1910.03151
+
+    z = GAP(x)                                  (B, C)
+    s = sigmoid(conv1d_k(z))                    1-D conv across channels, no bias
+    k = |log2(C) / gamma + b / gamma|_odd       gamma = 2, b = 1 (Eq. 12)
+    y = x * s
+
+``|t|_odd`` is read as in the authors' code: t truncated to an int, then +1 if even.
+NOTE: timm's EcaModule additionally clamps k to >= 3; the two differ only for C < 8 (attnzoo gives
+k = 1 there, which is what the paper's formula gives). Pass ``kernel_size`` to fix k.
+"""
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from ..factory import register_attn
+from .base import AttnTap, check_channels, check_input, resolve_layer
+
+__all__ = ["EfficientChannelAttn", "eca_kernel_size"]
+
+
+def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
+    """The adaptive kernel size of Eq. 12: |log2(C)/gamma + b/gamma| rounded up to odd."""
+    t = int(abs((math.log2(channels) + beta) / gamma))
+    return t if t % 2 else t + 1
+
+
+@register_attn(
+    "eca",
+    family="channel",
+    paper="ECA-Net: Efficient Channel Attention for Deep Convolutional Neural Networks",
+    authors="Wang, Wu, Zhu, Li, Zuo, Hu",
+    year=2020,
+    link="https://arxiv.org/abs/1910.03151",
+)
+class EfficientChannelAttn(nn.Module):
+    def __init__(
+        self,
+        channels: int,
+        *,
+        kernel_size: int | None = None,
+        gamma: float = 2,
+        beta: float = 1,
+        gate_layer: str | type[nn.Module] = "sigmoid",
+    ) -> None:
+        super().__init__()
+        self.channels = check_channels("eca", channels)
+        if kernel_size is None:
+            kernel_size = eca_kernel_size(channels, gamma, beta)
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"eca: kernel_size must be a positive odd int, got {kernel_size!r}")
+        self.kernel_size = kernel_size
+        self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+        self.gate = resolve_layer("eca", "gate_layer", gate_layer)()
+        self.tap = AttnTap("channel")
+
+    def forward(self, x):
+        check_input(self, x)
+        b, c = x.shape[:2]
+        s = x.mean((2, 3)).view(b, 1, c)  # (B, 1, C): channels as a 1-D sequence
+        s = self.gate(self.conv(s)).view(b, c, 1, 1)  # (B, C, 1, 1)
+        return x * self.tap(s)

@@ -1,0 +1,131 @@
+"""timm-style factory for attention blocks: register_attn, get_attn, create_attn, list_attn.
+
+A *spec* names a block in any of these forms:
+
+* a registered name, ``"cbam"``;
+* a name with literal arguments, ``"se(rd_ratio=0.25)"`` (parsed, never evaluated);
+* ``"timm:<name>"``, timm's own block of that name (for comparisons);
+* a class or ``functools.partial`` taking ``channels`` first;
+* an ``nn.Module`` instance (returned as is by ``create_attn``);
+* ``None`` or ``""``: no block.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable
+
+from torch import nn
+
+from .registry import Registry, RegistryEntry, accepted_kwargs, default_kwargs
+from .spec import parse_spec
+
+__all__ = ["register_attn", "get_attn", "create_attn", "list_attn", "attn_info", "FAMILIES"]
+
+FAMILIES = ("channel", "spatial", "channel+spatial", "self-attention")
+_REQUIRED_META = ("family", "paper", "authors", "year", "link")
+
+ATTN_REGISTRY = Registry("attention block", "attnzoo.list_attn()")
+
+AttnSpec = "str | type[nn.Module] | functools.partial | nn.Module | None"
+
+
+def register_attn(name: str, factory: Callable[..., nn.Module] | None = None, **metadata: Any):
+    """Register a block class or factory under ``name``; usable as a decorator.
+
+    Metadata: ``family`` (one of FAMILIES), ``paper``, ``authors``, ``year``, ``link``;
+    optionally ``onnx=False`` with ``onnx_note`` for blocks that cannot export.
+    A duplicate name raises ``ValueError``.
+    """
+    family = metadata.get("family")
+    if family not in FAMILIES:
+        raise ValueError(f"register_attn({name!r}): family must be one of {FAMILIES}, got {family!r}")
+    missing = [k for k in _REQUIRED_META if k not in metadata]
+    if missing:
+        raise ValueError(f"register_attn({name!r}): missing metadata {missing}; every block names its paper")
+    metadata.setdefault("onnx", True)
+
+    def _register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        ATTN_REGISTRY.register(name, fn, **metadata)
+        return fn
+
+    return _register if factory is None else _register(factory)
+
+
+def list_attn(filter: str | list[str] = "*", family: str | None = None) -> list[str]:
+    """Registered block names matching fnmatch ``filter`` (and ``family`` if given), sorted."""
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+    return ATTN_REGISTRY.names(filter, family=family)
+
+
+def attn_info(name: str) -> RegistryEntry:
+    """The registry entry (factory, metadata, defaults) of a registered block."""
+    return ATTN_REGISTRY.entry(name)
+
+
+def _is_none(spec: Any) -> bool:
+    return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none"))
+
+
+def _timm_get(name: str) -> Callable[..., nn.Module]:
+    from timm.layers import get_attn as timm_get_attn
+
+    try:
+        cls = timm_get_attn(name)
+    except AssertionError:
+        cls = None
+    if cls is None:
+        raise KeyError(f"timm has no attention block {name!r} (see timm.layers.create_attn for its names)")
+    return cls
+
+
+def _check_kwargs(name: str, factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+    names, var_kw = accepted_kwargs(factory)
+    unknown = [k for k in kwargs if k not in names]
+    if unknown and not var_kw:
+        raise TypeError(
+            f"attention block {name!r} got unknown argument(s) {unknown}; it accepts: "
+            + ", ".join(f"{k}={v!r}" for k, v in default_kwargs(factory).items() if k in names)
+        )
+
+
+def get_attn(spec: Any) -> Callable[..., nn.Module] | None:
+    """The class or partial a spec names, unbuilt, e.g. for timm's ``attn_layer=``."""
+    if _is_none(spec):
+        return None
+    if isinstance(spec, nn.Module):
+        raise TypeError("get_attn needs a name, class or partial, not a built module; use create_attn instead")
+    if isinstance(spec, str):
+        name, kwargs = parse_spec(spec)
+        if name.startswith("timm:"):
+            factory = _timm_get(name[len("timm:"):])
+        else:
+            factory = ATTN_REGISTRY.entry(name).factory
+        if not kwargs:
+            return factory
+        _check_kwargs(name, factory, kwargs)
+        return functools.partial(factory, **kwargs)
+    if inspect.isclass(spec) or callable(spec):
+        return spec
+    raise TypeError(f"cannot read an attention spec of type {type(spec).__name__}: {spec!r}; "
+                    "pass a name such as 'se', a class, a partial, a module, or None")
+
+
+def create_attn(spec: Any, channels: int | None = None, **kwargs: Any) -> nn.Module | None:
+    """Build the block a spec names for ``channels``; keyword arguments override the spec's own."""
+    if _is_none(spec):
+        return None
+    if isinstance(spec, nn.Module):
+        return spec
+    if channels is None:
+        raise TypeError(f"create_attn({spec!r}) needs channels, the C of the (B, C, H, W) input it will see")
+    name = spec if isinstance(spec, str) else getattr(spec, "__name__", type(spec).__name__)
+    factory = get_attn(spec)
+    if isinstance(spec, str):
+        name = parse_spec(spec)[0]
+        base = factory.func if isinstance(factory, functools.partial) else factory
+        merged = {**(factory.keywords if isinstance(factory, functools.partial) else {}), **kwargs}
+        _check_kwargs(name, base, merged)
+        return base(channels, **merged)
+    return factory(channels, **kwargs)
