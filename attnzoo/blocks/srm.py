@@ -1,0 +1,67 @@
+"""Style-based Recalibration Module (SRM).
+
+Paper: H. Lee, H.-E. Kim, H. Nam, "SRM: A Style-based Recalibration Module for Convolutional
+Neural Networks", ICCV 2019. https://arxiv.org/abs/1903.10829
+
+    mu_c    = mean_{h,w} x_c,  sigma_c = sqrt(mean_{h,w} (x_c - mu_c)^2 + eps)   style pooling (Eq. 1-2)
+    t_c     = [mu_c, sigma_c]                                                 (B, C, 2)
+    z_c     = w_c . t_c,  w in R^{C x 2}                channel-wise fully connected, CFC (Eq. 3)
+    g_c     = sigmoid(BN(z_c))                          (Eq. 4-5)
+    y_c     = x_c * g_c
+
+Defaults: ``eps=1e-5``; CFC weights start at zero as in the authors' released code, so the gate
+starts at sigmoid(BN bias) = 0.5 for every channel.
+
+NOTE: sigma uses the population variance (1/HW) with eps inside the square root. The authors' code
+uses the unbiased variance (1/(HW-1)), which is 0/0 = NaN on a 1x1 map; the population form is
+the paper's Eq. 2, is finite at 1x1 (sigma = sqrt(eps)), and differs from the unbiased one by the
+factor sqrt(HW/(HW-1)) only.
+NOTE: the CFC has no bias, as in the paper: the BatchNorm that follows would cancel it, so it
+could never learn.
+NOTE: like every BatchNorm, the one on z needs more than one value per channel in training mode;
+a batch of one sample (which gives z one value per channel) is rejected by BatchNorm in train mode.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..factory import register_attn
+from .base import AttnTap, check_channels, check_input, resolve_layer
+
+__all__ = ["StyleRecalibration"]
+
+
+@register_attn(
+    "srm",
+    family="channel",
+    paper="SRM: A Style-based Recalibration Module for Convolutional Neural Networks",
+    authors="Lee, Kim, Nam",
+    year=2019,
+    link="https://arxiv.org/abs/1903.10829",
+)
+class StyleRecalibration(nn.Module):
+    def __init__(
+        self,
+        channels: int,
+        *,
+        eps: float = 1e-5,
+        gate_layer: str | type[nn.Module] = "sigmoid",
+    ) -> None:
+        super().__init__()
+        self.channels = check_channels("srm", channels)
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or eps <= 0:
+            raise ValueError(f"srm: eps must be a positive float, got {eps!r}")
+        self.eps = float(eps)
+        self.cfc = nn.Parameter(torch.zeros(channels, 2))  # per-channel weights for (mean, std)
+        self.bn = nn.BatchNorm2d(channels)
+        self.gate = resolve_layer("srm", "gate_layer", gate_layer)()
+        self.tap = AttnTap("channel")
+
+    def forward(self, x):
+        check_input(self, x)
+        mu = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        sigma = ((x - mu).pow(2).mean((2, 3), keepdim=True) + self.eps).sqrt()  # (B, C, 1, 1)
+        w = self.cfc.view(1, self.channels, 2, 1)  # (1, C, 2, 1)
+        z = mu * w[:, :, 0:1] + sigma * w[:, :, 1:2]  # (B, C, 1, 1)
+        return x * self.tap(self.gate(self.bn(z)))
