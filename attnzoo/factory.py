@@ -46,10 +46,34 @@ def register_attn(name: str, factory: Callable[..., nn.Module] | None = None, **
     metadata.setdefault("onnx", True)
 
     def _register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        target = fn.func if isinstance(fn, functools.partial) else fn
+        if inspect.isclass(target):
+            _accept_factory_kwargs(target)
         ATTN_REGISTRY.register(name, fn, **metadata)
         return fn
 
     return _register if factory is None else _register(factory)
+
+
+def _accept_factory_kwargs(cls: type) -> None:
+    """Let a block class take torch's factory kwargs ``device=`` and ``dtype=``.
+
+    timm (>= 1.0.20) builds ``attn_layer`` as ``cls(channels, device=..., dtype=...)``; a block that
+    does not declare them gets them handled here: built as usual, then moved with ``.to()``.
+    """
+    params = inspect.signature(cls.__init__).parameters
+    if "device" in params or "dtype" in params or getattr(cls.__init__, "_attnzoo_factory_kwargs", False):
+        return
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, device=None, dtype=None, **kwargs):
+        init(self, *args, **kwargs)
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
+
+    __init__._attnzoo_factory_kwargs = True
+    cls.__init__ = __init__
 
 
 def list_attn(filter: str | list[str] = "*", family: str | None = None) -> list[str]:
@@ -82,7 +106,7 @@ def _timm_get(name: str) -> Callable[..., nn.Module]:
 
 def _check_kwargs(name: str, factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
     names, var_kw = accepted_kwargs(factory)
-    unknown = [k for k in kwargs if k not in names]
+    unknown = [k for k in kwargs if k not in names and k not in ("device", "dtype")]
     if unknown and not var_kw:
         raise TypeError(
             f"attention block {name!r} got unknown argument(s) {unknown}; it accepts: "
@@ -120,12 +144,10 @@ def create_attn(spec: Any, channels: int | None = None, **kwargs: Any) -> nn.Mod
         return spec
     if channels is None:
         raise TypeError(f"create_attn({spec!r}) needs channels, the C of the (B, C, H, W) input it will see")
-    name = spec if isinstance(spec, str) else getattr(spec, "__name__", type(spec).__name__)
-    factory = get_attn(spec)
     if isinstance(spec, str):
-        name = parse_spec(spec)[0]
-        base = factory.func if isinstance(factory, functools.partial) else factory
-        merged = {**(factory.keywords if isinstance(factory, functools.partial) else {}), **kwargs}
-        _check_kwargs(name, base, merged)
-        return base(channels, **merged)
-    return factory(channels, **kwargs)
+        name, spec_kwargs = parse_spec(spec)
+        factory = get_attn(name)
+        merged = {**spec_kwargs, **kwargs}  # keyword arguments override those inside the string
+        _check_kwargs(name, factory, merged)
+        return factory(channels, **merged)
+    return get_attn(spec)(channels, **kwargs)
