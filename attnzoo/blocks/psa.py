@@ -1,0 +1,104 @@
+"""Polarized Self-Attention, parallel (``psa``) and sequential (``psa_s``) layouts.
+
+Paper: H. Liu, F. Liu, X. Fan, D. Huang, "Polarized Self-Attention: Towards High-quality Pixel-wise
+Regression", 2021. https://arxiv.org/abs/2107.00782
+
+Channel-only branch (spatial collapsed, channels kept at C/2 inside):
+
+    A_ch(X) = sigmoid(LN(W_z(W_v(X) . softmax_HW(W_q(X)))))     W_v: C -> C/2, W_q: C -> 1,
+                                                                W_z: C/2 -> C, LN over C; (B, C, 1, 1)
+    Z_ch = A_ch(X) * X
+
+Spatial-only branch (channels collapsed, spatial kept):
+
+    A_sp(X) = sigmoid(softmax_C(GAP(W_q'(X))) . W_v'(X))       W_q', W_v': C -> C/2; (B, 1, H, W)
+    Z_sp = A_sp(X) * X
+
+Layouts: parallel PSA_p(X) = Z_ch(X) + Z_sp(X) (``psa``, the registry default); sequential
+PSA_s(X) = Z_sp(Z_ch(X)) (``psa_s``). All W are 1x1 convs.
+
+NOTE: the 1x1 convs have no bias, as in the authors' code (for W_q a bias would only shift every
+softmax logit by one constant, which softmax ignores). The block follows the paper's equations; the
+authors' released code departs from them (it drops the LayerNorm and applies the spatial softmax
+after the product, over H x W). The inner width is ``make_divisible(C * rd_ratio, rd_divisor=1)``
+with the paper's rd_ratio = 1/2. At H = W = 1 the softmax over positions is 1 and W_q gets no gradient.
+"""
+from __future__ import annotations
+
+import functools
+
+from torch import nn
+
+from ..factory import register_attn
+from .base import AttnTap, check_input, reduced_channels, resolve_layer
+
+__all__ = ["PolarizedSelfAttn", "LAYOUTS"]
+
+LAYOUTS = ("parallel", "sequential")
+
+_META = dict(
+    family="channel+spatial",
+    paper="Polarized Self-Attention: Towards High-quality Pixel-wise Regression",
+    authors="Liu, Liu, Fan, Huang",
+    year=2021,
+    link="https://arxiv.org/abs/2107.00782",
+)
+
+
+@register_attn("psa", **_META)
+class PolarizedSelfAttn(nn.Module):
+    def __init__(
+        self,
+        channels: int,
+        *,
+        layout: str = "parallel",
+        rd_ratio: float = 1.0 / 2,
+        rd_channels: int | None = None,
+        rd_divisor: int = 1,
+        gate_layer: str | type[nn.Module] = "sigmoid",
+    ) -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"psa: layout must be one of {LAYOUTS}, got {layout!r}")
+        self.channels = channels
+        self.layout = layout
+        self.rd_channels = rd = reduced_channels("psa", channels, rd_ratio, rd_channels, rd_divisor)
+        gate = resolve_layer("psa", "gate_layer", gate_layer)
+        # channel-only branch
+        self.ch_wv = nn.Conv2d(channels, rd, 1, bias=False)
+        self.ch_wq = nn.Conv2d(channels, 1, 1, bias=False)
+        self.ch_wz = nn.Conv2d(rd, channels, 1, bias=False)
+        self.ln = nn.LayerNorm(channels)
+        self.gate_channel = gate()
+        # spatial-only branch
+        self.sp_wv = nn.Conv2d(channels, rd, 1, bias=False)
+        self.sp_wq = nn.Conv2d(channels, rd, 1, bias=False)
+        self.gate_spatial = gate()
+        self.tap_channel = AttnTap("channel")
+        self.tap_spatial = AttnTap("spatial")
+
+    def channel_attn(self, x):
+        """A_ch(x), (B, C, 1, 1)."""
+        b, c = x.shape[:2]
+        v = self.ch_wv(x).flatten(2)  # (B, C/2, H*W)
+        q = self.ch_wq(x).flatten(2).softmax(-1)  # (B, 1, H*W), softmax over positions
+        z = self.ch_wz((v @ q.transpose(1, 2)).unsqueeze(-1))  # (B, C, 1, 1)
+        z = self.ln(z.reshape(b, c))  # (B, C), LayerNorm over channels
+        return self.gate_channel(z).reshape(b, c, 1, 1)  # (B, C, 1, 1)
+
+    def spatial_attn(self, x):
+        """A_sp(x), (B, 1, H, W)."""
+        b, _, h, w = x.shape
+        q = self.sp_wq(x).mean((2, 3)).softmax(-1).unsqueeze(1)  # (B, 1, C/2), softmax over channels
+        v = self.sp_wv(x).flatten(2)  # (B, C/2, H*W)
+        return self.gate_spatial((q @ v).reshape(b, 1, h, w))  # (B, 1, H, W)
+
+    def forward(self, x):
+        check_input(self, x)
+        z_ch = x * self.tap_channel(self.channel_attn(x))  # (B, C, H, W)
+        if self.layout == "sequential":
+            return z_ch * self.tap_spatial(self.spatial_attn(z_ch))
+        return z_ch + x * self.tap_spatial(self.spatial_attn(x))
+
+
+register_attn("psa_s", functools.partial(PolarizedSelfAttn, layout="sequential"), **_META)
