@@ -1,0 +1,94 @@
+"""Coordinate Attention.
+
+Paper: Q. Hou, D. Zhou, J. Feng, "Coordinate Attention for Efficient Mobile Network Design",
+CVPR 2021. https://arxiv.org/abs/2103.02907
+
+    z^h = mean_w x  (B, C, H, 1),   z^w = mean_h x  (B, C, 1, W)            directional pooling (Eq. 4, 5)
+    f = h_swish(BN(F1([z^h; z^w])))      1x1 conv C -> mip on the concatenated strips (Eq. 6)
+    g^h = sigmoid(F_h(f^h)),  g^w = sigmoid(F_w(f^w))                      1x1 convs mip -> C (Eq. 7, 8)
+    y = x * g^h * g^w                                                      (Eq. 9)
+
+Default width (the paper's): ``mip = max(8, floor(C * rd_ratio))`` with rd_ratio = 1/32, the floor
+and the minimum of 8 as in the authors' code; ``rd_divisor > 1`` then rounds mip to a multiple.
+The factors g^h (B, C, H, 1) and g^w (B, C, 1, W) pass through ``tap_h`` and ``tap_w`` (kind
+"spatial"; each broadcasts over the other axis).
+
+NOTE: F1 has no bias -- BatchNorm follows it, so a bias would never learn (the authors' code has one).
+F_h and F_w have biases (``bias=True``) as in the authors' code.
+
+Parity with timm (``timm.layers.CoordAttn``): attribute names match (conv1, bn1, act, conv_h,
+conv_w), so timm's state_dict loads into this block. timm's defaults differ: its width is
+``make_divisible(C / 16 * 2/3, 8)`` (e.g. 8 for C=64, 16 for C=256; here 8 and 8) and it has no
+bias on F_h/F_w. ``CoordAttn(C, rd_channels=<timm's width>, bias=False)`` computes exactly what
+timm's ``CoordAttn(C)`` computes.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from timm.layers import make_divisible
+
+from ..factory import register_attn
+from .base import AttnTap, check_channels, check_input, resolve_layer
+
+__all__ = ["CoordAttn"]
+
+
+@register_attn(
+    "coord",
+    family="channel+spatial",
+    paper="Coordinate Attention for Efficient Mobile Network Design",
+    authors="Hou, Zhou, Feng",
+    year=2021,
+    link="https://arxiv.org/abs/2103.02907",
+)
+class CoordAttn(nn.Module):
+    def __init__(
+        self,
+        channels: int,
+        *,
+        min_rd_channels: int = 8,
+        bias: bool = True,
+        rd_ratio: float = 1.0 / 32,
+        rd_channels: int | None = None,
+        rd_divisor: int = 1,
+        act_layer: str | type[nn.Module] = "hard_swish",
+        gate_layer: str | type[nn.Module] = "sigmoid",
+    ) -> None:
+        super().__init__()
+        self.channels = check_channels("coord", channels)
+        if rd_channels is not None:
+            if isinstance(rd_channels, bool) or not isinstance(rd_channels, int) or rd_channels < 1:
+                raise ValueError(f"coord: rd_channels must be a positive int, got {rd_channels!r}")
+            rd = rd_channels
+        else:
+            if not 0 < rd_ratio <= 1:
+                raise ValueError(f"coord: rd_ratio must be in (0, 1], got {rd_ratio!r} (the paper uses 1/32)")
+            if isinstance(min_rd_channels, bool) or not isinstance(min_rd_channels, int) or min_rd_channels < 1:
+                raise ValueError(f"coord: min_rd_channels must be a positive int (the paper uses 8), got {min_rd_channels!r}")
+            if isinstance(rd_divisor, bool) or not isinstance(rd_divisor, int) or rd_divisor < 1:
+                raise ValueError(f"coord: rd_divisor must be a positive int, got {rd_divisor!r}")
+            rd = max(min_rd_channels, int(channels * rd_ratio))
+            if rd_divisor > 1:
+                rd = make_divisible(rd, rd_divisor, round_limit=0.0)
+        self.rd_channels = rd
+
+        self.conv1 = nn.Conv2d(channels, rd, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(rd)
+        self.act = resolve_layer("coord", "act_layer", act_layer)(inplace=True)
+        self.conv_h = nn.Conv2d(rd, channels, 1, bias=bias)
+        self.conv_w = nn.Conv2d(rd, channels, 1, bias=bias)
+        self.gate = resolve_layer("coord", "gate_layer", gate_layer)()
+        self.tap_h = AttnTap("spatial")
+        self.tap_w = AttnTap("spatial")
+
+    def forward(self, x):
+        check_input(self, x)
+        h, w = x.shape[2:]
+        z_h = x.mean(3, keepdim=True)  # (B, C, H, 1)
+        z_w = x.mean(2, keepdim=True).transpose(2, 3)  # (B, C, W, 1)
+        f = self.act(self.bn1(self.conv1(torch.cat([z_h, z_w], dim=2))))  # (B, mip, H+W, 1)
+        f_h, f_w = torch.split(f, [h, w], dim=2)  # (B, mip, H, 1), (B, mip, W, 1)
+        g_h = self.gate(self.conv_h(f_h))  # (B, C, H, 1)
+        g_w = self.gate(self.conv_w(f_w.transpose(2, 3)))  # (B, C, 1, W)
+        return x * self.tap_h(g_h) * self.tap_w(g_w)
