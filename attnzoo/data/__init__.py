@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
 from .fashion_mnist import FashionMNISTDataModule
+from .imagefolder import ImageFolderDataModule
 from .inmemory import InMemoryDataModule, TensorImageDataset
 from .paths import DataNotFoundError, cache_root
 from .synthetic import SyntheticDataModule
@@ -22,6 +23,7 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "FashionMNISTDataModule",
+    "ImageFolderDataModule",
     "SyntheticDataModule",
     "InMemoryDataModule",
     "TensorImageDataset",
