@@ -10,6 +10,7 @@ from torch import nn
 import attnzoo
 from attnzoo.backbones import backbone_info, create_backbone, list_backbones
 from attnzoo.backbones.resnet import BasicBlock, Bottleneck, ShortcutA
+from attnzoo.backbones.yolo import C2f, C3k, C3k2, SPPF, ConvBnAct, YoloBottleneck
 
 ALL = list_backbones()
 
@@ -42,6 +43,15 @@ def test_backbone_forward_backward_at_32_pixels(name, in_chans):
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)
     assert model.stage_names[0] and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_backbone_runs_on_28_pixel_grey_images(name):
+    # Fashion-MNIST: 1 x 28 x 28; odd maps (7, 4, ...) must flow through every downsampling
+    model = create_backbone(name, num_classes=10, in_chans=1, **small_kwargs(name)).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 28, 28))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -196,12 +206,158 @@ def test_list_backbones_filters_by_pattern_and_family():
         list_backbones(family="vit")
 
 
-def test_create_backbone_attn_inserts_at_default_position():
+@pytest.mark.parametrize("name", ["resnet20", "yolov8n", "yolo11n"])
+def test_create_backbone_attn_inserts_at_default_position(name):
     insertion = pytest.importorskip("attnzoo.insertion")
-    plain = create_backbone("resnet20", num_classes=10)
-    model = create_backbone("resnet20", num_classes=10, attn="se")
+    plain = create_backbone(name, num_classes=10)
+    model = create_backbone(name, num_classes=10, attn="se")
     assert n_params(model) > n_params(plain)
-    ref = create_backbone("resnet20", num_classes=10)
-    insertion.insert_attn(ref, "se", position=ref.default_attn_position)
+    ref = create_backbone(name, num_classes=10)
+    insertion.insert_attn(ref, "se", position=ref.default_attn_position, input_size=ref.default_input_size)
     assert n_params(model) == n_params(ref)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------------------------------------
+# YOLO-like backbones
+# ---------------------------------------------------------------------------------------------
+
+YOLO = list_backbones(family="yolo")
+
+
+def test_yolo_names_are_registered():
+    assert YOLO == ["yolo11m", "yolo11n", "yolo11s", "yolov8m", "yolov8n", "yolov8s"]
+
+
+# (stage conv width, block output width, blocks in the stage) for stage1..4, derived by hand from
+# yolov8.yaml / yolo11.yaml: ceil(min(c, max_ch) * width / 8) * 8 and max(round(n * depth), 1).
+YOLO_PLAN = {
+    "yolov8n": (16, [(32, 32, 1), (64, 64, 2), (128, 128, 2), (256, 256, 1)]),
+    "yolov8s": (32, [(64, 64, 1), (128, 128, 2), (256, 256, 2), (512, 512, 1)]),
+    "yolov8m": (48, [(96, 96, 2), (192, 192, 4), (384, 384, 4), (576, 576, 2)]),
+    "yolo11n": (16, [(32, 64, 1), (64, 128, 1), (128, 128, 1), (256, 256, 1)]),
+    "yolo11s": (32, [(64, 128, 1), (128, 256, 1), (256, 256, 1), (512, 512, 1)]),
+    "yolo11m": (64, [(128, 256, 1), (256, 512, 1), (512, 512, 1), (512, 512, 1)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(YOLO_PLAN))
+def test_yolo_widths_and_depths_follow_ultralytics_scaling(name):
+    model = create_backbone(name, num_classes=10)
+    stem, plan = YOLO_PLAN[name]
+    assert model.stem.conv.out_channels == stem and model.stem.conv.stride == (2, 2)
+    assert model.stage_names == ["stage1", "stage2", "stage3", "stage4"]
+    got = []
+    for s in model.stage_names:
+        down, block = getattr(model, s)
+        assert isinstance(down, ConvBnAct) and down.conv.stride == (2, 2) and down.conv.kernel_size == (3, 3)
+        assert isinstance(block, C3k2 if name.startswith("yolo11") else C2f)
+        got.append((down.conv.out_channels, block.cv2.conv.out_channels, len(block.m)))
+    assert got == plan
+    c5 = plan[-1][1]
+    assert model.sppf.cv1.conv.in_channels == c5 and model.sppf.cv2.conv.out_channels == c5
+
+
+@pytest.mark.parametrize("name,published_millions", [("yolov8n", 2.7), ("yolov8s", 6.4)])
+def test_yolov8_without_sppf_matches_published_cls_parameter_count(name, published_millions):
+    # yolov8n/s-cls (Ultralytics docs: 2.7M / 6.4M at 1000 classes) = this backbone without SPPF
+    model = create_backbone(name, num_classes=1000)
+    assert round((n_params(model) - n_params(model.sppf)) / 1e6, 1) == published_millions
+
+
+def test_yolov8n_without_sppf_has_exactly_ultralytics_cls_parameter_count():
+    # "YOLOv8n-cls summary: ... 2719288 parameters" (Ultralytics model summary at 1000 classes)
+    model = create_backbone("yolov8n", num_classes=1000)
+    assert n_params(model) - n_params(model.sppf) == 2_719_288
+
+
+@pytest.mark.parametrize("name,c3k_per_stage", [
+    ("yolo11n", [False, False, True, True]),
+    ("yolo11s", [False, False, True, True]),
+    ("yolo11m", [True, True, True, True]),
+])
+def test_yolo11_uses_c3k_in_deep_stages_and_everywhere_at_m(name, c3k_per_stage):
+    model = create_backbone(name, num_classes=10)
+    for s, c3k in zip(model.stage_names, c3k_per_stage):
+        block = getattr(model, s)[1]
+        assert block.c3k is c3k
+        inner = C3k if c3k else YoloBottleneck
+        assert all(type(m) is inner for m in block.m)
+        if c3k:
+            assert all(len(m.m) == 2 for m in block.m)
+    # stages 1-2 use hidden ratio e = 0.25 (yaml: C3k2 [256, False, 0.25])
+    b1 = model.stage1[1]
+    assert b1.c == b1.cv2.conv.out_channels // 4
+
+
+def test_yolo_bottleneck_shortcut_only_when_shapes_match():
+    assert YoloBottleneck(8, 8, shortcut=True).add is True
+    assert YoloBottleneck(8, 16, shortcut=True).add is False
+    assert YoloBottleneck(8, 8, shortcut=False).add is False
+    b = YoloBottleneck(8, 8, shortcut=True).eval()
+    x = torch.randn(1, 8, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), x + b.cv2(b.cv1(x)))
+
+
+def test_c2f_concatenates_both_halves_and_every_bottleneck_output():
+    block = C2f(8, 12, n=2, shortcut=True).eval()
+    assert block.c == 6 and block.cv2.conv.in_channels == (2 + 2) * 6
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        y = block.cv1(x)
+        a, b = y[:, :6], y[:, 6:]
+        m1 = block.m[0](b)
+        m2 = block.m[1](m1)
+        torch.testing.assert_close(block(x), block.cv2(torch.cat([a, b, m1, m2], 1)))
+
+
+def test_sppf_equals_spp_with_5_9_13_max_pools():
+    # He et al.'s SPP with parallel 5/9/13 pools equals SPPF's three chained 5x5 pools
+    sppf = SPPF(8, 8).eval()
+    x = torch.randn(1, 8, 9, 9)
+    with torch.no_grad():
+        y = sppf.cv1(x)
+        pools = [nn.functional.max_pool2d(y, k, 1, k // 2) for k in (5, 9, 13)]
+        torch.testing.assert_close(sppf(x), sppf.cv2(torch.cat([y, *pools], 1)))
+
+
+@pytest.mark.parametrize("name", YOLO)
+def test_yolo_forward_pyramid_has_strides_8_16_32(name):
+    model = create_backbone(name, num_classes=10, in_chans=1).eval()
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        pyr = model.forward_pyramid(x)
+        feats = model.forward_features(x)
+    assert sorted(pyr) == [8, 16, 32]
+    widths = [YOLO_PLAN[name][1][i][1] for i in (1, 2, 3)]
+    for (stride, fmap), c in zip(sorted(pyr.items()), widths):
+        assert fmap.shape == (1, c, 64 // stride, 64 // stride)
+    torch.testing.assert_close(pyr[32], feats)
+    assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
+    assert [f["num_chs"] for f in model.feature_info] == [p[1] for p in YOLO_PLAN[name][1]]
+
+
+def test_yolo_head_is_ultralytics_classify_and_bn_uses_yolo_settings():
+    model = create_backbone("yolov8n", num_classes=10, drop_rate=0.2)
+    head = model.head
+    assert head.conv.conv.kernel_size == (1, 1) and head.conv.conv.out_channels == 1280
+    assert isinstance(head.pool, nn.AdaptiveAvgPool2d) and head.dropout.p == 0.2
+    assert head.linear.in_features == 1280 and head.linear.out_features == 10
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(m.eps == 1e-3 and m.momentum == 0.03 for m in bns)
+    assert all(isinstance(m.act, nn.SiLU) for m in model.modules() if isinstance(m, ConvBnAct))
+
+
+def test_yolov8n_runs_at_224_pixels():
+    model = create_backbone("yolov8n", num_classes=10).eval()
+    assert model.default_input_size == (3, 224, 224)
+    with torch.no_grad():
+        assert model.forward_pyramid(torch.randn(1, 3, 224, 224))[32].shape == (1, 256, 7, 7)
+
+
+def test_yolo_bad_arguments_raise():
+    with pytest.raises(ValueError, match="drop_rate"):
+        create_backbone("yolov8n", drop_rate=1.5)
+    with pytest.raises(TypeError, match=r"\['stem'\].*drop_rate=0.0"):
+        create_backbone("yolov8n", stem="cifar")

@@ -112,4 +112,4 @@ def create_backbone(
 
 
 # Imported last: the modules below register themselves with register_backbone defined above.
-from . import resnet  # noqa: E402,F401
+from . import resnet, yolo  # noqa: E402,F401
