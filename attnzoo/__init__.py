@@ -4,7 +4,8 @@ from __future__ import annotations
 from . import blocks as _blocks  # noqa: F401  (registers every block)
 from .factory import create_attn, get_attn, list_attn, register_attn
 from .backbones import create_backbone, list_backbones
+from .insertion import insert_attn
 
 __version__ = "0.1.0"
 
-__all__ = ["create_attn", "get_attn", "list_attn", "register_attn", "create_backbone", "list_backbones", "__version__"]
+__all__ = ["create_attn", "get_attn", "list_attn", "register_attn", "create_backbone", "list_backbones", "insert_attn", "__version__"]

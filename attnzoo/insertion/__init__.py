@@ -1,0 +1,15 @@
+"""Insert attention blocks into existing networks: ``insert_attn(model, "se", position="standard")``.
+
+See ``insert.py`` for the steps (plan, probe, build, apply), ``positions.py`` for what each position
+means, ``adapters.py`` for the host blocks known without user-written adapters, ``glob.py`` for the
+``after:<glob>`` fallback and ``report.py`` for the ``InsertReport``.
+"""
+from __future__ import annotations
+
+from .adapters import HostAdapter, adapter_for, host_adapters
+from .insert import insert_attn
+from .positions import POSITIONS, IdentityInit
+from .report import InsertReport, SiteRecord
+
+__all__ = ["insert_attn", "InsertReport", "SiteRecord", "IdentityInit", "POSITIONS", "HostAdapter",
+           "adapter_for", "host_adapters"]
