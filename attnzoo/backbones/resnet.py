@@ -191,7 +191,9 @@ class CifarResNet(_ResNetBase):
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110), got {depth}")
         if shortcut not in ("A", "B"):
-            raise ValueError(f"shortcut must be 'A' (zero-padding, parameter-free) or 'B' (1x1 projection), got {shortcut!r}")
+            raise ValueError(
+                f"shortcut must be 'A' (zero-padding, parameter-free) or 'B' (1x1 projection), got {shortcut!r}"
+            )
         n = (depth - 2) // 6
         self.depth, self.shortcut = depth, shortcut
         self.num_classes, self.in_chans = num_classes, in_chans
@@ -284,25 +286,33 @@ def _cifar_meta(n: int) -> dict:
 
 
 @register_backbone("resnet20", **_cifar_meta(3))
-def resnet20(num_classes: int = 10, in_chans: int = 3, shortcut: str = "A", zero_init_residual: bool = False) -> CifarResNet:
+def resnet20(
+    num_classes: int = 10, in_chans: int = 3, shortcut: str = "A", zero_init_residual: bool = False,
+) -> CifarResNet:
     """ResNet-20 for 32-pixel inputs (n = 3, 0.27M parameters)."""
     return CifarResNet(20, num_classes, in_chans, shortcut, zero_init_residual)
 
 
 @register_backbone("resnet32", **_cifar_meta(5))
-def resnet32(num_classes: int = 10, in_chans: int = 3, shortcut: str = "A", zero_init_residual: bool = False) -> CifarResNet:
+def resnet32(
+    num_classes: int = 10, in_chans: int = 3, shortcut: str = "A", zero_init_residual: bool = False,
+) -> CifarResNet:
     """ResNet-32 for 32-pixel inputs (n = 5, 0.46M parameters)."""
     return CifarResNet(32, num_classes, in_chans, shortcut, zero_init_residual)
 
 
 @register_backbone("resnet56", **_cifar_meta(9))
-def resnet56(num_classes: int = 10, in_chans: int = 3, shortcut: str = "A", zero_init_residual: bool = False) -> CifarResNet:
+def resnet56(
+    num_classes: int = 10, in_chans: int = 3, shortcut: str = "A", zero_init_residual: bool = False,
+) -> CifarResNet:
     """ResNet-56 for 32-pixel inputs (n = 9, 0.85M parameters)."""
     return CifarResNet(56, num_classes, in_chans, shortcut, zero_init_residual)
 
 
 @register_backbone("resnet110", **_cifar_meta(18))
-def resnet110(num_classes: int = 10, in_chans: int = 3, shortcut: str = "A", zero_init_residual: bool = False) -> CifarResNet:
+def resnet110(
+    num_classes: int = 10, in_chans: int = 3, shortcut: str = "A", zero_init_residual: bool = False,
+) -> CifarResNet:
     """ResNet-110 for 32-pixel inputs (n = 18, 1.7M parameters)."""
     return CifarResNet(110, num_classes, in_chans, shortcut, zero_init_residual)
 
@@ -315,18 +325,24 @@ def _imagenet_meta(depth: int) -> dict:
 
 
 @register_backbone("resnet18", **_imagenet_meta(18))
-def resnet18(num_classes: int = 1000, in_chans: int = 3, stem: str = "imagenet", zero_init_residual: bool = False) -> ResNet:
+def resnet18(
+    num_classes: int = 1000, in_chans: int = 3, stem: str = "imagenet", zero_init_residual: bool = False,
+) -> ResNet:
     """ResNet-18 (BasicBlock, [2, 2, 2, 2]); 11.69M parameters at 1000 classes."""
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_chans, stem, zero_init_residual)
 
 
 @register_backbone("resnet34", **_imagenet_meta(34))
-def resnet34(num_classes: int = 1000, in_chans: int = 3, stem: str = "imagenet", zero_init_residual: bool = False) -> ResNet:
+def resnet34(
+    num_classes: int = 1000, in_chans: int = 3, stem: str = "imagenet", zero_init_residual: bool = False,
+) -> ResNet:
     """ResNet-34 (BasicBlock, [3, 4, 6, 3]); 21.80M parameters at 1000 classes."""
     return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_chans, stem, zero_init_residual)
 
 
 @register_backbone("resnet50", **_imagenet_meta(50))
-def resnet50(num_classes: int = 1000, in_chans: int = 3, stem: str = "imagenet", zero_init_residual: bool = False) -> ResNet:
+def resnet50(
+    num_classes: int = 1000, in_chans: int = 3, stem: str = "imagenet", zero_init_residual: bool = False,
+) -> ResNet:
     """ResNet-50 (Bottleneck, [3, 4, 6, 3]); 25.56M parameters at 1000 classes."""
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, in_chans, stem, zero_init_residual)

@@ -259,7 +259,9 @@ class YoloClassifier(nn.Module):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"{self.version}{self.scale} expects (B, {self.in_chans}, H, W) input, got {tuple(x.shape)}")
+            raise ValueError(
+                f"{self.version}{self.scale} expects (B, {self.in_chans}, H, W) input, got {tuple(x.shape)}"
+            )
 
     def forward_pyramid(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """Feature maps by stride: {8: P3 (stage2), 16: P4 (stage3), 32: P5 (SPPF)}."""
@@ -295,37 +297,49 @@ def _meta(version: str) -> dict:
 
 
 @register_backbone("yolov8n", **_meta("yolov8"))
-def yolov8n(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, head_channels: int = 1280) -> YoloClassifier:
+def yolov8n(
+    num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, head_channels: int = 1280,
+) -> YoloClassifier:
     """YOLOv8-n backbone (depth 0.33, width 0.25) with a classification head."""
     return YoloClassifier("yolov8", "n", num_classes, in_chans, drop_rate, head_channels)
 
 
 @register_backbone("yolov8s", **_meta("yolov8"))
-def yolov8s(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, head_channels: int = 1280) -> YoloClassifier:
+def yolov8s(
+    num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, head_channels: int = 1280,
+) -> YoloClassifier:
     """YOLOv8-s backbone (depth 0.33, width 0.50) with a classification head."""
     return YoloClassifier("yolov8", "s", num_classes, in_chans, drop_rate, head_channels)
 
 
 @register_backbone("yolov8m", **_meta("yolov8"))
-def yolov8m(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, head_channels: int = 1280) -> YoloClassifier:
+def yolov8m(
+    num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, head_channels: int = 1280,
+) -> YoloClassifier:
     """YOLOv8-m backbone (depth 0.67, width 0.75, at most 768 channels) with a classification head."""
     return YoloClassifier("yolov8", "m", num_classes, in_chans, drop_rate, head_channels)
 
 
 @register_backbone("yolo11n", **_meta("yolo11"))
-def yolo11n(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, head_channels: int = 1280) -> YoloClassifier:
+def yolo11n(
+    num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, head_channels: int = 1280,
+) -> YoloClassifier:
     """YOLO11-n backbone (depth 0.50, width 0.25) with a classification head."""
     return YoloClassifier("yolo11", "n", num_classes, in_chans, drop_rate, head_channels)
 
 
 @register_backbone("yolo11s", **_meta("yolo11"))
-def yolo11s(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, head_channels: int = 1280) -> YoloClassifier:
+def yolo11s(
+    num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, head_channels: int = 1280,
+) -> YoloClassifier:
     """YOLO11-s backbone (depth 0.50, width 0.50) with a classification head."""
     return YoloClassifier("yolo11", "s", num_classes, in_chans, drop_rate, head_channels)
 
 
 @register_backbone("yolo11m", **_meta("yolo11"))
-def yolo11m(num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, head_channels: int = 1280) -> YoloClassifier:
+def yolo11m(
+    num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0, head_channels: int = 1280,
+) -> YoloClassifier:
     """YOLO11-m backbone (depth 0.50, width 1.00, at most 512 channels; C3k everywhere) with a
     classification head."""
     return YoloClassifier("yolo11", "m", num_classes, in_chans, drop_rate, head_channels)
