@@ -34,7 +34,7 @@ batched RandomResizedCrop on the device (``torchvision.ops.roi_align``, bilinear
 NOTE (cached path, approximations): (1) crops are taken from the cached center square, not the full
 original image, so the outer parts of non-square images are never seen; (2) the crop is sampled from
 the cached resolution, so large upscaled crops are blurrier than from the original; (3) roi_align
-averages 2x2 bilinear samples per output pixel instead of PIL's antialiased resize; (4) up to 10
+averages ceil(crop/size)^2 bilinear samples per output pixel instead of PIL's antialiased resize; (4) up to 10
 (scale, ratio) draws per image as in torchvision, then the whole image. Use the per-image path for
 numbers that must follow the standard recipe exactly.
 """
@@ -131,8 +131,10 @@ def batched_random_resized_crop(
     x0 = torch.rand(b, generator=generator) * (w - cw)
     y0 = torch.rand(b, generator=generator) * (h - ch)
     boxes = torch.stack([torch.arange(b, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], 1)  # (B, 5)
+    # sampling_ratio=-1: ceil(crop side / size) bilinear samples per output pixel and axis, averaged,
+    # so downscaling is area-like (antialiased) and a crop of the whole image at its own size is exact
     return roi_align(images.float(), boxes.to(images.device), output_size=size, spatial_scale=1.0,
-                     sampling_ratio=2, aligned=True)
+                     sampling_ratio=-1, aligned=True)
 
 
 def _resize_center_crop(images: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
