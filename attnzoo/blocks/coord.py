@@ -8,19 +8,21 @@ CVPR 2021. https://arxiv.org/abs/2103.02907
     g^h = sigmoid(F_h(f^h)),  g^w = sigmoid(F_w(f^w))                      1x1 convs mip -> C (Eq. 7, 8)
     y = x * g^h * g^w                                                      (Eq. 9)
 
-Default width (the paper's): ``mip = max(8, floor(C * rd_ratio))`` with rd_ratio = 1/32, the floor
-and the minimum of 8 as in the authors' code; ``rd_divisor > 1`` then rounds mip to a multiple.
+Default width (the paper's): ``mip = max(min_rd_channels, floor(C * rd_ratio))`` with rd_ratio = 1/32
+and min_rd_channels = 8, the floor and the minimum as in the authors' code; ``rd_divisor > 1`` then
+rounds mip to a multiple of it; ``rd_channels`` sets mip directly.
 The factors g^h (B, C, H, 1) and g^w (B, C, 1, W) pass through ``tap_h`` and ``tap_w`` (kind
 "spatial"; each broadcasts over the other axis).
 
 NOTE: F1 has no bias -- BatchNorm follows it, so a bias would never learn (the authors' code has one).
 F_h and F_w have biases (``bias=True``) as in the authors' code.
 
-Parity with timm (``timm.layers.CoordAttn``): attribute names match (conv1, bn1, act, conv_h,
-conv_w), so timm's state_dict loads into this block. timm's defaults differ: its width is
-``make_divisible(C / 16 * 2/3, 8)`` (e.g. 8 for C=64, 16 for C=256; here 8 and 8) and it has no
-bias on F_h/F_w. ``CoordAttn(C, rd_channels=<timm's width>, bias=False)`` computes exactly what
-timm's ``CoordAttn(C)`` computes.
+Parity with timm (``timm.layers.coord_attn.CoordAttn``, timm's attn name ``"coord"``): attribute
+names match (conv1, bn1, act, conv_h, conv_w), so timm's state_dict loads into this block. timm's
+defaults differ: its width is ``make_divisible(C / 16 * 2/3, 8)`` (8 up to C=256 as here, but 24 for
+C=512 and 40 for C=1024, where the paper's gives 16 and 32) and it has no bias on F_h/F_w.
+``CoordAttn(C, rd_channels=<timm's width>, bias=False)`` computes exactly what timm's
+``CoordAttn(C)`` computes.
 """
 from __future__ import annotations
 
