@@ -28,10 +28,11 @@ running statistics, where ``nn.BatchNorm2d`` would raise (see attnzoo.blocks.srm
 NOTE: the tap is of kind "channel" for the global extent (gate (B, C, 1, 1)) and "spatial" for a
 local extent (gate (B, C, H, W)). The registry family is "channel" for all variants; a local
 extent makes the gate vary over positions too.
-Parity: identical to timm's ``GatherExcite`` with ``extra_params=False`` (with ``use_mlp`` either
-way; same attribute names ``mlp.fc1``/``mlp.fc2``). timm 1.0.31's ``extra_params=True`` path cannot
-be built (its ``create_conv2d`` call raises TypeError), so GE-theta is checked against a reference
-written with plain ``F.conv2d``/``F.batch_norm`` in the tests.
+Parity: identical to timm's ``GatherExcite`` under copied weights, for every configuration both
+have (same attribute names: ``gather.conv1``/``gather.norm1``/..., ``mlp.fc1``/``mlp.fc2``).
+timm 1.0.31 can only build ``use_mlp=False, extra_params=False`` (its default ``use_mlp=True`` and
+its ``extra_params=True`` both raise TypeError in the constructor: ``*dd`` passed positionally);
+the tests attach the layers timm's constructor names to a buildable instance and run timm's forward.
 """
 from __future__ import annotations
 
