@@ -1,0 +1,125 @@
+"""Forward+backward time of every attention block, beside an identity baseline and timm's version.
+
+    python benchmarks/blocks.py                      # (32, 64, 56, 56) float32, every block
+    python benchmarks/blocks.py --blocks se eca cbam --repeats 5
+    python benchmarks/blocks.py --json benchmarks/results/blocks_cpu.json
+
+Runs are interleaved: each round times every variant once, in a fresh random order, and the
+reported time is the median over rounds, so drift in machine load hits all variants alike.
+Printed: ms per forward+backward, the time added over the identity baseline, and the ratio to
+timm's block of the same name (< 1.0: attnzoo is faster). Blocks that timm also has are compared
+with timm's default configuration of that block.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import attnzoo
+from attnzoo import create_attn, list_attn
+
+# attnzoo name -> timm.layers.create_attn name of the same block (timm:<name> in create_attn)
+TIMM_TWIN = {
+    "se": "se", "ese": "ese", "eca": "eca", "cbam": "cbam", "gc": "gc", "ge": "ge",
+    "coord": "coord", "ela": "ela", "sk": "sk", "nonlocal": "nl",
+}
+
+
+def time_fwd_bwd(block: nn.Module, x: torch.Tensor) -> float:
+    """Seconds for one forward + backward (gradient w.r.t. input and parameters)."""
+    x = x.detach().requires_grad_(True)
+    block.zero_grad(set_to_none=True)
+    t0 = time.perf_counter()
+    y = block(x)
+    y.backward(torch.ones_like(y))
+    return time.perf_counter() - t0
+
+
+def build_variants(names: list[str], channels: int, with_timm: bool) -> dict[str, nn.Module]:
+    variants: dict[str, nn.Module] = {"identity": nn.Identity()}
+    for name in names:
+        variants[name] = create_attn(name, channels).train()
+        if with_timm and name in TIMM_TWIN:
+            variants[f"timm:{name}"] = create_attn(f"timm:{TIMM_TWIN[name]}", channels).train()
+    return variants
+
+
+def run(names, batch, channels, size, repeats, warmup, with_timm, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(batch, channels, size, size)
+    variants = build_variants(names, channels, with_timm)
+    for block in variants.values():  # warm-up (allocator, first-call overheads)
+        for _ in range(warmup):
+            time_fwd_bwd(block, x)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    rng = random.Random(seed)
+    for r in range(repeats):
+        order = list(variants)
+        rng.shuffle(order)
+        for key in order:
+            times[key].append(time_fwd_bwd(variants[key], x))
+        print(f"  round {r + 1}/{repeats} done", file=sys.stderr)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--blocks", nargs="*", default=None, help="block names (default: every registered block)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--size", type=int, default=56)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--no-timm", action="store_true")
+    p.add_argument("--json", type=Path, default=None, help="write the measurements here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = args.blocks or list_attn()
+    unknown = [n for n in names if n not in list_attn()]
+    if unknown:
+        p.error(f"unknown blocks {unknown}; attnzoo.list_attn() lists {len(list_attn())}")
+
+    med = run(names, args.batch, args.channels, args.size, args.repeats, args.warmup, not args.no_timm)
+    base = med["identity"]
+    shape = (args.batch, args.channels, args.size, args.size)
+    print(f"\nforward+backward, input {shape} float32, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}, torch {torch.__version__}, median of {args.repeats}")
+    print(f"{'block':<14}{'ms':>10}{'added ms':>10}{'vs SE':>8}{'timm ms':>10}{'attnzoo/timm':>14}")
+    rows = {}
+    for name in names:
+        t = med[name]
+        twin = med.get(f"timm:{name}")
+        ratio = t / twin if twin else None
+        rel_se = t / med["se"] if "se" in med else None
+        rows[name] = dict(ms=t * 1e3, added_ms=(t - base) * 1e3, rel_se=rel_se,
+                          timm_ms=twin * 1e3 if twin else None, ratio_timm=ratio)
+        print(f"{name:<14}{t * 1e3:>10.1f}{(t - base) * 1e3:>10.1f}"
+              f"{(f'{rel_se:.2f}' if rel_se else '-'):>8}"
+              f"{(f'{twin * 1e3:.1f}' if twin else '-'):>10}{(f'{ratio:.2f}' if ratio else '-'):>14}")
+    print(f"{'identity':<14}{base * 1e3:>10.1f}")
+    slower = {n: r["ratio_timm"] for n, r in rows.items() if r["ratio_timm"] and r["ratio_timm"] > 1.0}
+    print("\nslower than timm's version:", ", ".join(f"{n} ({r:.2f}x)" for n, r in slower.items()) or "none")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(dict(
+            input_shape=shape, threads=torch.get_num_threads(), repeats=args.repeats,
+            machine=platform.machine(), processor=platform.processor(), cpu_count=__import__("os").cpu_count(),
+            torch=torch.__version__, attnzoo=attnzoo.__version__, identity_ms=base * 1e3, blocks=rows,
+        ), indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
