@@ -1,0 +1,253 @@
+"""``attnzoo fit | validate | test | predict``: Lightning's CLI over AttnClassifier and the data modules.
+
+    attnzoo fit --config configs/fit/fmnist_resnet20.yaml
+    attnzoo fit --config configs/fit/cifar10_resnet20.yaml --model.attn eca --trainer.max_epochs 5
+    attnzoo fit --config configs/fit/fmnist_resnet20.yaml --print_config      # the resolved config
+    attnzoo fit --config runs/attnzoo/version_3/config.yaml --ckpt_path runs/attnzoo/version_3/checkpoints/last.ckpt
+    attnzoo test --config runs/attnzoo/version_3/config.yaml --ckpt_path .../epoch=4-step=1760.ckpt
+
+The ``model:`` section is ``AttnClassifier.__init__``; ``data:`` is any LightningDataModule
+(``class_path: attnzoo.data.CIFAR10DataModule`` or the short ``--data CIFAR10DataModule``);
+``model.num_classes``, ``model.in_chans`` and ``model.input_size`` are linked from the data module.
+
+Config files compose: a file with a top-level ``__base__: base.yaml`` key (a path relative to that
+file, or a list of them) is read as ``--config base.yaml --config <the file without __base__>``, so
+its keys override the base's, key by key, the way several ``--config`` flags merge in jsonargparse.
+NOTE: jsonargparse's own nested ``config:`` key is not used: it replaces a whole section (e.g. all
+of ``trainer:``) instead of merging it. The saved ``config.yaml`` is fully resolved (no ``__base__``).
+
+Runs are written to ``runs/attnzoo/version_N/``: ``config.yaml`` (the resolved config), CSV logs
+(``metrics.csv``), TensorBoard events when tensorboard is installed, ``checkpoints/``,
+``complexity.json``, ``insert_report.txt``, ``throughput.json``.
+
+Several GPUs or nodes: Lightning's DDP strategy, e.g. ``--trainer.strategy ddp --trainer.devices 4``
+on one machine, ``--trainer.num_nodes 2`` under torchrun or SLURM (``srun attnzoo fit ...``); the
+metrics are reduced across processes by torchmetrics, the in-memory data modules shard their
+batches with Lightning's distributed sampler.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+from .module import AttnClassifier
+
+__all__ = ["AttnzooCLI", "build_cli", "main", "trainer_defaults", "expand_bases", "RUNS_DIR", "RUN_NAME"]
+
+BASE_KEY = "__base__"
+
+RUNS_DIR = "runs"
+RUN_NAME = "attnzoo"
+
+# errors a wrong config raises while it is parsed and instantiated; reported in one line
+CONFIG_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError, ImportError)
+
+
+def _tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        try:
+            import tensorboardX  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
+def trainer_defaults() -> dict[str, Any]:
+    """Trainer defaults under every config: CSV logs in runs/attnzoo/version_N (+ TensorBoard if installed)."""
+    loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": RUNS_DIR, "name": RUN_NAME}}]
+    if _tensorboard_available():
+        loggers.append({"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                        "init_args": {"save_dir": RUNS_DIR, "name": RUN_NAME}})
+    return {"logger": loggers}
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+
+
+def config_layers(config: str | Path | dict[str, Any], _seen: tuple[Path, ...] = ()) -> list[str]:
+    """``--config`` values for one config (a file path or a dict), its ``__base__`` files first.
+
+    A file without ``__base__`` stays a path (so jsonargparse records it); a file or dict with one
+    becomes its bases' layers followed by its own keys as a YAML string.
+    """
+    if isinstance(config, dict):
+        data, here, name = dict(config), Path.cwd(), "config dict"
+    else:
+        path = Path(config).expanduser()
+        if not path.is_file():
+            return [str(config)]  # not a file: jsonargparse reports it (or parses it as a YAML string)
+        path = path.resolve()
+        if path in _seen:
+            chain = " -> ".join(str(p) for p in (*_seen, path))
+            raise ValueError(f"config files include each other in a loop: {chain}")
+        data, here, name = _read_yaml(path), path.parent, str(path)
+        _seen = (*_seen, path)
+        if not isinstance(data, dict) or BASE_KEY not in data:
+            return [str(path)]
+        data = dict(data)
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        bases = []
+    if isinstance(bases, (str, Path)):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, (str, Path)) for b in bases):
+        raise ValueError(f"{name}: {BASE_KEY} must be a file path or a list of them, got {bases!r}")
+    layers: list[str] = []
+    for base in bases:
+        base_path = Path(base).expanduser()
+        base_path = base_path if base_path.is_absolute() else here / base_path
+        if not base_path.is_file():
+            raise FileNotFoundError(f"{name}: {BASE_KEY} file {str(base)!r} not found (looked for {base_path})")
+        layers += config_layers(base_path, _seen)
+    if data:
+        layers.append(yaml.safe_dump(data, sort_keys=False))
+    return layers
+
+
+def expand_bases(argv: list[str]) -> list[str]:
+    """argv with every ``--config FILE`` whose FILE has ``__base__`` replaced by its layers."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            for layer in config_layers(argv[i + 1]):
+                out += [arg, layer]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            for layer in config_layers(arg.split("=", 1)[1]):
+                out += ["--config", layer]
+            i += 1
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _share_log_version(trainer: Trainer) -> None:
+    """Loggers writing under the same root get the first one's version (one run = one folder)."""
+    loggers = trainer.loggers
+    if len(loggers) < 2:
+        return
+    first = loggers[0]
+    root = getattr(first, "root_dir", None)
+    for other in loggers[1:]:
+        if getattr(other, "root_dir", None) == root and getattr(other, "_version", 0) is None:
+            other._version = first.version  # noqa: SLF001  (Lightning loggers' lazily computed version)
+
+
+class AttnzooCLI(LightningCLI):
+    """LightningCLI with the data -> model links, a Rich progress bar and one run folder per run.
+
+    ``instantiate_trainer=False`` (used by :func:`attnzoo.training.validate_config`) stops after
+    the model and data module are built.
+    """
+
+    def __init__(self, *args: Any, instantiate_trainer: bool = True, progress: dict | None = None, **kwargs: Any) -> None:
+        self._build_trainer = instantiate_trainer
+        # how far the CLI got: "parse" -> "instantiate" -> "run"; shared with the caller, who may
+        # never get the object back when __init__ raises
+        self.progress = progress if progress is not None else {}
+        self.progress["phase"] = "parse"
+        super().__init__(*args, **kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.in_chans", "model.in_chans", apply_on="instantiate")
+        parser.link_arguments("data.image_size", "model.input_size", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        self.progress["phase"] = "instantiate"
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer | None:
+        if not self._build_trainer:
+            return None
+        cfg = self._get(self.config_init, "trainer", default={}) or {}
+        if cfg.get("enable_progress_bar") is not False:
+            given = cfg.get("callbacks") or []
+            given = list(given) if isinstance(given, (list, tuple)) else [given]
+            if not any(isinstance(c, ProgressBar) for c in given):
+                kwargs["callbacks"] = [*given, RichProgressBar()]
+        trainer = super().instantiate_trainer(**kwargs)
+        _share_log_version(trainer)
+        return trainer
+
+    def after_instantiate_classes(self) -> None:
+        self.progress["phase"] = "run"
+
+
+def build_cli(
+    args: Any, run: bool = True, instantiate_trainer: bool = True, exit_on_error: bool = True,
+    progress: dict | None = None,
+) -> AttnzooCLI:
+    """The CLI object for ``args`` (argv list, or a config dict with ``run=False``)."""
+    import attnzoo.data  # noqa: F401  (short class names such as --data CIFAR10DataModule resolve)
+
+    return AttnzooCLI(
+        AttnClassifier,
+        LightningDataModule,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        trainer_defaults=trainer_defaults(),
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": exit_on_error} if not run else
+        {c: {"exit_on_error": exit_on_error} for c in ("fit", "validate", "test", "predict")},
+        args=args,
+        run=run,
+        instantiate_trainer=instantiate_trainer,
+        progress=progress,
+    )
+
+
+def _message(exc: BaseException) -> str:
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``attnzoo fit|validate|test|predict ...``; argv starts with the subcommand. Returns the exit code.
+
+    A config error (unknown block, position, key or class; a data set that is not there) is
+    printed as one line before any training and returns 2; set ``ATTNZOO_TRACEBACK=1`` to see the
+    traceback instead.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = "attnzoo " + (argv[0] if argv else "")
+    progress: dict[str, str] = {}
+    try:
+        expanded = expand_bases(argv)
+        # the expanded argv differs from sys.argv on purpose (bases inlined); not the mistake Lightning warns about
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        # args=None makes LightningCLI read sys.argv itself (no "args and sys.argv" warning)
+        build_cli(None if expanded == sys.argv[1:] else expanded, progress=progress)
+    except SystemExit as e:  # argument errors (printed by jsonargparse), --help, --print_config
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except CONFIG_ERRORS as e:
+        if os.environ.get("ATTNZOO_TRACEBACK") or progress.get("phase") == "run":
+            raise
+        print(f"{prog}: error: {_message(e)}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        if os.environ.get("ATTNZOO_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {_message(e)}", file=sys.stderr)
+        return 1
+    return 0
