@@ -77,10 +77,11 @@ def test_block_works_at_batch_one_in_train_mode(name):
 @pytest.mark.parametrize("name", BLOCKS)
 def test_every_parameter_gets_a_finite_nonzero_gradient(name):
     block = build(name).train()
-    x = torch.randn(2, C, 7, 6)
+    x = torch.randn(2, C, 7, 6, requires_grad=True)  # parameter-free blocks still pass gradients on
     y = block(x)
     assert torch.isfinite(y).all()
     (y * torch.randn_like(y)).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     for pname, p in block.named_parameters():
         assert p.grad is not None, f"{name}.{pname} is not used in forward"
         assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"

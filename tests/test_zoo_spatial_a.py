@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo import create_attn
-from attnzoo.blocks.bam import BottleneckAttn, SafeBatchNorm2d
+from attnzoo.blocks.bam import BottleneckAttn
+from attnzoo.blocks.base import SafeBatchNorm2d
 from attnzoo.blocks.coord import CoordAttn
 from attnzoo.blocks.scse import ConcurrentSpatialChannelSE
 from attnzoo.blocks.sge import SpatialGroupEnhance

@@ -28,27 +28,14 @@ NOTE (departures and readings):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..factory import register_attn
-from .base import AttnTap, check_input, reduced_channels, resolve_layer
+from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels, resolve_layer
 
-__all__ = ["BottleneckAttn", "SafeBatchNorm2d"]
+__all__ = ["BottleneckAttn"]
 
 
-class SafeBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d that accepts a training batch with a single value per channel.
-
-    torch's BatchNorm raises for such a batch (there is no batch variance to normalize with).
-    Here it is normalized with the running statistics, which are left unchanged; every other
-    batch is handled exactly as by ``nn.BatchNorm2d``. The test is on the shape, not on values.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1 and self.running_mean is not None:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        return super().forward(x)
 
 
 @register_attn(

@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from timm.layers import get_act_layer, make_divisible
 
-__all__ = ["AttnTap", "check_input", "check_channels", "reduced_channels", "resolve_layer"]
+__all__ = ["AttnTap", "SafeBatchNorm2d", "check_input", "check_channels", "reduced_channels", "resolve_layer"]
 
 TAP_KINDS = ("channel", "spatial", "query")
 
@@ -40,6 +41,22 @@ class AttnTap(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
+
+
+class SafeBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that also runs in training mode on a single value per channel.
+
+    Attention blocks normalise pooled descriptors, so batch 1 (or batch 1 of a 1x1 map) in training
+    mode leaves one value per channel, where torch's BatchNorm raises because batch statistics do
+    not exist. Such a batch is normalised with the running statistics, which are left unchanged;
+    every other batch is handled exactly as by ``nn.BatchNorm2d``. The choice depends on the input's
+    shape only, never on its values. State-dict keys are those of ``nn.BatchNorm2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1 and self.running_mean is not None:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
 
 
 def check_channels(block: str, channels: Any, minimum: int = 1) -> int:

@@ -10,7 +10,8 @@ ECCV 2018. https://arxiv.org/abs/1807.06521
 NOTE: as in the authors' released code, the 7x7 spatial convolution is followed by BatchNorm
 (``spatial_norm=True``); Eq. 3 shows none. The MLP has biases as in the authors' code
 (``mlp_bias=True``); timm's CbamModule uses ``mlp_bias=False`` -- pass that for timm parity.
-The reduced width is ``make_divisible(C * rd_ratio, rd_divisor=1)``, i.e. exactly floor-rounded C/r.
+The reduced width is ``make_divisible(C * rd_ratio, rd_divisor=1)``: C/r rounded to the nearest int
+(at least 1). The spatial BatchNorm also runs at batch 1 on a 1x1 map in training mode (``SafeBatchNorm2d``).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from ..factory import register_attn
-from .base import AttnTap, check_channels, check_input, reduced_channels, resolve_layer
+from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
 
 __all__ = ["CbamChannel", "CbamSpatial", "Cbam"]
 
@@ -78,7 +79,7 @@ class CbamSpatial(nn.Module):
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"cbam_spatial: kernel_size must be a positive odd int, got {kernel_size!r}")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not spatial_norm)
-        self.norm = nn.BatchNorm2d(1) if spatial_norm else nn.Identity()
+        self.norm = SafeBatchNorm2d(1) if spatial_norm else nn.Identity()
         self.gate = resolve_layer("cbam_spatial", "gate_layer", gate_layer)()
         self.tap = AttnTap("spatial")
 

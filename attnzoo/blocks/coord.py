@@ -31,7 +31,7 @@ from torch import nn
 from timm.layers import make_divisible
 
 from ..factory import register_attn
-from .base import AttnTap, check_channels, check_input, resolve_layer
+from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
 
 __all__ = ["CoordAttn"]
 
@@ -76,7 +76,7 @@ class CoordAttn(nn.Module):
         self.rd_channels = rd
 
         self.conv1 = nn.Conv2d(channels, rd, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(rd)
+        self.bn1 = SafeBatchNorm2d(rd)
         self.act = resolve_layer("coord", "act_layer", act_layer)(inplace=True)
         self.conv_h = nn.Conv2d(rd, channels, 1, bias=bias)
         self.conv_w = nn.Conv2d(rd, channels, 1, bias=bias)

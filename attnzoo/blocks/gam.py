@@ -24,7 +24,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..factory import register_attn
-from .base import AttnTap, check_input, reduced_channels, resolve_layer
+from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels, resolve_layer
 
 __all__ = ["GlobalAttnMechanism"]
 
@@ -64,10 +64,10 @@ class GlobalAttnMechanism(nn.Module):
         self.gate_channel = gate()
         # spatial submodule
         self.conv1 = nn.Conv2d(channels, rd, kernel_size, padding=pad, bias=False)
-        self.bn1 = nn.BatchNorm2d(rd)
+        self.bn1 = SafeBatchNorm2d(rd)
         self.act2 = act(inplace=True)
         self.conv2 = nn.Conv2d(rd, channels, kernel_size, padding=pad, bias=False)
-        self.bn2 = nn.BatchNorm2d(channels)
+        self.bn2 = SafeBatchNorm2d(channels)
         self.gate_spatial = gate()
         self.tap_channel = AttnTap("spatial")
         self.tap_spatial = AttnTap("spatial")

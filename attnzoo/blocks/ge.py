@@ -23,8 +23,8 @@ NOTE: the paper's parametric *global* gather is a depthwise conv whose kernel is
 map, i.e. a fixed input size; attnzoo blocks fix no size, so ``extra_params=True`` requires a local
 extent (2, 4, 8, ...) and says so otherwise. The parameter-free global ``ge`` has no such limit.
 NOTE: the gather convs have no bias (BatchNorm follows each). Their BatchNorm is
-``BatchNormAnyBatch``: at batch 1 in training mode on a map gathered down to 1x1 it uses its
-running statistics, where ``nn.BatchNorm2d`` would raise (see attnzoo.blocks.srm).
+``SafeBatchNorm2d``: at batch 1 in training mode on a map gathered down to 1x1 it uses its
+running statistics, where ``nn.BatchNorm2d`` would raise (``attnzoo.blocks.base.SafeBatchNorm2d``).
 NOTE: the tap is of kind "channel" for the global extent (gate (B, C, 1, 1)) and "spatial" for a
 local extent (gate (B, C, H, W)). The registry family is "channel" for all variants; a local
 extent makes the gate vary over positions too.
@@ -43,8 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..factory import register_attn
-from .base import AttnTap, check_channels, check_input, reduced_channels, resolve_layer
-from .srm import BatchNormAnyBatch
+from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
 
 __all__ = ["GatherExcite"]
 
@@ -102,7 +101,7 @@ class GatherExcite(nn.Module):
             num_conv = int(math.log2(extent))
             for i in range(1, num_conv + 1):
                 self.gather.add_module(f"conv{i}", nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels, bias=False))
-                self.gather.add_module(f"norm{i}", BatchNormAnyBatch(channels))
+                self.gather.add_module(f"norm{i}", SafeBatchNorm2d(channels))
                 if i < num_conv:
                     self.gather.add_module(f"act{i}", act(inplace=True))
         else:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..factory import register_attn
-from .base import AttnTap, check_input, reduced_channels
+from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels
 
 __all__ = ["NonLocal2d"]
 
@@ -53,7 +53,7 @@ class NonLocal2d(nn.Module):
         self.g = nn.Conv2d(channels, self.rd_channels, 1)
         self.pool = nn.MaxPool2d(2, ceil_mode=True) if sub_sample else nn.Identity()
         self.w_z = nn.Conv2d(self.rd_channels, channels, 1, bias=False)
-        self.norm = nn.BatchNorm2d(channels)
+        self.norm = SafeBatchNorm2d(channels)
         if zero_init:
             nn.init.zeros_(self.norm.weight)
         self.tap = AttnTap("query")

@@ -16,8 +16,8 @@ block contract (it checks its input has that many).
 NOTE: on a 1x1 map M - 1 = 0 and the paper's sigma^2 is 0/0; the divisor is ``max(M - 1, 1)``, so a
 1x1 map gets sigma^2 = 0, 1/e* = 1/2 and the gate sigmoid(1/2) for every neuron, instead of NaN.
 NOTE: the weights are 3-D (one per neuron, (B, C, H, W)), so the tap is of kind "spatial" with C
-maps. The registry family is "channel" as the zoo's issue groups it; by the paper's own taxonomy
-(Fig. 1) SimAM is full 3-D attention, i.e. closer to "channel+spatial".
+maps. The zoo's issue lists SimAM under channel attention, but its weights are full 3-D attention
+(the paper's Fig. 1), so the registry family is "channel+spatial".
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ __all__ = ["SimAM"]
 
 @register_attn(
     "simam",
-    family="channel",
+    family="channel+spatial",
     paper="SimAM: A Simple, Parameter-Free Attention Module for Convolutional Neural Networks",
     authors="Yang, Zhang, Li, Xie",
     year=2021,

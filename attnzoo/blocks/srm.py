@@ -19,7 +19,7 @@ factor sqrt(HW/(HW-1)) only.
 NOTE: the CFC has no bias, as in the paper: the BatchNorm that follows would cancel it, so it
 could never learn.
 NOTE: z holds one value per channel and sample, so a training batch of one sample has no batch
-statistics (``nn.BatchNorm2d`` raises there). ``BatchNormAnyBatch`` then normalizes with its running
+statistics (``nn.BatchNorm2d`` raises there). ``SafeBatchNorm2d`` then normalizes with its running
 statistics, as in eval mode, and leaves them unchanged; any batch of two or more is ordinary
 training-mode BatchNorm.
 """
@@ -30,23 +30,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..factory import register_attn
-from .base import AttnTap, check_channels, check_input, resolve_layer
+from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
 
-__all__ = ["StyleRecalibration", "BatchNormAnyBatch"]
+__all__ = ["StyleRecalibration"]
 
 
-class BatchNormAnyBatch(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` that also runs in training mode on one value per channel.
-
-    With a single value per channel (batch 1 of a 1x1 map) batch statistics do not exist; training
-    mode then normalizes with the running statistics (as eval mode does) and does not update them.
-    The choice depends on the input's shape only, never on its values.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.shape[0] * x.shape[2] * x.shape[3] == 1:
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
-        return super().forward(x)
 
 
 @register_attn(
@@ -71,7 +59,7 @@ class StyleRecalibration(nn.Module):
             raise ValueError(f"srm: eps must be a positive float, got {eps!r}")
         self.eps = float(eps)
         self.cfc = nn.Parameter(torch.zeros(channels, 2))  # per-channel weights for (mean, std)
-        self.bn = BatchNormAnyBatch(channels)
+        self.bn = SafeBatchNorm2d(channels)
         self.gate = resolve_layer("srm", "gate_layer", gate_layer)()
         self.tap = AttnTap("channel")
 

@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from ..factory import register_attn
-from .base import AttnTap, check_channels, check_input, resolve_layer
-from .bam import SafeBatchNorm2d
+from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
 
 __all__ = ["TripletAttn"]
 
