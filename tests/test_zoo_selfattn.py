@@ -401,3 +401,14 @@ def test_sk_rejects_a_single_or_even_kernel():
         create_attn("sk", 16, kernel_size=(3,))
     with pytest.raises(ValueError, match="kernel_size must list >= 2 odd kernel sizes"):
         create_attn("sk", 16, kernel_size=(3, 4))
+
+
+def test_danet_cam_energies_stay_float32_under_bfloat16_autocast():
+    """Unscaled energies over N positions make a sharp softmax; bf16 rounding must not move it."""
+    torch.manual_seed(0)
+    cam = create_attn("danet_cam", 32, gamma_init=1.0).eval()
+    x = torch.randn(2, 32, 24, 24) * 3
+    y = cam(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y_bf = cam(x)
+    assert ((y_bf.float() - y).norm() / y.norm()) < 0.01

@@ -31,6 +31,9 @@ NOTE (departures, and why):
   ``max - energy`` to the softmax. Because softmax ignores a per-row constant this equals
   ``softmax_i(-A_j . A_i)``: a channel attends most to the channels *least* similar to it. Pass
   ``max_minus=False`` for Eq. 3 as printed.
+* CAM's energies A A^T are sums over all N positions with no 1/sqrt scaling, so its softmax is
+  sharp and bfloat16 rounding of the energies alone shifts it (a 20% relative output error at
+  32x32 in a test); under autocast they and their softmax are computed in float32.
 * PAM's key convolution has no bias: a key bias b adds q_j . b to every logit of query j, a
   constant that softmax removes, so it could never learn.
 * Taps: PAM's weights go through a ``"query"`` tap, (B, 1, N, H, W). CAM's weights mix channels
@@ -112,10 +115,14 @@ class DanetChannelAttn(nn.Module):
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """beta * sum_i x_ji A_i, the term CAM adds to its input; (B, C, H, W)."""
         a = x.flatten(2)  # (B, C, N)
-        energy = a @ a.transpose(1, 2)  # (B, C, C)
-        if self.max_minus:  # a constructor flag, not a tensor value
-            energy = energy.amax(-1, keepdim=True) - energy  # (B, C, C)
-        weights = energy.softmax(-1).to(a.dtype)  # (B, C, C), rows sum to 1
+        # the unscaled energies grow with N and the softmax over them is sharp: in bfloat16 their
+        # rounding alone moves the weights, so they are computed in float32 (see module NOTE)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            a32 = a.float()
+            energy = a32 @ a32.transpose(1, 2)  # (B, C, C)
+            if self.max_minus:  # a constructor flag, not a tensor value
+                energy = energy.amax(-1, keepdim=True) - energy  # (B, C, C)
+            weights = energy.softmax(-1).to(a.dtype)  # (B, C, C), rows sum to 1
         if self.tap.active:
             self.tap(weights.unsqueeze(1).unsqueeze(-1))  # (B, 1, C, C, 1): channels as queries and keys
         out = weights @ a  # (B, C, N)
