@@ -22,8 +22,8 @@ spatial map.
 NOTE (departures, and why):
 * Groups: the paper's G = 32 assumes widths >= 128. The branches here use
   ``groups = gcd(channels, groups)``, the largest group count that divides both the channel count
-  and the requested G: 32 for C = 64..2048, 16 for C = 16 (depthwise), 8 for C = 24. ``self.groups``
-  keeps the value used.
+  and the requested G: 32 for every multiple of 32 (64, 128, ..., 2048), 16 for C = 16 and 48
+  (depthwise at 16), 8 for C = 24. ``self.groups`` keeps the value used.
 * ``attn_norm=False`` (default) replaces the BN in the fuse step by a bias on ``W_reduce``: BN over
   a (B, d, 1, 1) descriptor has one value per channel when B = 1 and cannot train at batch 1.
   ``attn_norm=True`` is the paper's form and, with ``groups`` and ``rd_channels`` matched, equals
