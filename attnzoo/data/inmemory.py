@@ -76,31 +76,38 @@ def random_crop_flip(
 ) -> torch.Tensor:
     """Per-sample random crop after zero padding, and per-sample horizontal flip, vectorised.
 
-    ``images``: (B, C, H, W), any dtype, any device. Random numbers come from ``generator``
-    (a CPU generator; the few per-sample numbers are moved to the images' device).
+    ``images``: (B, C, H, W), any dtype, any device. Random numbers come from ``generator`` (a CPU
+    generator; the few per-sample numbers are moved to the images' device), drawn in this order:
+    row offsets, column offsets (both U{0..2*padding}, only if padding > 0), flips (U[0, 1) < 0.5).
+    Crop and flip are two ``gather`` calls: rows, then columns (reversed for flipped samples).
     """
-    b, _, h, w = images.shape
-    out = images
+    b, c, h, w = images.shape
+    dev = images.device
+    oy = ox = None
     if padding > 0:
-        padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
-        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
-        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(images.device)
-        rows = oy[:, None] + torch.arange(h, device=images.device)  # (B, H)
-        cols = ox[:, None] + torch.arange(w, device=images.device)  # (B, W)
-        bidx = torch.arange(b, device=images.device)[:, None, None]  # (B, 1, 1)
-        out = padded[bidx, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
-        out = out.permute(0, 3, 1, 2)  # (B, C, H, W)
-    if hflip:
-        flip = (torch.rand(b, generator=generator) < 0.5).to(images.device)
-        out = torch.where(flip[:, None, None, None], out.flip(3), out)
-    return out.contiguous()
+        oy = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
+        ox = torch.randint(0, 2 * padding + 1, (b,), generator=generator).to(dev)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(dev) if hflip else None
+    x = images
+    if oy is not None:
+        x = torch.nn.functional.pad(images, (padding, padding, padding, padding))  # (B, C, H+2p, W+2p)
+        rows = oy[:, None] + torch.arange(h, device=dev)  # (B, H)
+        x = x.gather(2, rows.view(b, 1, h, 1).expand(b, c, h, w + 2 * padding))  # (B, C, H, W+2p)
+    if ox is None and flip is None:
+        return x.contiguous()
+    cols = torch.arange(w, device=dev).expand(b, w)  # (B, W)
+    if flip is not None:
+        cols = torch.where(flip[:, None], w - 1 - cols, cols)  # crop then flip: column j <- w-1-j
+    if ox is not None:
+        cols = cols + ox[:, None]
+    return x.gather(3, cols.reshape(b, 1, 1, w).expand(b, c, h, w))  # (B, C, H, W)
 
 
 def normalize_uint8(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (B, C, H, W) in [0, 255] -> float32 ((x / 255) - mean) / std per channel."""
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255.0
-    return (images.float() - m) / s
+    scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1))
+    shift = -torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255.0 * scale
+    return images.to(torch.float32, copy=True).mul_(scale).add_(shift)  # never modifies the input
 
 
 class InMemoryDataModule(LightningDataModule):
