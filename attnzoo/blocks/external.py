@@ -29,7 +29,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..factory import register_attn
-from .base import AttnTap, check_channels, check_input
+from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input
 
 __all__ = ["ExternalAttn"]
 
@@ -62,7 +62,7 @@ class ExternalAttn(nn.Module):
         self.mem_v = nn.Conv2d(memory_size, channels, 1, bias=False)
         self.mem_v.weight.data.copy_(self.mem_k.weight.data.transpose(0, 1))  # M_v = M_k^T at init
         self.conv_out = nn.Conv2d(channels, channels, 1, bias=False)
-        self.norm = nn.BatchNorm2d(channels)
+        self.norm = SafeBatchNorm2d(channels)
         self.act = nn.ReLU(inplace=False) if out_act else nn.Identity()
         self.tap = AttnTap("spatial")
 

@@ -43,7 +43,7 @@ from torch import nn
 from timm.layers import make_divisible
 
 from ..factory import register_attn
-from .base import AttnTap, check_channels, check_input, resolve_layer
+from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
 
 __all__ = ["SelectiveKernel"]
 
@@ -55,7 +55,7 @@ class _SelectAttn(nn.Module):
         super().__init__()
         self.num_paths = num_paths
         self.fc_reduce = nn.Conv2d(channels, rd_channels, 1, bias=not attn_norm)
-        self.bn = nn.BatchNorm2d(rd_channels) if attn_norm else nn.Identity()
+        self.bn = SafeBatchNorm2d(rd_channels) if attn_norm else nn.Identity()
         self.act = act_layer(inplace=True)
         self.fc_select = nn.Conv2d(rd_channels, channels * num_paths, 1, bias=False)
 
@@ -119,7 +119,7 @@ class SelectiveKernel(nn.Module):
         self.paths = nn.ModuleList(
             nn.Sequential(OrderedDict(
                 conv=nn.Conv2d(channels, channels, k, padding=dl * (k - 1) // 2, dilation=dl, groups=self.groups, bias=False),
-                bn=nn.BatchNorm2d(channels),
+                bn=SafeBatchNorm2d(channels),
                 act=act(inplace=True),
             ))
             for k, dl in zip(kernels, dilations)
