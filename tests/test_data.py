@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import gzip
-import os
 import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
