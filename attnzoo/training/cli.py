@@ -200,6 +200,10 @@ def build_cli(
     """The CLI object for ``args`` (argv list, or a config dict with ``run=False``)."""
     import attnzoo.data  # noqa: F401  (short class names such as --data CIFAR10DataModule resolve)
 
+    # args are passed on purpose (bases inlined, or a run_fit_test config) while sys.argv holds
+    # something else (the attnzoo command line, pytest's): not the mistake Lightning warns about
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+
     return AttnzooCLI(
         AttnClassifier,
         LightningDataModule,
@@ -215,6 +219,22 @@ def build_cli(
         instantiate_trainer=instantiate_trainer,
         progress=progress,
     )
+
+
+def original_error(exc: BaseException) -> BaseException:
+    """The data set's own FileNotFoundError when jsonargparse wrapped it in a ValueError, else ``exc``.
+
+    jsonargparse reports a failing ``data:`` class (typed as a Union) as "Does not validate against
+    any of the Union subtypes", with the data module's error as ``__cause__``.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, FileNotFoundError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return exc
 
 
 def _message(exc: BaseException) -> str:
@@ -234,8 +254,6 @@ def main(argv: list[str] | None = None) -> int:
     progress: dict[str, str] = {}
     try:
         expanded = expand_bases(argv)
-        # the expanded argv differs from sys.argv on purpose (bases inlined); not the mistake Lightning warns about
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         # args=None makes LightningCLI read sys.argv itself (no "args and sys.argv" warning)
         build_cli(None if expanded == sys.argv[1:] else expanded, progress=progress)
     except SystemExit as e:  # argument errors (printed by jsonargparse), --help, --print_config
@@ -243,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     except CONFIG_ERRORS as e:
         if os.environ.get("ATTNZOO_TRACEBACK") or progress.get("phase") == "run":
             raise
-        print(f"{prog}: error: {_message(e)}", file=sys.stderr)
+        print(f"{prog}: error: {_message(original_error(e))}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
         if os.environ.get("ATTNZOO_TRACEBACK"):

@@ -242,11 +242,15 @@ class AttnClassifier(LightningModule):
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
 
     # -- optimization -----------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: weight decay on weights, none on 1-D parameters (norms, biases)."""
         from timm.optim import param_groups_weight_decay
 
+        return param_groups_weight_decay(self.model, self.hparams.weight_decay)
+
+    def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        groups = param_groups_weight_decay(self.model, hp.weight_decay)
+        groups = self.param_groups()
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
         else:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .callbacks import ComplexityLogger, EpochHistory, ThroughputMonitor
-from .cli import BASE_KEY, build_cli, config_layers
+from .cli import BASE_KEY, build_cli, config_layers, original_error
 from .complexity import complexity
 
 __all__ = ["run_fit_test", "validate_config", "load_config"]
@@ -70,6 +70,9 @@ def _build(config: dict[str, Any], instantiate_trainer: bool):
     except Exception as e:  # jsonargparse's ArgumentError is not a ValueError; say what the user can fix
         if type(e).__name__ == "ArgumentError":
             raise ValueError(f"invalid run config: {e}") from e
+        inner = original_error(e)
+        if inner is not e:  # a data set that is not there, unwrapped from jsonargparse's ValueError
+            raise inner from None
         raise
 
 

@@ -1,0 +1,229 @@
+"""AttnClassifier, its schedules and callbacks, and run_fit_test / validate_config (attnzoo.training)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from attnzoo.training import AttnClassifier, complexity, run_fit_test, validate_config
+from attnzoo.training.module import build_schedule
+
+
+CHECKPOINT = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}
+
+
+def synthetic_config(**trainer) -> dict:
+    """A run small enough for the test suite: resnet20 at 16x16, 4 classes, batch 16."""
+    return {
+        "seed_everything": 3,
+        "model": {"backbone": "resnet20", "attn": "se", "lr": 0.05, "warmup_epochs": 0.5},
+        "data": {
+            "class_path": "attnzoo.data.SyntheticDataModule",
+            "init_args": {"batch_size": 16, "num_train": 96, "num_test": 32, "image_size": 16, "num_classes": 4},
+        },
+        "trainer": {"max_epochs": 2, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
+                    "enable_model_summary": False, "callbacks": [CHECKPOINT], **trainer},
+    }
+
+
+# -- complexity ----------------------------------------------------------------
+
+
+def test_complexity_counts_conv_and_linear_flops_of_a_hand_sized_model():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    got = complexity(model, (1, 4, 4))
+    conv = 2 * (2 * 4 * 4) * (1 * 3 * 3)  # 2 FLOPs per MAC x outputs x kernel taps
+    linear = 2 * 32 * 3
+    assert got == {"params": 2 * 9 + 32 * 3 + 3, "flops": conv + linear}
+
+
+def test_complexity_leaves_batchnorm_statistics_and_training_mode_alone():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    before = model[1].running_mean.clone()
+    complexity(model, 8)
+    assert model.training and torch.equal(model[1].running_mean, before)
+
+
+# -- model construction -----------------------------------------------------------
+
+
+def test_model_reports_inserted_sites_and_counts_their_parameters():
+    plain = AttnClassifier("resnet20", num_classes=10, in_chans=1, input_size=28)
+    model = AttnClassifier("resnet20", attn="se", num_classes=10, in_chans=1, input_size=28)
+    extra = sum(p.numel() for p in model.model.parameters()) - sum(p.numel() for p in plain.model.parameters())
+    assert len(model.insert_report.sites) == 9  # 3 stages x 3 blocks, standard position
+    assert model.insert_report.total_params == extra > 0
+    assert model.model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        ({"attn": "sse"}, KeyError, "unknown attention block 'sse'"),
+        ({"attn": "se", "position": "middle"}, ValueError, "middle"),
+        ({"backbone": "resnet21"}, KeyError, "unknown backbone 'resnet21'"),
+        ({"optimizer": "adam"}, ValueError, "did you mean 'adamw'"),
+        ({"schedule": "cosin"}, ValueError, "did you mean 'cosine'"),
+        ({"position": "pre"}, ValueError, "model.attn is null"),
+        ({"label_smoothing": 1.0}, ValueError, "label_smoothing"),
+    ],
+)
+def test_bad_model_argument_fails_at_construction_with_a_clear_message(kwargs, error, words):
+    with pytest.raises(error) as info:
+        AttnClassifier(**{"num_classes": 10, "input_size": 32, **kwargs})
+    assert words in str(info.value)
+
+
+def test_weight_decay_applies_to_conv_and_linear_weights_only():
+    model = AttnClassifier("resnet20", attn="se", num_classes=10, weight_decay=1e-3)
+    groups = model.param_groups()
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.model.named_parameters():
+        expect = p.ndim > 1 and not name.endswith(".bias")
+        assert (id(p) in decayed) == expect, name
+    assert all(g["weight_decay"] in (0.0, 1e-3) for g in groups)
+
+
+# -- schedules ---------------------------------------------------------------------
+
+
+def _lrs(schedule: str, total: int, warmup: int, lr: float = 0.1) -> list[float]:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = build_schedule(opt, schedule, total_steps=total, warmup_steps=warmup, lr=lr)
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])  # the lr the next optimizer step uses
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_cosine_schedule_warms_up_linearly_then_follows_the_cosine_to_zero():
+    total, warmup, lr = 20, 4, 0.1
+    got = _lrs("cosine", total, warmup, lr)
+    # straight line from lr/warmup (step 0) to lr (step `warmup`), then half a cosine period to 0
+    ramp = [lr * (1 / warmup + (1 - 1 / warmup) * i / warmup) for i in range(warmup)]
+    cosine = [lr * 0.5 * (1 + math.cos(math.pi * k / (total - warmup))) for k in range(total - warmup)]
+    assert got == pytest.approx(ramp + cosine, rel=1e-6, abs=1e-9)
+
+
+def test_onecycle_schedule_peaks_at_lr_at_the_end_of_warmup():
+    got = _lrs("onecycle", 40, 10, lr=0.2)
+    assert max(got) == pytest.approx(0.2)
+    assert got.index(max(got)) in (9, 10)
+    assert got[0] < 0.02 and got[-1] < 1e-3
+
+
+# -- run_fit_test / validate_config -------------------------------------------------
+
+
+def test_validate_config_names_the_unknown_block_key_and_position():
+    validate_config(synthetic_config())  # a good config passes
+    bad_block = synthetic_config()
+    bad_block["model"]["attn"] = "cbma"
+    with pytest.raises(KeyError, match="did you mean 'cbam'"):
+        validate_config(bad_block)
+    bad_key = synthetic_config()
+    bad_key["model"]["lr_max"] = 0.1
+    with pytest.raises(ValueError, match="lr_max"):
+        validate_config(bad_key)
+    bad_position = synthetic_config()
+    bad_position["model"]["position"] = "sppf"  # a YOLO position; resnet20 has no SPPF
+    with pytest.raises(ValueError, match="sppf"):
+        validate_config(bad_position)
+
+
+def test_validate_config_reports_a_missing_data_set(tmp_path):
+    config = synthetic_config()
+    config["data"] = {"class_path": "attnzoo.data.FashionMNISTDataModule",
+                      "init_args": {"data_dir": str(tmp_path / "nowhere")}}
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        validate_config(config)
+
+
+def test_run_fit_test_returns_the_contract_and_writes_the_run_folder(tmp_path):
+    result = run_fit_test(synthetic_config(), tmp_path / "run")
+    assert set(result) >= {"test", "epochs", "params", "flops", "train_throughput", "infer_throughput",
+                           "wall_time_s", "insert_report", "config"}
+    assert [e["epoch"] for e in result["epochs"]] == [0, 1]
+    for row in result["epochs"]:
+        assert {"train/loss", "train/acc1", "val/loss", "val/acc1"} <= set(row)
+    assert 0.0 <= result["test"]["acc1"] <= 1.0 and result["test"]["acc5"] is None  # 4 classes: no top-5
+    assert result["train_throughput"] > 0 and result["infer_throughput"] > 0
+    assert result["params"] == sum(p.numel() for p in AttnClassifier(attn="se", num_classes=4).model.parameters())
+    assert len(result["insert_report"]["sites"]) == 9
+    assert result["config"]["model"]["attn"] == "se" and result["config"]["seed_everything"] == 3
+    run = tmp_path / "run"
+    for name in ("config.yaml", "complexity.json", "insert_report.txt", "metrics.csv", "throughput.json"):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_same_seed_twice_gives_identical_metrics(tmp_path):
+    a = run_fit_test(synthetic_config(), tmp_path / "a")
+    b = run_fit_test(synthetic_config(), tmp_path / "b")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train/throughput"} for r in rows]  # noqa: E731
+    assert strip(a["epochs"]) == strip(b["epochs"])
+    assert a["test"] == b["test"]
+
+
+def test_nan_training_loss_raises(tmp_path):
+    config = synthetic_config(max_epochs=1)
+    config["model"].update(lr=1e12, warmup_epochs=0, schedule="constant")
+    with pytest.raises(FloatingPointError, match="training loss became"):
+        run_fit_test(config, tmp_path / "nan")
+
+
+def test_resume_from_checkpoint_continues_the_same_run(tmp_path):
+    def config() -> dict:
+        # one batch per epoch, so the shuffle order (not part of a checkpoint) cannot matter
+        c = synthetic_config(max_epochs=3)
+        c["data"]["init_args"]["batch_size"] = 128
+        return c
+
+    full = run_fit_test(config(), tmp_path / "full")
+    # the same run, stopped after epoch 0 by a callback (as if interrupted), then resumed
+    part = config()
+    part["trainer"]["callbacks"] = [CHECKPOINT, {"class_path": "tests.test_training.StopAfterEpoch",
+                                                 "init_args": {"epoch": 0}}]
+    first = run_fit_test(part, tmp_path / "part")
+    assert [e["epoch"] for e in first["epochs"]] == [0]
+    resumed_config = config()
+    resumed_config["ckpt_path"] = str(tmp_path / "part" / "checkpoints" / "last.ckpt")
+    resumed = run_fit_test(resumed_config, tmp_path / "resumed")
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]  # only the remaining epochs ran
+    ckpt = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    full_ckpt = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert (ckpt["global_step"], ckpt["epoch"]) == (full_ckpt["global_step"], full_ckpt["epoch"])
+    # weights, momentum buffers and the schedule went on from where they stopped
+    assert ckpt["lr_schedulers"][0]["_last_lr"] == pytest.approx(full_ckpt["lr_schedulers"][0]["_last_lr"])
+    for row, full_row in zip(resumed["epochs"], full["epochs"][1:]):
+        assert row == pytest.approx(full_row, rel=1e-3, abs=1e-4)
+    assert resumed["test"] == pytest.approx(full["test"], rel=1e-3, abs=1e-4)
+
+
+def test_checkpoint_reloads_into_the_same_network(tmp_path):
+    run_fit_test(synthetic_config(max_epochs=1), tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    model = AttnClassifier.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert model.hparams.attn == "se" and model.hparams.num_classes == 4
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+# importable by class_path from the configs above
+from lightning.pytorch import Callback  # noqa: E402
+
+
+class StopAfterEpoch(Callback):
+    """Ends the fit after ``epoch`` (like an interrupted job), after the checkpoint was written."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
