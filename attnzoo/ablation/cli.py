@@ -1,0 +1,149 @@
+"""``attnzoo ablate GRID`` and ``attnzoo report GRID_OR_DB``.
+
+    attnzoo ablate configs/ablation/cifar100_resnet56.yaml --dry-run   # cells, params, FLOPs; no training
+    attnzoo ablate experiments/fmnist_resnet20/grid.yaml               # run the missing cells
+    attnzoo ablate experiments/fmnist_resnet20/grid.yaml --workers 2   # two runs at a time
+    attnzoo report experiments/fmnist_resnet20/grid.yaml               # README.md, results.csv/.tex, PNGs
+    attnzoo report experiments/fmnist_resnet20/results.sqlite --out /tmp/report
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["ablate_main", "report_main"]
+
+
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"workers must be an int >= 1 or 'auto', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"workers must be an int >= 1 or 'auto', got {value!r}")
+    return n
+
+
+def _fmt_count(x: float | None, unit: float) -> str:
+    return "?" if x is None else f"{x / unit:.3f}"
+
+
+def _dry_run(grid, store) -> int:
+    from .grid import cell_complexity
+
+    status = store.status()
+    first = {}
+    for c in grid.cells:
+        first.setdefault(c.label, c)
+    rows = []
+    for label, cell in first.items():
+        cost = cell_complexity(cell)
+        cells = [c for c in grid.cells if c.label == label]
+        done = sum(status.get(c.key) == "ok" for c in cells)
+        failed = sum(status.get(c.key) == "failed" for c in cells)
+        rows.append((label, "yes" if cell.is_baseline else (cell.baseline or "-"), ",".join(str(c.seed) for c in cells),
+                     _fmt_count(cost["params"], 1e6), _fmt_count(cost["flops"], 1e6), f"{done} ok, {failed} failed"))
+    head = ("cell", "baseline", "seeds", "params (M)", "MFLOPs", "in store")
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    print(f"{grid.name}: {len(first)} variants x {len(grid.seeds)} seeds = {len(grid.cells)} runs "
+          f"(store {grid.store}); FLOPs at batch 1 at the data's image size")
+    for r in [head, *rows]:
+        print("  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))))
+    return 0
+
+
+def ablate_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="attnzoo ablate",
+        description="Run an ablation grid (configs/ablation/*.yaml): every block x position x backbone x seed cell "
+                    "as a fit + test, results in a SQLite store, one transaction per finished run. The whole grid is "
+                    "validated first. Re-running the same command runs only the missing cells; cells recorded as "
+                    "failed are skipped unless --retry-failed. Ctrl-C or kill loses no finished run.",
+    )
+    parser.add_argument("grid", help="grid YAML file")
+    parser.add_argument("--dry-run", action="store_true", help="list the cells with parameters and FLOPs; train nothing")
+    parser.add_argument("--workers", type=_workers, default=None,
+                        help="runs at a time (default: the grid's 'workers', else 1); 'auto' = one per GPU. "
+                             "On CPU the workers split the cores")
+    parser.add_argument("--store", default=None, help="SQLite results file (default: the grid's 'store')")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="also run again the cells recorded as failed (their rows are replaced)")
+    args = parser.parse_args(argv)
+
+    from .grid import GridError, load_grid, validate_grid
+    from .runner import run_grid
+    from .store import ResultStore
+
+    try:
+        grid = load_grid(args.grid, store=args.store, workers=args.workers)
+        validate_grid(grid)
+    except (GridError, FileNotFoundError) as e:
+        print(f"attnzoo ablate: error: {e}", file=sys.stderr)
+        return 2
+    store = ResultStore(grid.store)
+    if args.dry_run:
+        return _dry_run(grid, store)
+    try:
+        counts = run_grid(grid, store, retry_failed=args.retry_failed)
+    except KeyboardInterrupt:
+        return 130
+    total = store.status()
+    ok = sum(total.get(c.key) == "ok" for c in grid.cells)
+    failed = [c.name for c in grid.cells if total.get(c.key) == "failed"]
+    print(f"{grid.name}: {ok}/{len(grid.cells)} runs ok" + (f", failed: {', '.join(failed)}" if failed else "")
+          + f"\nresults: {store.path}\nreport:  attnzoo report {args.grid}")
+    return 1 if counts["failed"] else 0
+
+
+def report_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="attnzoo report",
+        description="Write the ablation report from a results store: Markdown (recipe, hardware, table), "
+                    "results.csv, results.tex and PNG plots of Δ top-1 against Δ latency and Δ parameters.",
+    )
+    parser.add_argument("source", help="grid YAML (reports that grid's cells) or SQLite results file (all its runs)")
+    parser.add_argument("--out", default=None, help="output folder (default: the results store's folder)")
+    parser.add_argument("--markdown", default="README.md",
+                        help="Markdown file in --out; its generated block is replaced, other text is kept")
+    parser.add_argument("--title", default=None, help="report title (default: the grid's name)")
+    parser.add_argument("--formats", default="md,csv,tex,png", help="comma-separated subset of md,csv,tex,png")
+    args = parser.parse_args(argv)
+
+    from .grid import GridError, load_grid
+    from .report import write_report
+    from .store import ResultStore
+
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("md", "csv", "tex", "png")]
+    if bad or not formats:
+        print(f"attnzoo report: error: unknown format(s) {bad}; choose from md, csv, tex, png", file=sys.stderr)
+        return 2
+    src = Path(args.source)
+    try:
+        if src.suffix in (".yaml", ".yml"):
+            grid = load_grid(src)
+            if not grid.store.exists():
+                raise FileNotFoundError(f"no results store at {grid.store}; run `attnzoo ablate {src}` first")
+            store = ResultStore(grid.store)
+            rows = store.rows(keys=[c.key for c in grid.cells])
+            have = {c.key for c in grid.cells} & {r["key"] for r in rows if r["status"] == "ok"}
+            missing = [c.name for c in grid.cells if c.key not in have and c.key not in {r["key"] for r in rows}]
+            order, title, out = grid.variants, args.title or grid.name, args.out or grid.store.parent
+        else:
+            if not src.is_file():
+                raise FileNotFoundError(f"{src} is neither a grid YAML nor an existing SQLite results file")
+            store = ResultStore(src)
+            rows = store.rows()
+            names = list(dict.fromkeys(r["grid"] for r in rows if r.get("grid")))
+            missing, order, title, out = None, None, args.title or (", ".join(names) or src.stem), args.out or src.parent
+        written = write_report(rows, out, title, order=order, missing=missing, markdown_name=args.markdown, formats=formats)
+    except (GridError, FileNotFoundError, ValueError) as e:
+        print(f"attnzoo report: error: {e}", file=sys.stderr)
+        return 2
+    for kind, path in written.items():
+        print(f"{kind}: {os.path.relpath(path)}")
+    return 0
