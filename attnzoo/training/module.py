@@ -170,8 +170,8 @@ class AttnClassifier(LightningModule):
         for stage in STAGES:
             setattr(self, f"{stage}_metrics", base.clone(prefix=f"{stage}/"))
             setattr(self, f"{stage}_loss", MeanMetric())
-        # lets Lightning's model summary show FLOPs and sizes
-        self.example_input_array = torch.zeros(1, *self.input_size)
+        # NOTE: no example_input_array: Lightning would push it through the data module's
+        # on_after_batch_transfer, which expects (images, targets); FLOPs go to complexity.json instead
         self.__dict__["_compiled"] = None  # not a registered submodule: state_dict keys stay model.*
 
     # -- sizes ------------------------------------------------------------------
