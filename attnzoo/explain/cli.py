@@ -72,18 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     from .api import explain_checkpoints
+    from .images import load_classifier
 
     try:
         if args.num_images < 1:
             raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
         if (args.mean is None) != (args.std is None):
             raise ValueError("--mean and --std go together (one value per channel each)")
-        pairs = [parse_ckpt(c) for c in args.ckpt]
-        labels = [label for label, _ in pairs]
-        checkpoints = ({label or Path(path).stem: path for label, path in pairs}
-                       if any(labels) else [path for _, path in pairs])
-        if isinstance(checkpoints, dict) and len(checkpoints) != len(pairs):
-            raise ValueError(f"--ckpt labels must differ, got {labels}")
+        # unlabelled checkpoints are labelled by their block spec; repeated labels get #2, #3
+        checkpoints = [load_classifier(path, label) for label, path in map(parse_ckpt, args.ckpt)]
         written = explain_checkpoints(
             checkpoints, args.images, args.out, grid=not args.no_grid, query=args.query,
             cam_layer=args.cam_layer, top_k=args.top_k, sites=args.sites, dataset=args.dataset,
