@@ -89,7 +89,7 @@ def test_fit_saves_the_resolved_config_and_logs_and_resumes_from_its_checkpoint(
     assert {r["step"] for r in rows if r.get("train/loss")} == {"5"}  # global step went on from 3 to 6
 
 
-def test_test_subcommand_evaluates_a_checkpoint(fmnist_dir, tmp_path, monkeypatch, capsys):
+def test_test_validate_and_predict_subcommands_use_a_checkpoint(fmnist_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["fit", *tiny_args("fmnist_resnet20", fmnist_dir), "--trainer.max_epochs", "1",
             "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
@@ -98,6 +98,10 @@ def test_test_subcommand_evaluates_a_checkpoint(fmnist_dir, tmp_path, monkeypatc
     assert main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
                  "--trainer.limit_test_batches", "2"]) == 0
     assert "test/acc1" in capsys.readouterr().out
+    common = ["--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")]
+    assert main(["validate", *common, "--trainer.limit_val_batches", "1"]) == 0
+    assert "val/acc1" in capsys.readouterr().out
+    assert main(["predict", *common, "--trainer.limit_predict_batches", "1"]) == 0
 
 
 def test_print_config_shows_base_file_and_overrides_merged(fmnist_dir, capsys):
