@@ -227,3 +227,18 @@ class StopAfterEpoch(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
             trainer.should_stop = True
+
+
+def test_ema_weights_are_trained_checkpointed_and_used_for_evaluation(tmp_path):
+    config = synthetic_config(max_epochs=1)
+    config["model"].update(ema_decay=0.5, channels_last=True)
+    result = run_fit_test(config, tmp_path / "ema")
+    state = torch.load(tmp_path / "ema" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    key = "model.fc.weight"
+    assert not torch.equal(state[key], state["ema.module.fc.weight"])  # an average, not a copy
+    model = AttnClassifier.load_from_checkpoint(tmp_path / "ema" / "checkpoints" / "last.ckpt", map_location="cpu")
+    model.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model._eval_forward(x), model.ema.module(x))
+    assert result["test"]["acc1"] is not None
