@@ -267,7 +267,7 @@ def checkpoints(tmp_path_factory):
         model = AttnClassifier(backbone="resnet20", attn=attn, stages=3, blocks="last", num_classes=4,
                                in_chans=3, input_size=16, lr=0.01)
         trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
-                            enable_model_summary=False)
+                            enable_model_summary=False, default_root_dir=folder)  # run files go to tmp
         trainer.fit(model, dm)
         paths[attn] = folder / f"{attn} epoch=0-step=1.ckpt"  # '=' in the name, as Lightning writes them
         trainer.save_checkpoint(paths[attn])
@@ -324,3 +324,31 @@ def test_ckpt_argument_splits_label_only_when_the_path_does_not_exist(checkpoint
     path = str(checkpoints["cbam"])
     assert parse_ckpt(path) == (None, path)
     assert parse_ckpt(f"se=runs/x=1.ckpt") == ("se", "runs/x=1.ckpt")
+
+
+def test_images_default_to_the_runs_own_data_and_its_normalisation(checkpoints, tmp_path):
+    import shutil
+
+    import yaml
+    from PIL import Image
+
+    from attnzoo.explain import load_models, resolve_images
+
+    run = tmp_path / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = shutil.copy(checkpoints["cbam"], run / "checkpoints" / "last.ckpt")
+    data = {"class_path": "attnzoo.data.SyntheticDataModule",
+            "init_args": {"num_classes": 4, "image_size": 16, "num_test": 4, "batch_size": 4}}
+    (run / "config.yaml").write_text(yaml.safe_dump({"data": data}))  # as `attnzoo fit` saves it
+    models = load_models([ckpt])
+    imgs = resolve_images(models, None, num_images=3)
+    from attnzoo.data import SyntheticDataModule
+
+    dm = SyntheticDataModule(num_classes=4, image_size=16, num_test=4)
+    dm.setup()
+    expected = dm.normalize(torch.stack([dm.test_set[i][0] for i in range(3)]))
+    torch.testing.assert_close(imgs.tensor, expected)
+    assert imgs.targets == [int(dm.test_set[i][1]) for i in range(3)]
+    Image.fromarray(torch.full((16, 16, 3), 255, dtype=torch.uint8).numpy()).save(tmp_path / "white.png")
+    folder = resolve_images(models, tmp_path / "white.png")
+    torch.testing.assert_close(folder.tensor, torch.full((1, 3, 16, 16), (1 - 0.5) / 0.27))  # synthetic mean/std

@@ -114,7 +114,11 @@ def run_data_config(ckpt: str | Path) -> dict[str, Any] | None:
 def load_classifier(path: str | Path, label: str | None = None) -> LoadedModel:
     """Rebuild an ``AttnClassifier`` from its checkpoint (hyper-parameters rebuild the backbone and
     the inserted blocks) on the CPU, in eval mode; its EMA weights when the run kept an EMA (what
-    validation and test used)."""
+    validation and test used).
+
+    NOTE: the checkpoint is unpickled with ``weights_only=False`` (Lightning's own default, made
+    explicit): its hyper-parameters are plain Python objects; load only checkpoints you trust.
+    """
     from ..training import AttnClassifier
 
     path = Path(path)
