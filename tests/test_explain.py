@@ -323,7 +323,7 @@ def test_explain_grid_takes_labelled_checkpoints_and_shared_images(checkpoints, 
 def test_ckpt_argument_splits_label_only_when_the_path_does_not_exist(checkpoints):
     path = str(checkpoints["cbam"])
     assert parse_ckpt(path) == (None, path)
-    assert parse_ckpt(f"se=runs/x=1.ckpt") == ("se", "runs/x=1.ckpt")
+    assert parse_ckpt("se=runs/x=1.ckpt") == ("se", "runs/x=1.ckpt")
 
 
 def test_images_default_to_the_runs_own_data_and_its_normalisation(checkpoints, tmp_path):
