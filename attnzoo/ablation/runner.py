@@ -160,6 +160,7 @@ def _worker_main(worker_id: int, run_fn: str, threads: int, gpu: int | None, tas
     torch.set_num_threads(threads)
     fn = resolve_run_fn(run_fn)
     env = environment()
+    results.put((worker_id, ("ready",)))
     while True:
         task = tasks.get()
         if task is None:
@@ -256,6 +257,7 @@ class _Worker:
         self.proc.start()
         self.cell: Cell | None = None
         self.since = 0.0
+        self.ready = False
 
     def stop(self, now: bool = False) -> None:
         if self.proc.is_alive():
@@ -354,12 +356,21 @@ def run_grid(
                     if w.proc.is_alive():
                         continue
                     try:  # an answer may have arrived just before the worker exited
-                        wid, msg = results.get_nowait()
-                        finish(pool[wid], msg)
+                        while True:
+                            wid, msg = results.get_nowait()
+                            if msg[0] == "ready":
+                                pool[wid].ready = True
+                            elif wid in pool:
+                                finish(pool[wid], msg)
                     except queue.Empty:
                         pass
                     code = w.proc.exitcode
                     why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    if not w.ready:  # it never got to run anything: not the cell's fault
+                        raise RuntimeError(
+                            f"an ablation worker process failed to start ({why}); its error is printed above. "
+                            f"If you call run_grid from a script, guard it with `if __name__ == '__main__':` "
+                            f"(workers are started with multiprocessing's spawn method)")
                     hint = " (SIGKILL: often the out-of-memory killer)" if code == -signal.SIGKILL else ""
                     if w.cell is not None:
                         finish(w, ("failed", w.cell.key, f"WorkerDied: the run's process died ({why}){hint}",
@@ -370,12 +381,16 @@ def run_grid(
                         gpu_of[nw.wid] = gpu_of.get(w.wid)
                 continue
             if wid in pool:
-                finish(pool[wid], msg)
-    except KeyboardInterrupt:
+                if msg[0] == "ready":
+                    pool[wid].ready = True
+                else:
+                    finish(pool[wid], msg)
+    except BaseException as e:
         for w in pool.values():
             w.stop(now=True)
-        log(f"interrupted: {counts['ok'] + counts['failed']} finished runs are in {store.path}; "
-            "run the same command again to do the rest")
+        if isinstance(e, KeyboardInterrupt):
+            log(f"interrupted: {counts['ok'] + counts['failed']} finished runs are in {store.path}; "
+                "run the same command again to do the rest")
         raise
     for w in pool.values():
         w.stop()
