@@ -178,9 +178,10 @@ def test_nan_training_loss_raises(tmp_path):
 
 def test_resume_from_checkpoint_continues_the_same_run(tmp_path):
     def config() -> dict:
-        # one batch per epoch, so the shuffle order (not part of a checkpoint) cannot matter
+        # several batches per epoch: the shuffle order and augmentation of epoch k are seeded from
+        # (seed, k), so a resumed run sees the batches the uninterrupted run saw
         c = synthetic_config(max_epochs=3)
-        c["data"]["init_args"]["batch_size"] = 128
+        c["data"]["init_args"]["batch_size"] = 16
         return c
 
     full = run_fit_test(config(), tmp_path / "full")
@@ -199,9 +200,10 @@ def test_resume_from_checkpoint_continues_the_same_run(tmp_path):
     assert (ckpt["global_step"], ckpt["epoch"]) == (full_ckpt["global_step"], full_ckpt["epoch"])
     # weights, momentum buffers and the schedule went on from where they stopped
     assert ckpt["lr_schedulers"][0]["_last_lr"] == pytest.approx(full_ckpt["lr_schedulers"][0]["_last_lr"])
+    measured = lambda row: {k: v for k, v in row.items() if "throughput" not in k}  # noqa: E731  (timings differ)
     for row, full_row in zip(resumed["epochs"], full["epochs"][1:]):
-        assert row == pytest.approx(full_row, rel=1e-3, abs=1e-4)
-    assert resumed["test"] == pytest.approx(full["test"], rel=1e-3, abs=1e-4)
+        assert measured(row) == pytest.approx(measured(full_row), rel=1e-5, abs=1e-6)
+    assert resumed["test"] == pytest.approx(full["test"], rel=1e-5, abs=1e-6)
 
 
 def test_checkpoint_reloads_into_the_same_network(tmp_path):

@@ -21,8 +21,10 @@ NOTE (departures, and why):
 * The l1 step divides by ``eps + sum`` (eps = 1e-9 in float32, as the authors' code); the sum is
   over positive softmax values, so it never reaches 0 and the eps only guards underflow.
 * Tap: the block multiplies no factor into its input and does not mix positions (each position is
-  rebuilt from the memory); ``self.tap`` (kind ``"spatial"``) receives the double-normalised
-  weights as (B, S, H, W), one spatial map per memory unit, as ``gc`` taps its pooling weights.
+  rebuilt from the memory); ``self.tap`` (kind ``"spatial"``) receives each memory unit's softmax
+  over positions as (B, S, H, W), one spatial map per unit, as ``gc`` taps its pooling weights.
+  The tapped maps are those before the l1 step: after it every position's weights sum to 1 over S,
+  so their mean over units would be the constant 1/S and show nothing.
 """
 from __future__ import annotations
 
@@ -71,6 +73,6 @@ class ExternalAttn(nn.Module):
         b, c, h, w = x.shape
         attn = self.mem_k(self.conv_in(x)).flatten(2)  # (B, S, N)
         attn = attn.softmax(-1)  # (B, S, N), each memory unit's weights sum to 1 over N
+        self.tap(attn.reshape(b, self.memory_size, h, w))  # (B, S, H, W): where each unit reads
         attn = attn / (self.eps + attn.sum(1, keepdim=True))  # (B, S, N), each position's sum to 1 over S
-        attn = self.tap(attn.reshape(b, self.memory_size, h, w))  # (B, S, H, W)
-        return self.act(x + self.norm(self.conv_out(self.mem_v(attn))))
+        return self.act(x + self.norm(self.conv_out(self.mem_v(attn.reshape(b, self.memory_size, h, w)))))

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .splits import check_subset, check_val_size, select_subset, split_train_val
 
@@ -185,12 +185,11 @@ class InMemoryDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if train else None,
             drop_last=train and len(dataset) > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_batch,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -246,6 +245,29 @@ class InMemoryDataModule(LightningDataModule):
         """Number of images in each split after subset and hold-out (calls :meth:`setup`)."""
         self.setup()
         return {"train": len(self.train_set), "val": len(self.val_set), "test": len(self.test_set)}
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random permutation per epoch, seeded from (seed, epoch) alone.
+
+    Lightning calls ``set_epoch`` before every epoch (as for DistributedSampler), so epoch k has the
+    same order whether the run got there directly or resumed from a checkpoint; a generator seeded
+    once and advanced epoch by epoch would restart from epoch 0's order after a resume.
+    Under DDP Lightning swaps in its DistributedSampler, which is seeded per epoch the same way.
+    """
+
+    def __init__(self, length: int, seed: int = 0) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        return iter(torch.randperm(self.length, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.length
 
 
 def _mix(*parts: int) -> int:

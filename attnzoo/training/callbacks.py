@@ -26,10 +26,14 @@ __all__ = ["ComplexityLogger", "ThroughputMonitor", "NonFiniteLossCheck", "Epoch
 
 
 def run_folder(trainer: Trainer) -> Path | None:
-    """The run's folder (``trainer.log_dir``, where SaveConfigCallback writes config.yaml).
+    """The run's folder (``trainer.log_dir``, where SaveConfigCallback writes config.yaml), or None
+    for a run without a logger (e.g. fast_dev_run): such a run writes no files, rather than
+    dropping them into the current directory.
 
     Collective under DDP (``trainer.log_dir`` broadcasts rank 0's value): call it on every rank.
     """
+    if trainer.logger is None:
+        return None
     log_dir = trainer.log_dir
     return Path(log_dir) if log_dir else None
 
