@@ -350,3 +350,27 @@ def test_killed_sweep_resumes_without_rerunning_finished_cells(tmp_path):
     assert first[0] in rows  # the finished run was kept as it was, not run again
     calls = log.read_text().splitlines()
     assert calls.count("None 0") == 1 and calls.count("se 1") == 1
+
+
+# ------------------------------------------------------------------------------------------------ shipped grids
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted(REPO.glob("configs/ablation/*.yaml")) + sorted(REPO.glob("experiments/*/grid.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO)))
+def test_shipped_grids_expand_with_baselines_and_valid_models(path):
+    """Every shipped grid expands, has a baseline for every block, and its model sections validate
+    (data swapped for synthetic images: CIFAR/ImageNet are not on a CI machine)."""
+    import copy
+
+    from attnzoo.training import validate_config
+
+    grid = load_grid(path)
+    assert len(grid.seeds) >= 3 and grid.store.name.endswith(".sqlite")
+    for label in grid.variants:
+        cell = next(c for c in grid.cells if c.label == label)
+        assert cell.is_baseline or cell.baseline == "baseline", label
+        cfg = copy.deepcopy(cell.config)
+        cfg["data"] = {"class_path": "attnzoo.data.SyntheticDataModule", "init_args": {"num_classes": 10, "image_size": 32}}
+        validate_config(cfg)

@@ -32,10 +32,11 @@ def _fmt_count(x: float | None, unit: float) -> str:
     return "?" if x is None else f"{x / unit:.3f}"
 
 
-def _dry_run(grid, store) -> int:
+def _dry_run(grid) -> int:
     from .grid import cell_complexity
+    from .store import ResultStore
 
-    status = store.status()
+    status = ResultStore(grid.store).status() if grid.store.exists() else {}  # a dry run creates nothing
     first = {}
     for c in grid.cells:
         first.setdefault(c.label, c)
@@ -84,9 +85,9 @@ def ablate_main(argv: list[str]) -> int:
     except (GridError, FileNotFoundError) as e:
         print(f"attnzoo ablate: error: {e}", file=sys.stderr)
         return 2
-    store = ResultStore(grid.store)
     if args.dry_run:
-        return _dry_run(grid, store)
+        return _dry_run(grid)
+    store = ResultStore(grid.store)
     try:
         counts = run_grid(grid, store, retry_failed=args.retry_failed)
     except KeyboardInterrupt:
