@@ -32,11 +32,9 @@ Each cell has a stable ``key``: a hash of the parsed base files and the cell's f
 from __future__ import annotations
 
 import copy
-import fnmatch
 import hashlib
 import itertools
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -388,11 +386,3 @@ def cell_complexity(cell: Cell) -> dict[str, Any]:
     model = cli.model
     return dict(complexity(model.model, model.input_size))
 
-
-def select(cells: list[Cell], pattern: str | None) -> list[Cell]:
-    """Cells whose label matches an fnmatch pattern (all when None)."""
-    return cells if not pattern else [c for c in cells if fnmatch.fnmatch(c.label, pattern)]
-
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -228,7 +228,7 @@ def _cells(s: VariantSummary, scale: float) -> list[str]:
         dacc, dpar, dfl, tr, inf = "(baseline)", "", "", "1.00", "1.00"
     else:
         if s.diff is None:
-            dacc = "no baseline run" if s.baseline else "no baseline"
+            dacc = "no baseline run yet" if s.baseline else "no matching baseline"
         elif s.diff.n < 2:
             dacc = f"{s.diff.mean:+.2f} (n={s.diff.n}, no CI)"
         else:
