@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--run-dir", default=None, help="where the run's logs go (default: a temporary folder)")
     parser.add_argument("--target", type=float, default=0.92, help="test top-1 to reach at full length")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
 
     import torch
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         "hardware": hardware(),
     }
     print(json.dumps(out, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0 if out["reached"] in (True, None) else 1
 
 

@@ -89,9 +89,9 @@ def test_weight_decay_applies_to_conv_and_linear_weights_only():
 # -- schedules ---------------------------------------------------------------------
 
 
-def _lrs(schedule: str, total: int, warmup: int, lr: float = 0.1) -> list[float]:
+def _lrs(schedule: str, total: int, warmup: int, lr: float = 0.1, **kwargs) -> list[float]:
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
-    sched = build_schedule(opt, schedule, total_steps=total, warmup_steps=warmup, lr=lr)
+    sched = build_schedule(opt, schedule, total_steps=total, warmup_steps=warmup, lr=lr, **kwargs)
     out = []
     for _ in range(total):
         out.append(opt.param_groups[0]["lr"])  # the lr the next optimizer step uses
@@ -114,6 +114,27 @@ def test_onecycle_schedule_peaks_at_lr_at_the_end_of_warmup():
     assert max(got) == pytest.approx(0.2)
     assert got.index(max(got)) in (9, 10)
     assert got[0] < 0.02 and got[-1] < 1e-3
+
+
+def test_step_schedule_divides_the_rate_at_each_milestone_after_warmup():
+    got = _lrs("step", 12, 2, lr=0.1, milestones=[6, 9], gamma=0.1)
+    # linear warmup over 2 steps, then x0.1 at steps 6 and 9
+    expected = [0.05, 0.075] + [0.1] * 4 + [0.01] * 3 + [0.001] * 3
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_step_schedule_defaults_to_half_and_three_quarters_of_training(tmp_path):
+    import csv
+
+    config = synthetic_config(max_epochs=4, log_every_n_steps=1)
+    config["model"].update(schedule="step", lr=0.1, warmup_epochs=0)
+    result = run_fit_test(config, tmp_path)
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    lrs = [float(r["train/lr"]) for r in rows if r.get("train/lr")]
+    per_epoch = len(lrs) // 4  # one logged rate per optimizer step
+    assert per_epoch >= 2 and len(lrs) == 4 * per_epoch
+    assert lrs[0] == pytest.approx(0.1) and lrs[2 * per_epoch] == pytest.approx(0.01)
+    assert lrs[3 * per_epoch] == pytest.approx(0.001) and result["test"]["acc1"] is not None
 
 
 # -- run_fit_test / validate_config -------------------------------------------------

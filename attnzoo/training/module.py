@@ -18,7 +18,9 @@ Training recipe pieces, each the standard one:
   cosine decay to 0 (Loshchilov & Hutter, "SGDR", 2017, https://arxiv.org/abs/1608.03983);
   ``onecycle`` = ``torch.optim.lr_scheduler.OneCycleLR`` (Smith & Topin, "Super-Convergence", 2018,
   https://arxiv.org/abs/1708.07120) whose rising phase lasts ``warmup_epochs`` (0: OneCycleLR's
-  default 30% of training); ``constant`` = warmup then a constant rate.
+  default 30% of training); ``step`` = warmup then the rate times ``step_gamma`` at each epoch in
+  ``step_milestones`` (default: 50% and 75% of training, as He et al. 2016 sec. 4.2 divide by 10 at
+  32k and 48k of 64k iterations); ``constant`` = warmup then a constant rate.
   NOTE: one-cycle here does not cycle the momentum (``cycle_momentum=False``), so ``momentum``
   means what it says for every schedule.
 * EMA of the weights (``ema_decay``, e.g. 0.999): ``timm.utils.ModelEmaV3``, updated after every
@@ -46,7 +48,7 @@ from .complexity import normalize_input_size
 __all__ = ["AttnClassifier", "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "onecycle", "constant")
+SCHEDULES = ("cosine", "onecycle", "step", "constant")
 STAGES = ("train", "val", "test")
 
 
@@ -81,7 +83,10 @@ class AttnClassifier(LightningModule):
         momentum: SGD momentum (AdamW ignores it).
         nesterov: Nesterov momentum for SGD.
         weight_decay: decoupled for AdamW, L2 for SGD; never applied to 1-D parameters.
-        schedule: "cosine", "onecycle" or "constant".
+        schedule: "cosine", "onecycle", "step" or "constant".
+        step_milestones: epochs at which the ``step`` schedule multiplies the rate by ``step_gamma``
+            (default: 50% and 75% of max_epochs).
+        step_gamma: the factor of each ``step`` milestone.
         warmup_epochs: length of the linear warmup (fractions allowed), in epochs.
         label_smoothing: cross-entropy label smoothing for training batches, in [0, 1).
         ema_decay: decay of an exponential moving average of the weights; None: no EMA.
@@ -108,6 +113,8 @@ class AttnClassifier(LightningModule):
         nesterov: bool = True,
         weight_decay: float = 5e-4,
         schedule: str = "cosine",
+        step_milestones: list[float] | None = None,
+        step_gamma: float = 0.1,
         warmup_epochs: float = 0.0,
         label_smoothing: float = 0.0,
         ema_decay: float | None = None,
@@ -257,7 +264,12 @@ class AttnClassifier(LightningModule):
             opt = torch.optim.AdamW(groups, lr=hp.lr)
         total, per_epoch = self._stepping_batches()
         warmup = min(round(hp.warmup_epochs * per_epoch), max(total - 1, 0))
-        sched = build_schedule(opt, hp.schedule, total_steps=total, warmup_steps=warmup, lr=hp.lr)
+        milestones = hp.get("step_milestones")
+        if milestones is None and hp.schedule == "step":
+            milestones = [0.5 * total / per_epoch, 0.75 * total / per_epoch]
+        sched = build_schedule(opt, hp.schedule, total_steps=total, warmup_steps=warmup, lr=hp.lr,
+                               milestones=[round(m * per_epoch) for m in (milestones or [])],
+                               gamma=hp.get("step_gamma", 0.1))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
 
     def _stepping_batches(self) -> tuple[int, float]:
@@ -286,10 +298,13 @@ class AttnClassifier(LightningModule):
 
 
 def build_schedule(
-    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int, lr: float
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup_steps: int, lr: float,
+    milestones: Sequence[int] = (), gamma: float = 0.1,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """The per-step learning-rate schedule (see the module docstring)."""
-    from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, OneCycleLR, SequentialLR
+    """The per-step learning-rate schedule (see the module docstring); ``milestones`` are optimizer
+    steps (from the start of training) where the ``step`` schedule multiplies the rate by ``gamma``."""
+    from torch.optim.lr_scheduler import (ConstantLR, CosineAnnealingLR, LinearLR, MultiStepLR, OneCycleLR,
+                                          SequentialLR)
 
     _choice("schedule", schedule, SCHEDULES)
     if schedule == "onecycle":
@@ -302,6 +317,9 @@ def build_schedule(
                           cycle_momentum=False)
     if schedule == "cosine":
         after = CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup_steps, 1), eta_min=0.0)
+    elif schedule == "step":
+        # SequentialLR restarts the second schedule's count at the warmup's end
+        after = MultiStepLR(optimizer, milestones=[max(m - warmup_steps, 1) for m in milestones], gamma=gamma)
     else:
         after = ConstantLR(optimizer, factor=1.0, total_iters=0)
     if warmup_steps <= 0:
