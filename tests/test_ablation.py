@@ -299,6 +299,18 @@ def test_tiny_grid_runs_end_to_end_and_reports(tiny_sweep, tmp_path):
     assert "| baseline |" in md and "| se |" in md and "**data set**: Synthetic" in md
 
 
+def test_report_adds_the_attention_figure_of_every_kept_checkpoint(tiny_sweep, tmp_path):
+    import matplotlib.image
+
+    from attnzoo.ablation.cli import report_main
+
+    grid, _, _ = tiny_sweep
+    assert report_main([str(grid.path), "--out", str(tmp_path), "--formats", "md,attn"]) == 0
+    png = tmp_path / "attention.png"
+    assert png.stat().st_size > 0 and matplotlib.image.imread(png).ndim == 3
+    assert "![attention.png](attention.png)" in (tmp_path / "README.md").read_text()
+
+
 def test_cell_that_raises_is_recorded_failed_and_others_finish(tiny_sweep):
     grid, _, lines = tiny_sweep
     failed = ResultStore(grid.store).rows(status="failed")

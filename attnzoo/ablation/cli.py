@@ -111,7 +111,9 @@ def report_main(argv: list[str]) -> int:
     parser.add_argument("--markdown", default="README.md",
                         help="Markdown file in --out; its generated block is replaced, other text is kept")
     parser.add_argument("--title", default=None, help="report title (default: the grid's name)")
-    parser.add_argument("--formats", default="md,csv,tex,png", help="comma-separated subset of md,csv,tex,png")
+    parser.add_argument("--formats", default="md,csv,tex,png",
+                        help="comma-separated subset of md,csv,tex,png,attn (attn: attention.png, each variant's "
+                             "attention maps and Grad-CAM on the same test images, from the kept checkpoints)")
     args = parser.parse_args(argv)
 
     from .grid import GridError, load_grid
@@ -119,9 +121,9 @@ def report_main(argv: list[str]) -> int:
     from .store import ResultStore
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    bad = [f for f in formats if f not in ("md", "csv", "tex", "png")]
+    bad = [f for f in formats if f not in ("md", "csv", "tex", "png", "attn")]
     if bad or not formats:
-        print(f"attnzoo report: error: unknown format(s) {bad}; choose from md, csv, tex, png", file=sys.stderr)
+        print(f"attnzoo report: error: unknown format(s) {bad}; choose from md, csv, tex, png, attn", file=sys.stderr)
         return 2
     src = Path(args.source)
     try:
@@ -141,7 +143,8 @@ def report_main(argv: list[str]) -> int:
             rows = store.rows()
             names = list(dict.fromkeys(r["grid"] for r in rows if r.get("grid")))
             missing, order, title, out = None, None, args.title or (", ".join(names) or src.stem), args.out or src.parent
-        written = write_report(rows, out, title, order=order, missing=missing, markdown_name=args.markdown, formats=formats)
+        written = write_report(rows, out, title, order=order, missing=missing, markdown_name=args.markdown,
+                               formats=formats, checkpoint_root=store.path.parent)
     except (GridError, FileNotFoundError, ValueError) as e:
         print(f"attnzoo report: error: {e}", file=sys.stderr)
         return 2

@@ -387,10 +387,38 @@ def _splice(existing: str, block: str) -> str:
     return (existing.rstrip("\n") + "\n\n" if existing.strip() else "") + generated
 
 
+ATTENTION_PNG = "attention.png"
+
+
+def write_attention_figure(rows: list[dict[str, Any]], root: str | Path, out_png: str | Path,
+                           order: list[str] | None = None, num_images: int = 4) -> Path | None:
+    """One ``attnzoo explain`` grid of every variant's kept checkpoint (its lowest seed), on the same
+    test images (the first ``num_images`` of the first run's test split). None if no run kept one.
+    ``root``: the folder the store's checkpoint paths are relative to (the store's folder)."""
+    from ..explain import explain_grid
+
+    kept = sorted((r for r in rows if r.get("status") == "ok" and r.get("checkpoint")), key=lambda r: r["seed"])
+    ckpts: dict[str, Path] = {}
+    for r in kept:
+        ckpts.setdefault(r["label"], Path(root) / r["checkpoint"])
+    if order:
+        ckpts = {lab: ckpts[lab] for lab in order if lab in ckpts} | ckpts
+    missing = [str(p) for p in ckpts.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"checkpoints named in the store are missing: {missing}")
+    if not ckpts:
+        return None
+    return explain_grid(ckpts, None, out_png, num_images=num_images)
+
+
 def write_report(rows: list[dict[str, Any]], out_dir: str | Path, title: str, order: list[str] | None = None,
                  missing: list[str] | None = None, markdown_name: str = "README.md",
-                 formats: tuple[str, ...] = ("md", "csv", "tex", "png")) -> dict[str, Path]:
-    """Write the report files into ``out_dir``; returns {format: path} (PNG: the first plot)."""
+                 formats: tuple[str, ...] = ("md", "csv", "tex", "png"),
+                 checkpoint_root: str | Path | None = None) -> dict[str, Path]:
+    """Write the report files into ``out_dir``; returns {format: path} (PNG: the first plot).
+
+    Format ``attn`` also draws ``attention.png`` (see :func:`write_attention_figure`) from the kept
+    checkpoints, whose paths are relative to ``checkpoint_root`` (default ``out_dir``)."""
     if not rows:
         raise ValueError("no runs in the results store yet; run `attnzoo ablate GRID` first")
     out = Path(out_dir)
@@ -403,12 +431,15 @@ def write_report(rows: list[dict[str, Any]], out_dir: str | Path, title: str, or
         plot_names = [p.name for p in paths]
         written["png"] = paths[0]
         written["png2"] = paths[1]
+    if "attn" in formats:
+        fig = write_attention_figure(rows, checkpoint_root or out, out / ATTENTION_PNG, order)
+        if fig is not None:
+            plot_names.append(fig.name)
+            written["attn"] = fig
     if "csv" in formats:
         write_csv(summaries, out / "results.csv")
         written["csv"] = out / "results.csv"
     if "tex" in formats:
-        caption = (f"{title}: top-1 after the final epoch, mean $\\pm$ std over seeds; $\\Delta$ with 95\\% paired t "
-                   "interval vs the baseline.")
         caption = f"{title}: top-1 after the final epoch, mean ± std over seeds; Δ with 95% paired t interval vs the baseline."
         (out / "results.tex").write_text(latex_table(summaries, caption=caption))
         written["tex"] = out / "results.tex"
