@@ -27,11 +27,23 @@ from torch import nn
 import attnzoo
 from attnzoo import create_attn, list_attn
 
-# attnzoo name -> timm.layers.create_attn name of the same block (timm:<name> in create_attn)
+# attnzoo name -> timm.layers.create_attn name of the same block (timm:<name> in create_attn).
+# NOTE: timm 1.0.31's 'ge' (GatherExcite) cannot be built with its defaults (a TypeError in its
+# ConvMlp call), so ge has no timm twin here.
 TIMM_TWIN = {
-    "se": "se", "ese": "ese", "eca": "eca", "cbam": "cbam", "gc": "gc", "ge": "ge",
+    "se": "se", "ese": "ese", "eca": "eca", "cbam": "cbam", "gc": "gc",
     "coord": "coord", "ela": "ela", "sk": "sk", "nonlocal": "nl",
 }
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def time_fwd_bwd(block: nn.Module, x: torch.Tensor) -> float:
@@ -94,7 +106,7 @@ def main(argv=None) -> int:
     base = med["identity"]
     shape = (args.batch, args.channels, args.size, args.size)
     print(f"\nforward+backward, input {shape} float32, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}, torch {torch.__version__}, median of {args.repeats}")
+          f"{cpu_name()}, torch {torch.__version__}, median of {args.repeats}")
     print(f"{'block':<14}{'ms':>10}{'added ms':>10}{'vs SE':>8}{'timm ms':>10}{'attnzoo/timm':>14}")
     rows = {}
     for name in names:
@@ -113,7 +125,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(
-            input_shape=shape, threads=torch.get_num_threads(), repeats=args.repeats,
+            input_shape=shape, threads=torch.get_num_threads(), repeats=args.repeats, cpu=cpu_name(),
             machine=platform.machine(), processor=platform.processor(), cpu_count=__import__("os").cpu_count(),
             torch=torch.__version__, attnzoo=attnzoo.__version__, identity_ms=base * 1e3, blocks=rows,
         ), indent=2))

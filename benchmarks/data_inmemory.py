@@ -19,9 +19,11 @@ load hits all alike); the median images/s is printed with the ratio attnzoo / to
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -85,6 +87,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", default="0,2", help="comma-separated num_workers for the torchvision loader")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", type=Path, default=None, help="also write the measurements here")
     args = p.parse_args()
     device = torch.device(args.device)
 
@@ -121,6 +124,14 @@ def main() -> None:
         med = statistics.median(r)
         ratio = "" if name.startswith("attnzoo") else f"   in-memory is {ours / med:.1f}x faster"
         print(f"  {name:<36} {med:>10,.0f} images/s{ratio}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "benchmark": "data_inmemory", "torch": torch.__version__, "device": str(device),
+            "torch_threads": torch.get_num_threads(), "n": args.n, "batch_size": args.batch_size,
+            "repeats": args.repeats, "images_per_s": {k: statistics.median(v) for k, v in rates.items()},
+            "speedup": {k: ours / statistics.median(v) for k, v in rates.items() if not k.startswith("attnzoo")},
+        }, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved plain/harness rounds (median)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--target", type=float, default=0.95, help="harness/plain ratio to reach")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
     if args.batches <= args.warmup:
         parser.error("--batches must exceed --warmup")
@@ -158,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
     }
     print(json.dumps(out, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 
