@@ -4,8 +4,10 @@
     python benchmarks/blocks.py --blocks se eca cbam --repeats 5
     python benchmarks/blocks.py --json benchmarks/results/blocks_cpu.json
 
-Runs are interleaved: each round times every variant once, in a fresh random order, and the
-reported time is the median over rounds, so drift in machine load hits all variants alike.
+Runs are interleaved: each round times every variant once, in a fresh random order, so drift in
+machine load hits all variants alike. The reported time is the minimum over rounds (``--stat min``,
+the default: interference only ever adds time, so the fastest round is the least disturbed) or the
+median (``--stat median``).
 Printed: ms per forward+backward, the time added over the identity baseline, and the ratio to
 timm's block of the same name (< 1.0: attnzoo is faster). Blocks that timm also has are compared
 with timm's default configuration of that block.
@@ -30,9 +32,13 @@ from attnzoo import create_attn, list_attn
 # attnzoo name -> timm.layers.create_attn name of the same block (timm:<name> in create_attn).
 # NOTE: timm 1.0.31's 'ge' (GatherExcite) cannot be built with its defaults (a TypeError in its
 # ConvMlp call), so ge has no timm twin here.
+# Each twin is timm's block with timm's defaults, except sk: timm's SelectiveKernel defaults to a
+# different architecture (dense convs on a split input), so it is configured as attnzoo's default sk
+# (grouped convs, groups=32, on the whole input, 3x3 and 3x3 dilated 2) to compare implementations.
 TIMM_TWIN = {
-    "se": "se", "ese": "ese", "eca": "eca", "cbam": "cbam", "gc": "gc",
-    "coord": "coord", "ela": "ela", "sk": "sk", "nonlocal": "nl",
+    "se": ("se", {}), "ese": ("ese", {}), "eca": ("eca", {}), "cbam": ("cbam", {}), "gc": ("gc", {}),
+    "coord": ("coord", {}), "ela": ("ela", {}), "nonlocal": ("nl", {}),
+    "sk": ("sk", {"kernel_size": [3, 5], "split_input": False, "groups": 32}),
 }
 
 
@@ -61,11 +67,12 @@ def build_variants(names: list[str], channels: int, with_timm: bool) -> dict[str
     for name in names:
         variants[name] = create_attn(name, channels).train()
         if with_timm and name in TIMM_TWIN:
-            variants[f"timm:{name}"] = create_attn(f"timm:{TIMM_TWIN[name]}", channels).train()
+            timm_name, timm_kwargs = TIMM_TWIN[name]
+            variants[f"timm:{name}"] = create_attn(f"timm:{timm_name}", channels, **timm_kwargs).train()
     return variants
 
 
-def run(names, batch, channels, size, repeats, warmup, with_timm, seed=0):
+def run(names, batch, channels, size, repeats, warmup, with_timm, seed=0, stat="min"):
     torch.manual_seed(seed)
     x = torch.randn(batch, channels, size, size)
     variants = build_variants(names, channels, with_timm)
@@ -80,7 +87,8 @@ def run(names, batch, channels, size, repeats, warmup, with_timm, seed=0):
         for key in order:
             times[key].append(time_fwd_bwd(variants[key], x))
         print(f"  round {r + 1}/{repeats} done", file=sys.stderr)
-    return {k: statistics.median(v) for k, v in times.items()}
+    reduce = min if stat == "min" else statistics.median
+    return {k: reduce(v) for k, v in times.items()}
 
 
 def main(argv=None) -> int:
@@ -91,6 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=56)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--stat", choices=["min", "median"], default="min", help="how rounds are combined")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-timm", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="write the measurements here")
@@ -102,11 +111,12 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown blocks {unknown}; attnzoo.list_attn() lists {len(list_attn())}")
 
-    med = run(names, args.batch, args.channels, args.size, args.repeats, args.warmup, not args.no_timm)
+    med = run(names, args.batch, args.channels, args.size, args.repeats, args.warmup, not args.no_timm,
+              stat=args.stat)
     base = med["identity"]
     shape = (args.batch, args.channels, args.size, args.size)
     print(f"\nforward+backward, input {shape} float32, {torch.get_num_threads()} threads, "
-          f"{cpu_name()}, torch {torch.__version__}, median of {args.repeats}")
+          f"{cpu_name()}, torch {torch.__version__}, {args.stat} of {args.repeats} rounds")
     print(f"{'block':<14}{'ms':>10}{'added ms':>10}{'vs SE':>8}{'timm ms':>10}{'attnzoo/timm':>14}")
     rows = {}
     for name in names:
@@ -125,7 +135,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(
-            input_shape=shape, threads=torch.get_num_threads(), repeats=args.repeats, cpu=cpu_name(),
+            input_shape=shape, threads=torch.get_num_threads(), repeats=args.repeats, cpu=cpu_name(), stat=args.stat,
             machine=platform.machine(), processor=platform.processor(), cpu_count=__import__("os").cpu_count(),
             torch=torch.__version__, attnzoo=attnzoo.__version__, identity_ms=base * 1e3, blocks=rows,
         ), indent=2))

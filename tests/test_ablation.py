@@ -238,7 +238,7 @@ def test_report_tables_hold_paired_deltas_and_recipe(tmp_path):
     md = (tmp_path / "README.md").read_text()
     assert md.startswith("# My experiment\n\nNotes written by hand.")
     assert "| se | 0.0015 | +0.0005 | 2.00 | +0.0% | 0.80 | 0.80 | 82.00 ± 2.00 | +3.00 [+0.52, +5.48] | yes | 3 |" in md
-    for item in ("**data set**: FashionMNIST", "**training subset**: 100", "**epochs**: 3", "**backbone**: resnet20",
+    for item in ("**data set**: FashionMNIST", "**training pool**: 100 images per class (seeded)", "**epochs**: 3", "**backbone**: resnet20",
                  "Test CPU", "torch 9.9", "**final** epoch", "cbam seed 0: `RuntimeError: out of memory`"):
         assert item in md
     tex = (tmp_path / "results.tex").read_text()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 import torch
@@ -197,3 +198,31 @@ def test_unknown_activation_name_is_reported():
 def test_public_api_is_small():
     assert set(attnzoo.__all__) >= {"create_attn", "get_attn", "list_attn", "register_attn"}
     assert all(not n.startswith("_") or n == "__version__" for n in attnzoo.__all__)
+
+
+# -- attnzoo list -------------------------------------------------------------
+def test_attnzoo_list_prints_every_registered_block_with_its_family_and_parameters(capsys):
+    from attnzoo.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in list_attn():
+        assert re.search(rf"│ {re.escape(name)}\s+│ {re.escape(attn_info(name).metadata['family'])}\s", out), name
+    assert "1,096" in out  # se at C=64: 64*8 + 8 + 8*64 + 64 parameters
+
+
+def test_attnzoo_list_filters_and_reports_an_empty_match(capsys):
+    from attnzoo.cli import main
+
+    assert main(["list", "cbam*", "--family", "spatial"]) == 0
+    out = capsys.readouterr().out
+    assert "cbam_spatial" in out and "cbam_channel" not in out
+    assert main(["list", "nothing*"]) == 1
+    assert "no attention block matches 'nothing*'" in capsys.readouterr().err
+
+
+def test_attnzoo_unknown_command_suggests_the_closest(capsys):
+    from attnzoo.cli import main
+
+    assert main(["lst"]) == 2
+    assert "did you mean 'list'?" in capsys.readouterr().err

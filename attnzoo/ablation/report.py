@@ -139,10 +139,24 @@ def _get(d: Any, path: str) -> Any:
     return d
 
 
+def _subset_text(subset: Any) -> str:
+    if subset is None:
+        return "the whole training set"
+    if isinstance(subset, float):
+        return f"{100 * subset:g}% of each class (seeded)"
+    return f"{subset} images per class (seeded)"
+
+
+def _val_text(val: Any) -> str:
+    if not val:
+        return "none (validation on the official test split; no model selection)"
+    return f"{100 * val:g}% of the pool" if isinstance(val, float) else f"{val} images of the pool"
+
+
 _RECIPE = [
     ("data set", lambda c: (_get(c, "data.class_path") or "?").rsplit(".", 1)[-1].replace("DataModule", "")),
-    ("training subset", lambda c: _get(c, "data.init_args.subset") or "all"),
-    ("validation images", lambda c: _get(c, "data.init_args.val_size")),
+    ("training pool", lambda c: _subset_text(_get(c, "data.init_args.subset"))),
+    ("held out for validation", lambda c: _val_text(_get(c, "data.init_args.val_size"))),
     ("batch size", lambda c: _get(c, "data.init_args.batch_size")),
     ("augmentation", lambda c: (f"crop (pad {_get(c, 'data.init_args.crop_padding')}) + "
                                 f"{'flip' if _get(c, 'data.init_args.hflip') else 'no flip'}")
@@ -197,7 +211,11 @@ def recipe(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
         items.append(("runs dated", f"{starts[0]} to {ends[-1]} (UTC)"))
     wall = [r["wall_time_s"] for r in ok if r.get("wall_time_s")]
     if wall:
-        items.append(("wall time", f"{sum(wall) / 60:.1f} min for {len(wall)} runs ({sum(wall) / len(wall):.0f} s per run)"))
+        text = f"{sum(wall) / 60:.1f} min of runs ({len(wall)} runs, {sum(wall) / len(wall):.0f} s per run)"
+        if starts and ends:
+            span = _dt.datetime.fromisoformat(ends[-1]) - _dt.datetime.fromisoformat(starts[0])
+            text += f"; the sweep took {span.total_seconds() / 60:.1f} min from first start to last finish"
+        items.append(("wall time", text))
     return items
 
 

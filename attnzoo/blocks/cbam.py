@@ -57,8 +57,9 @@ class CbamChannel(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        avg = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))  # (B, C, 1, 1)
-        mx = self.fc2(self.act(self.fc1(x.amax((2, 3), keepdim=True))))  # (B, C, 1, 1)
+        b = x.shape[0]
+        pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)])  # (2B, C, 1, 1)
+        avg, mx = self.fc2(self.act(self.fc1(pooled))).split(b)  # shared MLP in one call; 2 x (B, C, 1, 1)
         return x * self.tap(self.gate(avg + mx))
 
 

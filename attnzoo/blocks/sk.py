@@ -59,11 +59,13 @@ class _SelectAttn(nn.Module):
         self.act = act_layer(inplace=True)
         self.fc_select = nn.Conv2d(rd_channels, channels * num_paths, 1, bias=False)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        b, m, c = u.shape[:3]
-        s = u.sum(1).mean((2, 3), keepdim=True)  # (B, C, 1, 1): fuse by sum, then GAP
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        b, c = feats[0].shape[:2]
+        # fuse by sum, then GAP; the mean of the sum is the sum of the means, which never builds
+        # the (B, C, H, W) sum
+        s = sum(f.mean((2, 3), keepdim=True) for f in feats)  # (B, C, 1, 1)
         z = self.act(self.bn(self.fc_reduce(s)))  # (B, d, 1, 1)
-        logits = self.fc_select(z).reshape(b, m, c, 1, 1)  # (B, M, C, 1, 1)
+        logits = self.fc_select(z).reshape(b, len(feats), c, 1, 1)  # (B, M, C, 1, 1)
         return logits.softmax(1)
 
 
@@ -129,7 +131,10 @@ class SelectiveKernel(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        u = torch.stack([path(x) for path in self.paths], dim=1)  # (B, M, C, H, W)
-        a = self.attn(u)  # (B, M, C, 1, 1), sums to 1 over M
-        a = torch.stack([tap(a[:, i]) for i, tap in enumerate(self.taps)], dim=1)  # (B, M, C, 1, 1)
-        return (u * a).sum(1)  # (B, C, H, W)
+        feats = [path(x) for path in self.paths]  # M x (B, C, H, W)
+        a = self.attn(feats)  # (B, M, C, 1, 1), sums to 1 over M
+        # select: sum_i a_i * U_i, accumulated branch by branch (no (B, M, C, H, W) stack to copy into)
+        out = feats[0] * self.taps[0](a[:, 0])
+        for i in range(1, self.num_paths):
+            out = out + feats[i] * self.taps[i](a[:, i])
+        return out  # (B, C, H, W)
