@@ -61,18 +61,22 @@ def zoo_table(timings: dict | None) -> str:
     blocks = (timings or {}).get("blocks", {})
     head = ("| name | family | paper | year | params @C=256 | FLOPs @C=256, 32x32 | fwd+bwd time vs SE | ONNX |\n"
             "|---|---|---|---|---:|---:|---:|---|")
-    rows = []
+    rows, uncounted = [], []
     for name in list_attn():
         meta = attn_info(name).metadata
         params, flops = block_cost(name)
+        if flops == 0:
+            uncounted.append(name)
         rel = blocks.get(name, {}).get("rel_se")
         onnx = "yes" if meta["onnx"] else f"no ({meta.get('onnx_note', '')})"
         rows.append(f"| `{name}` | {meta['family']} | [{meta['paper']}]({meta['link']}) | {meta['year']} | "
                     f"{_fmt(params)} | {_fmt(flops)} | {f'{rel:.2f}' if rel else 'not measured'} | {onnx} |")
-    note = ""
+    note = ("\n\nFLOPs: `torch.utils.flop_counter` at batch 1, convolutions and matmuls only (2 FLOPs per "
+            "multiply-add); pooling and elementwise work is not counted, so blocks made only of it ("
+            + ", ".join(uncounted) + ") show 0. Use the time column for their cost.")
     if timings:
         shape = "x".join(map(str, timings["input_shape"]))
-        note = (f"\n\nTimes: forward+backward on a {shape} float32 tensor in train mode, {timings['threads']} CPU "
+        note += (f" Times: forward+backward on a {shape} float32 tensor in train mode, {timings['threads']} CPU "
                 f"threads ({timings.get('cpu') or timings.get('processor') or timings.get('machine')}), torch "
                 f"{timings['torch']}, {timings.get('stat', 'median')} of {timings['repeats']} interleaved rounds, divided by `se`'s time "
                 f"({blocks['se']['ms']:.0f} ms; identity {timings['identity_ms']:.0f} ms); "
