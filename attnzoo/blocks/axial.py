@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..factory import register_attn
-from .base import AttnTap, check_channels, check_input
+from .base import AttnTap, check_channels, check_heads, check_input
 from .mhsa import relative_offsets
 
 __all__ = ["AxialAttn"]
@@ -77,12 +77,7 @@ class AxialAttn(nn.Module):
     ) -> None:
         super().__init__()
         self.channels = check_channels("axial", channels)
-        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or channels % num_heads:
-            raise ValueError(
-                f"axial: channels={channels} must be divisible by num_heads={num_heads}; "
-                f"choose num_heads among {[h for h in range(1, min(channels, 16) + 1) if channels % h == 0]}"
-            )
-        self.num_heads = num_heads
+        self.num_heads = check_heads("axial", channels, num_heads)
         self.head_dim = channels // num_heads
         self.attn_drop = attn_drop
         self.qkv_h = nn.Conv2d(channels, 3 * channels, 1, bias=False)

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import get_act_layer, make_divisible
 
-__all__ = ["AttnTap", "SafeBatchNorm2d", "check_input", "check_channels", "reduced_channels", "resolve_layer"]
+__all__ = [
+    "AttnTap", "SafeBatchNorm2d", "check_input", "check_channels", "check_heads", "reduced_channels", "resolve_layer",
+]
 
 TAP_KINDS = ("channel", "spatial", "query")
 
@@ -66,6 +68,16 @@ def check_channels(block: str, channels: Any, minimum: int = 1) -> int:
     if channels < minimum:
         raise ValueError(f"{block}: channels={channels} is too small; this block needs channels >= {minimum}")
     return channels
+
+
+def check_heads(block: str, channels: int, num_heads: Any) -> int:
+    """Attention heads must split ``channels`` evenly; name the head counts that would."""
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or channels % num_heads:
+        raise ValueError(
+            f"{block}: channels={channels} must be divisible by num_heads={num_heads}; "
+            f"choose num_heads among {[h for h in range(1, min(channels, 16) + 1) if channels % h == 0]}"
+        )
+    return num_heads
 
 
 def reduced_channels(

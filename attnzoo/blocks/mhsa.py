@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..factory import register_attn
-from .base import AttnTap, check_channels, check_input
+from .base import AttnTap, check_channels, check_heads, check_input
 
 __all__ = ["MultiHeadSelfAttn2d", "relative_offsets"]
 
@@ -66,12 +66,7 @@ class MultiHeadSelfAttn2d(nn.Module):
     ) -> None:
         super().__init__()
         self.channels = check_channels("mhsa", channels)
-        if not isinstance(num_heads, int) or num_heads < 1 or channels % num_heads:
-            raise ValueError(
-                f"mhsa: channels={channels} must be divisible by num_heads={num_heads}; "
-                f"choose num_heads among {[h for h in range(1, min(channels, 16) + 1) if channels % h == 0]}"
-            )
-        self.num_heads = num_heads
+        self.num_heads = check_heads("mhsa", channels, num_heads)
         self.head_dim = channels // num_heads
         self.attn_drop = attn_drop
         self.qkv = nn.Conv2d(channels, 3 * channels, 1, bias=False)
