@@ -113,9 +113,9 @@ def benchmark_lines(blocks: dict | None, harness: dict | None, data: dict | None
             "timm also has: " + ", ".join(f"`{n}` {r:.2f}" for n, r in sorted(pairs.items()))
             + (". Ratio > 1 (attnzoo slower): " + ", ".join(f"`{n}`" for n in slower)
                + ". Where both compute the same operations (se, eca, ese, cbam, coord, sk) the ratios "
-               "scatter around 1 by a few percent from run to run on this shared 2-core machine (se, whose "
-               "two versions are the same code path, is the yardstick), so ratios within that band are "
-               "parity, not a measured difference." if slower
+               "scatter around 1 by a few percent from run to run on this shared 2-core machine (se's two "
+               "versions run the same operations in the same order), so ratios within that band are parity, "
+               "not a measured difference." if slower
                else ". No attnzoo block is slower than timm's version of it.")
         )
     else:
