@@ -7,7 +7,9 @@
 Runs are interleaved: each round times every variant once, in a fresh random order, so drift in
 machine load hits all variants alike. The reported time is the minimum over rounds (``--stat min``,
 the default: interference only ever adds time, so the fastest round is the least disturbed) or the
-median (``--stat median``).
+median (``--stat median``). With ``--pair-repeats N`` each block is also timed against its timm twin
+back to back, N times in ABBA order, and the attnzoo/timm ratio comes from that paired loop (the
+minimum of each), which drifts least.
 Printed: ms per forward+backward, the time added over the identity baseline, and the ratio to
 timm's block of the same name (< 1.0: attnzoo is faster). Blocks that timm also has are compared
 with timm's default configuration of that block.
@@ -72,7 +74,18 @@ def build_variants(names: list[str], channels: int, with_timm: bool) -> dict[str
     return variants
 
 
-def run(names, batch, channels, size, repeats, warmup, with_timm, seed=0, stat="min"):
+def paired(block, twin, x, repeats: int) -> tuple[float, float]:
+    """attnzoo block vs timm twin timed back to back in ABBA order (so drift hits both alike);
+    returns the minimum time of each (seconds)."""
+    a, b = [], []
+    for i in range(repeats):
+        order = [(block, a), (twin, b)] if i % 2 == 0 else [(twin, b), (block, a)]
+        for module, out in order:
+            out.append(time_fwd_bwd(module, x))
+    return min(a), min(b)
+
+
+def run(names, batch, channels, size, repeats, warmup, with_timm, seed=0, stat="min", pair_repeats=0):
     torch.manual_seed(seed)
     x = torch.randn(batch, channels, size, size)
     variants = build_variants(names, channels, with_timm)
@@ -88,7 +101,13 @@ def run(names, batch, channels, size, repeats, warmup, with_timm, seed=0, stat="
             times[key].append(time_fwd_bwd(variants[key], x))
         print(f"  round {r + 1}/{repeats} done", file=sys.stderr)
     reduce = min if stat == "min" else statistics.median
-    return {k: reduce(v) for k, v in times.items()}
+    out = {k: reduce(v) for k, v in times.items()}
+    if pair_repeats:  # the timm ratio from a paired A/B loop per twin, not from the shuffled rounds
+        for name in names:
+            if f"timm:{name}" in variants:
+                out[name], out[f"timm:{name}"] = paired(variants[name], variants[f"timm:{name}"], x, pair_repeats)
+                print(f"  {name} vs timm: {pair_repeats} paired repeats done", file=sys.stderr)
+    return out
 
 
 def main(argv=None) -> int:
@@ -100,6 +119,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--stat", choices=["min", "median"], default="min", help="how rounds are combined")
+    p.add_argument("--pair-repeats", type=int, default=0,
+                   help="time each block against its timm twin back to back (ABBA) this many times and take "
+                        "the attnzoo/timm ratio from that paired loop (default 0: from the shuffled rounds)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-timm", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="write the measurements here")
@@ -112,7 +134,7 @@ def main(argv=None) -> int:
         p.error(f"unknown blocks {unknown}; attnzoo.list_attn() lists {len(list_attn())}")
 
     med = run(names, args.batch, args.channels, args.size, args.repeats, args.warmup, not args.no_timm,
-              stat=args.stat)
+              stat=args.stat, pair_repeats=args.pair_repeats)
     base = med["identity"]
     shape = (args.batch, args.channels, args.size, args.size)
     print(f"\nforward+backward, input {shape} float32, {torch.get_num_threads()} threads, "
@@ -136,6 +158,7 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(
             input_shape=shape, threads=torch.get_num_threads(), repeats=args.repeats, cpu=cpu_name(), stat=args.stat,
+            pair_repeats=args.pair_repeats,
             machine=platform.machine(), processor=platform.processor(), cpu_count=__import__("os").cpu_count(),
             torch=torch.__version__, attnzoo=attnzoo.__version__, identity_ms=base * 1e3, blocks=rows,
         ), indent=2))

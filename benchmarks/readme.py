@@ -109,7 +109,10 @@ def benchmark_lines(blocks: dict | None, harness: dict | None, data: dict | None
         shape = "x".join(map(str, blocks["input_shape"]))
         out.append(
             f"- `benchmarks/blocks.py` (forward+backward in train mode, {shape} float32, {blocks['threads']} CPU "
-            f"threads, {stat} of {blocks['repeats']} interleaved rounds): attnzoo time / timm time for the blocks "
+            + (f"threads, each block against its timm twin back to back, minimum of {blocks['pair_repeats']} ABBA "
+               "pairs): " if blocks.get("pair_repeats") else
+               f"threads, {stat} of {blocks['repeats']} interleaved rounds): ")
+            + "attnzoo time / timm time for the blocks "
             "timm also has: " + ", ".join(f"`{n}` {r:.2f}" for n, r in sorted(pairs.items()))
             + (". Ratio > 1 (attnzoo slower): " + ", ".join(f"`{n}`" for n in slower)
                + ". Where both compute the same operations (se, eca, ese, cbam, coord, sk) the ratios "
