@@ -113,7 +113,7 @@ def benchmark_lines(blocks: dict | None, harness: dict | None, data: dict | None
                "pairs): " if blocks.get("pair_repeats") else
                f"threads, {stat} of {blocks['repeats']} interleaved rounds): ")
             + "attnzoo time / timm time for the blocks "
-            "timm also has: " + ", ".join(f"`{n}` {r:.2f}" for n, r in sorted(pairs.items()))
+            "timm also has: " + ", ".join(f"`{n}` {r:.3f}" for n, r in sorted(pairs.items()))
             + (". Ratio > 1 (attnzoo slower): " + ", ".join(f"`{n}`" for n in slower)
                + ". Where both compute the same operations (se, eca, ese, cbam, coord, sk) the ratios "
                "scatter around 1 by a few percent from run to run on this shared 2-core machine (se's two "
