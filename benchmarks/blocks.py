@@ -30,6 +30,7 @@ from torch import nn
 
 import attnzoo
 from attnzoo import create_attn, list_attn
+from attnzoo.ablation.runner import cpu_model
 
 # attnzoo name -> timm.layers.create_attn name of the same block (timm:<name> in create_attn).
 # NOTE: timm 1.0.31's 'ge' (GatherExcite) cannot be built with its defaults (a TypeError in its
@@ -43,15 +44,6 @@ TIMM_TWIN = {
     "sk": ("sk", {"kernel_size": [3, 5], "split_input": False, "groups": 32}),
 }
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_fwd_bwd(block: nn.Module, x: torch.Tensor) -> float:
@@ -138,7 +130,7 @@ def main(argv=None) -> int:
     base = med["identity"]
     shape = (args.batch, args.channels, args.size, args.size)
     print(f"\nforward+backward, input {shape} float32, {torch.get_num_threads()} threads, "
-          f"{cpu_name()}, torch {torch.__version__}, {args.stat} of {args.repeats} rounds")
+          f"{cpu_model()}, torch {torch.__version__}, {args.stat} of {args.repeats} rounds")
     print(f"{'block':<14}{'ms':>10}{'added ms':>10}{'vs SE':>8}{'timm ms':>10}{'attnzoo/timm':>14}")
     rows = {}
     for name in names:
@@ -157,7 +149,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(
-            input_shape=shape, threads=torch.get_num_threads(), repeats=args.repeats, cpu=cpu_name(), stat=args.stat,
+            input_shape=shape, threads=torch.get_num_threads(), repeats=args.repeats, cpu=cpu_model(), stat=args.stat,
             pair_repeats=args.pair_repeats,
             machine=platform.machine(), processor=platform.processor(), cpu_count=__import__("os").cpu_count(),
             torch=torch.__version__, attnzoo=attnzoo.__version__, identity_ms=base * 1e3, blocks=rows,

@@ -25,15 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def hardware() -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "torch_threads": torch.get_num_threads(), "visible_cores": os.cpu_count(),
+    from attnzoo.ablation.runner import cpu_model
+
+    info = {"cpu": cpu_model(), "torch_threads": torch.get_num_threads(), "visible_cores": os.cpu_count(),
             "torch": torch.__version__, "python": platform.python_version()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -43,7 +43,7 @@ from typing import Any, Callable
 from .grid import Cell, Grid
 from .store import ResultStore
 
-__all__ = ["run_grid", "pending_cells", "environment", "resolve_run_fn"]
+__all__ = ["run_grid", "pending_cells", "environment", "resolve_run_fn", "cpu_model"]
 
 
 def _now() -> str:
@@ -85,7 +85,8 @@ def _git_commit() -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -112,7 +113,7 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": versions,
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": "cuda" if gpu else "cpu",
