@@ -6,10 +6,10 @@ means, ``adapters.py`` for the host blocks known without user-written adapters, 
 """
 from __future__ import annotations
 
-from .adapters import HostAdapter, adapter_for, host_adapters
+from .adapters import HostAdapter, adapter_for, host_adapters, register_host_adapter
 from .insert import insert_attn
-from .positions import POSITIONS, IdentityInit
+from .positions import POSITIONS, IdentityInit, register_position
 from .report import InsertReport, SiteRecord
 
 __all__ = ["insert_attn", "InsertReport", "SiteRecord", "IdentityInit", "POSITIONS", "HostAdapter",
-           "adapter_for", "host_adapters"]
+           "adapter_for", "host_adapters", "register_host_adapter", "register_position"]

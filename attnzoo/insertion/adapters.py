@@ -31,7 +31,7 @@ from torchvision.models import resnet as _tv_resnet
 from ..backbones import resnet as _az_resnet
 from ..backbones import yolo as _az_yolo
 
-__all__ = ["HostAdapter", "adapter_for", "host_adapters", "SLOT_ATTRS"]
+__all__ = ["HostAdapter", "adapter_for", "host_adapters", "register_host_adapter", "SLOT_ATTRS"]
 
 # Attribute names of attnzoo's own slots, one per position.
 SLOT_ATTRS = {
@@ -334,6 +334,27 @@ def _index() -> dict[type, HostAdapter]:
             _BY_CLASS[a.host] = a
             _BY_CLASS[a.attn_class] = a
     return _BY_CLASS
+
+
+def register_host_adapter(adapter: HostAdapter) -> HostAdapter:
+    """Make ``insert_attn`` know one more host block class (integrations call this on import).
+
+    Every position the adapter names must be registered (``positions.register_position``); a host
+    class already known raises, so two adapters never disagree about one class.
+    """
+    from .positions import POSITIONS
+
+    if not isinstance(adapter, HostAdapter):
+        raise TypeError(f"register_host_adapter needs a HostAdapter, got {type(adapter).__name__}")
+    unknown = [p for p in adapter.slots if p not in POSITIONS]
+    if unknown:
+        raise ValueError(f"{adapter.label}: unknown position(s) {unknown}; register them with register_position first")
+    if adapter.host in _index():
+        raise ValueError(f"{adapter.label}: host class {adapter.host.__qualname__} already has an adapter "
+                         f"({_index()[adapter.host].label})")
+    _ADAPTERS.append(adapter)
+    _BY_CLASS.clear()
+    return adapter
 
 
 def host_adapters() -> list[HostAdapter]:

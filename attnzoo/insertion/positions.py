@@ -22,7 +22,10 @@ import difflib
 import torch
 from torch import nn
 
-__all__ = ["POSITIONS", "RESIDUAL_POSITIONS", "YOLO_POSITIONS", "GLOB_PREFIX", "IdentityInit", "check_position"]
+__all__ = [
+    "POSITIONS", "RESIDUAL_POSITIONS", "YOLO_POSITIONS", "GLOB_PREFIX", "IdentityInit", "check_position",
+    "register_position",
+]
 
 RESIDUAL_POSITIONS = {
     "standard": "on the residual branch, after its last norm, before the add (SE paper: SE-standard)",
@@ -39,6 +42,19 @@ YOLO_POSITIONS = {
 }
 POSITIONS = {**RESIDUAL_POSITIONS, **YOLO_POSITIONS}
 GLOB_PREFIX = "after:"
+
+
+def register_position(name: str, description: str) -> None:
+    """Add a named position (used by host adapters of other block families, e.g. ``after_dw``).
+
+    Registering a name again with the same description is a no-op; with another one it raises.
+    """
+    if not isinstance(name, str) or not name.isidentifier() or name.startswith("after:"):
+        raise ValueError(f"a position name must be a plain identifier such as 'after_dw', got {name!r}")
+    known = POSITIONS.get(name)
+    if known is not None and known != description:
+        raise ValueError(f"position {name!r} is already registered as {known!r}")
+    POSITIONS[name] = description
 
 
 def check_position(position: object) -> str:
