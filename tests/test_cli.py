@@ -18,6 +18,7 @@ CONFIGS = ROOT / "configs" / "fit"
 # every shipped config, with the fixture holding its data set in the real on-disk format
 CONFIG_DATA = {
     "fmnist_resnet20": "fmnist_dir",
+    "fmnist_resnet20_smoke": "fmnist_dir",
     "cifar10_resnet20": "cifar10_dir",
     "cifar10_resnet56": "cifar10_dir",
     "cifar100_resnet20": "cifar100_dir",
@@ -50,7 +51,7 @@ def test_fit_fast_dev_run_with_each_config_and_data_module(name, request, tmp_pa
 
 def test_fit_on_synthetic_data_by_short_class_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = main(["fit", "--data", "SyntheticDataModule", "--data.image_size", "16", "--data.batch_size", "4",
+    code = main(["fit", "--config", str(CONFIGS / "base.yaml"), "--data", "SyntheticDataModule", "--data.image_size", "16", "--data.batch_size", "4",
                  "--model.attn", "eca", "--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu",
                  "--trainer.enable_progress_bar", "false"])
     assert code == 0

@@ -22,7 +22,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from .complexity import complexity, count_params, inference_throughput
 
-__all__ = ["ComplexityLogger", "ThroughputMonitor", "NonFiniteLossCheck", "EpochHistory", "run_folder"]
+__all__ = ["ComplexityLogger", "ThroughputMonitor", "NonFiniteLossCheck", "EpochHistory", "run_folder", "model_line"]
 
 
 def run_folder(trainer: Trainer) -> Path | None:
@@ -71,12 +71,22 @@ class ComplexityLogger(Callback):
         folder = run_folder(trainer)
         if not trainer.is_global_zero:
             return
+        print(model_line(pl_module, stats), flush=True)
         for logger in trainer.loggers:
             logger.log_metrics({f"model/{k}": float(v) for k, v in stats.items() if k != "input_size"}, step=0)
         if folder is not None:
             _write_json(folder / "complexity.json", stats)
             text = str(report) if report is not None else "no attention block inserted (model.attn is null)\n"
             (folder / "insert_report.txt").write_text(text if text.endswith("\n") else text + "\n")
+
+
+def model_line(pl_module: LightningModule, stats: dict[str, Any]) -> str:
+    """One line on what is trained: backbone, block, parameters and FLOPs (the block's share of each)."""
+    hp = pl_module.hparams
+    attn = hp.get("attn")
+    what = f"{hp.get('backbone')}" + (f" + {attn} ({stats['attn_sites']} site(s))" if attn else " (no attention block)")
+    return (f"model: {what}: {stats['params']:,} params (attention +{stats['attn_params']:,}), "
+            f"{stats['flops'] / 1e6:,.2f} MFLOPs at {tuple(stats['input_size'])} (attention +{stats['attn_flops'] / 1e6:,.3f})")
 
 
 def _sync(pl_module: LightningModule) -> None:

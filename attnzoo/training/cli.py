@@ -27,8 +27,10 @@ batches with Lightning's distributed sampler.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,8 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from .callbacks import run_folder
+from .console import LogProgressBar, fit_summary, stream_is_terminal
 from .module import AttnClassifier
 
 __all__ = ["AttnzooCLI", "build_cli", "main", "trainer_defaults", "expand_bases", "RUNS_DIR", "RUN_NAME"]
@@ -64,13 +68,39 @@ def _tensorboard_available() -> bool:
 
 
 def trainer_defaults() -> dict[str, Any]:
-    """Trainer defaults under every config: CSV logs in runs/attnzoo/version_N (+ TensorBoard if installed)."""
+    """Trainer defaults under every config: CSV logs in runs/attnzoo/version_N (+ TensorBoard if installed).
+
+    Lightning's own model summary is off: without an example input it prints ``FLOPs 0``; attnzoo
+    prints its own line (parameters, FLOPs, what the attention block added) when a fit starts.
+    """
     loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger",
                 "init_args": {"save_dir": RUNS_DIR, "name": RUN_NAME}}]
     if _tensorboard_available():
         loggers.append({"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                         "init_args": {"save_dir": RUNS_DIR, "name": RUN_NAME}})
-    return {"logger": loggers}
+    return {"logger": loggers, "enable_model_summary": False}
+
+
+class _DropLitLoggerTip(logging.Filter):
+    """Lines Lightning 2.6 prints on every run that tell a user nothing about it: an advert for a cloud
+    logger, and the notice that AttnClassifier's own callbacks (complexity, throughput, NaN check)
+    replace the Trainer's copies when testing after a fit."""
+
+    NOISE = ("litlogger", "will override existing callbacks passed to Trainer")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.getMessage())
+        return not any(n in message for n in self.NOISE)
+
+
+def _quiet_lightning_tips() -> None:
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLitLoggerTip) for f in logger.filters):
+            logger.addFilter(_DropLitLoggerTip())
+        for handler in logger.handlers:
+            if not any(isinstance(f, _DropLitLoggerTip) for f in handler.filters):
+                handler.addFilter(_DropLitLoggerTip())
 
 
 def _read_yaml(path: Path) -> Any:
@@ -184,10 +214,37 @@ class AttnzooCLI(LightningCLI):
             given = cfg.get("callbacks") or []
             given = list(given) if isinstance(given, (list, tuple)) else [given]
             if not any(isinstance(c, ProgressBar) for c in given):
-                kwargs["callbacks"] = [*given, RichProgressBar()]
+                # a bar on a terminal; plain lines into a file or pipe, where a bar shows nothing
+                bar = RichProgressBar() if stream_is_terminal() else LogProgressBar()
+                kwargs["callbacks"] = [*given, bar]
+        _quiet_lightning_tips()
         trainer = super().instantiate_trainer(**kwargs)
         _share_log_version(trainer)
         return trainer
+
+    def before_fit(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def after_fit(self) -> None:
+        """Test the final weights on the data module's test split, then print the run's summary."""
+        trainer, model, data = self.trainer, self.model, self.datamodule
+        if trainer.interrupted:
+            return
+        tested: list[dict[str, float]] = []
+        has_test = data is not None and type(data).test_dataloader is not LightningDataModule.test_dataloader
+        if has_test:
+            tested = trainer.test(model, datamodule=data, verbose=False)
+        folder = run_folder(trainer)
+        test_name = "test split"
+        try:
+            test_name = f"test split ({len(trainer.test_dataloaders.dataset):,} images)"
+        except (AttributeError, TypeError):
+            pass
+        if trainer.is_global_zero:
+            print(fit_summary(
+                trainer, model, tested[0] if tested else None,
+                time.perf_counter() - getattr(self, "_fit_started", time.perf_counter()), folder, test_name=test_name,
+            ), flush=True)
 
     def after_instantiate_classes(self) -> None:
         self.progress["phase"] = "run"
@@ -203,6 +260,8 @@ def build_cli(
     # args are passed on purpose (bases inlined, or a run_fit_test config) while sys.argv holds
     # something else (the attnzoo command line, pytest's): not the mistake Lightning warns about
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # Lightning 2.6.6 with torch 2.14 warns about its own use of a deprecated pytree API on every run
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
     return AttnzooCLI(
         AttnClassifier,
@@ -242,6 +301,28 @@ def _message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+_HELP_FLAGS = ("-h", "--help", "--print_config", "--print-config")
+
+
+def _missing_config(argv: list[str]) -> str | None:
+    """Why a run without ``--config`` is refused (None when a config is given, or only help is asked).
+
+    Without a config Lightning's own defaults apply: 1000 epochs, no ``last.ckpt``, and the model's
+    224x224 input size whatever the data; no run should start that way by accident.
+    """
+    if not argv or argv[0] not in ("fit", "validate", "test", "predict"):
+        return None
+    rest = argv[1:]
+    if any(a in ("-c", "--config") or a.startswith("--config=") for a in rest):
+        return None
+    if any(a in _HELP_FLAGS or a.startswith("--print_config") for a in rest):
+        return None
+    return ("a config is needed: pass --config FILE, e.g. --config configs/fit/fmnist_resnet20.yaml "
+            "(the files in configs/fit/ set the data, the epochs and the checkpointing); flags such as "
+            "--model.attn eca or --trainer.max_epochs 2 then override it. For a run folder's saved config: "
+            "--config runs/attnzoo/version_N/config.yaml")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``attnzoo fit|validate|test|predict ...``; argv starts with the subcommand. Returns the exit code.
 
@@ -251,6 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = "attnzoo " + (argv[0] if argv else "")
+    missing = _missing_config(argv)
+    if missing:
+        print(f"{prog}: error: {missing}", file=sys.stderr)
+        return 2
     progress: dict[str, str] = {}
     try:
         expanded = expand_bases(argv)
