@@ -50,3 +50,22 @@ def test_readme_usage_example_runs():
     exec(compile(code, "README usage", "exec"), namespace)
     assert namespace["y"].shape == (2, 64, 8, 8)
     assert len(namespace["report"].sites) == 4  # resnet18, standard, stages 3 and 4: 2 blocks each
+
+
+def test_readme_explain_example_runs():
+    section = README.split("## See what the blocks attend to", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)\n```", section, flags=re.S)[0]
+    import torch
+
+    from attnzoo import create_backbone
+
+    model = create_backbone("resnet20", num_classes=10, in_chans=1, attn="cbam").eval()
+    namespace: dict = {"model": model, "images": torch.randn(2, 1, 28, 28)}
+    exec(compile(code, "README explain", "exec"), namespace)
+    assert namespace["cam"].shape == (2, 1, 28, 28)
+    assert namespace["maps"]  # one map per attention site
+
+
+def test_ci_builds_a_fresh_virtual_environment():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "-m venv" in ci and "/bin/activate" in ci
