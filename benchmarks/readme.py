@@ -84,19 +84,34 @@ def zoo_table(timings: dict | None) -> str:
     return head + "\n" + "\n".join(rows) + note
 
 
-def fit_numbers(fm: dict | None) -> str:
-    if not fm:
-        return "Fashion-MNIST × ResNet-20, 5 epochs: not measured yet (`benchmarks/fmnist_resnet20.py`)."
-    hw = fm["hardware"]
-    return (
-        f"Measured by `benchmarks/fmnist_resnet20.py` (the code path of `attnzoo fit`, "
-        f"`configs/fit/fmnist_resnet20.yaml`): ResNet-20 on the full 60k Fashion-MNIST training set for "
-        f"{fm['epochs']} epochs, seed 0, reaches **{100 * fm['test_acc1']:.2f}% test top-1** on the official 10k "
-        f"test split (target ≥ {100 * fm['target_acc1']:.0f}%) in **{fm['wall_time_s'] / 60:.1f} min** wall time "
-        f"(fit + test) on {hw['visible_cores']} CPU cores ({hw['cpu']}, {hw['torch_threads']} torch threads, "
-        f"torch {hw['torch']}); training ran at {fm['train_images_per_s']:.0f} images/s, inference at "
-        f"{fm['infer_images_per_s']:.0f} images/s. One seed: the margin over 92% is within seed-to-seed noise."
-    )
+def fit_numbers(cmds: dict | None, baseline: dict | None) -> str:
+    """The README commands' measured times (benchmarks/readme_commands.py), each with its machine."""
+    lines = []
+    for name, what in (("main", "Main job"), ("smoke", "Smoke variant")):
+        r = (cmds or {}).get(name)
+        if not r:
+            lines.append(f"- {what}: not measured yet (`python benchmarks/readme_commands.py --only {name}`).")
+            continue
+        m = r["machine"]
+        load = max(m["load_avg_1min_before"], m["load_avg_1min_after"])
+        busy = (" The machine was busy (1-minute load average up to "
+                f"{load:.1f} on {m['cores']} cores), so expect less on an idle one.") if load > m["cores"] + 0.5 else ""
+        lines.append(
+            f"- {what} (`{r['command']}`): **{r['wall_time_s'] / 60:.1f} min** wall time, test top-1 "
+            f"**{100 * r['test_acc1']:.2f}%** on the official 10k test split, {r['epochs']} epoch(s), the block "
+            f"adding {r['attn_params']:,} parameters to {r['params'] - r['attn_params']:,}; on {m['cores']} CPU "
+            f"cores ({m['cpu']}), torch {m['torch']}.{busy}"
+        )
+    if baseline:
+        hw = baseline["hardware"]
+        lines.append(
+            f"- The plain ResNet-20 (`--model.attn null`) reached {100 * baseline['test_acc1']:.2f}% in "
+            f"{baseline['wall_time_s'] / 60:.1f} min on an otherwise idle machine ({hw['visible_cores']} cores, "
+            f"{hw['cpu']}; `benchmarks/fmnist_resnet20.py`). One seed each: differences of a few tenths are "
+            f"within seed-to-seed noise."
+        )
+    return "Measured by `benchmarks/readme_commands.py`, which runs the commands above as a user would:\n\n" + \
+        "\n".join(lines)
 
 
 def benchmark_lines(blocks: dict | None, harness: dict | None, data: dict | None) -> str:
@@ -208,7 +223,7 @@ def main(argv=None) -> int:
     vs_timm = _load("blocks_vs_timm_cpu.json") or blocks  # the longer, focused timm comparison when made
     text = args.readme.read_text()
     text = splice(text, "zoo-table", zoo_table(blocks))
-    text = splice(text, "fit-numbers", fit_numbers(_load("fmnist_resnet20_cpu.json")))
+    text = splice(text, "fit-numbers", fit_numbers(_load("readme_commands_cpu.json"), _load("fmnist_resnet20_cpu.json")))
     text = splice(text, "ablation-results", ablation_results())
     text = splice(text, "benchmarks", benchmark_lines(vs_timm, _load("harness_overhead_cpu.json"),
                                                       _load("data_inmemory_cpu.json")))
