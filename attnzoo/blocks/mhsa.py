@@ -75,12 +75,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..factory import register_attn
+from ..factory import SCORE_FUNCTIONS, register_attn
 from .base import AttnTap, check_channels, check_heads, check_input
 
 __all__ = ["MultiHeadSelfAttn2d", "relative_offsets", "SCORES", "check_topk"]
 
-SCORES = ("scaled_dot", "dot", "general", "additive", "cosine", "location")
+SCORES = SCORE_FUNCTIONS  # ("scaled_dot", "dot", "general", "additive", "cosine", "location")
 _FUSED = ("scaled_dot", "dot", "general", "cosine")  # scores that SDPA computes
 
 
