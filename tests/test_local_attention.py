@@ -172,9 +172,10 @@ def test_shifted_windows_connect_positions_that_plain_windows_separate():
 # -- neighborhood -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [(1, 1), (3, 5), (9, 10), (12, 7)])
-def test_neighborhood_efficient_and_naive_paths_agree(size):
-    fast = _randomized(create_attn("neighborhood", C, num_heads=2, kernel_size=5)).eval()
+@pytest.mark.parametrize("impl", ["blocked", "gather"])
+@pytest.mark.parametrize("size", [(1, 1), (3, 5), (9, 10), (12, 7), (4, 16)])
+def test_neighborhood_efficient_and_naive_paths_agree(size, impl):
+    fast = _randomized(create_attn("neighborhood", C, num_heads=2, kernel_size=5, impl=impl)).eval()
     naive = create_attn("neighborhood", C, num_heads=2, kernel_size=5, impl="naive").eval()
     naive.load_state_dict(fast.state_dict())
     x = torch.randn(2, C, *size, requires_grad=True)

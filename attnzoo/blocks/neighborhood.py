@@ -14,8 +14,13 @@ k uses a neighbourhood of that axis's length. Nothing is padded, so no key is ev
 
 Two implementations of the same function (``impl=``):
 
-* ``"gather"`` (default): the k^2 neighbours' keys and values are gathered into a
-  (B, heads, H, W, k^2, d) tensor by index, then one small softmax per query: O(N k^2 d) time and
+* ``"blocked"`` (default): queries in tiles of k x k; each tile attends, as one dense matmul, to
+  the (2k - 1) x (2k - 1) keys that contain all its queries' neighbourhoods, with -inf outside each
+  query's own k x k: O(N (2k-1)^2 d) in batched matmuls, about (2k-1)^2 / k^2 (~3.4 at k = 7)
+  times the necessary work but in large matrix products.
+* ``"gather"``: the k^2 neighbours' keys and values are gathered into a
+  (B, heads, H, W, k^2, d) tensor (two ``index_select`` calls: the rows of every query's
+  neighbourhood, then its columns), then one small softmax per query: O(N k^2 d) time and
   memory, N = H*W. Plain torch ops (no NATTEN kernel).
 * ``"naive"``: the reference; all N x N logits with -inf outside each query's neighbourhood,
   O(N^2 d). ``benchmarks/neighborhood.py`` prints the time ratio of the two.
@@ -42,7 +47,7 @@ from .base import AttnTap, check_channels, check_heads, check_input
 
 __all__ = ["NeighborhoodAttn", "neighbour_starts"]
 
-IMPLS = ("gather", "naive")
+IMPLS = ("blocked", "gather", "naive")
 
 
 def neighbour_starts(length: int, k: int, device=None) -> torch.Tensor:
@@ -69,7 +74,7 @@ class NeighborhoodAttn(nn.Module):
         *,
         num_heads: int = 4,
         kernel_size: int = 7,
-        impl: str = "gather",
+        impl: str = "blocked",
         qkv_bias: bool = True,
         layer_scale_init: float = 0.0,
         attn_drop: float = 0.0,
@@ -106,18 +111,70 @@ class NeighborhoodAttn(nn.Module):
         """q, k, v (B, heads, H, W, d) -> out (B, heads, H, W, d) attending to k x k neighbours."""
         rows, cols = self._neighbours(h, w, q.device)
         kh, kw = rows.shape[1], cols.shape[1]
-        r = rows[:, None, :, None]  # (H, 1, kh, 1)
-        c = cols[None, :, None, :]  # (1, W, 1, kw)
-        kn = k[:, :, r, c]  # (B, heads, H, W, kh, kw, d)
-        vn = v[:, :, r, c]
+        b, heads, _, _, d = k.shape
+
+        def neighbours(t):  # (B, heads, H, W, d) -> (B, heads, H, kh, W, kw, d), two index_selects
+            t = t.index_select(2, rows.reshape(-1)).reshape(b, heads, h, kh, w, d)  # rows of every query
+            return t.index_select(4, cols.reshape(-1)).reshape(b, heads, h, kh, w, kw, d)  # then its columns
+
+        kn, vn = neighbours(k), neighbours(v)  # kept in this (contiguous) layout: products stay fast
         kc = self.kernel_size - 1
         dy = rows - torch.arange(h, device=q.device)[:, None] + kc  # (H, kh) key - query, >= 0
         dx = cols - torch.arange(w, device=q.device)[:, None] + kc  # (W, kw)
         bias = self.rel_bias[:, dy[:, None, :, None], dx[None, :, None, :]]  # (heads, H, W, kh, kw)
-        logits = torch.einsum("bnhwd,bnhwijd->bnhwij", q * self.head_dim**-0.5, kn) + bias.to(q.dtype)
-        attn = logits.reshape(*logits.shape[:4], kh * kw).softmax(-1)  # (B, heads, H, W, kh*kw)
+        # elementwise products and sums, not einsum: einsum would be H*W*heads*B matmuls of 1 x d x k^2
+        logits = (q[:, :, :, None, :, None, :] * self.head_dim**-0.5 * kn).sum(-1)  # (B, heads, H, kh, W, kw)
+        logits = logits.permute(0, 1, 2, 4, 3, 5) + bias.to(q.dtype)  # (B, heads, H, W, kh, kw)
+        attn = logits.reshape(b, heads, h, w, kh * kw).softmax(-1)  # (B, heads, H, W, kh*kw)
         attn = F.dropout(attn, self.attn_drop, self.training)
-        return torch.einsum("bnhwj,bnhwjd->bnhwd", attn, vn.reshape(*vn.shape[:4], kh * kw, -1))
+        attn = attn.reshape(b, heads, h, w, kh, kw).permute(0, 1, 2, 4, 3, 5)  # (B, heads, H, kh, W, kw)
+        return (attn[..., None] * vn).sum((3, 5))  # (B, heads, H, W, d)
+
+    def _blocked(self, q, k, v, h: int, w: int):
+        """q, k, v (B, heads, H, W, d) -> (B, heads, H, W, d): tiles of t x t queries (t = k) against
+        the (t + k - 1)^2 keys that hold all their neighbourhoods, as batched matmuls with a mask."""
+        b, heads, _, _, d = q.shape
+        kc = self.kernel_size - 1
+        geo = [self._tiles(length, q.device) for length in (h, w)]  # per axis
+        (ty, win_y, ok_y, dy), (tx, win_x, ok_x, dx) = geo
+        nty, nly = win_y.shape
+        ntx, nlx = win_x.shape
+        qp = F.pad(q, (0, 0, 0, ntx * tx - w, 0, nty * ty - h))  # (B, heads, Hp, Wp, d), zero queries dropped later
+        qt = qp.reshape(b, heads, nty, ty, ntx, tx, d).permute(0, 1, 2, 4, 3, 5, 6).reshape(b, heads, nty, ntx, ty * tx, d)
+
+        def windows(t):  # (B, heads, H, W, d) -> (B, heads, nty, ntx, nly*nlx, d)
+            t = t.index_select(2, win_y.reshape(-1)).index_select(3, win_x.reshape(-1))  # (B, heads, nty*nly, ntx*nlx, d)
+            t = t.reshape(b, heads, nty, nly, ntx, nlx, d).permute(0, 1, 2, 4, 3, 5, 6)
+            return t.reshape(b, heads, nty, ntx, nly * nlx, d)
+
+        kw_, vw = windows(k), windows(v)
+        bias = self.rel_bias[:, dy[:, :, :, None, None, None], dx[None, None, None, :, :, :]]  # (heads, nty, ty, nly, ntx, tx, nlx)
+        ok = ok_y[:, :, :, None, None, None] & ok_x[None, None, None, :, :, :]  # (nty, ty, nly, ntx, tx, nlx)
+        bias = bias.masked_fill(~ok, float("-inf")).permute(1, 4, 0, 2, 5, 3, 6)  # (nty, ntx, heads, ty, tx, nly, nlx)
+        bias = bias.reshape(nty, ntx, heads, ty * tx, nly * nlx).permute(2, 0, 1, 3, 4).to(q.dtype)
+        logits = (qt @ kw_.transpose(-1, -2)) * self.head_dim**-0.5 + bias  # (B, heads, nty, ntx, t*t, L)
+        attn = F.dropout(logits.softmax(-1), self.attn_drop, self.training)
+        out = (attn @ vw).reshape(b, heads, nty, ntx, ty, tx, d).permute(0, 1, 2, 4, 3, 5, 6)  # (B, heads, nty, ty, ntx, tx, d)
+        return out.reshape(b, heads, nty * ty, ntx * tx, d)[:, :, :h, :w]
+
+    def _tiles(self, length: int, device):
+        """One axis of the blocked path: tile size t, each tile's key window (n_tiles, L) (indices into the
+        axis), whether key a of the window is a neighbour of query i of the tile (n_tiles, t, L), and the
+        relative-bias index of that pair (n_tiles, t, L)."""
+        kk = min(self.kernel_size, length)
+        t = kk
+        n_tiles = -(-length // t)
+        span = min(t + kk - 1, length)  # all neighbourhoods of a tile fit in this many consecutive keys
+        starts = neighbour_starts(length, kk, device)  # (length,)
+        first_q = torch.arange(n_tiles, device=device) * t
+        win_start = torch.minimum(starts[first_q], torch.full_like(first_q, length - span))
+        win = win_start[:, None] + torch.arange(span, device=device)  # (n_tiles, span)
+        query = (first_q[:, None] + torch.arange(t, device=device)).clamp(max=length - 1)  # (n_tiles, t), padded rows repeat the last
+        qs = starts[query][:, :, None]  # (n_tiles, t, 1)
+        ok = (win[:, None, :] >= qs) & (win[:, None, :] < qs + kk)
+        kc = self.kernel_size - 1
+        rel = (win[:, None, :] - query[:, :, None]).clamp(-kc, kc) + kc  # key - query, clamped where masked
+        return t, win, ok, rel
 
     def naive_weights(self, q, k, h: int, w: int):
         """Dense (B, heads, N, N) weights, -inf logits outside each neighbourhood; q, k (B, heads, N, d)."""
@@ -145,8 +202,10 @@ class NeighborhoodAttn(nn.Module):
             weights = self.naive_weights(flat(q), flat(k), h, w)  # (B, heads, N, N)
         if self.impl == "naive":
             out = (F.dropout(weights, self.attn_drop, self.training) @ v.reshape(b, heads, n, d))  # (B, heads, N, d)
-        else:
+        elif self.impl == "gather":
             out = self._gather(q, k, v, h, w).reshape(b, heads, n, d)
+        else:
+            out = self._blocked(q, k, v, h, w).reshape(b, heads, n, d)
         if self.tap.active:
             self.tap(weights.reshape(b, heads, n, h, w))  # (B, heads, N, H, W)
         out = out.transpose(-1, -2).reshape(b, c, h, w)  # (B, C, H, W)
