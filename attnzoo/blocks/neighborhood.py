@@ -12,22 +12,23 @@ to full self-attention when k equals the map size); B is a learned relative posi
 B_hat[dy + k - 1, dx + k - 1] per head, dy, dx the key's offset from the query. An axis shorter than
 k uses a neighbourhood of that axis's length. Nothing is padded, so no key is ever masked.
 
-Two implementations of the same function (``impl=``):
+Three implementations of the same function (``impl=``), all plain torch ops (no NATTEN kernel):
 
 * ``"blocked"`` (default): queries in tiles of k x k; each tile attends, as one dense matmul, to
   the (2k - 1) x (2k - 1) keys that contain all its queries' neighbourhoods, with -inf outside each
-  query's own k x k: O(N (2k-1)^2 d) in batched matmuls, about (2k-1)^2 / k^2 (~3.4 at k = 7)
-  times the necessary work but in large matrix products.
+  query's own k x k: O(N (2k-1)^2 d) in batched matmuls, (2k-1)^2 / k^2 (3.4 at k = 7) times the
+  necessary multiply-adds, but in matrix products, which CPUs and GPUs run far faster than the
+  gather path's elementwise products.
 * ``"gather"``: the k^2 neighbours' keys and values are gathered into a
   (B, heads, H, W, k^2, d) tensor (two ``index_select`` calls: the rows of every query's
   neighbourhood, then its columns), then one small softmax per query: O(N k^2 d) time and
-  memory, N = H*W. Plain torch ops (no NATTEN kernel).
+  memory, N = H*W.
 * ``"naive"``: the reference; all N x N logits with -inf outside each query's neighbourhood,
-  O(N^2 d). ``benchmarks/neighborhood.py`` prints the time ratio of the two.
+  O(N^2 d). ``benchmarks/neighborhood.py`` prints the time ratios blocked / naive and gather / naive.
 
 NOTE (departures, and why):
 * NAT's kernels are CUDA (NATTEN); this is plain torch, so it runs everywhere, exports to ONNX
-  and compiles, at the cost of materialising the gathered neighbours.
+  and compiles, at the cost of materialising the key windows.
 * As a drop-in block the attention is wrapped in a residual with a per-channel scale ``gamma``
   (``layer_scale_init=0`` starts it as the identity) and an output projection ``W_o``; NAT's
   LayerNorm and MLP belong to the host network. q, k, v are a 1x1 convolution with a bias.
