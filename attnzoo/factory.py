@@ -23,6 +23,11 @@ from .spec import parse_spec
 __all__ = ["register_attn", "get_attn", "create_attn", "list_attn", "attn_info", "FAMILIES"]
 
 FAMILIES = ("channel", "spatial", "channel+spatial", "self-attention")
+# the taxonomy of self-attention blocks (Xu et al. 2015, Luong et al. 2015): where a query looks, how it
+# weighs what it sees, and the alignment-score function e(q, k) (attnzoo/blocks/mhsa.py has the formulas)
+SCOPES = ("global", "local")
+HARDNESS = ("soft", "hard")
+SCORE_FUNCTIONS = ("scaled_dot", "dot", "general", "additive", "cosine", "location")
 _REQUIRED_META = ("family", "paper", "authors", "year", "link")
 
 ATTN_REGISTRY = Registry("attention block", "attnzoo.list_attn()")
@@ -34,7 +39,8 @@ def register_attn(name: str, factory: Callable[..., nn.Module] | None = None, **
     """Register a block class or factory under ``name``; usable as a decorator.
 
     Metadata: ``family`` (one of FAMILIES), ``paper``, ``authors``, ``year``, ``link``;
-    optionally ``onnx=False`` with ``onnx_note`` for blocks that cannot export.
+    optionally ``onnx=False`` with ``onnx_note`` for blocks that cannot export, and for self-attention
+    ``scope`` (SCOPES), ``hardness`` (HARDNESS) and ``score`` (SCORE_FUNCTIONS), see ``_check_taxonomy``.
     A duplicate name raises ``ValueError``.
     """
     family = metadata.get("family")
@@ -44,6 +50,7 @@ def register_attn(name: str, factory: Callable[..., nn.Module] | None = None, **
     if missing:
         raise ValueError(f"register_attn({name!r}): missing metadata {missing}; every block names its paper")
     metadata.setdefault("onnx", True)
+    _check_taxonomy(name, metadata)
 
     def _register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         target = fn.func if isinstance(fn, functools.partial) else fn
@@ -53,6 +60,23 @@ def register_attn(name: str, factory: Callable[..., nn.Module] | None = None, **
         return fn
 
     return _register if factory is None else _register(factory)
+
+
+def _check_taxonomy(name: str, metadata: dict[str, Any]) -> None:
+    """Fill in and validate ``scope``, ``hardness`` and ``score`` (in place).
+
+    Self-attention blocks default to ``scope="global"``, ``hardness="soft"`` and ``score=None`` (not
+    declared); other families default to None for all three (the terms do not apply to them).
+    ``score`` is one of SCORE_FUNCTIONS or None; it names the block's *default* score function.
+    """
+    self_attn = metadata.get("family") == "self-attention"
+    metadata.setdefault("scope", "global" if self_attn else None)
+    metadata.setdefault("hardness", "soft" if self_attn else None)
+    metadata.setdefault("score", None)
+    for key, allowed in (("scope", SCOPES), ("hardness", HARDNESS), ("score", SCORE_FUNCTIONS)):
+        value = metadata[key]
+        if value is not None and value not in allowed:
+            raise ValueError(f"register_attn({name!r}): {key} must be one of {allowed} or None, got {value!r}")
 
 
 def _accept_factory_kwargs(cls: type) -> None:
@@ -76,11 +100,22 @@ def _accept_factory_kwargs(cls: type) -> None:
     cls.__init__ = __init__
 
 
-def list_attn(filter: str | list[str] = "*", family: str | None = None) -> list[str]:
-    """Registered block names matching fnmatch ``filter`` (and ``family`` if given), sorted."""
-    if family is not None and family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
-    return ATTN_REGISTRY.names(filter, family=family)
+def list_attn(
+    filter: str | list[str] = "*",
+    family: str | None = None,
+    scope: str | None = None,
+    hardness: str | None = None,
+    score: str | None = None,
+) -> list[str]:
+    """Registered block names matching fnmatch ``filter`` and every metadata value given, sorted.
+
+    ``list_attn(scope="local")``, ``list_attn(hardness="hard")``, ``list_attn(score="cosine")``.
+    """
+    for key, value, allowed in (("family", family, FAMILIES), ("scope", scope, SCOPES),
+                                ("hardness", hardness, HARDNESS), ("score", score, SCORE_FUNCTIONS)):
+        if value is not None and value not in allowed:
+            raise ValueError(f"unknown {key} {value!r}; choose one of {allowed}")
+    return ATTN_REGISTRY.names(filter, family=family, scope=scope, hardness=hardness, score=score)
 
 
 def attn_info(name: str) -> RegistryEntry:

@@ -10,10 +10,11 @@
 
 Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
 
-* ``zoo-table``: name, family, paper and year, parameters and FLOPs at C=256 on a 32x32 map (batch 1,
+* ``zoo-table``: name, family, scope / hardness / score (self-attention taxonomy), paper and year, parameters and FLOPs at C=256 on a 32x32 map (batch 1,
   FLOPs counted by torch.utils.flop_counter: convolutions and matmuls, 1 multiply-add = 2 FLOPs,
   elementwise ops not counted), forward+backward time relative to SE (benchmarks/blocks.py), and
-  whether the block exports to ONNX (registry metadata, checked by tests/test_blocks.py).
+  whether the block exports to ONNX (registry metadata, checked by tests/test_blocks.py). A block with no
+  timing in blocks_cpu.json yet shows "—" and is named in the note as not timed yet.
 * ``fit-numbers`` and ``benchmarks``: the measured numbers of the other scripts, with their setup.
 * ``ablation-results``: the table of experiments/fmnist_resnet20 from its results store (the same
   table ``attnzoo report`` writes into that folder's README), and which differences are significant.
@@ -59,18 +60,21 @@ def _load(name: str) -> dict | None:
 
 def zoo_table(timings: dict | None) -> str:
     blocks = (timings or {}).get("blocks", {})
-    head = ("| name | family | paper | year | params @C=256 | FLOPs @C=256, 32x32 | fwd+bwd time vs SE | ONNX |\n"
-            "|---|---|---|---|---:|---:|---:|---|")
-    rows, uncounted = [], []
+    head = ("| name | family | scope, hardness, score | paper | year | params @C=256 | FLOPs @C=256, 32x32 "
+            "| fwd+bwd time vs SE | ONNX |\n"
+            "|---|---|---|---|---|---:|---:|---:|---|")
+    rows, uncounted, untimed = [], [], []
     for name in list_attn():
         meta = attn_info(name).metadata
         params, flops = block_cost(name)
         if flops == 0:
             uncounted.append(name)
         rel = blocks.get(name, {}).get("rel_se")
+        if not rel:
+            untimed.append(name)
         onnx = "yes" if meta["onnx"] else f"no ({meta.get('onnx_note', '')})"
-        rows.append(f"| `{name}` | {meta['family']} | [{meta['paper']}]({meta['link']}) | {meta['year']} | "
-                    f"{_fmt(params)} | {_fmt(flops)} | {f'{rel:.2f}' if rel else 'not measured'} | {onnx} |")
+        rows.append(f"| `{name}` | {meta['family']} | {_taxonomy(meta)} | [{meta['paper']}]({meta['link']}) | "
+                    f"{meta['year']} | {_fmt(params)} | {_fmt(flops)} | {f'{rel:.2f}' if rel else '—'} | {onnx} |")
     note = ("\n\nFLOPs: `torch.utils.flop_counter` at batch 1, convolutions and matmuls only (2 FLOPs per "
             "multiply-add); pooling and elementwise work is not counted, so blocks made only of it ("
             + ", ".join(uncounted) + ") show 0. Use the time column for their cost.")
@@ -81,7 +85,19 @@ def zoo_table(timings: dict | None) -> str:
                 f"{timings['torch']}, {timings.get('stat', 'median')} of {timings['repeats']} interleaved rounds, divided by `se`'s time "
                 f"({blocks['se']['ms']:.0f} ms; identity {timings['identity_ms']:.0f} ms); "
                 "measured by `benchmarks/blocks.py`.")
+    if untimed:
+        note += (" — in the time column: not timed yet (" + ", ".join(untimed) + "; run `benchmarks/blocks.py`).")
+    note += (" Scope, hardness, score: registry metadata of the self-attention blocks (where a query looks, "
+             "soft or top-k weights, the default alignment-score function; \"score n/d\": not declared); "
+             "— for the other families, to which the terms do not apply.")
     return head + "\n" + "\n".join(rows) + note
+
+
+def _taxonomy(meta: dict) -> str:
+    if meta.get("scope") is None and meta.get("hardness") is None and meta.get("score") is None:
+        return "—"
+    score = f"`{meta['score']}`" if meta.get("score") else "score n/d"
+    return f"{meta.get('scope') or '—'}, {meta.get('hardness') or '—'}, {score}"
 
 
 def fit_numbers(cmds: dict | None, baseline: dict | None) -> str:

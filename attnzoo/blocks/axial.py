@@ -20,6 +20,7 @@ NOTE (departures, and why):
   1-D relative bias, one small MLP per axis mapping the log-spaced offset to one logit per head
   (Swin V2's continuous position bias, as ``attnzoo.blocks.mhsa``; offsets from its
   ``relative_offsets``), evaluated for the lengths the input has. ``rel_pos=False`` turns it off.
+  The offsets are built in the MLP's dtype, so the block runs after ``.half()`` / ``.bfloat16()``.
 * As a drop-in block the two passes are wrapped in a residual with a per-channel scale ``gamma``
   (``layer_scale_init=0`` starts the block as the identity) and an output projection ``W_o``, as
   ``mhsa``; Axial-DeepLab's bottleneck convolutions and BN are the host network's.
@@ -27,6 +28,9 @@ NOTE (departures, and why):
   ignores, so it would be a parameter that never learns (as ``mhsa``).
 * Query taps: ``tap_h`` and ``tap_w`` receive each pass's weights as full (B, heads, N, H, W) maps,
   zero off the query's column (height pass) or row (width pass), built only while captured.
+* timm's ``attn_layer`` / ``se_layer`` keyword arguments ``act_layer``, ``gate_layer``,
+  ``rd_ratio``, ``rd_channels``, ``rd_divisor``, ``force_act_layer`` and ``rd_round_fn`` do not
+  apply (no reduction bottleneck, no activation, softmax is the gate) and are ignored.
 """
 from __future__ import annotations
 
@@ -50,7 +54,7 @@ class _AxialBias(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_heads, bias=False))
 
     def forward(self, length: int, device) -> torch.Tensor:
-        table, index = relative_offsets(length, 1, device)  # (2L-1, 2) with dx = 0, (L, L)
+        table, index = relative_offsets(length, 1, device, self.mlp[0].weight.dtype)  # (2L-1, 2) with dx = 0, (L, L)
         offsets = table[:, :1]  # (2L-1, 1)
         offsets = torch.sign(offsets) * torch.log1p(offsets.abs())  # log-spaced, as Swin V2
         return self.mlp(offsets)[index].permute(2, 0, 1)  # (heads, L, L)
@@ -63,6 +67,9 @@ class _AxialBias(nn.Module):
     authors="Wang, Zhu, Green, Adam, Yuille, Chen (axial attention: Ho, Kalchbrenner, Weissenborn, Salimans 2019)",
     year=2020,
     link="https://arxiv.org/abs/2003.07853",
+    scope="global",
+    hardness="soft",
+    score="scaled_dot",
 )
 class AxialAttn(nn.Module):
     def __init__(
