@@ -529,3 +529,60 @@ def test_modified_model_exports_to_onnx_and_matches_onnxruntime(tmp_path):
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), model(x), atol=1e-4, rtol=1e-4)
+
+
+# -- the glob follows module names ----------------------------------------------------------------
+@pytest.mark.parametrize("pattern,name,matches", [
+    ("layer3.*.bn2", "layer3.0.bn2", True),
+    ("layer3.*.bn2", "layer3.0.downsample.bn2", False),  # '*' never crosses a dot
+    ("layer3.**.bn2", "layer3.0.downsample.bn2", True),  # '**' does
+    ("layer3.**", "layer3.0.downsample.0", True),
+    ("layer?.0", "layer3.0", True),
+    ("layer?.0", "layer.3.0", False),  # '?' is not a dot either
+    ("layer[12].0", "layer3.0", False),
+    ("layer[!12].0", "layer3.0", True),
+])
+def test_glob_star_stays_in_a_segment_and_double_star_crosses(pattern, name, matches):
+    from attnzoo.insertion.glob import glob_to_regex
+
+    assert bool(glob_to_regex(pattern).match(name)) is matches
+
+
+def test_glob_on_convnext_blocks_matches_the_blocks_not_their_insides():
+    with torch.device("meta"):
+        model = timm.create_model("convnext_atto")
+    from attnzoo.insertion.glob import match_glob
+
+    names = [n for n, _ in match_glob(model, "stages.*.blocks.*", set())]
+    assert len(names) == 2 + 2 + 6 + 2 and all(n.count(".") == 3 for n in names)
+
+
+def test_glob_matching_several_classes_warns_and_names_them():
+    model = torchvision.models.mobilenet_v3_small()
+    with pytest.warns(UserWarning, match=r"2 classes: InvertedResidual \(11\), Conv2dNormActivation \(2\)"):
+        report = insert_attn(model, "eca", position="after:features.*", input_size=(64, 64))
+    assert len(report.sites) == 13
+
+
+def test_glob_reaches_torchvision_sequential_blocks_through_their_last_child():
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small().eval()
+    x = torch.randn(1, 3, 64, 64)
+    seen = {}
+    hook = model.features[0].register_forward_hook(lambda m, i, o: seen.__setitem__("out", o.clone()))
+    with torch.no_grad():
+        reference = model(x)
+    hook.remove()
+    report = insert_attn(model, Recorder, position="after:features.0", input_size=(64, 64))
+    assert [s.host for s in report.sites] == ["features.0.2"]  # Conv2dNormActivation = conv, bn, act
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference)
+    torch.testing.assert_close(model.get_submodule("features.0.2.attn_after").seen, seen["out"])
+
+
+def test_glob_on_a_bare_container_says_what_to_match_instead():
+    model = torchvision.models.resnet18()
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=r"bare Sequential.*'after:layer1\.\*'.*'after:layer1\.1'"):
+        insert_attn(model, "se", position="after:layer1", input_size=(32, 32))
+    assert_unchanged(model, snap)
