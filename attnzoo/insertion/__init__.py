@@ -2,14 +2,16 @@
 
 See ``insert.py`` for the steps (plan, probe, build, apply), ``positions.py`` for what each position
 means, ``adapters.py`` for the host blocks known without user-written adapters, ``glob.py`` for the
-``after:<glob>`` fallback and ``report.py`` for the ``InsertReport``.
+``after:<glob>`` fallback, ``replace.py`` for ``replace_attn`` (swap a network's own SE modules for
+any block) and ``report.py`` for the ``InsertReport``.
 """
 from __future__ import annotations
 
 from .adapters import HostAdapter, adapter_for, host_adapters, register_host_adapter
 from .insert import insert_attn
 from .positions import POSITIONS, IdentityInit, register_position
+from .replace import SE_LIKE, replace_attn
 from .report import InsertReport, SiteRecord
 
-__all__ = ["insert_attn", "InsertReport", "SiteRecord", "IdentityInit", "POSITIONS", "HostAdapter",
+__all__ = ["insert_attn", "replace_attn", "SE_LIKE", "InsertReport", "SiteRecord", "IdentityInit", "POSITIONS", "HostAdapter",
            "adapter_for", "host_adapters", "register_host_adapter", "register_position"]

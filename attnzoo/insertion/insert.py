@@ -67,8 +67,10 @@ def insert_attn(
     """Insert the block ``attn`` names into ``model`` in place; return what was inserted where.
 
     position: ``standard`` | ``pre`` | ``post`` | ``identity`` | ``after_conv1`` | ``after_conv2`` (residual
-        blocks), ``bottleneck`` | ``block`` | ``sppf`` (YOLO-like), or ``after:<glob>`` (any module);
-        None: ``model.default_attn_position`` if it has one, else ``standard``.
+        blocks), ``bottleneck`` | ``block`` | ``sppf`` (YOLO-like), the positions of the other hosts
+        (``positions.POSITIONS``), ``after:<glob>`` (any module), or ``replace``: the model's own
+        SE-like modules are swapped for the block (``replace_attn``); None:
+        ``model.default_attn_position`` if it has one, else ``standard``.
     stages: ``"all"``, a 1-based stage number or a list of them.
     blocks: ``"all"``, ``"first"``, ``"last"``, an index or a list of indices (negative allowed) of the
         blocks within each selected stage.
@@ -86,6 +88,13 @@ def insert_attn(
         raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
     if position is None:
         position = getattr(model, "default_attn_position", None) or "standard"
+    if isinstance(position, str) and position.strip() == "replace":
+        if stages != "all" or blocks != "all":
+            raise ValueError("position='replace' swaps every SE-like module of the model; stages= and blocks= "
+                             "do not apply to it, leave them 'all'")
+        from .replace import replace_attn  # lazy: replace.py reuses this module's steps
+
+        return replace_attn(model, attn, init=init, input_size=input_size, **attn_kwargs)
     position = check_position(position)
     size = _input_size(model, input_size)
     label = _attn_label(attn, attn_kwargs)
@@ -293,17 +302,25 @@ class _Probe(nn.Module):
         return x
 
 
-def _probe(model: nn.Module, sites: list[_Site], size: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+def _install_probe(host: nn.Module, site: _Site, probe: _Probe) -> None:
+    """Put ``probe`` where ``site``'s block will go, on the deep copy's ``host``."""
+    if site.adapter is None:
+        host.attn_after = probe
+        host.register_forward_hook(apply_attn_after)
+    else:
+        _fill(host, site.adapter, site.position, probe)
+
+
+def _probe(model: nn.Module, sites: list[_Site], size: tuple[int, int, int],
+           install=_install_probe) -> list[tuple[int, int, int]]:
+    """(C, H, W) each site sees in one batch-1 forward of a deep copy; ``install(host, site, probe)``
+    puts a recording identity at the site (on the copy)."""
     twin = copy.deepcopy(model)
     probes = []
     for site in sites:
         host = twin.get_submodule(site.host_path) if site.host_path else twin
         probe = _Probe(site.path)
-        if site.adapter is None:
-            host.attn_after = probe
-            host.register_forward_hook(apply_attn_after)
-        else:
-            _fill(host, site.adapter, site.position, probe)
+        install(host, site, probe)
         probes.append(probe)
     ref = next(iter(model.parameters()), None)
     device = ref.device if ref is not None else torch.device("cpu")

@@ -71,7 +71,7 @@ def check_position(position: object) -> str:
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
             f"unknown position {position!r}{hint} Known positions: {', '.join(POSITIONS)}, "
-            f"or 'after:<glob>' for any module (e.g. 'after:layer3.*.bn2')"
+            f"'after:<glob>' for any module (e.g. 'after:layer3.*.bn2'), or 'replace' for the model's own SE modules"
         )
     return position
 
