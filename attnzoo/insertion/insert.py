@@ -3,7 +3,8 @@
 Steps, each done in full before the next, so a failure leaves the model exactly as it was:
 
 1. *Plan*: find the host blocks (see ``adapters``) that have ``position``, group them by stage
-   (``model.stage_names``; else ``layer1..layerN``; else the children of ``model.stages``), select
+   (``model.stage_names``; else ``layer1..layerN`` or ``s1..sN``; else the children of ``model.stages``,
+   ``model.blocks`` or ``model.trunk_output`` when they are containers of blocks), select
    ``stages`` and ``blocks``; for ``after:<glob>``, the matching modules. Refuse occupied sites.
 2. *Probe*: on a deep copy of the model, put a recording identity in every planned slot, run one
    forward at batch 1 in eval mode under ``torch.no_grad`` and read the (C, H, W) each site sees.
@@ -164,9 +165,17 @@ def _stage_paths(model: nn.Module) -> list[str]:
         k += 1
     if layers:
         return layers
-    stages = getattr(model, "stages", None)
-    if isinstance(stages, (nn.Sequential, nn.ModuleList)):
-        return [f"stages.{n}" for n, _ in stages.named_children()]
+    k = 1  # timm RegNet: s1..sN
+    while isinstance(getattr(model, f"s{k}", None), nn.Module):
+        layers.append(f"s{k}")
+        k += 1
+    if layers:
+        return layers
+    for attr in ("stages", "blocks", "trunk_output"):  # timm ConvNeXt/CSPNet, timm EfficientNet/MobileNet, tv RegNet
+        stages = getattr(model, attr, None)
+        if isinstance(stages, (nn.Sequential, nn.ModuleList)) and all(
+                isinstance(c, (nn.Sequential, nn.ModuleList)) or hasattr(c, "blocks") for c in stages.children()):
+            return [f"{attr}.{n}" for n, _ in stages.named_children()]
     return []
 
 
@@ -234,7 +243,7 @@ def _plan(model: nn.Module, position: str, stages: Any, blocks: Any) -> list[_Si
 
     hosts = [(n, m, a) for n, m in model.named_modules()
              if (a := adapter_for(m)) is not None and not _under(n, skip)]
-    candidates = [(n, m, a) for n, m, a in hosts if position in a.slots]
+    candidates = [(n, m, a) for n, m, a in hosts if position in a.slots and (a.has is None or a.has(m, position))]
     if not candidates:
         if not hosts:
             known = ", ".join(a.label for a in host_adapters())
@@ -275,7 +284,8 @@ def _plan(model: nn.Module, position: str, stages: Any, blocks: Any) -> list[_Si
         if current is not None and not isinstance(current, nn.Identity):
             raise ValueError(
                 f"{s.path} already holds a block ({type(current).__name__}); inserting twice at the same site "
-                f"is not allowed. Pick another position, or start from a model without it"
+                f"is not allowed. Pick another position, swap the model's own SE-like modules with "
+                f"position='replace' (replace_attn), or start from a model without it"
             )
     return sites
 
