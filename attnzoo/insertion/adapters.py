@@ -121,3 +121,17 @@ def host_adapters() -> list[HostAdapter]:
 def adapter_for(module: nn.Module) -> HostAdapter | None:
     """The adapter of ``module``'s exact class (or of the attnzoo subclass it was switched to)."""
     return _index().get(type(module))
+
+
+_slots = slot_attrs  # the name this helper had before the host families moved to hosts/
+
+
+def __getattr__(name: str):
+    """The adapter classes that lived here before ``hosts/`` (``TorchvisionBasicBlockAttn``, ``_AfterBlockSlot``,
+    ...) still import from here: looked up in the host-family modules on first use."""
+    from .hosts import cspnet, resnet, yolo
+
+    for module in (resnet, cspnet, yolo):
+        if name in vars(module):
+            return vars(module)[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
