@@ -112,3 +112,12 @@ def test_imagefolder_finetune_config_builds_with_a_local_weights_file(tmp_path):
     config["data"] = {"class_path": "attnzoo.data.SyntheticDataModule",
                       "init_args": {"batch_size": 4, "num_train": 8, "num_test": 4, "image_size": 32}}
     validate_config(config)
+
+
+def test_create_backbone_attn_shorthand_inserts_into_timm_and_torchvision_models():
+    from attnzoo.insertion import adapter_for
+
+    for name, expected in [("tv:mobilenet_v3_small", 11), ("timm:mobilenetv3_small_100", 11)]:
+        model = create_backbone(name, num_classes=3, attn="eca")
+        hosts = [m for m in model.modules() if adapter_for(m) is not None and getattr(m, "attn_standard", None) is not None]
+        assert len(hosts) == expected  # one block at 'standard' in each inverted residual

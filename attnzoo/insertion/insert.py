@@ -171,10 +171,13 @@ def _stage_paths(model: nn.Module) -> list[str]:
         k += 1
     if layers:
         return layers
-    for attr in ("stages", "blocks", "trunk_output"):  # timm ConvNeXt/CSPNet, timm EfficientNet/MobileNet, tv RegNet
-        stages = getattr(model, attr, None)
+    stages = getattr(model, "stages", None)  # timm ConvNeXt, CSPNet, ...
+    if isinstance(stages, (nn.Sequential, nn.ModuleList)):
+        return [f"stages.{n}" for n, _ in stages.named_children()]
+    for attr in ("blocks", "trunk_output"):  # timm EfficientNet / MobileNet, torchvision RegNet
+        stages = getattr(model, attr, None)  # only when it holds containers of blocks, one per stage
         if isinstance(stages, (nn.Sequential, nn.ModuleList)) and all(
-                isinstance(c, (nn.Sequential, nn.ModuleList)) or hasattr(c, "blocks") for c in stages.children()):
+                isinstance(c, (nn.Sequential, nn.ModuleList)) for c in stages.children()):
             return [f"{attr}.{n}" for n, _ in stages.named_children()]
     return []
 
