@@ -101,6 +101,7 @@ def test_insert_attn_position_replace_is_replace_attn():
     ra = replace_attn(a, "eca", input_size=(64, 64))
     rb = insert_attn(b, "eca", position="replace", input_size=(64, 64))
     assert ra.to_dict() == rb.to_dict()
+    assert len(insert_attn(torchvision.models.regnet_y_400mf(), None, position="replace")) == 0  # like any position
     with pytest.raises(ValueError, match="stages= and blocks= do not apply"):
         insert_attn(torchvision.models.regnet_y_400mf(), "eca", position="replace", stages=[2])
 

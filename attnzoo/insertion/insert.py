@@ -93,6 +93,8 @@ def insert_attn(
         if stages != "all" or blocks != "all":
             raise ValueError("position='replace' swaps every SE-like module of the model; stages= and blocks= "
                              "do not apply to it, leave them 'all'")
+        if attn is None or (isinstance(attn, str) and attn.strip().lower() in ("", "none")):
+            return InsertReport(attn="none", position="replace", init=init, input_size=_input_size(model, input_size))
         from .replace import replace_attn  # lazy: replace.py reuses this module's steps
 
         return replace_attn(model, attn, init=init, input_size=input_size, **attn_kwargs)
