@@ -26,14 +26,17 @@ CONFIG_DATA = {
     "imagenet_subset_resnet18": "imagefolder_dir",
     "imagenet_subset_resnet50": "imagefolder_dir",
     "imagenet_subset_yolo": "imagefolder_dir",
+    "imagefolder_finetune_mobilenetv3": "imagefolder_dir",
 }
+# configs that load pretrained weights: the torchvision model whose random weights stand in (no hub here)
+PRETRAINED = {"imagefolder_finetune_mobilenetv3": "mobilenet_v3_large"}
 TINY = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false",
         "--data.init_args.batch_size", "4", "--data.init_args.val_size", "0.2", "--data.init_args.num_workers", "0"]
 
 
 def tiny_args(name: str, data_dir: Path) -> list[str]:
     args = ["--config", str(CONFIGS / f"{name}.yaml"), "--data.init_args.data_dir", str(data_dir), *TINY]
-    if name.startswith("imagenet"):
+    if name.startswith(("imagenet", "imagefolder")):
         args += ["--data.init_args.image_size", "32"]
     return args
 
@@ -46,7 +49,14 @@ def test_every_config_file_is_tested():
 def test_fit_fast_dev_run_with_each_config_and_data_module(name, request, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     data_dir = request.getfixturevalue(CONFIG_DATA[name])
-    assert main(["fit", *tiny_args(name, data_dir), "--model.attn", "se", "--trainer.fast_dev_run", "1"]) == 0
+    extra = []
+    if name in PRETRAINED:
+        import torch
+        import torchvision
+
+        torch.save(torchvision.models.get_model(PRETRAINED[name]).state_dict(), tmp_path / "weights.pth")
+        extra = ["--model.pretrained_file", str(tmp_path / "weights.pth")]
+    assert main(["fit", *tiny_args(name, data_dir), *extra, "--model.attn", "se", "--trainer.fast_dev_run", "1"]) == 0
 
 
 def test_fit_on_synthetic_data_by_short_class_name(tmp_path, monkeypatch):

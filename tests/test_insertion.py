@@ -529,3 +529,182 @@ def test_modified_model_exports_to_onnx_and_matches_onnxruntime(tmp_path):
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), model(x), atol=1e-4, rtol=1e-4)
+
+
+# -- the glob follows module names ----------------------------------------------------------------
+@pytest.mark.parametrize("pattern,name,matches", [
+    ("layer3.*.bn2", "layer3.0.bn2", True),
+    ("layer3.*.bn2", "layer3.0.downsample.bn2", False),  # '*' never crosses a dot
+    ("layer3.**.bn2", "layer3.0.downsample.bn2", True),  # '**' does
+    ("layer3.**", "layer3.0.downsample.0", True),
+    ("layer?.0", "layer3.0", True),
+    ("layer?.0", "layer.3.0", False),  # '?' is not a dot either
+    ("layer[12].0", "layer3.0", False),
+    ("layer[!12].0", "layer3.0", True),
+])
+def test_glob_star_stays_in_a_segment_and_double_star_crosses(pattern, name, matches):
+    from attnzoo.insertion.glob import glob_to_regex
+
+    assert bool(glob_to_regex(pattern).match(name)) is matches
+
+
+def test_glob_on_convnext_blocks_matches_the_blocks_not_their_insides():
+    with torch.device("meta"):
+        model = timm.create_model("convnext_atto")
+    from attnzoo.insertion.glob import match_glob
+
+    names = [n for n, _ in match_glob(model, "stages.*.blocks.*", set())]
+    assert len(names) == 2 + 2 + 6 + 2 and all(n.count(".") == 3 for n in names)
+
+
+def test_glob_matching_several_classes_warns_and_names_them():
+    model = torchvision.models.mobilenet_v3_small()
+    with pytest.warns(UserWarning, match=r"2 classes: InvertedResidual \(11\), Conv2dNormActivation \(2\)"):
+        report = insert_attn(model, "eca", position="after:features.*", input_size=(64, 64))
+    assert len(report.sites) == 13
+
+
+def test_glob_reaches_torchvision_sequential_blocks_through_their_last_child():
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small().eval()
+    x = torch.randn(1, 3, 64, 64)
+    seen = {}
+    hook = model.features[0].register_forward_hook(lambda m, i, o: seen.__setitem__("out", o.clone()))
+    with torch.no_grad():
+        reference = model(x)
+    hook.remove()
+    report = insert_attn(model, Recorder, position="after:features.0", input_size=(64, 64))
+    assert [s.host for s in report.sites] == ["features.0.2"]  # Conv2dNormActivation = conv, bn, act
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference)
+    torch.testing.assert_close(model.get_submodule("features.0.2.attn_after").seen, seen["out"])
+
+
+def test_glob_on_a_bare_container_says_what_to_match_instead():
+    model = torchvision.models.resnet18()
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=r"bare Sequential.*'after:layer1\.\*'.*'after:layer1\.1'"):
+        insert_attn(model, "se", position="after:layer1", input_size=(32, 32))
+    assert_unchanged(model, snap)
+
+
+# -- positions of the inverted-residual, RegNet and ConvNeXt hosts --------------------------------
+def _new_hosts():
+    from functools import partial
+
+    from timm.models import _efficientnet_blocks as eff
+    from timm.models import convnext as timm_cnx
+    from timm.models import regnet as timm_regnet
+    from torchvision.models import convnext as tv_cnx
+    from torchvision.models import efficientnet as tv_eff
+    from torchvision.models import mobilenetv2 as tv_v2
+    from torchvision.models import mobilenetv3 as tv_v3
+    from torchvision.models import regnet as tv_regnet
+
+    bn = partial(nn.BatchNorm2d, eps=1e-3)
+    seq3 = lambda s, x: {"after_expand": (a := s[0](x)), "after_dw": (d := s[1](a)), "standard": s[3](s[2](d))}  # noqa: E731
+    return {
+        # name: (make, in channels, branch(block, x) -> {position: tensor the block there must see})
+        "tv_mbv2": (lambda: tv_v2.InvertedResidual(8, 8, 1, expand_ratio=4), 8,
+                    lambda b, x: {"after_expand": (a := b.conv[0](x)), "after_dw": (d := b.conv[1](a)),
+                                  "standard": b.conv[3](b.conv[2](d))}),
+        "tv_mbv3": (lambda: tv_v3.InvertedResidual(tv_v3.InvertedResidualConfig(8, 3, 24, 8, True, "HS", 1, 1, 1.0), bn),
+                    8, lambda b, x: seq3(b.block, x)),
+        "tv_mbconv": (lambda: tv_eff.MBConv(tv_eff.MBConvConfig(4, 3, 1, 8, 8, 1), 0.0, bn), 8,
+                      lambda b, x: seq3(b.block, x)),
+        "tv_fused": (lambda: tv_eff.FusedMBConv(tv_eff.FusedMBConvConfig(4, 3, 1, 8, 8, 1), 0.0, bn), 8,
+                     lambda b, x: {"after_expand": (a := b.block[0](x)), "standard": b.block[1](a)}),
+        "timm_ir": (lambda: eff.InvertedResidual(8, 8, exp_ratio=4.0, se_layer=eff.SqueezeExcite), 8,
+                    lambda b, x: {"after_expand": (a := b.bn1(b.conv_pw(x))), "after_dw": (d := b.aa(b.bn2(b.conv_dw(a)))),
+                                  "standard": b.bn3(b.conv_pwl(b.se(d)))}),
+        "timm_ds": (lambda: eff.DepthwiseSeparableConv(8, 8, se_layer=eff.SqueezeExcite), 8,
+                    lambda b, x: {"after_dw": (d := b.aa(b.bn1(b.conv_dw(x)))), "standard": b.bn2(b.conv_pw(b.se(d)))}),
+        "timm_edge": (lambda: eff.EdgeResidual(8, 8, exp_ratio=4.0), 8,
+                      lambda b, x: {"after_expand": (a := b.aa(b.bn1(b.conv_exp(x)))), "standard": b.bn2(b.conv_pwl(b.se(a)))}),
+        "tv_regnet": (lambda: tv_regnet.ResBottleneckBlock(8, 16, 2, nn.BatchNorm2d, nn.ReLU, 4, 1.0, 0.25), 8,
+                      lambda b, x: {"after_conv1": (a := b.f.a(x)), "after_conv2": (c := b.f.b(a)),
+                                    "standard": b.f.c(b.f.se(c)), "identity": b.proj(x)}),
+        "timm_regnet": (lambda: timm_regnet.Bottleneck(8, 16, stride=2, group_size=4, se_ratio=0.0), 8,
+                        lambda b, x: {"after_conv1": (a := b.conv1(x)), "after_conv2": (c := b.conv2(a)),
+                                      "standard": b.conv3(c), "identity": b.downsample(x)}),
+        "tv_convnext": (lambda: tv_cnx.CNBlock(8, 0.5, 0.0), 8,
+                        lambda b, x: {"after_dw": b.block[0](x), "standard": b.layer_scale * b.block(x)}),
+        "timm_convnext": (lambda: timm_cnx.ConvNeXtBlock(8, ls_init_value=0.5), 8,
+                          lambda b, x: {"after_dw": b.conv_dw(x), "standard": b.mlp(b.norm(b.conv_dw(x).permute(0, 2, 3, 1)))
+                                        .permute(0, 3, 1, 2) * b.gamma.reshape(1, -1, 1, 1)}),
+    }
+
+
+NEW_HOSTS = _new_hosts()
+NEW_CASES = [(h, p) for h, (make, cin, f) in NEW_HOSTS.items()
+             for p in ["pre", "post", *f(make().eval(), torch.zeros(1, cin, 8, 8))]]
+
+
+@pytest.mark.parametrize("host,position", NEW_CASES, ids=[f"{h}-{p}" for h, p in NEW_CASES])
+def test_each_new_host_position_feeds_its_block_the_tensor_it_claims(host, position):
+    make, cin, branch = NEW_HOSTS[host]
+    torch.manual_seed(0)
+    block = make()
+    for m in block.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 1.5), m.weight.data.uniform_(0.5, 1.5)
+    block.eval()
+    x = torch.randn(2, cin, 8, 8)
+    with torch.no_grad():
+        original_out = block(x.clone())
+        expected = {"pre": x, "post": original_out, **branch(block, x.clone())}[position]
+        report = insert_attn(block, Recorder, position=position, input_size=(cin, 8, 8))
+        assert len(report.sites) == 1
+        recorder = next(m for m in block.modules() if isinstance(m, Recorder))
+        out = block(x.clone())
+    torch.testing.assert_close(recorder.seen, expected)
+    torch.testing.assert_close(out, original_out)
+
+
+@pytest.mark.parametrize("make,position,expected", [
+    (lambda: torchvision.models.mobilenet_v2(), "after_dw", 17),
+    (lambda: torchvision.models.mobilenet_v2(), "after_expand", 16),  # the first block does not expand
+    (lambda: torchvision.models.mobilenet_v3_small(), "after_expand", 10),
+    (lambda: torchvision.models.efficientnet_b0(), "standard", 16),
+    (lambda: torchvision.models.regnet_y_400mf(), "after_conv2", 16),  # before torchvision's own SE
+    (lambda: torchvision.models.convnext_tiny(), "after_dw", 3 + 3 + 9 + 3),
+    (lambda: timm.create_model("mobilenetv3_small_100"), "after_dw", 11),
+    (lambda: timm.create_model("efficientnet_b0"), "post", 16),
+    (lambda: timm.create_model("regnetx_002"), "after_conv2", 13),  # timm's own (empty) se slot
+    (lambda: timm.create_model("convnext_atto"), "standard", 2 + 2 + 6 + 2),
+], ids=["tv_mbv2_dw", "tv_mbv2_expand", "tv_mbv3s_expand", "tv_effb0_std", "tv_regnety_conv2", "tv_cnx_t_dw",
+        "timm_mbv3s_dw", "timm_effb0_post", "timm_regnetx_conv2", "timm_cnx_atto_std"])
+def test_site_count_on_new_host_models_and_they_train(make, position, expected):
+    model = make()
+    before = n_params(model)
+    report = insert_attn(model, "eca", position=position, input_size=(64, 64))
+    assert len(report.sites) == expected
+    assert n_params(model) - before == report.total_params
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert all(p.grad is not None for s in report.sites for p in model.get_submodule(s.path).parameters())
+
+
+def test_timm_regnety_after_conv2_is_its_own_se_and_points_to_replace():
+    model = timm.create_model("regnety_002")
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=r"s1\.b1\.se already holds a block \(SEModule\).*position='replace'"):
+        insert_attn(model, "eca", position="after_conv2", input_size=(64, 64))
+    assert_unchanged(model, snap)
+    report = insert_attn(model, "eca", position="standard", stages=[4], input_size=(64, 64))
+    assert {s.stage for s in report.sites} == {4}  # s1..s4 are its stages
+
+
+def test_new_hosts_pickle_and_compile():
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    insert_attn(model, "eca", position="after_dw", input_size=(64, 64))
+    insert_attn(model, "se", position="post", input_size=(64, 64))
+    x = torch.randn(1, 3, 64, 64)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False).eval()
+    compiled = torch.compile(model, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+        torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)

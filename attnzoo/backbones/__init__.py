@@ -9,6 +9,10 @@ Every backbone module has ``num_classes``, ``in_chans``, ``default_attn_position
 stages in order, each an ``nn.Sequential`` of blocks), ``forward_features(x)`` (last feature map
 before pooling), ``forward_head(feats)`` and ``forward(x)``.
 
+``create_backbone("timm:convnext_atto", ...)`` and ``create_backbone("tv:mobilenet_v3_small", ...)``
+build any timm or torchvision classification model instead (``pretrained=True``, ``pretrained_file=``;
+see ``external.py``); those are not in the registry and have only the attributes their library gives.
+
 Registry metadata: ``family`` ("resnet" | "yolo"), ``paper``, ``year``, ``link``,
 ``default_position`` and ``input_size`` (the (3, H, W) the default configuration is meant for).
 """
@@ -19,6 +23,7 @@ from typing import Any, Callable
 from torch import nn
 
 from ..registry import Registry, RegistryEntry, accepted_kwargs, default_kwargs
+from .external import create_external_backbone, is_external
 
 __all__ = [
     "BACKBONE_REGISTRY",
@@ -84,9 +89,28 @@ def create_backbone(
     for resnet20); an unknown keyword raises ``TypeError`` naming the accepted ones. ``attn`` is
     shorthand for ``insert_attn(model, attn, position=model.default_attn_position)``; use
     ``attnzoo.insert_attn`` directly for other positions, stages or blocks.
+
+    ``name`` may also be ``"timm:<model>"`` or ``"tv:<model>"`` (any timm / torchvision classification
+    model; ``kwargs`` then go to that library, plus ``pretrained=True`` and ``pretrained_file=path``
+    for a local checkpoint: see ``attnzoo.backbones.external``); in_chans and num_classes are adapted.
     """
     if not isinstance(name, str):
         raise TypeError(f"create_backbone needs a registered name (str), got {type(name).__name__}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive int (1 for grey images, 3 for RGB), got {in_chans!r}")
+    if is_external(name):
+        model = create_external_backbone(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        if attn is not None and not (isinstance(attn, str) and attn.strip().lower() in ("", "none")):
+            from ..insertion import insert_attn
+
+            insert_attn(model, attn, input_size=(in_chans, 224, 224))
+        return model
+    if kwargs.get("pretrained") or kwargs.get("pretrained_file"):
+        raise ValueError(f"attnzoo's own backbone {name!r} has no pretrained weights; for a pretrained network "
+                         "name a timm or torchvision model, e.g. 'timm:resnet18' or 'tv:resnet18'")
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained", "pretrained_file")}
     entry = BACKBONE_REGISTRY.entry(name)
     names, var_kw = accepted_kwargs(entry.factory)
     unknown = [k for k in kwargs if k not in names]
@@ -99,10 +123,6 @@ def create_backbone(
             f"backbone {name!r} got unknown argument(s) {unknown}; besides num_classes, in_chans "
             f"and attn it accepts: {accepted or 'nothing'}"
         )
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1:
-        raise ValueError(f"in_chans must be a positive int (1 for grey images, 3 for RGB), got {in_chans!r}")
     model = entry.factory(num_classes=num_classes, in_chans=in_chans, **kwargs)
     if attn is not None and not (isinstance(attn, str) and attn.strip().lower() in ("", "none")):
         from ..insertion import insert_attn  # lazy: insertion imports the backbones' block classes

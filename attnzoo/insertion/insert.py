@@ -3,7 +3,8 @@
 Steps, each done in full before the next, so a failure leaves the model exactly as it was:
 
 1. *Plan*: find the host blocks (see ``adapters``) that have ``position``, group them by stage
-   (``model.stage_names``; else ``layer1..layerN``; else the children of ``model.stages``), select
+   (``model.stage_names``; else ``layer1..layerN`` or ``s1..sN``; else the children of ``model.stages``,
+   ``model.blocks`` or ``model.trunk_output`` when they are containers of blocks), select
    ``stages`` and ``blocks``; for ``after:<glob>``, the matching modules. Refuse occupied sites.
 2. *Probe*: on a deep copy of the model, put a recording identity in every planned slot, run one
    forward at batch 1 in eval mode under ``torch.no_grad`` and read the (C, H, W) each site sees.
@@ -67,8 +68,10 @@ def insert_attn(
     """Insert the block ``attn`` names into ``model`` in place; return what was inserted where.
 
     position: ``standard`` | ``pre`` | ``post`` | ``identity`` | ``after_conv1`` | ``after_conv2`` (residual
-        blocks), ``bottleneck`` | ``block`` | ``sppf`` (YOLO-like), or ``after:<glob>`` (any module);
-        None: ``model.default_attn_position`` if it has one, else ``standard``.
+        blocks), ``bottleneck`` | ``block`` | ``sppf`` (YOLO-like), the positions of the other hosts
+        (``positions.POSITIONS``), ``after:<glob>`` (any module), or ``replace``: the model's own
+        SE-like modules are swapped for the block (``replace_attn``); None:
+        ``model.default_attn_position`` if it has one, else ``standard``.
     stages: ``"all"``, a 1-based stage number or a list of them.
     blocks: ``"all"``, ``"first"``, ``"last"``, an index or a list of indices (negative allowed) of the
         blocks within each selected stage.
@@ -86,6 +89,15 @@ def insert_attn(
         raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
     if position is None:
         position = getattr(model, "default_attn_position", None) or "standard"
+    if isinstance(position, str) and position.strip() == "replace":
+        if stages != "all" or blocks != "all":
+            raise ValueError("position='replace' swaps every SE-like module of the model; stages= and blocks= "
+                             "do not apply to it, leave them 'all'")
+        if attn is None or (isinstance(attn, str) and attn.strip().lower() in ("", "none")):
+            return InsertReport(attn="none", position="replace", init=init, input_size=_input_size(model, input_size))
+        from .replace import replace_attn  # lazy: replace.py reuses this module's steps
+
+        return replace_attn(model, attn, init=init, input_size=input_size, **attn_kwargs)
     position = check_position(position)
     size = _input_size(model, input_size)
     label = _attn_label(attn, attn_kwargs)
@@ -155,9 +167,20 @@ def _stage_paths(model: nn.Module) -> list[str]:
         k += 1
     if layers:
         return layers
-    stages = getattr(model, "stages", None)
+    k = 1  # timm RegNet: s1..sN
+    while isinstance(getattr(model, f"s{k}", None), nn.Module):
+        layers.append(f"s{k}")
+        k += 1
+    if layers:
+        return layers
+    stages = getattr(model, "stages", None)  # timm ConvNeXt, CSPNet, ...
     if isinstance(stages, (nn.Sequential, nn.ModuleList)):
         return [f"stages.{n}" for n, _ in stages.named_children()]
+    for attr in ("blocks", "trunk_output"):  # timm EfficientNet / MobileNet, torchvision RegNet
+        stages = getattr(model, attr, None)  # only when it holds containers of blocks, one per stage
+        if isinstance(stages, (nn.Sequential, nn.ModuleList)) and all(
+                isinstance(c, (nn.Sequential, nn.ModuleList)) for c in stages.children()):
+            return [f"{attr}.{n}" for n, _ in stages.named_children()]
     return []
 
 
@@ -225,7 +248,7 @@ def _plan(model: nn.Module, position: str, stages: Any, blocks: Any) -> list[_Si
 
     hosts = [(n, m, a) for n, m in model.named_modules()
              if (a := adapter_for(m)) is not None and not _under(n, skip)]
-    candidates = [(n, m, a) for n, m, a in hosts if position in a.slots]
+    candidates = [(n, m, a) for n, m, a in hosts if position in a.slots and (a.has is None or a.has(m, position))]
     if not candidates:
         if not hosts:
             known = ", ".join(a.label for a in host_adapters())
@@ -266,7 +289,8 @@ def _plan(model: nn.Module, position: str, stages: Any, blocks: Any) -> list[_Si
         if current is not None and not isinstance(current, nn.Identity):
             raise ValueError(
                 f"{s.path} already holds a block ({type(current).__name__}); inserting twice at the same site "
-                f"is not allowed. Pick another position, or start from a model without it"
+                f"is not allowed. Pick another position, swap the model's own SE-like modules with "
+                f"position='replace' (replace_attn), or start from a model without it"
             )
     return sites
 
@@ -293,17 +317,25 @@ class _Probe(nn.Module):
         return x
 
 
-def _probe(model: nn.Module, sites: list[_Site], size: tuple[int, int, int]) -> list[tuple[int, int, int]]:
+def _install_probe(host: nn.Module, site: _Site, probe: _Probe) -> None:
+    """Put ``probe`` where ``site``'s block will go, on the deep copy's ``host``."""
+    if site.adapter is None:
+        host.attn_after = probe
+        host.register_forward_hook(apply_attn_after)
+    else:
+        _fill(host, site.adapter, site.position, probe)
+
+
+def _probe(model: nn.Module, sites: list[_Site], size: tuple[int, int, int],
+           install=_install_probe) -> list[tuple[int, int, int]]:
+    """(C, H, W) each site sees in one batch-1 forward of a deep copy; ``install(host, site, probe)``
+    puts a recording identity at the site (on the copy)."""
     twin = copy.deepcopy(model)
     probes = []
     for site in sites:
         host = twin.get_submodule(site.host_path) if site.host_path else twin
         probe = _Probe(site.path)
-        if site.adapter is None:
-            host.attn_after = probe
-            host.register_forward_hook(apply_attn_after)
-        else:
-            _fill(host, site.adapter, site.position, probe)
+        install(host, site, probe)
         probes.append(probe)
     ref = next(iter(model.parameters()), None)
     device = ref.device if ref is not None else torch.device("cpu")

@@ -3,7 +3,10 @@
 Residual-block positions follow the SE paper's integration study (J. Hu, L. Shen, S. Albanie,
 G. Sun, E. Wu, "Squeeze-and-Excitation Networks", TPAMI 2019, Fig. 5 and Table 14,
 https://arxiv.org/abs/1709.01507) plus mmdetection's plugin positions (``after_conv1``,
-``after_conv2``); YOLO positions follow the layout of YOLOv8 / YOLO11's C2f, C3k2 and SPPF.
+``after_conv2``); YOLO positions follow the layout of YOLOv8 / YOLO11's C2f, C3k2 and SPPF. Host
+families register their own with ``register_position`` (``hosts/mobilenet.py``: ``after_expand``,
+``after_dw``); ``replace`` is not a position of a block but ``replace_attn``'s name (the model's own
+SE-like modules), which ``insert_attn`` accepts too.
 
 ``init="identity"`` wraps each inserted block as
 
@@ -71,7 +74,7 @@ def check_position(position: object) -> str:
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(
             f"unknown position {position!r}{hint} Known positions: {', '.join(POSITIONS)}, "
-            f"or 'after:<glob>' for any module (e.g. 'after:layer3.*.bn2')"
+            f"'after:<glob>' for any module (e.g. 'after:layer3.*.bn2'), or 'replace' for the model's own SE modules"
         )
     return position
 

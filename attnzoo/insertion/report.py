@@ -26,6 +26,7 @@ class SiteRecord:
     spatial: tuple[int, int]  # (H, W) the site sees at the report's input size
     params: int
     flops: int
+    replaced: str | None = None  # replace_attn: class of the module the block replaced (e.g. "timm SEModule")
 
 
 @dataclass
@@ -61,11 +62,12 @@ class InsertReport:
         }
 
     def __str__(self) -> str:
-        header = ["site", "position", "stage", "channels", "H x W", "params", "FLOPs"]
+        replacing = any(s.replaced for s in self.sites)
+        header = ["site", "replaces" if replacing else "position", "stage", "channels", "H x W", "params", "FLOPs"]
         rows = [
             [
                 s.path,
-                s.position,
+                (s.replaced or "") if replacing else s.position,
                 "-" if s.stage is None else str(s.stage),
                 str(s.channels),
                 f"{s.spatial[0]} x {s.spatial[1]}",
@@ -84,7 +86,7 @@ class InsertReport:
         sep = "  ".join("-" * w for w in widths)
         c, h, w = self.input_size
         title = (
-            f"insert_attn: {self.attn!s} at {self.position!r}, init={self.init!r}, "
+            f"{'replace_attn' if replacing else 'insert_attn'}: {self.attn!s} at {self.position!r}, init={self.init!r}, "
             f"{len(self.sites)} site(s), input {c}x{h}x{w}"
         )
         note = ("FLOPs: torch.utils.flop_counter at batch 1 (matmul/conv only, 1 MAC = 2 FLOPs; "

@@ -1,4 +1,5 @@
-"""``AttnClassifier``: an attnzoo backbone with an attention block inserted, as a LightningModule.
+"""``AttnClassifier``: a backbone (attnzoo's, or any timm / torchvision classifier) with an attention
+block inserted or swapped in, as a LightningModule.
 
 Its ``__init__`` signature is the ``model:`` section of every ``attnzoo fit`` config; the network is
 built in ``__init__`` (``create_backbone`` then ``insert_attn``), so a bad block name, a position the
@@ -66,11 +67,22 @@ class AttnClassifier(LightningModule):
     """Image classifier = attnzoo backbone + (optionally) an attention block at chosen sites.
 
     Args:
-        backbone: registered backbone name (``attnzoo.list_backbones()``), e.g. "resnet20".
-        backbone_kwargs: extra keyword arguments of the backbone factory, e.g. ``{"stem": "cifar"}``.
+        backbone: registered backbone name (``attnzoo.list_backbones()``), e.g. "resnet20", or any
+            timm / torchvision classification model as ``"timm:<name>"`` / ``"tv:<name>"``, e.g.
+            "timm:convnext_atto", "tv:mobilenet_v3_small" (in_chans and num_classes are adapted).
+        backbone_kwargs: extra keyword arguments of the backbone factory, e.g. ``{"stem": "cifar"}``
+            (for timm / torchvision models: of ``timm.create_model`` / ``torchvision.models.get_model``).
+        pretrained: load pretrained weights through timm or torchvision (timm / tv backbones only);
+            for torchvision a string names the weights (e.g. "IMAGENET1K_V1"; true: "DEFAULT").
+        pretrained_file: a local checkpoint to load instead of the hub (implies pretrained): timm's
+            ``pretrained_cfg_overlay=dict(file=...)``; for torchvision a saved ``state_dict``.
+            Fine-tuning with a new block: ``init: identity`` leaves the pretrained outputs unchanged
+            at the start. NOTE: ``load_from_checkpoint`` rebuilds with these too; pass
+            ``pretrained=False`` there if the file is gone (the checkpoint's weights replace them anyway).
         attn: attention block spec ("se", "cbam", "se(rd_ratio=0.25)"); None or "none": the plain backbone.
-        position: where in a block the attention goes (see ``attnzoo.insertion``); None: the
-            backbone's default position.
+        position: where in a block the attention goes (see ``attnzoo.insertion``); ``"replace"``: in
+            place of the backbone's own SE-like modules (``attnzoo.replace_attn``); None: the
+            backbone's default position (``standard`` for timm / tv models).
         stages: "all", a 1-based stage number or a list of them.
         blocks: "all", "first", "last", an index or a list of indices (negative allowed) of the
             blocks within each selected stage.
@@ -98,6 +110,8 @@ class AttnClassifier(LightningModule):
         self,
         backbone: str = "resnet20",
         backbone_kwargs: dict[str, Any] | None = None,
+        pretrained: bool | str = False,
+        pretrained_file: str | None = None,
         attn: str | None = None,
         position: str | None = None,
         stages: str | int | list[int] = "all",
@@ -142,7 +156,11 @@ class AttnClassifier(LightningModule):
             raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
         self.save_hyperparameters()
 
-        self.model = create_backbone(backbone, num_classes=num_classes, in_chans=in_chans, **(backbone_kwargs or {}))
+        weights = {}
+        if pretrained or pretrained_file:
+            weights = {"pretrained": pretrained or True, "pretrained_file": pretrained_file}
+        self.model = create_backbone(backbone, num_classes=num_classes, in_chans=in_chans, **weights,
+                                     **(backbone_kwargs or {}))
         self.input_size = self._resolve_input_size(input_size, in_chans)
         self.insert_report = None
         if attn not in (None, "", "none"):
