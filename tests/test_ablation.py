@@ -21,7 +21,6 @@ import yaml
 
 from attnzoo.ablation import GridError, ResultStore, load_grid, run_grid, validate_grid
 from attnzoo.ablation.report import BEGIN, END, summarize, write_report
-from attnzoo.ablation.stats import T_975, mean_std, paired_difference, t_quantile_975
 
 FIT = {
     "seed_everything": 0,
@@ -62,52 +61,7 @@ def fake_run(config: dict, run_dir: str) -> dict:
             "config": config}
 
 
-# ------------------------------------------------------------------------------------------------ stats
-
-
-def test_paired_ci_matches_hand_computed_example():
-    # diffs 2, 3, 4 pp: mean 3, sd 1, se 1/sqrt(3), t_{0.975,2} = 4.3027 -> half width 2.48417
-    d = paired_difference([80.0, 82.0, 84.0], [78.0, 79.0, 80.0])
-    assert d.n == 3 and d.mean == pytest.approx(3.0)
-    assert d.low == pytest.approx(3 - 4.3027 / math.sqrt(3), abs=1e-9)
-    assert d.high == pytest.approx(3 + 2.484166, abs=1e-5)
-    assert d.significant is True
-    # diffs +1, -1: mean 0, sd sqrt(2), interval +-12.7062 -> not significant
-    d2 = paired_difference([1.0, 0.0], [0.0, 1.0])
-    assert (d2.low, d2.high) == pytest.approx((-12.7062, 12.7062)) and d2.significant is False
-    single = paired_difference([1.0], [0.5])
-    assert single.mean == 0.5 and math.isnan(single.low) and single.significant is None
-
-
-def test_mean_std_uses_sample_std():
-    assert mean_std([1.0, 2.0, 3.0, 4.0]) == pytest.approx((2.5, math.sqrt(5 / 3)))
-    m, s = mean_std([7.0])
-    assert m == 7.0 and math.isnan(s)
-    with pytest.raises(ValueError):
-        mean_std([])
-
-
-def _t_cdf_mass(t: float, df: int, steps: int = 4000) -> float:
-    """P(0 < T < t) by Simpson's rule on Student's t density (independent of the table)."""
-    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
-    f = lambda x: c * (1 + x * x / df) ** (-(df + 1) / 2)  # noqa: E731
-    h = t / steps
-    s = f(0) + f(t) + sum((4 if i % 2 else 2) * f(i * h) for i in range(1, steps))
-    return s * h / 3
-
-
-@pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 20, 30, 31, 40, 60, 120, 1000])
-def test_t_quantiles_match_numerical_integral_of_t_density(df):
-    q = t_quantile_975(df)
-    assert _t_cdf_mass(q, df, steps=20000 if df == 1 else 4000) == pytest.approx(0.475, abs=5e-5)
-
-
-def test_t_table_covers_df_1_to_30_and_rejects_bad_df():
-    assert len(T_975) == 30 and t_quantile_975(2) == 4.3027
-    assert t_quantile_975(30) > t_quantile_975(31) > 1.96
-    for bad in (0, -1, 2.5, True):
-        with pytest.raises(ValueError):
-            t_quantile_975(bad)
+# stats: tests/test_stats.py
 
 
 # ------------------------------------------------------------------------------------------------ grid
