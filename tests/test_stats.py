@@ -99,6 +99,13 @@ def test_seeds_needed_matches_published_sample_sizes():
     assert seeds_needed(1e-3, 10.0, max_n=100) is None
 
 
+def test_power_stays_finite_where_scipy_nct_tail_is_nan():
+    # scipy.stats.nct.cdf(-4.30, 2, 50) is NaN; the power is 1 to double precision there
+    assert paired_power(50 / math.sqrt(3), 1.0, 3) == pytest.approx(1.0)
+    assert min_detectable_effect(1e-9, 3) == pytest.approx(1e-9 * min_detectable_effect(1.0, 3))
+    assert seeds_needed(0.3, 1e-6) == 2
+
+
 def test_power_rejects_impossible_inputs():
     with pytest.raises(ValueError, match="n >= 2"):
         paired_power(1.0, 1.0, 1)

@@ -147,7 +147,15 @@ def paired_power(delta: float, sd: float, n: int, alpha: float = ALPHA) -> float
     if sd == 0:
         return 1.0 if delta != 0 else alpha
     ncp = abs(delta) / (sd / math.sqrt(n))
-    return float(stats.nct.sf(crit, df, ncp) + stats.nct.cdf(-crit, df, ncp))
+    upper = float(stats.nct.sf(crit, df, ncp))
+    if not math.isfinite(upper):
+        upper = 1.0 - float(stats.nct.cdf(crit, df, ncp))
+    lower = float(stats.nct.cdf(-crit, df, ncp))
+    if not math.isfinite(lower):
+        # scipy's nct returns NaN for some astronomically small lower tails (e.g. df 2, ncp 50);
+        # P(T' < -c) <= P(T' < 0) = Phi(-ncp), which is then far below double precision of the sum
+        lower = 0.0
+    return upper + lower
 
 
 def min_detectable_effect(sd: float, n: int, power: float = POWER, alpha: float = ALPHA) -> float:
