@@ -138,10 +138,16 @@ def test_metric_comes_from_the_grid_and_the_table_is_printed(tmp_path, capsys):
     assert lines[0].split()[:2] == ["variant", "params"] and "+1.10 [+0.85, +1.35]" in lines[1]
     md = (tmp_path / "README.md").read_text()
     assert "| mAP50-95 (%) | Δ mAP50-95 (pp) [95% CI] |" in md and "`map50_95` on the test split" in md
-    # a cost file beside the store is picked up
-    write_costs(_costs({"baseline": 10.0, "se": 11.0, "eca": 10.0, "cbam": 10.0}), cost_path(grid.store))
+    # a cost file beside the store is picked up; a variant measured with another config is left out
+    costs = _costs({"baseline": 10.0, "se": 11.0, "eca": 10.0, "cbam": 10.0})
+    for lab, v in costs["variants"].items():
+        v["model"] = next(c for c in grid.cells if c.label == lab).config["model"]
+    costs["variants"]["eca"]["model"] = {"attn": "eca", "changed": True}  # measured before the grid changed
+    write_costs(costs, cost_path(grid.store))
     assert report_main([str(grid_file), "--formats", "md", "--quiet"]) == 0
-    assert "| 11.0 | +10.0% |" in (tmp_path / "README.md").read_text()
+    md = (tmp_path / "README.md").read_text()
+    assert "| 11.0 | +10.0% |" in md and "| eca | 0.0010 | +0.0000 | 2.00 | +0.0% | – | – | – | – |" in md
+    assert "measured eca with a different model config" in capsys.readouterr().err
 
 
 def test_metric_entry_forms_and_mistakes():

@@ -133,7 +133,7 @@ def report_main(argv: list[str]) -> int:
     parser.add_argument("--quiet", action="store_true", help="do not print the table")
     args = parser.parse_args(argv)
 
-    from .cost import cost_path, load_costs
+    from .cost import cost_path, load_costs, matching_costs
     from .grid import GridError, load_grid
     from .report import metric_from_grid, summarize, terminal_table, write_report
     from .store import ResultStore
@@ -144,6 +144,7 @@ def report_main(argv: list[str]) -> int:
         print(f"attnzoo report: error: unknown format(s) {bad}; choose from md, csv, tex, png, attn", file=sys.stderr)
         return 2
     src = Path(args.source)
+    grid = None
     try:
         if src.suffix in (".yaml", ".yml"):
             grid = load_grid(src)
@@ -169,6 +170,12 @@ def report_main(argv: list[str]) -> int:
         if args.costs and not costs_file.is_file():
             raise FileNotFoundError(f"no cost-pass file at {costs_file}; run `attnzoo cost GRID` first")
         costs = load_costs(costs_file)
+        if costs and grid is not None:
+            fresh, stale = matching_costs(costs, grid)
+            if stale:
+                print(f"attnzoo report: warning: the cost pass measured {', '.join(stale)} with a different model "
+                      "config than the grid's now; their timing is left out (re-run `attnzoo cost`)", file=sys.stderr)
+            costs = {**costs, "variants": fresh}
         written = write_report(rows, out, title, order=order, missing=missing, markdown_name=args.markdown,
                                formats=formats, checkpoint_root=store.path.parent, metric=metric, costs=costs)
     except (GridError, FileNotFoundError, ValueError) as e:
@@ -209,6 +216,10 @@ def cost_main(argv: list[str]) -> int:
     try:
         grid = load_grid(args.grid)
         validate_grid(grid)
+        load, cores = (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0), os.cpu_count() or 1
+        if load > 0.5:
+            print(f"attnzoo cost: warning: 1-min load average {load:.2f} on {cores} core(s): something else is running, "
+                  "so the timings will be noisy; the load is recorded with them", file=sys.stderr)
         record = measure_costs(grid, rounds=args.rounds, train_steps=args.train_steps, infer_batches=args.infer_batches,
                                warmup=args.warmup, infer_batch_size=args.infer_batch_size, threads=args.threads,
                                log=lambda line: print(line, flush=True))

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["cost_path", "load_costs", "measure_costs", "write_costs"]
+__all__ = ["cost_path", "load_costs", "matching_costs", "measure_costs", "write_costs"]
 
 VERSION = 1
 
@@ -56,6 +56,24 @@ def load_costs(path: str | Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not isinstance(data.get("variants"), dict):
         raise ValueError(f"{path} is not a cost-pass file (no 'variants' mapping); re-run `attnzoo cost GRID`")
     return data
+
+
+def matching_costs(record: dict[str, Any], grid: Any) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The cost record's variants whose network config still equals the grid's (label -> costs), and
+    the labels measured with a different config (stale: the grid changed after the cost pass)."""
+    first: dict[str, Any] = {}
+    for c in grid.cells:
+        first.setdefault(c.label, c)
+    ok, stale = {}, []
+    for lab, v in record.get("variants", {}).items():
+        if lab not in first:
+            continue
+        if json.dumps(v.get("model"), sort_keys=True, default=str) == json.dumps(first[lab].config.get("model", {}),
+                                                                                 sort_keys=True, default=str):
+            ok[lab] = v
+        else:
+            stale.append(lab)
+    return ok, stale
 
 
 def _build(cell: Any) -> tuple[Any, tuple[int, ...], int, int, bool]:
