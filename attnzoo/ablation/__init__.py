@@ -3,7 +3,7 @@
 * :mod:`.grid` -- grid files (``configs/ablation/*.yaml``): load, expand into cells, validate all first.
 * :mod:`.runner` -- run missing cells in child processes (N workers), one store transaction per run.
 * :mod:`.store` -- the SQLite store (:class:`ResultStore`).
-* :mod:`.stats` -- mean ± std and paired-difference 95% t intervals.
+* :mod:`.stats` -- mean ± std, paired Δ with t intervals and p-values, Holm, power and MDE (scipy).
 * :mod:`.report` -- Markdown/CSV/LaTeX tables with the recipe header, PNG plots.
 * :mod:`.cli` -- ``attnzoo ablate`` and ``attnzoo report``.
 

@@ -5,6 +5,7 @@
     attnzoo ablate experiments/fmnist_resnet20/grid.yaml --workers 2   # two runs at a time
     attnzoo report experiments/fmnist_resnet20/grid.yaml               # README.md, results.csv/.tex, PNGs
     attnzoo report experiments/fmnist_resnet20/results.sqlite --out /tmp/report
+    attnzoo cost experiments/fmnist_resnet20/grid.yaml                 # quiet step-time pass -> results.cost.json
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["ablate_main", "report_main"]
+__all__ = ["ablate_main", "report_main", "cost_main"]
 
 
 def _workers(value: str) -> int | str:
@@ -100,11 +101,22 @@ def ablate_main(argv: list[str]) -> int:
     return 1 if counts["failed"] else 0
 
 
+def _grid_metric(path: Path):
+    import yaml
+
+    from .report import metric_from_grid
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    return metric_from_grid(raw.get("metric") if isinstance(raw, dict) else None, str(path))
+
+
 def report_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="attnzoo report",
         description="Write the ablation report from a results store: Markdown (recipe, hardware, table), "
-                    "results.csv, results.tex and PNG plots of Δ top-1 against Δ latency and Δ parameters.",
+                    "results.csv, results.tex and PNG plots of Δ metric against Δ step time (from `attnzoo cost`) "
+                    "and Δ parameters; also print the table. Statistics: paired Δ with 95% t intervals, paired "
+                    "t-test p-values, Holm-adjusted across the variants sharing a baseline, MDE at 80% power.",
     )
     parser.add_argument("source", help="grid YAML (reports that grid's cells) or SQLite results file (all its runs)")
     parser.add_argument("--out", default=None, help="output folder (default: the results store's folder)")
@@ -114,10 +126,16 @@ def report_main(argv: list[str]) -> int:
     parser.add_argument("--formats", default="md,csv,tex,png",
                         help="comma-separated subset of md,csv,tex,png,attn (attn: attention.png, each variant's "
                              "attention maps and Grad-CAM on the same test images, from the kept checkpoints)")
+    parser.add_argument("--metric", default=None,
+                        help="store column or final-epoch key to compare (default: the grid's 'metric', else acc1)")
+    parser.add_argument("--costs", default=None,
+                        help="cost-pass JSON (default: <store>.cost.json beside the store, written by `attnzoo cost`)")
+    parser.add_argument("--quiet", action="store_true", help="do not print the table")
     args = parser.parse_args(argv)
 
+    from .cost import cost_path, load_costs, matching_costs
     from .grid import GridError, load_grid
-    from .report import write_report
+    from .report import metric_from_grid, summarize, terminal_table, write_report
     from .store import ResultStore
 
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
@@ -126,6 +144,7 @@ def report_main(argv: list[str]) -> int:
         print(f"attnzoo report: error: unknown format(s) {bad}; choose from md, csv, tex, png, attn", file=sys.stderr)
         return 2
     src = Path(args.source)
+    grid = None
     try:
         if src.suffix in (".yaml", ".yml"):
             grid = load_grid(src)
@@ -136,6 +155,7 @@ def report_main(argv: list[str]) -> int:
             have = {c.key for c in grid.cells} & {r["key"] for r in rows if r["status"] == "ok"}
             missing = [c.name for c in grid.cells if c.key not in have and c.key not in {r["key"] for r in rows}]
             order, title, out = grid.variants, args.title or grid.name, args.out or grid.store.parent
+            metric = _grid_metric(src)
         else:
             if not src.is_file():
                 raise FileNotFoundError(f"{src} is neither a grid YAML nor an existing SQLite results file")
@@ -143,11 +163,76 @@ def report_main(argv: list[str]) -> int:
             rows = store.rows()
             names = list(dict.fromkeys(r["grid"] for r in rows if r.get("grid")))
             missing, order, title, out = None, None, args.title or (", ".join(names) or src.stem), args.out or src.parent
+            metric = metric_from_grid(None)
+        if args.metric:
+            metric = metric_from_grid(args.metric, "--metric")
+        costs_file = Path(args.costs) if args.costs else cost_path(store.path)
+        if args.costs and not costs_file.is_file():
+            raise FileNotFoundError(f"no cost-pass file at {costs_file}; run `attnzoo cost GRID` first")
+        costs = load_costs(costs_file)
+        if costs and grid is not None:
+            fresh, stale = matching_costs(costs, grid)
+            if stale:
+                print(f"attnzoo report: warning: the cost pass measured {', '.join(stale)} with a different model "
+                      "config than the grid's now; their timing is left out (re-run `attnzoo cost`)", file=sys.stderr)
+            costs = {**costs, "variants": fresh}
         written = write_report(rows, out, title, order=order, missing=missing, markdown_name=args.markdown,
-                               formats=formats, checkpoint_root=store.path.parent)
+                               formats=formats, checkpoint_root=store.path.parent, metric=metric, costs=costs)
     except (GridError, FileNotFoundError, ValueError) as e:
         print(f"attnzoo report: error: {e}", file=sys.stderr)
         return 2
+    if not args.quiet:
+        print(f"{title}: Δ {metric.name} in pp vs the baseline, paired by seed, 95% t interval; "
+              "significant = Holm-adjusted p < 0.05")
+        print(terminal_table(summarize(rows, order, metric, (costs or {}).get("variants") if costs else None), metric))
+        print("cost pass: " + (f"{os.path.relpath(costs_file)} ({costs['measured_at']})" if costs else
+                               "not run (no timing columns); `attnzoo cost GRID` measures step time and throughput"))
     for kind, path in written.items():
         print(f"{kind}: {os.path.relpath(path)}")
+    return 0
+
+
+def cost_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="attnzoo cost",
+        description="The quiet cost pass: build every variant of a grid as its run does and measure its training "
+                    "step time and inference throughput, one variant at a time with all cores, in interleaved "
+                    "rounds (median over rounds). Writes <store>.cost.json beside the results store, which "
+                    "`attnzoo report` uses. Run it when nothing else runs on the machine (not during a sweep).",
+    )
+    parser.add_argument("grid", help="grid YAML file")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over all variants (default 5)")
+    parser.add_argument("--train-steps", type=int, default=10, help="timed training steps per visit (default 10)")
+    parser.add_argument("--infer-batches", type=int, default=10, help="timed inference batches per visit (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed training steps before each visit (default 2)")
+    parser.add_argument("--infer-batch-size", type=int, default=None, help="inference batch (default: the recipe's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--out", default=None, help="JSON file (default: <store stem>.cost.json beside the store)")
+    args = parser.parse_args(argv)
+
+    from .cost import cost_path, measure_costs, write_costs
+    from .grid import GridError, load_grid, validate_grid
+
+    try:
+        grid = load_grid(args.grid)
+        validate_grid(grid)
+        load, cores = (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0), os.cpu_count() or 1
+        if load > 0.5:
+            print(f"attnzoo cost: warning: 1-min load average {load:.2f} on {cores} core(s): something else is running, "
+                  "so the timings will be noisy; the load is recorded with them", file=sys.stderr)
+        record = measure_costs(grid, rounds=args.rounds, train_steps=args.train_steps, infer_batches=args.infer_batches,
+                               warmup=args.warmup, infer_batch_size=args.infer_batch_size, threads=args.threads,
+                               log=lambda line: print(line, flush=True))
+    except (GridError, FileNotFoundError, ValueError) as e:
+        print(f"attnzoo cost: error: {e}", file=sys.stderr)
+        return 2
+    path = write_costs(record, args.out or cost_path(grid.store))
+    base = next((c.label for c in grid.cells if c.is_baseline), None)
+    ref = record["variants"].get(base) if base else None
+    print(f"{grid.name}: {len(record['variants'])} variants, {record['seconds']:.0f} s, "
+          f"{record['env']['torch_threads']} thread(s), load average before/after {record['load_average']}")
+    for lab, v in record["variants"].items():
+        rel = f" ({(v['train_step_ms'] / ref['train_step_ms'] - 1) * 100:+.1f}% vs {base})" if ref and lab != base else ""
+        print(f"  {lab:<28} step {v['train_step_ms']:8.1f} ms{rel}   inference {v['infer_throughput']:8.0f} img/s")
+    print(f"costs: {os.path.relpath(path)}\nreport: attnzoo report {args.grid}")
     return 0

@@ -56,6 +56,7 @@ GRID_KEYS = (
     "name", "description", "base", "overrides", "axes", "variants", "baseline", "seeds", "seed_keys",
     "store", "workers", "keep_checkpoints", "run_fn",
 )
+GRID_KEYS += ("metric",)  # the report's metric (attnzoo.ablation.report.metric_from_grid); no effect on the cells
 # cells run in workers without a terminal: no progress bars or model summaries unless asked for
 QUIET_TRAINER = {"trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
 _DATA_CONTAINER_KEYS = ("class_path", "init_args", "dict_kwargs")
