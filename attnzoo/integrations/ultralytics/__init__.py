@@ -38,7 +38,7 @@ __all__ = [
     "TESTED_ULTRALYTICS",
 ]
 
-TESTED_ULTRALYTICS = ">=8.3,<8.5"  # the range of the extra; CI tests 8.4.190
+TESTED_ULTRALYTICS = ">=8.4,<8.5"  # the range of the extra; CI tests 8.4.190 only
 DDP_IMPORT_LINE = "import attnzoo.integrations.ultralytics  # registers AttnZoo (added by attnzoo)"
 
 
