@@ -180,7 +180,7 @@ def _forward_probe(layers: nn.Sequential, ch: int, stop: int, what: str) -> dict
     return inputs
 
 
-def _build_attn_rows(layers: nn.Sequential, ch: int) -> None:
+def _build_attn_rows(layers: nn.Sequential, ch: int, verbose: bool = False) -> None:
     shells = [(k, m) for k, row in enumerate(layers)
               for m in (row if isinstance(row, nn.Sequential) else [row]) if isinstance(m, AttnZoo) and m.block is None]
     if not shells:
@@ -191,8 +191,13 @@ def _build_attn_rows(layers: nn.Sequential, ch: int) -> None:
     finally:
         for h in hooks:
             h.remove()
-    for k, _ in shells:
+    for k, m in shells:
         layers[k].np = sum(p.numel() for p in layers[k].parameters())
+        if verbose:  # ultralytics' table above printed the row before its block existed (0 params)
+            from ultralytics.utils import LOGGER
+
+            LOGGER.info(f"attnzoo: row {k}: AttnZoo({m.spec!r}) at {m.channels} channels, "
+                        f"{sum(p.numel() for p in m.parameters()):,} params")
 
 
 def _section_of(d: dict[str, Any], i: int) -> str:
@@ -252,7 +257,7 @@ def parse_model(d: dict[str, Any], ch: int, verbose: bool = True, *args: Any, **
     check_attnzoo_key(d)
     layers, save = _ORIGINAL_PARSE_MODEL(d, ch, verbose, *args, **kwargs)
     in_ch = int(ch[0] if isinstance(ch, (list, tuple)) else ch)
-    _build_attn_rows(layers, in_ch)
+    _build_attn_rows(layers, in_ch, verbose)
     _apply_attnzoo_key(d, layers, in_ch, verbose)
     return layers, save
 
