@@ -21,7 +21,6 @@ _CFG_DIR = tempfile.mkdtemp(prefix="attnzoo-yolo-cfg-")
 os.environ["YOLO_CONFIG_DIR"] = _CFG_DIR
 os.environ["YOLO_OFFLINE"] = "1"
 
-import attnzoo  # noqa: E402
 import attnzoo.integrations.ultralytics as azu  # noqa: E402
 from attnzoo import create_attn, insert_attn  # noqa: E402
 from ultralytics import YOLO  # noqa: E402
@@ -275,8 +274,17 @@ def test_attnzoo_key_inserts_when_ultralytics_builds_the_model(tmp_path):
     hosts = sorted(n for n, mod in m.named_modules() if isinstance(mod, ub.Bottleneck))
     backbone = [h for h in hosts if int(h.split(".")[1]) < 10]
     assert sorted(n.rsplit(".", 1)[0] for n, mod in m.named_modules() if n.endswith("attn_bottleneck")) == backbone
-    with pytest.raises(ValueError, match="no row"):
-        azu.write_yolo_yaml("yolov8n.yaml", "ema", position="psa", out=tmp_path / "x.yaml") and _model(tmp_path / "x.yaml")
+    no_psa = azu.write_yolo_yaml("yolov8n.yaml", "ema", position="psa", out=tmp_path / "yolov8n-psa.yaml")
+    with pytest.raises(ValueError, match="no row .* has a block with position 'psa'"):
+        _model(no_psa)  # yolov8 has no C2PSA
+
+
+def test_yolo_with_attn_returns_a_model_whose_yaml_file_carries_the_insertion(tmp_path):
+    y = azu.yolo_with_attn("yolo11n.yaml", "eca", position="sppf", save_to=tmp_path / "yolo11n-eca-sppf.yaml")
+    assert [n for n, _ in y.model.named_children()] == ["model"]
+    assert type(y.model.model[9]).__name__ == "SPPFAttn" and y.model.model[9].attn_sppf is not None
+    rebuilt = _model(tmp_path / "yolo11n-eca-sppf.yaml")  # what the trainer builds from the file
+    assert rebuilt.model[9].attn_sppf is not None
 
 
 # -- 1+3+5. train through `attnzoo yolo train`, reload in a fresh process, predict -----------------

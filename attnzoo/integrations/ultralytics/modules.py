@@ -19,9 +19,8 @@ ultralytics computes its strides, counts its parameters or builds the optimizer.
 """
 from __future__ import annotations
 
-import copy
 import difflib
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
