@@ -6,6 +6,8 @@
     attnzoo report GRID_OR_DB ...          tables and plots from a results store
     attnzoo cost GRID ...                  step time and throughput of each variant, one at a time
     attnzoo explain ...                    attention maps and Grad-CAM pictures (attnzoo.explain.cli)
+    attnzoo yolo ARGS                      ultralytics' `yolo ARGS` with AttnZoo rows (attnzoo[ultralytics])
+    attnzoo yolo-yaml MODEL --attn A ...   a YOLO model YAML with attention rows, indices renumbered
 
 Each subcommand lives in its own module and is imported only when used, so ``attnzoo list``
 starts fast and a broken optional part cannot break the others.
@@ -29,6 +31,8 @@ _COMMANDS = {
     "report": ("attnzoo.ablation.cli:report_main", "write tables and plots from a results store"),
     "cost": ("attnzoo.ablation.cli:cost_main", "measure each grid variant's step time and throughput, quietly"),
     "explain": ("attnzoo.explain.cli:main", "draw attention maps and Grad-CAM for images"),
+    "yolo": ("attnzoo.integrations.ultralytics:yolo_main", "ultralytics' yolo CLI with attnzoo's AttnZoo rows"),
+    "yolo-yaml": ("attnzoo.integrations.ultralytics:yolo_yaml_main", "write a YOLO model YAML with attention rows"),
 }
 
 
