@@ -14,6 +14,8 @@ into the batch, and every group goes through the same weights:
                                                                  softmax over the C/G channels
     y  = x * sigmoid(w)                                          one map per group, broadcast over it
 
+``gate_layer`` (default sigmoid, e.g. timm's ``hard_sigmoid``) is used for all three sigmoids above.
+
 NOTE (groups): G must divide C. If ``factor`` does not divide ``channels`` (or exceeds it), the block
 *adapts*: it uses the largest divisor of C that is <= ``factor`` and keeps it on ``self.groups``
 (C=16 -> 16 groups of 1, C=48 -> 24 groups of 2, C=64 -> 32 groups of 2). This keeps the paper's
