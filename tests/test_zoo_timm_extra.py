@@ -1,0 +1,112 @@
+"""The blocks timm has that attnzoo added from timm's documented behaviour (ceca, ecam, lcbam, scoord,
+strip, split, bat): same outputs as timm's module under copied weights (1e-5), plus the behaviours
+that make each one what it is. The registry-wide contract (tests/test_blocks.py) covers them too.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import timm.layers as tl
+from timm.layers.coord_attn import StripAttn as StripAttnTimm
+from timm.layers.create_attn import get_attn as timm_get_attn
+
+from attnzoo import create_attn, list_attn
+
+
+def _randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        for b in module.buffers():
+            if b.dtype.is_floating_point:
+                b.copy_(torch.rand(b.shape, generator=g) + 0.5)  # running stats away from 0/1
+    return module
+
+
+def _assert_parity(ours, theirs, x, train=False):
+    theirs = _randomize_(theirs)
+    missing, unexpected = ours.load_state_dict(theirs.state_dict(), strict=True), None
+    ours.train(train), theirs.train(train)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+# (attnzoo name, timm's attn name, channels): timm's factory builds the reference, as timm models do
+PARITY = [
+    ("ceca", "ceca", 64), ("ceca", "ceca", 5), ("ecam", "ecam", 64), ("ecam", "ecam", 24),
+    ("lcbam", "lcbam", 64), ("lcbam", "lcbam", 48), ("scoord", "scoord", 64), ("scoord", "scoord", 40),
+    ("strip", "strip", 32),
+]
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name,timm_name,channels", PARITY, ids=[f"{p[0]}-C{p[2]}" for p in PARITY])
+def test_same_outputs_as_timm_with_copied_weights(name, timm_name, channels, train):
+    torch.manual_seed(0)
+    ours = create_attn(name, channels)
+    theirs = timm_get_attn(timm_name)(channels)
+    x = torch.randn(2, channels, 7, 9)
+    _assert_parity(ours, theirs, x, train)
+
+
+def test_timm_names_are_registered():
+    assert {"ceca", "ecam", "lcbam", "scoord", "strip"} <= set(list_attn())
+
+
+def test_ceca_wraps_around_the_channels_where_eca_pads_with_zeros():
+    ceca, eca = create_attn("ceca", 16, kernel_size=3), create_attn("eca", 16, kernel_size=3)
+    eca.conv.weight.data.copy_(ceca.conv.weight.data)
+    x = torch.randn(2, 16, 4, 4)
+    z = x.mean((2, 3))
+    w = ceca.conv.weight.view(3)
+    first = torch.sigmoid(w[0] * z[:, 15] + w[1] * z[:, 0] + w[2] * z[:, 1])  # channel 0's left neighbour is 15
+    torch.testing.assert_close(ceca(x)[:, 0], x[:, 0] * first.view(2, 1, 1))
+    assert not torch.allclose(ceca(x)[:, 0], eca(x)[:, 0])
+    torch.testing.assert_close(ceca(x)[:, 5], eca(x)[:, 5])  # inner channels see the same window
+
+
+def test_ceca_bias_is_what_timm_act_layer_switches_on():
+    theirs = tl.CecaModule(32, act_layer=torch.nn.ReLU)
+    assert theirs.conv.bias is not None
+    _assert_parity(create_attn("ceca", 32, bias=True), theirs, torch.randn(2, 32, 5, 5))
+
+
+def test_ceca_and_ecam_kernel_size_has_timms_floor_of_three():
+    assert create_attn("ceca", 4).kernel_size == 3 and create_attn("eca", 4).kernel_size == 1
+    assert create_attn("ecam", 512).kernel_size == create_attn("eca", 512).kernel_size == 5
+
+
+def test_ecam_is_ecas_filter_made_nonlinear():
+    m = create_attn("ecam", 64)
+    assert (m.conv.in_channels, m.conv.out_channels, m.conv2.in_channels, m.rd_channels) == (1, 8, 8, 8)
+
+
+def test_lcbam_averages_the_pooled_descriptors_before_one_mlp_pass():
+    m = _randomize_(create_attn("lcbam", 32)).eval()
+    x = torch.randn(2, 32, 6, 6)
+    c = m.channel
+    z = 0.5 * x.mean((2, 3), keepdim=True) + 0.5 * x.amax((2, 3), keepdim=True)
+    xc = x * torch.sigmoid(c.fc2(torch.relu(c.fc1(z))))
+    s = 0.5 * xc.mean(1, keepdim=True) + 0.5 * xc.amax(1, keepdim=True)
+    want = xc * torch.sigmoid(m.spatial.conv.bn(m.spatial.conv.conv(s)))
+    torch.testing.assert_close(m(x), want)
+
+
+def test_lcbam_gate_layer_sets_both_gates():
+    m = create_attn("lcbam", 32, gate_layer="hard_sigmoid")
+    assert isinstance(m.channel.gate, torch.nn.Hardsigmoid) and isinstance(m.spatial.gate, torch.nn.Hardsigmoid)
+
+
+def test_scoord_and_strip_skip_adds_the_input():
+    for name in ("scoord", "strip"):
+        x = torch.randn(1, 16, 5, 3)
+        plain, skip = create_attn(name, 16), create_attn(name, 16, has_skip=True)
+        skip.load_state_dict(plain.state_dict())
+        torch.testing.assert_close(skip(x), plain(x) + x)
+    _assert_parity(create_attn("strip", 16, has_skip=True, use_conv=False),
+                   StripAttnTimm(16, has_skip=True, use_conv=False), torch.randn(2, 16, 4, 6))
+
+
+def test_scoord_width_is_about_ses_parameter_count():
+    assert create_attn("scoord", 64).rd_channels == 8  # make_divisible(64 * 0.25 * 2/3 = 10.7, 8)
+    assert create_attn("scoord", 240).rd_channels == 40
