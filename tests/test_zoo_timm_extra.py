@@ -110,3 +110,32 @@ def test_scoord_and_strip_skip_adds_the_input():
 def test_scoord_width_is_about_ses_parameter_count():
     assert create_attn("scoord", 64).rd_channels == 8  # make_divisible(64 * 0.25 * 2/3 = 10.7, 8)
     assert create_attn("scoord", 240).rd_channels == 40
+
+
+SPLIT_CONFIGS = [  # (attnzoo kwargs, timm SplitAttn kwargs): the paper's BN, timm's default (no norm), K and R
+    ({}, dict(norm_layer=torch.nn.BatchNorm2d)),
+    (dict(norm=False), {}),
+    (dict(radix=4, groups=2), dict(radix=4, groups=2, norm_layer=torch.nn.BatchNorm2d)),
+    (dict(radix=1), dict(radix=1, norm_layer=torch.nn.BatchNorm2d)),
+]
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("kwargs,timm_kwargs", SPLIT_CONFIGS, ids=["paper", "timm-default", "R4-K2", "R1"])
+def test_split_same_outputs_as_timm_with_copied_weights(kwargs, timm_kwargs, train):
+    _assert_parity(create_attn("split", 64, **kwargs), tl.SplitAttn(64, **timm_kwargs), torch.randn(2, 64, 5, 6), train)
+
+
+def test_split_weights_are_a_softmax_over_the_splits():
+    from attnzoo.explain import capture_attention
+
+    m = _randomize_(create_attn("split", 30, radix=3))
+    maps = capture_attention(m, torch.randn(2, 30, 4, 4)).of_kind("channel")
+    assert len(maps) == 3  # one tap per split
+    weights = torch.stack([t.reshape(2, 30) for t in maps.values()], 0)  # (R, B, C)
+    torch.testing.assert_close(weights.sum(0), torch.ones(2, 30))
+
+
+def test_split_says_which_radix_and_groups_fit():
+    with pytest.raises(ValueError, match="divisible by groups \\* radix = 4"):
+        create_attn("split", 18, radix=2, groups=2)
