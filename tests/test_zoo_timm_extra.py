@@ -139,3 +139,50 @@ def test_split_weights_are_a_softmax_over_the_splits():
 def test_split_says_which_radix_and_groups_fit():
     with pytest.raises(ValueError, match="divisible by groups \\* radix = 4"):
         create_attn("split", 18, radix=2, groups=2)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("size", [(7, 7), (14, 14), (14, 21)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_bat_same_outputs_as_timm_where_the_map_divides_into_blocks(size, train):
+    ours, theirs = create_attn("bat", 64), tl.BatNonLocalAttn(64)
+    if train:  # dropout draws differ between the two modules; compare the deterministic part
+        ours.dropout.p = theirs.dropout.p = 0.0
+    _assert_parity(ours, theirs, torch.randn(2, 64, *size), train)
+
+
+def test_bat_at_other_sizes_pads_the_transform_with_zeros():
+    """Where timm refuses (H, W not multiples of k), the transform acts on the zero-padded map."""
+    m = _randomize_(create_attn("bat", 32, block_size=4)).eval()
+    x = torch.randn(1, 32, 6, 5)
+    ba = m.ba
+    xr = m.conv1(x)
+    f = ba.conv1(xr)
+    p = ba.conv_p(torch.nn.functional.adaptive_max_pool2d(f, (4, 1))).view(1, 2, 4, 4).sigmoid()
+    q = ba.conv_q(torch.nn.functional.adaptive_max_pool2d(f, (1, 4))).view(1, 2, 4, 4).sigmoid()
+    p, q = p / p.sum(3, keepdim=True), q / q.sum(2, keepdim=True)
+    big_p = torch.kron(p, torch.eye(2))  # (1, 2, 8, 8): H padded 6 -> 8, t_h = 2
+    big_q = torch.kron(q, torch.eye(2))  # W padded 5 -> 8, t_w = 2
+    xp = torch.nn.functional.pad(xr, (0, 3, 0, 2)).view(1, 2, xr.shape[1] // 2, 8, 8)
+    y = (big_p.unsqueeze(2) @ xp @ big_q.unsqueeze(2)).reshape(1, -1, 8, 8)[:, :, :6, :5]
+    torch.testing.assert_close(m(x), x + m.conv2(ba.conv2(y)))
+
+
+def test_bat_captured_weights_sum_to_one_per_pixel():
+    from attnzoo.explain.capture import AttentionCapture
+
+    m = _randomize_(create_attn("bat", 32)).eval()
+    raw = []
+    m.ba.tap.register_forward_hook(lambda mod, inp, out: raw.append(out))
+    with AttentionCapture(m) as cap:
+        m(torch.randn(2, 32, 14, 7))
+    assert raw[0].shape == (2, 2, 14 * 7, 7, 7)  # (B, G, H*W, k, k)
+    torch.testing.assert_close(raw[0].sum((3, 4)), torch.ones(2, 2, 98))
+    (t,) = cap.maps.values()
+    assert t.shape == (2, 2, 14, 7)  # the centre query's weights per group, on the map
+    m(torch.randn(2, 32, 14, 7))
+    assert len(raw) == 1  # not built when nobody captures
+
+
+def test_bat_says_what_groups_fit():
+    with pytest.raises(ValueError, match="divisible by groups=3"):
+        create_attn("bat", 64, groups=3)
