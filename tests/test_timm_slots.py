@@ -3,10 +3,10 @@
 timm builds the block itself, with the keywords of that family (device/dtype, a config's rd_ratio,
 act_layer, mobilenetv3/hardcorenas's gate_layer/force_act_layer/rd_round_fn, efficientnet's
 ``se_layer(8, rd_ratio=1.0)`` probe). Each block is built, run forward and backward at 2x3x32x32, and
-found in the slot. The full registry goes through every family except the three whose models are
-the slowest here (resnet's sknet and res2net variants make the same call as resnet10t and vovnet, which
-do get the full registry); those get one block of each constructor shape. So every (block, call
-signature) pair is exercised.
+found in the slot. The full registry goes through every family except the two whose models are the
+slowest here (sknet and res2net make the same call as resnet10t and vovnet, which do get the full
+registry); those two get one block of each constructor shape. So every (block, call signature) pair
+is exercised.
 """
 from __future__ import annotations
 

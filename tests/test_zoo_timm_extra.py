@@ -26,7 +26,7 @@ def _randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def _assert_parity(ours, theirs, x, train=False):
     theirs = _randomize_(theirs)
-    missing, unexpected = ours.load_state_dict(theirs.state_dict(), strict=True), None
+    ours.load_state_dict(theirs.state_dict(), strict=True)  # same keys: timm's checkpoints load too
     ours.train(train), theirs.train(train)
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
 
