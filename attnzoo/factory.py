@@ -79,25 +79,84 @@ def _check_taxonomy(name: str, metadata: dict[str, Any]) -> None:
             raise ValueError(f"register_attn({name!r}): {key} must be one of {allowed} or None, got {value!r}")
 
 
-def _accept_factory_kwargs(cls: type) -> None:
-    """Let a block class take torch's factory kwargs ``device=`` and ``dtype=``.
+# The keyword arguments timm (1.0.31) passes to a block in its ``attn_layer`` / ``se_layer`` slots:
+# resnet/sknet/res2net/nfnet/byobnet/vovnet pass device/dtype (plus the config's attn_kwargs, e.g.
+# rd_ratio, rd_divisor); cspnet and efficientnet/mobilenetv5's blocks add act_layer; efficientnet's
+# builder adds rd_ratio (and probes ``se_layer(8, rd_ratio=1.0)``); mobilenetv3/hardcorenas build
+# their SE as a partial with gate_layer, force_act_layer and rd_round_fn; regnet passes rd_channels.
+TIMM_SLOT_KWARGS = (
+    "act_layer", "gate_layer", "rd_ratio", "rd_channels", "rd_divisor", "force_act_layer", "rd_round_fn",
+    "device", "dtype",
+)
 
-    timm (>= 1.0.20) builds ``attn_layer`` as ``cls(channels, device=..., dtype=...)``; a block that
-    does not declare them gets them handled here: built as usual, then moved with ``.to()``.
+
+def timm_kwargs_ignored(cls: type) -> tuple[str, ...]:
+    """The timm slot keywords a block class accepts but cannot use (it has no such part)."""
+    return getattr(cls, "_attnzoo_timm_ignored", ())
+
+
+def _accept_factory_kwargs(cls: type) -> None:
+    """Let a block class take every keyword timm passes to its attention slots (``TIMM_SLOT_KWARGS``).
+
+    A keyword the class declares is the class's own business. Of the rest:
+
+    * ``device`` / ``dtype``: the block is built as usual, then moved with ``.to()``;
+    * ``force_act_layer`` (timm's SqueezeExcite: it overrides ``act_layer``): becomes ``act_layer``
+      when not None, if the block has an activation;
+    * ``rd_round_fn`` (timm's SqueezeExcite: reduced width = ``rd_round_fn(C * rd_ratio)``): sets
+      ``rd_channels`` that way when the block has a reduction and ``rd_channels`` was not given;
+    * any other (``act_layer`` on a block without an activation, ``rd_ratio`` on one without a
+      reduction, ...): ignored, because nothing in the block could take it. The class docstring
+      gets a sentence naming them, and ``timm_kwargs_ignored(cls)`` returns them.
+
+    Unknown keywords that are not timm's still raise, here and in ``create_attn``.
     """
-    params = inspect.signature(cls.__init__).parameters
-    if "device" in params or "dtype" in params or getattr(cls.__init__, "_attnzoo_factory_kwargs", False):
+    if getattr(cls.__init__, "_attnzoo_factory_kwargs", False):
         return
+    sig = inspect.signature(cls.__init__)
+    params = sig.parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return  # a block taking **kwargs handles what it gets
+    missing = tuple(k for k in TIMM_SLOT_KWARGS if k not in params)
+    if not missing:
+        return
+    has_act = "act_layer" in params
+    has_rd = "rd_channels" in params and "rd_ratio" in params
+    rd_ratio_default = params["rd_ratio"].default if has_rd else None
+    # what the block cannot use; force_act_layer / rd_round_fn are used when their target exists
+    ignored = tuple(
+        k for k in missing
+        if k not in ("device", "dtype")
+        and not (k == "force_act_layer" and has_act)
+        and not (k == "rd_round_fn" and has_rd)
+    )
     init = cls.__init__
 
     @functools.wraps(init)
-    def __init__(self, *args, device=None, dtype=None, **kwargs):
+    def __init__(self, *args, **kwargs):
+        timm_kw = {k: kwargs.pop(k) for k in missing if k in kwargs}
+        force_act = timm_kw.get("force_act_layer")
+        if force_act is not None and has_act:
+            kwargs["act_layer"] = force_act
+        round_fn = timm_kw.get("rd_round_fn")
+        if round_fn is not None and has_rd and kwargs.get("rd_channels") is None:
+            channels = args[0] if args else kwargs.get("channels")
+            rd_ratio = kwargs.get("rd_ratio", rd_ratio_default)
+            if isinstance(channels, int) and isinstance(rd_ratio, (int, float)):
+                kwargs["rd_channels"] = int(round_fn(channels * rd_ratio))
         init(self, *args, **kwargs)
+        device, dtype = timm_kw.get("device"), timm_kw.get("dtype")
         if device is not None or dtype is not None:
             self.to(device=device, dtype=dtype)
 
     __init__._attnzoo_factory_kwargs = True
     cls.__init__ = __init__
+    cls._attnzoo_timm_ignored = ignored
+    if ignored:
+        cls.__doc__ = (cls.__doc__ or cls.__name__).rstrip() + (
+            "\n\n    timm interop: accepts and ignores " + ", ".join(f"``{k}``" for k in ignored)
+            + " (timm passes them to its attention slots; this block has nothing they could set)."
+        )
 
 
 def list_attn(
@@ -141,7 +200,7 @@ def _timm_get(name: str) -> Callable[..., nn.Module]:
 
 def _check_kwargs(name: str, factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
     names, var_kw = accepted_kwargs(factory)
-    unknown = [k for k in kwargs if k not in names and k not in ("device", "dtype")]
+    unknown = [k for k in kwargs if k not in names and k not in TIMM_SLOT_KWARGS]
     if unknown and not var_kw:
         raise TypeError(
             f"attention block {name!r} got unknown argument(s) {unknown}; it accepts: "

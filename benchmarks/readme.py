@@ -16,6 +16,9 @@ Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
   whether the block exports to ONNX (registry metadata, checked by tests/test_blocks.py). A block with no
   timing in blocks_cpu.json yet shows "—" and is named in the note as not timed yet.
 * ``fit-numbers`` and ``benchmarks``: the measured numbers of the other scripts, with their setup.
+* ``timm-slots``: the timm families whose models take a block class in an ``attn_layer`` /
+  ``se_layer`` slot, from ``attnzoo.timm_slots.TIMM_SLOTS`` (the parameter list of
+  tests/test_timm_slots.py, which builds every registered block in each of them).
 * ``ablation-results``: the table of experiments/fmnist_resnet20 from its results store (the same
   table ``attnzoo report`` writes into that folder's README), and which differences are significant.
 
@@ -223,6 +226,22 @@ def ablation_results(exp: Path = EXPERIMENT) -> str:
     return "\n".join(lines)
 
 
+def timm_slots_table() -> str:
+    """The (timm family, slot) pairs that tests/test_timm_slots.py runs every block in."""
+    from attnzoo.timm_slots import TIMM_SLOTS
+
+    lines = [
+        f"Every one of the {len(list_attn())} blocks, passed as `get_attn(name)`, builds, runs forward and "
+        f"backward in a small model of each of these {len(TIMM_SLOTS)} timm families "
+        "(tests/test_timm_slots.py; timm's own model classes and configs, shortened as the table says):",
+        "",
+        "| timm family | slot | model the test builds | what timm calls |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| `{s.family}` | `{s.slot}` | {s.model} | `{s.calls}` |" for s in TIMM_SLOTS]
+    return "\n".join(lines)
+
+
 def splice(text: str, name: str, body: str) -> str:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if start not in text or end not in text:
@@ -242,6 +261,7 @@ def main(argv=None) -> int:
     text = splice(text, "zoo-table", zoo_table(blocks))
     text = splice(text, "fit-numbers", fit_numbers(_load("readme_commands_cpu.json"), _load("fmnist_resnet20_cpu.json")))
     text = splice(text, "ablation-results", ablation_results())
+    text = splice(text, "timm-slots", timm_slots_table())
     text = splice(text, "benchmarks", benchmark_lines(vs_timm, _load("harness_overhead_cpu.json"),
                                                       _load("data_inmemory_cpu.json")))
     args.readme.write_text(text)

@@ -7,6 +7,8 @@ forward hook, with no per-block code and no cost when nothing is captured.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -117,7 +119,22 @@ def resolve_layer(block: str, what: str, layer: str | type[nn.Module] | Callable
                          f"such as 'relu', 'silu', 'gelu', 'sigmoid', 'hard_sigmoid'") from e
     if resolved is None:
         raise ValueError(f"{block}: {what} must not be None")
+    if not _takes_inplace(resolved):  # e.g. torch's nn.GELU, which timm passes as act_layer too
+        return functools.partial(_drop_inplace, resolved)
     return resolved
+
+
+def _takes_inplace(layer: Callable[..., nn.Module]) -> bool:
+    try:
+        params = inspect.signature(layer).parameters
+    except (TypeError, ValueError):
+        return True
+    return "inplace" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _drop_inplace(layer: Callable[..., nn.Module], *args: Any, inplace: bool = False, **kwargs: Any) -> nn.Module:
+    """Build an activation that has no ``inplace`` argument from a call that passes one."""
+    return layer(*args, **kwargs)
 
 
 def check_input(block: nn.Module, x: torch.Tensor) -> None:

@@ -14,6 +14,8 @@ into the batch, and every group goes through the same weights:
                                                                  softmax over the C/G channels
     y  = x * sigmoid(w)                                          one map per group, broadcast over it
 
+``gate_layer`` (default sigmoid, e.g. timm's ``hard_sigmoid``) is used for all three sigmoids above.
+
 NOTE (groups): G must divide C. If ``factor`` does not divide ``channels`` (or exceeds it), the block
 *adapts*: it uses the largest divisor of C that is <= ``factor`` and keeps it on ``self.groups``
 (C=16 -> 16 groups of 1, C=48 -> 24 groups of 2, C=64 -> 32 groups of 2). This keeps the paper's
@@ -31,7 +33,7 @@ import torch
 from torch import nn
 
 from ..factory import register_attn
-from .base import AttnTap, check_channels, check_input
+from .base import AttnTap, check_channels, check_input, resolve_layer
 
 __all__ = ["EfficientMultiScaleAttn", "ema_groups"]
 
@@ -50,7 +52,7 @@ def ema_groups(channels: int, factor: int) -> int:
     link="https://arxiv.org/abs/2305.13563",
 )
 class EfficientMultiScaleAttn(nn.Module):
-    def __init__(self, channels: int, *, factor: int = 32) -> None:
+    def __init__(self, channels: int, *, factor: int = 32, gate_layer: str | type[nn.Module] = "sigmoid") -> None:
         super().__init__()
         self.channels = check_channels("ema", channels)
         if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
@@ -61,6 +63,7 @@ class EfficientMultiScaleAttn(nn.Module):
         self.conv1x1 = nn.Conv2d(cg, cg, 1)
         self.conv3x3 = nn.Conv2d(cg, cg, 3, padding=1)
         self.gn = nn.GroupNorm(cg, cg)
+        self.gate = resolve_layer("ema", "gate_layer", gate_layer)()  # the paper's three sigmoids
         self.tap = AttnTap("spatial")
 
     def forward(self, x):
@@ -72,10 +75,10 @@ class EfficientMultiScaleAttn(nn.Module):
         z_w = gx.mean(2, keepdim=True).transpose(2, 3)  # (B*G, C/G, W, 1)
         a = self.conv1x1(torch.cat([z_h, z_w], dim=2))  # (B*G, C/G, H+W, 1)
         a_h, a_w = a.split([h, w], dim=2)  # (B*G, C/G, H, 1), (B*G, C/G, W, 1)
-        x1 = self.gn(gx * a_h.sigmoid() * a_w.transpose(2, 3).sigmoid())  # (B*G, C/G, H, W)
+        x1 = self.gn(gx * self.gate(a_h) * self.gate(a_w.transpose(2, 3)))  # (B*G, C/G, H, W)
         x2 = self.conv3x3(gx)  # (B*G, C/G, H, W)
         s1 = x1.mean((2, 3)).softmax(-1).unsqueeze(1)  # (B*G, 1, C/G)
         s2 = x2.mean((2, 3)).softmax(-1).unsqueeze(1)  # (B*G, 1, C/G)
         wts = s1 @ x2.flatten(2) + s2 @ x1.flatten(2)  # (B*G, 1, H*W)
-        gate = wts.sigmoid().reshape(b, g, 1, h, w).expand(b, g, c // g, h, w)  # (B, G, C/G, H, W)
+        gate = self.gate(wts).reshape(b, g, 1, h, w).expand(b, g, c // g, h, w)  # (B, G, C/G, H, W)
         return x * self.tap(gate.reshape(b, c, h, w))  # (B, C, H, W), one map per group

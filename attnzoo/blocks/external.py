@@ -31,7 +31,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..factory import register_attn
-from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input
+from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
 
 __all__ = ["ExternalAttn"]
 
@@ -52,6 +52,7 @@ class ExternalAttn(nn.Module):
         memory_size: int = 64,
         out_act: bool = False,
         eps: float = 1e-9,
+        act_layer: str | type[nn.Module] = "relu",
     ) -> None:
         super().__init__()
         self.channels = check_channels("external", channels)
@@ -65,7 +66,7 @@ class ExternalAttn(nn.Module):
         self.mem_v.weight.data.copy_(self.mem_k.weight.data.transpose(0, 1))  # M_v = M_k^T at init
         self.conv_out = nn.Conv2d(channels, channels, 1, bias=False)
         self.norm = SafeBatchNorm2d(channels)
-        self.act = nn.ReLU(inplace=False) if out_act else nn.Identity()
+        self.act = resolve_layer("external", "act_layer", act_layer)() if out_act else nn.Identity()
         self.tap = AttnTap("spatial")
 
     def forward(self, x):

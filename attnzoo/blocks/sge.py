@@ -104,8 +104,8 @@ class SpatialGroupEnhance(nn.Module):
         xg = x.reshape(b, g, c // g, h, w)  # (B, G, C/G, H, W)
         sim = (xg * xg.mean((3, 4), keepdim=True)).sum(2)  # (B, G, H, W): g . x_i
         mu = sim.mean((2, 3), keepdim=True)  # (B, G, 1, 1)
-        var = (sim - mu).square().mean((2, 3), keepdim=True)  # (B, G, 1, 1), population variance
-        n = (sim - mu) * torch.rsqrt(var + self.eps)  # (B, G, H, W)
+        var = (sim - mu).float().square().mean((2, 3), keepdim=True)  # (B, G, 1, 1), population variance, float32
+        n = ((sim - mu) * torch.rsqrt(var + self.eps)).to(x.dtype)  # (B, G, H, W); float32: rsqrt's grad overflows fp16
         a = self.gate(n * self.weight + self.bias)  # (B, G, H, W)
         a = a.unsqueeze(2).expand(b, g, c // g, h, w).reshape(b, c, h, w)  # (B, C, H, W)
         return x * self.tap(a)

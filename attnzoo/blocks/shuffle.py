@@ -79,8 +79,8 @@ class ShuffleAttn(nn.Module):
         x1, x2 = xg.chunk(2, dim=1)  # (B*G, C/2G, H, W) each
         a1 = self.gate(self.cweight * x1.mean((2, 3), keepdim=True) + self.cbias)  # (B*G, C/2G, 1, 1)
         mu = x2.mean((2, 3), keepdim=True)  # (B*G, C/2G, 1, 1)
-        var = (x2 - mu).square().mean((2, 3), keepdim=True)  # (B*G, C/2G, 1, 1)
-        gn = (x2 - mu) * torch.rsqrt(var + self.eps)  # (B*G, C/2G, H, W)
+        var = (x2 - mu).float().square().mean((2, 3), keepdim=True)  # (B*G, C/2G, 1, 1), float32
+        gn = ((x2 - mu) * torch.rsqrt(var + self.eps)).to(x.dtype)  # (B*G, C/2G, H, W); float32: rsqrt's grad overflows fp16
         a2 = self.gate(self.sweight * gn + self.sbias)  # (B*G, C/2G, H, W)
         a = torch.cat([a1.expand_as(x1), a2], dim=1).reshape(b, c, h, w)  # (B, C, H, W), input order
         return channel_shuffle(x * self.tap(a), 2)

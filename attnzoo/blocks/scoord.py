@@ -1,0 +1,75 @@
+"""Simplified Coordinate Attention (scoord): timm's ``SimpleCoordAttn``, attn name "scoord".
+
+Built on Coordinate Attention: Q. Hou, D. Zhou, J. Feng, "Coordinate Attention for Efficient Mobile
+Network Design", CVPR 2021. https://arxiv.org/abs/2103.02907
+The simplification is timm's; its documented behaviour is the specification here:
+
+    z^h = mean_w x (B, C, H),  z^w = mean_h x (B, C, W)             directional (strip) pooling
+    f^h = act(W1 z^h),  f^w = act(W1 z^w)                           one shared linear C -> r, no norm
+    y = x * sigmoid(W_h f^h + W_w f^w)                               the two maps added *before* the gate
+
+Coordinate Attention concatenates the strips through a 1x1 conv + BatchNorm and multiplies two gated
+factors; here the map is one gate of a sum, with linear layers and no norm. r =
+``make_divisible(C * rd_ratio * se_factor, rd_divisor)`` (rd_ratio = 1/4, se_factor = 2/3,
+rd_divisor = 8: about SE's parameter count), SiLU, biases on, as timm. ``has_skip=True`` returns
+y + x. No departures from timm's module; parity under copied weights is tested
+(tests/test_zoo_timm_extra.py).
+"""
+from __future__ import annotations
+
+from timm.layers import make_divisible
+from torch import nn
+
+from ..factory import register_attn
+from .base import AttnTap, check_channels, check_input, resolve_layer
+
+__all__ = ["SimpleCoordAttn"]
+
+
+@register_attn(
+    "scoord",
+    family="channel+spatial",
+    paper="Coordinate Attention for Efficient Mobile Network Design (simplified: timm's SimpleCoordAttn)",
+    authors="Hou, Zhou, Feng; simplification by R. Wightman in timm",
+    year=2021,
+    link="https://arxiv.org/abs/2103.02907",
+)
+class SimpleCoordAttn(nn.Module):
+    def __init__(
+        self,
+        channels: int,
+        *,
+        se_factor: float = 2 / 3,
+        bias: bool = True,
+        has_skip: bool = False,
+        rd_ratio: float = 0.25,
+        rd_channels: int | None = None,
+        rd_divisor: int = 8,
+        act_layer: str | type[nn.Module] = "silu",
+        gate_layer: str | type[nn.Module] = "sigmoid",
+    ) -> None:
+        super().__init__()
+        self.channels = check_channels("scoord", channels)
+        if rd_channels is None:
+            if not rd_ratio > 0 or not se_factor > 0:
+                raise ValueError(f"scoord: rd_ratio and se_factor must be > 0, got {rd_ratio!r}, {se_factor!r}")
+            rd_channels = make_divisible(channels * rd_ratio * se_factor, rd_divisor, round_limit=0.0)
+        if isinstance(rd_channels, bool) or not isinstance(rd_channels, int) or rd_channels < 1:
+            raise ValueError(f"scoord: rd_channels must be a positive int, got {rd_channels!r}")
+        self.rd_channels = rd_channels
+        self.has_skip = has_skip
+        self.fc1 = nn.Linear(channels, rd_channels, bias=bias)
+        self.act = resolve_layer("scoord", "act_layer", act_layer)()
+        self.fc_h = nn.Linear(rd_channels, channels, bias=bias)
+        self.fc_w = nn.Linear(rd_channels, channels, bias=bias)
+        self.gate = resolve_layer("scoord", "gate_layer", gate_layer)()
+        self.tap = AttnTap("spatial")
+
+    def forward(self, x):
+        check_input(self, x)
+        f_h = self.act(self.fc1(x.mean(3).transpose(1, 2)))  # (B, H, r)
+        f_w = self.act(self.fc1(x.mean(2).transpose(1, 2)))  # (B, W, r)
+        a_h = self.fc_h(f_h).transpose(1, 2).unsqueeze(-1)  # (B, C, H, 1)
+        a_w = self.fc_w(f_w).transpose(1, 2).unsqueeze(-2)  # (B, C, 1, W)
+        y = x * self.tap(self.gate(a_h + a_w))  # (B, C, H, W)
+        return y + x if self.has_skip else y
