@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
+import operator
+import types
+import typing
 from typing import Any, Callable
+
+import numpy as np
 
 from torch import nn
 
@@ -112,6 +118,78 @@ def _check_kwargs(name: str, factory: Callable[..., nn.Module], kwargs: dict[str
             f"attention block {name!r} got unknown argument(s) {unknown}; it accepts: "
             + ", ".join(f"{k}={v!r}" for k, v in default_kwargs(factory).items() if k in names)
         )
+    _check_kwarg_types(name, factory, kwargs)
+
+
+def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
+    """The constructor's annotations, resolved ({} when they cannot be read)."""
+    target = factory.func if isinstance(factory, functools.partial) else factory
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001  (unresolvable annotations: nothing to check against)
+        return {}
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits annotation ``hint``; a hint this does not understand accepts anything."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if hint is str:
+        return isinstance(value, str)
+    if origin is type or hint is type:
+        return callable(value)  # a class, or a factory standing in for one (a partial)
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return len(set(args)) != 1 or all(_matches(v, args[0]) for v in value)
+    return True
+
+
+def _describe_hint(hint: Any) -> str:
+    if hint is type(None) or hint is None:
+        return "None"
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe_hint(h) for h in typing.get_args(hint)))
+    if origin is type:
+        return "a module class"
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return f"a {origin.__name__} of {_describe_hint(args[0])}" if len(set(args)) == 1 else f"a {origin.__name__}"
+    return {int: "an int", float: "a number", bool: "True or False", str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _check_kwarg_types(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Each keyword value must fit the constructor's annotation; the error names the block, the
+    argument, the expected type and the value received. A bool is never taken for a number."""
+    hints = _type_hints(factory)
+    for key, value in kwargs.items():
+        hint = hints.get(key)
+        if hint is None or _matches(value, hint):
+            continue
+        note = " (True/False is not a number here)" if isinstance(value, (bool, np.bool_)) else ""
+        raise TypeError(f"attention block {name!r}: argument {key!r} expects {_describe_hint(hint)}, got {value!r} "
+                        f"({type(value).__name__}){note}")
+
+
+def _as_channels(spec: Any, channels: Any) -> Any:
+    """numpy integers (and other integral numbers) become a plain int; anything else is left for the block."""
+    if isinstance(channels, numbers.Integral) and not isinstance(channels, (bool, np.bool_)):
+        return operator.index(channels)
+    return channels
 
 
 def get_attn(spec: Any) -> Callable[..., nn.Module] | None:
@@ -144,10 +222,14 @@ def create_attn(spec: Any, channels: int | None = None, **kwargs: Any) -> nn.Mod
         return spec
     if channels is None:
         raise TypeError(f"create_attn({spec!r}) needs channels, the C of the (B, C, H, W) input it will see")
+    channels = _as_channels(spec, channels)
     if isinstance(spec, str):
         name, spec_kwargs = parse_spec(spec)
         factory = get_attn(name)
         merged = {**spec_kwargs, **kwargs}  # keyword arguments override those inside the string
         _check_kwargs(name, factory, merged)
         return factory(channels, **merged)
-    return get_attn(spec)(channels, **kwargs)
+    factory = get_attn(spec)
+    if kwargs:
+        _check_kwarg_types(getattr(factory, "__name__", None) or repr(factory), factory, kwargs)
+    return factory(channels, **kwargs)

@@ -75,10 +75,9 @@ def trainer_defaults() -> dict[str, Any]:
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    from ..yamlio import read_yaml
+
+    return read_yaml(path)  # strict: a key given twice is an error, not "the last one wins"
 
 
 def config_layers(config: str | Path | dict[str, Any], _seen: tuple[Path, ...] = ()) -> list[str]:
