@@ -225,6 +225,9 @@ def create_attn(spec: Any, channels: int | None = None, **kwargs: Any) -> nn.Mod
     channels = _as_channels(spec, channels)
     if isinstance(spec, str):
         name, spec_kwargs = parse_spec(spec)
+        from .blocks.base import check_channels
+
+        check_channels(f"attention block {name!r}", channels)  # before any block allocates C-sized weights
         factory = get_attn(name)
         merged = {**spec_kwargs, **kwargs}  # keyword arguments override those inside the string
         _check_kwargs(name, factory, merged)

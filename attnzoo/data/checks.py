@@ -48,6 +48,10 @@ def check_split(what: str, split: str, images: torch.Tensor, targets: torch.Tens
                         f"first: {shown}. Fix the label file, or use the data module made for this many classes")
 
 
+# first bytes of the formats torchvision's ImageFolder lists (PNG, JPEG, GIF, BMP, TIFF, PPM/PGM)
+_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"P5", b"P6")
+
+
 def _probe(path: str) -> str | None:
     """None when ``path`` decodes as an image; else why not, in a few words."""
     from PIL import Image, UnidentifiedImageError
@@ -56,6 +60,15 @@ def _probe(path: str) -> str | None:
         with Image.open(path) as im:
             im.load()
     except UnidentifiedImageError:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(12)
+        except OSError:
+            head = b""
+        if not head:
+            return "empty file (0 bytes)"
+        if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+            return "truncated or damaged (an image header that does not decode)"
         return "not an image file"
     except PermissionError:
         return "unreadable (permission denied)"

@@ -171,6 +171,11 @@ def load_dataset_images(
     if ds is None or len(ds) == 0:
         raise ValueError(f"{cls.__name__} has no {split} images")
     n = min(num_images, len(ds))
+    if n < num_images:  # said, not silent: the figure shows fewer images than asked for
+        import warnings
+
+        warnings.warn(f"num_images={num_images} asked for, but the {cls.__name__} {split} split has {len(ds)} images; "
+                      f"explaining all {n} (pass --num-images {n} or fewer to silence this)", UserWarning, stacklevel=2)
     items = [ds[i] for i in range(n)]
     images = torch.stack([torch.as_tensor(x) for x, _ in items])
     targets = [int(y) for _, y in items]
