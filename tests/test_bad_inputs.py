@@ -442,6 +442,9 @@ def cli_cases(tmp: Path) -> list[Case]:
         Case("cli", "fit: duplicate key in the config", fit("--config", str(dup)), ("'attn'", "twice", "dup.yaml")),
         Case("cli", "fit: data set not there", _in_process(["fit", "--data", "FashionMNISTDataModule",
                                                             "--data.data_dir", str(tmp / "nofmnist")], tmp), ("nofmnist",)),
+        Case("cli", "fit: 27x27 Fashion-MNIST files", _in_process(
+            ["fit", "--data", "FashionMNISTDataModule", "--data.data_dir", str(_fmnist(tmp / "fm27", side=27)),
+             *SYNTH[10:]], tmp), ("train-images-idx3-ubyte", "27x27")),
         Case("cli", "test: malicious --ckpt_path", _in_process(["test", *SYNTH, "--ckpt_path", str(evil)], tmp),
              ("evil.ckpt", "not a plain checkpoint")),
         Case("cli", "test: --ckpt_path of another network", _in_process(["test", *SYNTH, "--model.attn", "cbam",
@@ -506,10 +509,12 @@ def test_config_checkpoint_and_data_bad_inputs_get_errors_naming_the_culprit(fil
     assert not list(tmp.rglob("PWNED"))  # no crafted file ran its code
 
 
-def test_cli_bad_inputs_exit_2_with_one_paragraph_and_no_traceback(tmp_path):
-    cases = cli_cases(tmp_path)
+@pytest.mark.parametrize("kind", ["in process", "subprocess"])
+def test_cli_bad_inputs_exit_2_with_one_paragraph_and_no_traceback(tmp_path, kind):
+    cases = [c for c in cli_cases(tmp_path) if c.name.startswith("subprocess") == (kind == "subprocess")]
     failed = {c.name: why for c in cases for ok, why in [run_case(c)] if not ok}
     assert not failed, failed
+    assert len(cases) >= 3
     assert not (tmp_path / "PWNED").exists()
 
 

@@ -100,8 +100,11 @@ def scan_image_files(paths: Sequence[str], cache_dir: str | Path | None, workers
         reasons = list(pool.map(_probe, paths, chunksize=64))
     bad = {p: r for p, r in zip(paths, reasons) if r is not None}
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"files": len(paths), "bad": sorted(bad.items())}))
-        os.replace(tmp, cache)
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"files": len(paths), "bad": sorted(bad.items())}))
+            os.replace(tmp, cache)  # atomic: a concurrent run reads the whole result or none
+        except OSError:
+            pass  # a read-only cache folder: the scan is simply not kept
     return bad
