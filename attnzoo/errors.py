@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["AttnzooError", "UnsafeCheckpointError", "DataError", "USER_ERRORS", "is_user_error", "debug_enabled",
+__all__ = ["AttnzooError", "ArgumentTypeError", "UnsafeCheckpointError", "DataError", "USER_ERRORS", "is_user_error", "debug_enabled",
            "user_message"]
 
 
 class AttnzooError(ValueError):
     """A bad input attnzoo recognised; the message says what was wrong and what would be right."""
+
+
+class ArgumentTypeError(AttnzooError, TypeError):
+    """A keyword argument of the wrong type (a ``TypeError`` and, as every bad input, a ``ValueError``)."""
 
 
 class UnsafeCheckpointError(AttnzooError):

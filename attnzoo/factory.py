@@ -15,6 +15,7 @@ import functools
 import inspect
 import numbers
 import operator
+import re
 import types
 import typing
 from typing import Any, Callable
@@ -23,6 +24,7 @@ import numpy as np
 
 from torch import nn
 
+from .errors import ArgumentTypeError
 from .registry import Registry, RegistryEntry, accepted_kwargs, default_kwargs
 from .spec import parse_spec
 
@@ -118,7 +120,6 @@ def _check_kwargs(name: str, factory: Callable[..., nn.Module], kwargs: dict[str
             f"attention block {name!r} got unknown argument(s) {unknown}; it accepts: "
             + ", ".join(f"{k}={v!r}" for k, v in default_kwargs(factory).items() if k in names)
         )
-    _check_kwarg_types(name, factory, kwargs)
 
 
 def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
@@ -172,17 +173,44 @@ def _describe_hint(hint: Any) -> str:
     return {int: "an int", float: "a number", bool: "True or False", str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
-def _check_kwarg_types(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    """Each keyword value must fit the constructor's annotation; the error names the block, the
-    argument, the expected type and the value received. A bool is never taken for a number."""
+def _kwarg_type_errors(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> list[tuple[str, str]]:
+    """[(argument, message)] for the keyword values that do not fit the constructor's annotations;
+    a message names the block, the argument, the expected type and the value received. A bool is
+    never taken for a number."""
     hints = _type_hints(factory)
+    out = []
     for key, value in kwargs.items():
         hint = hints.get(key)
         if hint is None or _matches(value, hint):
             continue
         note = " (True/False is not a number here)" if isinstance(value, (bool, np.bool_)) else ""
-        raise TypeError(f"attention block {name!r}: argument {key!r} expects {_describe_hint(hint)}, got {value!r} "
-                        f"({type(value).__name__}){note}")
+        out.append((key, f"attention block {name!r}: argument {key!r} expects {_describe_hint(hint)}, got {value!r} "
+                         f"({type(value).__name__}){note}"))
+    return out
+
+
+def _check_kwarg_types(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Raise :class:`attnzoo.errors.ArgumentTypeError` for the first keyword value of the wrong type."""
+    errors = _kwarg_type_errors(name, factory, kwargs)
+    if errors:
+        raise ArgumentTypeError(errors[0][1])
+
+
+def _build_checked(name: str, factory: Callable[..., nn.Module], channels: int, kwargs: dict[str, Any]) -> nn.Module:
+    """``factory(channels, **kwargs)``; a value of the wrong type is refused even where the block would
+    take it (``rd_ratio=True`` as 1.0). Where the block has its own message about that argument
+    (e.g. the kernel sizes its paper tabulates), it is appended to the type error."""
+    errors = _kwarg_type_errors(name, factory, kwargs)
+    if not errors:
+        return factory(channels, **kwargs)
+    key, message = errors[0]
+    try:
+        factory(channels, **kwargs)
+    except (ValueError, TypeError) as e:
+        if re.search(rf"\b{re.escape(key)}\b", str(e)):
+            raise ArgumentTypeError(f"{message}; {e}") from e
+        raise ArgumentTypeError(message) from e
+    raise ArgumentTypeError(message)
 
 
 def _as_channels(spec: Any, channels: Any) -> Any:
@@ -207,6 +235,7 @@ def get_attn(spec: Any) -> Callable[..., nn.Module] | None:
         if not kwargs:
             return factory
         _check_kwargs(name, factory, kwargs)
+        _check_kwarg_types(name, factory, kwargs)
         return functools.partial(factory, **kwargs)
     if inspect.isclass(spec) or callable(spec):
         return spec
@@ -227,12 +256,10 @@ def create_attn(spec: Any, channels: int | None = None, **kwargs: Any) -> nn.Mod
         name, spec_kwargs = parse_spec(spec)
         from .blocks.base import check_channels
 
-        check_channels(f"attention block {name!r}", channels)  # before any block allocates C-sized weights
+        check_channels(name, channels)  # before any block allocates C-sized weights
         factory = get_attn(name)
         merged = {**spec_kwargs, **kwargs}  # keyword arguments override those inside the string
         _check_kwargs(name, factory, merged)
-        return factory(channels, **merged)
+        return _build_checked(name, factory, channels, merged)
     factory = get_attn(spec)
-    if kwargs:
-        _check_kwarg_types(getattr(factory, "__name__", None) or repr(factory), factory, kwargs)
-    return factory(channels, **kwargs)
+    return _build_checked(getattr(factory, "__name__", None) or repr(factory), factory, channels, kwargs)
