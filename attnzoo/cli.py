@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 __all__ = ["main"]
@@ -43,7 +44,29 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``attnzoo`` command; returns its exit status.
+
+    A bad input (see :mod:`attnzoo.errors`) is printed as one paragraph, what was wrong and what
+    would be right, with status 2; ``--debug`` anywhere on the command line (or ``ATTNZOO_DEBUG=1``)
+    shows the traceback instead. Other errors are bugs and keep their traceback.
+    """
+    from .errors import debug_enabled
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled(argv)
+    argv = [a for a in argv if a != "--debug"]
+    if debug and not os.environ.get("ATTNZOO_DEBUG"):
+        os.environ["ATTNZOO_DEBUG"] = "1"  # seen by the subcommands' own error handling
+        try:
+            return _main(argv, debug=True)
+        finally:
+            os.environ.pop("ATTNZOO_DEBUG", None)
+    return _main(argv, debug=debug)
+
+
+def _main(argv: list[str], debug: bool) -> int:
+    from .errors import is_user_error, user_message
+
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -60,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     fn = getattr(importlib.import_module(module), func)
     if module == "attnzoo.training.cli":
         rest = [command, *rest]  # LightningCLI reads the subcommand itself
-    return int(fn(rest) or 0)
+    try:
+        return int(fn(rest) or 0)
+    except Exception as e:  # noqa: BLE001  (sorted below: a described bad input, or a bug)
+        if debug or not is_user_error(e):
+            raise
+        print(f"attnzoo {command}: error: {user_message(e)}", file=sys.stderr)
+        return 2
 
 
 def _param_count(name: str, channels: int) -> str:

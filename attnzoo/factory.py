@@ -13,10 +13,18 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
+import operator
+import re
+import types
+import typing
 from typing import Any, Callable
+
+import numpy as np
 
 from torch import nn
 
+from .errors import ArgumentTypeError
 from .registry import Registry, RegistryEntry, accepted_kwargs, default_kwargs
 from .spec import parse_spec
 
@@ -208,6 +216,104 @@ def _check_kwargs(name: str, factory: Callable[..., nn.Module], kwargs: dict[str
         )
 
 
+def _type_hints(factory: Callable[..., Any]) -> dict[str, Any]:
+    """The constructor's annotations, resolved ({} when they cannot be read)."""
+    target = factory.func if isinstance(factory, functools.partial) else factory
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001  (unresolvable annotations: nothing to check against)
+        return {}
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits annotation ``hint``; a hint this does not understand accepts anything."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is bool:
+        return isinstance(value, (bool, np.bool_))
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if hint is str:
+        return isinstance(value, str)
+    if origin is type or hint is type:
+        return callable(value)  # a class, or a factory standing in for one (a partial)
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return len(set(args)) != 1 or all(_matches(v, args[0]) for v in value)
+    return True
+
+
+def _describe_hint(hint: Any) -> str:
+    if hint is type(None) or hint is None:
+        return "None"
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe_hint(h) for h in typing.get_args(hint)))
+    if origin is type:
+        return "a module class"
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return f"a {origin.__name__} of {_describe_hint(args[0])}" if len(set(args)) == 1 else f"a {origin.__name__}"
+    return {int: "an int", float: "a number", bool: "True or False", str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _kwarg_type_errors(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> list[tuple[str, str]]:
+    """[(argument, message)] for the keyword values that do not fit the constructor's annotations;
+    a message names the block, the argument, the expected type and the value received. A bool is
+    never taken for a number."""
+    hints = _type_hints(factory)
+    out = []
+    for key, value in kwargs.items():
+        hint = hints.get(key)
+        if hint is None or _matches(value, hint):
+            continue
+        note = " (True/False is not a number here)" if isinstance(value, (bool, np.bool_)) else ""
+        out.append((key, f"attention block {name!r}: argument {key!r} expects {_describe_hint(hint)}, got {value!r} "
+                         f"({type(value).__name__}){note}"))
+    return out
+
+
+def _check_kwarg_types(name: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Raise :class:`attnzoo.errors.ArgumentTypeError` for the first keyword value of the wrong type."""
+    errors = _kwarg_type_errors(name, factory, kwargs)
+    if errors:
+        raise ArgumentTypeError(errors[0][1])
+
+
+def _build_checked(name: str, factory: Callable[..., nn.Module], channels: int, kwargs: dict[str, Any]) -> nn.Module:
+    """``factory(channels, **kwargs)``; a value of the wrong type is refused even where the block would
+    take it (``rd_ratio=True`` as 1.0). Where the block has its own message about that argument
+    (e.g. the kernel sizes its paper tabulates), it is appended to the type error."""
+    errors = _kwarg_type_errors(name, factory, kwargs)
+    if not errors:
+        return factory(channels, **kwargs)
+    key, message = errors[0]
+    try:
+        factory(channels, **kwargs)
+    except (ValueError, TypeError) as e:
+        if re.search(rf"\b{re.escape(key)}\b", str(e)):
+            raise ArgumentTypeError(f"{message}; {e}") from e
+        raise ArgumentTypeError(message) from e
+    raise ArgumentTypeError(message)
+
+
+def _as_channels(spec: Any, channels: Any) -> Any:
+    """numpy integers (and other integral numbers) become a plain int; anything else is left for the block."""
+    if isinstance(channels, numbers.Integral) and not isinstance(channels, (bool, np.bool_)):
+        return operator.index(channels)
+    return channels
+
+
 def get_attn(spec: Any) -> Callable[..., nn.Module] | None:
     """The class or partial a spec names, unbuilt, e.g. for timm's ``attn_layer=``."""
     if _is_none(spec):
@@ -223,6 +329,7 @@ def get_attn(spec: Any) -> Callable[..., nn.Module] | None:
         if not kwargs:
             return factory
         _check_kwargs(name, factory, kwargs)
+        _check_kwarg_types(name, factory, kwargs)
         return functools.partial(factory, **kwargs)
     if inspect.isclass(spec) or callable(spec):
         return spec
@@ -238,10 +345,15 @@ def create_attn(spec: Any, channels: int | None = None, **kwargs: Any) -> nn.Mod
         return spec
     if channels is None:
         raise TypeError(f"create_attn({spec!r}) needs channels, the C of the (B, C, H, W) input it will see")
+    channels = _as_channels(spec, channels)
     if isinstance(spec, str):
         name, spec_kwargs = parse_spec(spec)
+        from .blocks.base import check_channels
+
+        check_channels(name, channels)  # before any block allocates C-sized weights
         factory = get_attn(name)
         merged = {**spec_kwargs, **kwargs}  # keyword arguments override those inside the string
         _check_kwargs(name, factory, merged)
-        return factory(channels, **merged)
-    return get_attn(spec)(channels, **kwargs)
+        return _build_checked(name, factory, channels, merged)
+    factory = get_attn(spec)
+    return _build_checked(getattr(factory, "__name__", None) or repr(factory), factory, channels, kwargs)

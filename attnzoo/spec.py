@@ -17,7 +17,8 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]*")
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """Split ``"name(key=value, ...)"`` into ``(name, {key: value})``.
 
-    Raises ``ValueError`` naming the column where the spec is malformed.
+    Raises ``ValueError`` naming the column where the spec is malformed, or where an argument is
+    given a second time (``se(rd_ratio=0.25, rd_ratio=0.5)``: refused, not "the last one wins").
     """
     text = spec.strip()
     m = _NAME.match(text)
@@ -41,6 +42,11 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         raise ValueError(_where(spec, offset, "arguments must be keyword arguments, e.g. se(rd_ratio=0.25)"))
     kwargs: dict[str, Any] = {}
     for kw in call.keywords:
+        if kw.arg in kwargs:
+            col = offset + kw.col_offset - 1
+            again = ast.get_source_segment("f" + rest, kw.value) or "..."
+            raise ValueError(_where(spec, col, f"argument {kw.arg!r} is given twice ({kw.arg}={kwargs[kw.arg]!r}, "
+                                    f"then {kw.arg}={again}); give each argument once"))
         try:
             kwargs[kw.arg] = ast.literal_eval(kw.value)
         except ValueError:

@@ -575,12 +575,13 @@ def write_attention_figure(rows: list[dict[str, Any]], root: str | Path, out_png
     """One ``attnzoo explain`` grid of every variant's kept checkpoint (its lowest seed), on the same
     test images (the first ``num_images`` of the first run's test split). None if no run kept one.
     ``root``: the folder the store's checkpoint paths are relative to (the store's folder)."""
+    from ..checkpoint import checkpoint_in_folder
     from ..explain import explain_grid
 
     kept = sorted((r for r in rows if r.get("status") == "ok" and r.get("checkpoint")), key=lambda r: r["seed"])
     ckpts: dict[str, Path] = {}
     for r in kept:
-        ckpts.setdefault(r["label"], Path(root) / r["checkpoint"])
+        ckpts.setdefault(r["label"], checkpoint_in_folder(root, r["checkpoint"]))  # never a path out of root
     if order:
         ckpts = {lab: ckpts[lab] for lab in order if lab in ckpts} | ckpts
     missing = [str(p) for p in ckpts.values() if not p.exists()]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
+import operator
 from typing import Any, Callable
 
 import torch
@@ -63,10 +65,27 @@ class SafeBatchNorm2d(nn.BatchNorm2d):
         return super().forward(x)
 
 
+# widest feature map a block is built for: far above any CNN stage (2048-4096), far below a width
+# whose weights would not fit in memory (rd_channels=10**12 would otherwise reach the allocator)
+MAX_CHANNELS = 2**16
+
+
+def _as_width(block: str, what: str, value: Any) -> int:
+    """An integer width (int or numpy integer, never bool) <= MAX_CHANNELS, as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{block}: {what} must be an int (a number of channels), got {value!r} ({type(value).__name__})")
+    value = operator.index(value)
+    if value > MAX_CHANNELS:
+        raise ValueError(f"{block}: {what}={value} is wider than attnzoo builds blocks for (at most "
+                         f"{MAX_CHANNELS} = 2**16); pass the C of the feature map the block sees")
+    return value
+
+
 def check_channels(block: str, channels: Any, minimum: int = 1) -> int:
-    """``channels`` must be an int >= ``minimum``; say which block refused it."""
-    if isinstance(channels, bool) or not isinstance(channels, int):
+    """``channels`` must be an int (numpy integers too) in [``minimum``, MAX_CHANNELS]; say which block refused it."""
+    if isinstance(channels, bool) or not isinstance(channels, numbers.Integral):
         raise TypeError(f"{block}: channels must be an int (the C of a (B, C, H, W) input), got {channels!r}")
+    channels = _as_width(block, "channels", channels)
     if channels < minimum:
         raise ValueError(f"{block}: channels={channels} is too small; this block needs channels >= {minimum}")
     return channels
@@ -94,11 +113,15 @@ def reduced_channels(
     Raises when the reduction would leave less than one channel, instead of silently
     widening the bottleneck past what the user asked for.
     """
-    check_channels(block, channels)
+    channels = check_channels(block, channels)
     if rd_channels is not None:
-        if isinstance(rd_channels, bool) or not isinstance(rd_channels, int) or rd_channels < 1:
+        if isinstance(rd_channels, bool) or not isinstance(rd_channels, numbers.Integral) or rd_channels < 1:
             raise ValueError(f"{block}: rd_channels must be a positive int, got {rd_channels!r}")
-        return rd_channels
+        return _as_width(block, "rd_channels", rd_channels)
+    if isinstance(rd_ratio, bool) or not isinstance(rd_ratio, numbers.Real):
+        raise TypeError(f"{block}: rd_ratio must be a number in (0, 1], got {rd_ratio!r} ({type(rd_ratio).__name__})")
+    if isinstance(rd_divisor, bool) or not isinstance(rd_divisor, numbers.Integral) or rd_divisor < 1:
+        raise ValueError(f"{block}: rd_divisor must be a positive int, got {rd_divisor!r}")
     if not 0 < rd_ratio <= 1:
         raise ValueError(f"{block}: rd_ratio must be in (0, 1], got {rd_ratio!r}")
     if channels * rd_ratio < 1:

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 from .inmemory import InMemoryDataModule
 from .paths import download_root, find_first, search_roots
 
@@ -76,10 +78,33 @@ def find_cifar(num_classes: int, data_dir: str | Path | None = None) -> Path:
     )
 
 
+# what a CIFAR batch pickle may name: numpy's array rebuilding, nothing that runs code
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),
+}
+
+
+class _CIFARUnpickler(pickle.Unpickler):
+    """Unpickles plain data and numpy arrays only: a batch file naming anything else (os.system, ...)
+    is refused before it runs (the CIFAR files are pickles, and a pickle can call any function)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"a CIFAR batch holds plain data and numpy arrays, but this file asks for {module}.{name}")
+
+
 def _load_pickle(path: Path) -> dict:
     with open(path, "rb") as f:
         try:
-            return pickle.load(f, encoding="latin1")
+            return _CIFARUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as e:
+            if "asks for" in str(e):
+                raise DataError(f"{path}: not a plain CIFAR batch file ({e}); it is not opened further. Delete it and "
+                                "fetch CIFAR again (download=True, or the archive from cs.toronto.edu/~kriz/cifar.html)") from e
+            raise ValueError(f"{path}: not a CIFAR batch file ({type(e).__name__}: {e}); delete it and fetch it again") from e
         except Exception as e:  # noqa: BLE001  (any unpickling failure means a bad file)
             raise ValueError(f"{path}: not a CIFAR batch file ({type(e).__name__}: {e}); delete it and fetch it again") from e
 
@@ -129,14 +154,27 @@ class _CIFARDataModule(InMemoryDataModule):
         data, labels = [], []
         for name in layout[split]:
             entry = _load_pickle(self.root / name)
-            if "data" not in entry or layout["labels"] not in entry:
+            if not isinstance(entry, dict) or "data" not in entry or layout["labels"] not in entry:
                 raise ValueError(f"{self.root / name}: missing 'data' or {layout['labels']!r}; is this CIFAR-{self.num_classes}?")
-            data.append(np.asarray(entry["data"], dtype=np.uint8))
-            labels.extend(entry[layout["labels"]])
+            rows = np.asarray(entry["data"])
+            if rows.ndim != 2 or rows.shape[1] != 3 * 32 * 32 or rows.dtype.kind not in "ui":
+                raise DataError(f"{self.root / name}: 'data' has shape {rows.shape} ({rows.dtype}); a CIFAR batch holds "
+                                "uint8 rows of 3072 = 3x32x32 values; the file is not a CIFAR batch or is damaged")
+            file_labels = np.asarray(entry[layout["labels"]])
+            if file_labels.ndim != 1 or len(file_labels) != len(rows):
+                raise DataError(f"{self.root / name}: {len(rows)} images but {file_labels.size} labels; a CIFAR batch "
+                                "has one label per image")
+            out = np.nonzero((file_labels < 0) | (file_labels >= self.num_classes))[0]
+            if len(out):
+                raise DataError(f"{self.root / name}: {len(out)} label(s) outside 0..{self.num_classes - 1} "
+                                f"(first: #{int(out[0])} = {int(file_labels[out[0]])}); CIFAR-{self.num_classes} has "
+                                f"{self.num_classes} classes; is this CIFAR-{self.num_classes}?")
+            if rows.min(initial=0) < 0 or rows.max(initial=0) > 255:
+                raise DataError(f"{self.root / name}: pixel values outside 0..255; a CIFAR batch holds uint8 pixels")
+            data.append(rows.astype(np.uint8))
+            labels.extend(file_labels.tolist())
         images = torch.from_numpy(np.concatenate(data).reshape(-1, 3, 32, 32))  # (N, 3, 32, 32), planes R,G,B
         targets = torch.tensor(labels, dtype=torch.long)
-        if len(images) != len(targets) or (len(targets) and int(targets.max()) >= self.num_classes):
-            raise ValueError(f"CIFAR-{self.num_classes} {split} files in {self.root} are inconsistent (labels vs images)")
         meta_file, key = layout["meta"]
         if self.classes is None and (self.root / meta_file).is_file():
             self.classes = list(_load_pickle(self.root / meta_file)[key])

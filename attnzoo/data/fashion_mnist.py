@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
+
 from .inmemory import InMemoryDataModule
 from .paths import download_root, find_first, search_roots
 
@@ -157,10 +159,18 @@ class FashionMNISTDataModule(InMemoryDataModule):
     def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if self.root is None:
             self.root = find_fashion_mnist(self.data_dir)
-        images = read_idx(_file(self.root, FILES[(split, "images")]))
-        labels = read_idx(_file(self.root, FILES[(split, "labels")]))
+        image_file, label_file = _file(self.root, FILES[(split, "images")]), _file(self.root, FILES[(split, "labels")])
+        images = read_idx(image_file)
+        labels = read_idx(label_file)
+        if images.ndim == 3 and tuple(images.shape[1:]) != (28, 28):
+            raise DataError(f"{image_file}: images are {images.shape[1]}x{images.shape[2]}; Fashion-MNIST images are "
+                            "28x28 (the model and complexity.json assume it); this is not a Fashion-MNIST file")
+        if labels.ndim == 1 and len(labels) and int(labels.max()) >= self.num_classes:
+            bad = torch.nonzero(labels >= self.num_classes).flatten()
+            raise DataError(f"{label_file}: {len(bad)} label(s) outside 0..{self.num_classes - 1} "
+                            f"(first: #{int(bad[0])} = {int(labels[bad[0]])}); Fashion-MNIST has {self.num_classes} classes")
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
+            raise DataError(
                 f"Fashion-MNIST {split} files in {self.root} disagree: images {tuple(images.shape)}, "
                 f"labels {tuple(labels.shape)}; expected (N, 28, 28) and (N,)"
             )

@@ -174,6 +174,11 @@ class ImageFolderDataModule(InMemoryDataModule):
         cache_dir: folder for a one-time uint8 cache of the selection; None: decode every epoch.
         cache_resolution: shorter-side resolution of the cache; None: int(image_size / 0.875).
         hflip: random horizontal flip for training.
+        bad_files: what to do with files that do not decode (unreadable, truncated, not an image),
+            found by a scan of every selected file before training (``attnzoo.data.checks``; its
+            result is cached in ``cache_dir``, else the cache folder, keyed by path, size and
+            mtime): "fail" (default) raises an error listing them by path; "skip" leaves them out
+            and warns with their count (``skipped_files`` lists them).
     """
 
     mean = IMAGENET_MEAN
@@ -197,8 +202,15 @@ class ImageFolderDataModule(InMemoryDataModule):
         cache_dir: str | None = None,
         cache_resolution: int | None = None,
         hflip: bool = True,
+        bad_files: str = "fail",
     ) -> None:
         super().__init__(data_dir, batch_size, num_workers, subset, val_size, seed, augment, False, 0, hflip)
+        from .checks import BAD_FILE_POLICIES
+
+        if bad_files not in BAD_FILE_POLICIES:
+            raise ValueError(f"bad_files must be one of {BAD_FILE_POLICIES}, got {bad_files!r}")
+        self.bad_files = bad_files
+        self.skipped_files: list[str] = []
         if download:
             raise ValueError("ImageFolderDataModule cannot download; download and extract the tree yourself and set data_dir")
         if data_dir is None:
@@ -260,11 +272,32 @@ class ImageFolderDataModule(InMemoryDataModule):
         if missing:
             raise DataNotFoundError(f"{root} lacks the class folders {missing}", [root])
         samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        samples = self._drop_bad_files(root, samples)
         counts = torch.bincount(torch.tensor([t for _, t in samples], dtype=torch.long), minlength=len(self.classes))
         empty = [self.classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
         if empty:
             raise DataNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) in {root} for classes {empty}", [root])
         return sorted(samples)
+
+    def _drop_bad_files(self, root: Path, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Scan every file (attnzoo.data.checks); fail listing the bad ones, or skip them with a count."""
+        from .checks import DataError, scan_image_files
+
+        cache = Path(self.cache_dir).expanduser() if self.cache_dir is not None else cache_root() / "scans"
+        bad = scan_image_files([p for p, _ in samples], cache, workers=max(1, self.num_workers))
+        if not bad:
+            return samples
+        listing = "; ".join(f"{p} ({why})" for p, why in sorted(bad.items())[:20])
+        more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
+        if self.bad_files == "fail":
+            raise DataError(f"{len(bad)} of {len(samples)} files in {root} do not decode as images: {listing}{more}. "
+                            "Remove or replace them, or set data.bad_files: skip to train without them")
+        import warnings
+
+        self.skipped_files += sorted(bad)
+        warnings.warn(f"skipping {len(bad)} of {len(samples)} files in {root} that do not decode as images "
+                      f"(bad_files='skip'): {listing}{more}", UserWarning, stacklevel=2)
+        return [(p, t) for p, t in samples if p not in bad]
 
     def _pool(self) -> list[tuple[str, int]]:
         """Training pool after max_per_class and subset (both seeded, per class)."""

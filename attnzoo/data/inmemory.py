@@ -174,12 +174,22 @@ class InMemoryDataModule(LightningDataModule):
         if self.train_set is not None:
             return
         images, targets = self.load_split("train")
+        self.check_split("train", images, targets)
         keep = select_subset(targets, self.subset, self.seed)
         images, targets = images[keep], targets[keep]
         tr, va = split_train_val(targets, self.val_size, self.seed)
         self.train_set = TensorImageDataset(images[tr], targets[tr])
-        self.test_set = TensorImageDataset(*self.load_split("test"))
+        test_images, test_targets = self.load_split("test")
+        self.check_split("test", test_images, test_targets)
+        self.test_set = TensorImageDataset(test_images, test_targets)
         self.val_set = TensorImageDataset(images[va], targets[va]) if len(va) else self.test_set
+
+    def check_split(self, split: str, images: torch.Tensor, targets: torch.Tensor) -> None:
+        """Channels, size and labels of a loaded split against what the model is built for (data.checks)."""
+        from .checks import check_split
+
+        check_split(type(self).__name__.replace("DataModule", ""), split, images, targets, self.num_classes,
+                    self.in_chans, getattr(self, "image_size", None), getattr(self, "root", None) or self.data_dir)
 
     def _loader(self, dataset: TensorImageDataset, train: bool) -> DataLoader:
         return DataLoader(

@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data_dir, num_images=args.num_images, split=args.split, mean=args.mean, std=args.std,
         )
     except (ValueError, TypeError, KeyError, FileNotFoundError, IndexError) as e:
+        from ..errors import debug_enabled
+
+        if debug_enabled():  # --debug / ATTNZOO_DEBUG=1: the traceback
+            raise
         print(f"attnzoo explain: {e}", file=sys.stderr)
         return 2
     for path in written:

@@ -116,16 +116,18 @@ def load_classifier(path: str | Path, label: str | None = None) -> LoadedModel:
     the inserted blocks) on the CPU, in eval mode; its EMA weights when the run kept an EMA (what
     validation and test used).
 
-    NOTE: the checkpoint is unpickled with ``weights_only=False`` (Lightning's own default, made
-    explicit): its hyper-parameters are plain Python objects; load only checkpoints you trust.
+    The file is read weights-only (:mod:`attnzoo.checkpoint`): a checkpoint that would run code
+    when unpickled raises :class:`attnzoo.errors.UnsafeCheckpointError` and nothing of it runs.
     """
+    from ..checkpoint import load_lightning_checkpoint
+    from ..errors import AttnzooError
     from ..training import AttnClassifier
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        clf = AttnClassifier.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
+        clf = load_lightning_checkpoint(AttnClassifier, path, map_location="cpu")
+    except AttnzooError:
+        raise
     except (KeyError, RuntimeError, TypeError) as e:
         raise ValueError(f"{path} is not an attnzoo AttnClassifier checkpoint ({type(e).__name__}: {e})") from e
     network = clf.ema.module if clf.ema is not None else clf.model
@@ -169,6 +171,11 @@ def load_dataset_images(
     if ds is None or len(ds) == 0:
         raise ValueError(f"{cls.__name__} has no {split} images")
     n = min(num_images, len(ds))
+    if n < num_images:  # said, not silent: the figure shows fewer images than asked for
+        import warnings
+
+        warnings.warn(f"num_images={num_images} asked for, but the {cls.__name__} {split} split has {len(ds)} images; "
+                      f"explaining all {n} (pass --num-images {n} or fewer to silence this)", UserWarning, stacklevel=2)
     items = [ds[i] for i in range(n)]
     images = torch.stack([torch.as_tensor(x) for x, _ in items])
     targets = [int(y) for _, y in items]

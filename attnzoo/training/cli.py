@@ -43,6 +43,8 @@ from lightning.pytorch.cli import LightningCLI
 
 from .callbacks import run_folder
 from .console import LogProgressBar, fit_summary, stream_is_terminal
+from ..checkpoint import weights_only_loading
+from ..errors import AttnzooError, debug_enabled
 from .module import AttnClassifier
 
 __all__ = ["AttnzooCLI", "build_cli", "main", "trainer_defaults", "expand_bases", "RUNS_DIR", "RUN_NAME"]
@@ -53,7 +55,7 @@ RUNS_DIR = "runs"
 RUN_NAME = "attnzoo"
 
 # errors a wrong config raises while it is parsed and instantiated; reported in one line
-CONFIG_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError, ImportError)
+CONFIG_ERRORS = (KeyError, ValueError, TypeError, FileNotFoundError, ImportError, PermissionError)
 
 
 def _tensorboard_available() -> bool:
@@ -104,10 +106,9 @@ def _quiet_lightning_tips() -> None:
 
 
 def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    from ..yamlio import read_yaml
+
+    return read_yaml(path)  # strict: a key given twice is an error, not "the last one wins"
 
 
 def config_layers(config: str | Path | dict[str, Any], _seen: tuple[Path, ...] = ()) -> list[str]:
@@ -249,6 +250,98 @@ class AttnzooCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         self.progress["phase"] = "run"
 
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """Lightning's keyword arguments of ``trainer.<subcommand>``, with checkpoints read weights-only."""
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("weights_only") is False:
+            raise AttnzooError(
+                "weights_only: false is refused: attnzoo reads checkpoints weights-only, so that opening a file "
+                "cannot run code (see attnzoo.checkpoint); drop the weights_only key or set it to true")
+        if "weights_only" in self._subcommand_method_arguments.get(subcommand, ()):
+            kwargs["weights_only"] = True
+        return kwargs
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads ``--ckpt_path``'s hyper-parameters into the model config (they win over the
+        command line); here the file is read weights-only first, and a command-line value that
+        contradicts the checkpoint is refused (network) or warned about (training settings)."""
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            from ..checkpoint import load_checkpoint
+
+            saved = load_checkpoint(ckpt_path).get("hyper_parameters")
+            if isinstance(saved, dict):
+                given = self.config[sub].get("model")
+                defaults = self._subcommand_parsers[sub].get_defaults().get("model")
+                check_checkpoint_matches(ckpt_path, saved, _as_dict(given), _as_dict(defaults), sub)
+        with weights_only_loading(ckpt_path):
+            super()._parse_ckpt_path()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        ckpt_path = self._get(self.config, "ckpt_path")
+        with weights_only_loading(ckpt_path):
+            super()._run_subcommand(subcommand)
+
+
+# hyper-parameters that decide the network's layers: a checkpoint that differs in one of them holds
+# weights for another network; the others (optimizer, schedule, ...) only change how it is trained
+ARCHITECTURE_KEYS = ("backbone", "backbone_kwargs", "attn", "position", "stages", "blocks", "init", "attn_kwargs",
+                     "num_classes", "in_chans", "input_size", "ema_decay", "channels_last")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def checkpoint_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{key: (checkpoint's value, command line's value)} for the hyper-parameters both name and that differ."""
+    out = {}
+    for key in sorted(set(saved) & set(current)):
+        if key.startswith("_"):
+            continue
+        if _plain(saved[key]) != _plain(current[key]):
+            out[key] = (saved[key], current[key])
+    return out
+
+
+def _as_dict(ns: Any) -> dict[str, Any]:
+    if ns is None:
+        return {}
+    return ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)
+
+
+def check_checkpoint_matches(ckpt_path: str | Path, saved: dict[str, Any], given: dict[str, Any],
+                             defaults: dict[str, Any], subcommand: str) -> None:
+    """Refuse a ``--ckpt_path`` whose network contradicts the command line; warn about other contradictions.
+
+    ``given``: the parsed ``model:`` config; ``defaults``: its defaults. Only values the command line
+    or config changed from the defaults count (a default left alone is filled in from the checkpoint,
+    Lightning's behaviour); NOTE: a value set explicitly to its default is not told apart from one
+    left alone.
+    """
+    changed = {k: v for k, v in given.items() if k in defaults and _plain(v) != _plain(defaults[k])}
+    diff = checkpoint_differences(saved, changed)
+    if not diff:
+        return
+
+    def show(keys: list[str]) -> str:
+        return "; ".join(f"model.{k}: checkpoint {diff[k][0]!r}, command line {diff[k][1]!r}" for k in keys)
+
+    arch = [k for k in diff if k in ARCHITECTURE_KEYS]
+    other = [k for k in diff if k not in ARCHITECTURE_KEYS]
+    if arch:
+        raise AttnzooError(
+            f"--ckpt_path {ckpt_path} holds another network than the command line asks for ({show(arch)}); "
+            f"`attnzoo {subcommand}` would quietly use the checkpoint's network. Drop the differing --model options "
+            "(the checkpoint's own values are then used) or pass the checkpoint of the network you mean")
+    warnings.warn(f"--ckpt_path {ckpt_path}: the checkpoint's hyper-parameters replace the command line's "
+                  f"({show(other)}); drop these options to silence this warning", UserWarning, stacklevel=2)
+
 
 def build_cli(
     args: Any, run: bool = True, instantiate_trainer: bool = True, exit_on_error: bool = True,
@@ -298,7 +391,7 @@ def original_error(exc: BaseException) -> BaseException:
 
 def _message(exc: BaseException) -> str:
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    return f"{type(exc).__name__}: {text}"
+    return text if isinstance(exc, AttnzooError) else f"{type(exc).__name__}: {text}"
 
 
 _HELP_FLAGS = ("-h", "--help", "--print_config", "--print-config")
@@ -327,8 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     """``attnzoo fit|validate|test|predict ...``; argv starts with the subcommand. Returns the exit code.
 
     A config error (unknown block, position, key or class; a data set that is not there) is
-    printed as one line before any training and returns 2; set ``ATTNZOO_TRACEBACK=1`` to see the
-    traceback instead.
+    printed as one paragraph and returns 2, as is any :class:`attnzoo.errors.AttnzooError` raised
+    later (an unsafe or mismatched checkpoint, a data check); ``--debug`` (``attnzoo``'s own flag) or
+    ``ATTNZOO_DEBUG=1`` shows the traceback instead.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = "attnzoo " + (argv[0] if argv else "")
@@ -344,12 +438,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argument errors (printed by jsonargparse), --help, --print_config
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except CONFIG_ERRORS as e:
-        if os.environ.get("ATTNZOO_TRACEBACK") or progress.get("phase") == "run":
+        # a described bad input (attnzoo.errors) is one paragraph and status 2, also once training
+        # runs (a refused checkpoint, a data check); any other error there is a bug: traceback
+        if debug_enabled() or (progress.get("phase") == "run" and not isinstance(e, AttnzooError)):
             raise
         print(f"{prog}: error: {_message(original_error(e))}", file=sys.stderr)
         return 2
     except FloatingPointError as e:
-        if os.environ.get("ATTNZOO_TRACEBACK"):
+        if debug_enabled():
             raise
         print(f"{prog}: error: {_message(e)}", file=sys.stderr)
         return 1

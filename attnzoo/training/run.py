@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ..checkpoint import weights_only_loading
 from .callbacks import ComplexityLogger, EpochHistory, ThroughputMonitor
 from .cli import BASE_KEY, build_cli, config_layers, original_error
 from .complexity import complexity
@@ -124,7 +125,8 @@ def run_fit_test(config: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     trainer.callbacks.append(history)
 
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    with weights_only_loading(ckpt_path):  # a resume checkpoint is read weights-only (attnzoo.checkpoint)
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     # the fit's callback instances (test() puts fresh ones from configure_callbacks in their place)
     throughput = next((c for c in trainer.callbacks if isinstance(c, ThroughputMonitor)), None)
     stats = next((c.stats for c in trainer.callbacks if isinstance(c, ComplexityLogger) and c.stats), None)
