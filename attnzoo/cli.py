@@ -4,6 +4,7 @@
     attnzoo fit|validate|test|predict ...  LightningCLI (attnzoo.training.cli)
     attnzoo ablate GRID ...                run an ablation grid (attnzoo.ablation.cli)
     attnzoo report GRID_OR_DB ...          tables and plots from a results store
+    attnzoo collect GRID                   finished runs' result.json files -> the grid's store
     attnzoo explain ...                    attention maps and Grad-CAM pictures (attnzoo.explain.cli)
 
 Each subcommand lives in its own module and is imported only when used, so ``attnzoo list``
@@ -26,6 +27,7 @@ _COMMANDS = {
     "predict": ("attnzoo.training.cli:main", "predict with a checkpoint (LightningCLI)"),
     "ablate": ("attnzoo.ablation.cli:ablate_main", "run a grid of blocks x positions x seeds"),
     "report": ("attnzoo.ablation.cli:report_main", "write tables and plots from a results store"),
+    "collect": ("attnzoo.ablation.cli:collect_main", "gather finished runs' result.json files into a grid's store"),
     "explain": ("attnzoo.explain.cli:main", "draw attention maps and Grad-CAM for images"),
 }
 
