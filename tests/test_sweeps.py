@@ -352,3 +352,29 @@ def test_grid_validation_catches_what_is_knowable_before_a_run(tmp_path, grid, f
     err = capsys.readouterr().err
     assert str(path) in err and "Traceback" not in err
     assert not (tmp_path / "results.sqlite").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: fit.yaml\nseeds: [0]\nseeds: [1]\n", "key 'seeds' is given twice"),
+    ("base: fit.yaml\nseed_keys: seed_everything\n", "'seed_keys' must be a list of dotted config keys"),
+    ("base: fit.yaml\nseed_keys: [1]\n", "'seed_keys' must be a list"),
+    ("base: fit.yaml\nstore: 5\n", "'store' must be a file path"),
+    ("base: fit.yaml\nname: [1, 2]\n", "'name' must be a non-empty string"),
+    ("base: fit.yaml\nseeds: [-1]\n", r"seeds must lie in \[0, 2\*\*32\)"),
+    ("base: nope.yaml\n", "grid.yaml: base fit config 'nope.yaml' not found"),
+    ("base: fit.yaml\nthreads: 0\n", "threads .* must be an int >= 1"),
+    ("a: [", "grid file is not valid YAML"),
+])
+def test_bad_grid_files_get_one_error_naming_the_file_and_the_key(tmp_path, text, message, capsys):
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(FIT))
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    with pytest.raises(GridError, match=message) as e:
+        load_grid(path)
+    assert str(path) in str(e.value)
+    from attnzoo.ablation.cli import ablate_main, collect_main
+
+    for main in (ablate_main, collect_main):
+        assert main([str(path)]) == 2
+        err = capsys.readouterr().err
+        assert str(path) in err and "Traceback" not in err

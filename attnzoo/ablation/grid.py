@@ -165,11 +165,35 @@ def _set_dotted(config: dict[str, Any], key: str, value: Any, where: str) -> Non
     node[parts[-1]] = copy.deepcopy(value)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping (line {seen[key] + 1} and line "
+                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        except TypeError:  # an unhashable key; the constructor reports it
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def _read_yaml(path: Path, what: str) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
     except yaml.YAMLError as e:
         raise GridError(f"{path}: {what} is not valid YAML ({e})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise GridError(f"{path}: cannot read the {what} ({type(e).__name__}: {e})") from e
 
 
 def _find_base(entry: str, grid_dir: Path) -> Path:
@@ -249,7 +273,9 @@ def expand_grid(raw: dict[str, Any], path: Path, store: str | Path | None = None
     """Cells of a parsed grid file ``raw`` read from ``path`` (relative paths resolve against its folder)."""
     where = str(path)
     grid_dir = path.parent
-    name = str(raw.get("name") or path.stem)
+    name = raw.get("name") or path.stem
+    if not isinstance(name, str) or not name.strip():
+        raise GridError(f"{where}: 'name' must be a non-empty string, got {name!r}")
 
     base = raw.get("base")
     if base is None:
@@ -257,7 +283,10 @@ def expand_grid(raw: dict[str, Any], path: Path, store: str | Path | None = None
     base_list = base if isinstance(base, list) else [base]
     if not base_list or not all(isinstance(b, str) for b in base_list):
         raise GridError(f"{where}: 'base' must be a path or a list of paths, got {base!r}")
-    bases = [_find_base(b, grid_dir) for b in base_list]
+    try:
+        bases = [_find_base(b, grid_dir) for b in base_list]
+    except GridError as e:
+        raise GridError(f"{where}: {e}") from None
     base_layers = [layer for b in bases for layer in _base_layers(b)]
 
     overrides = {**QUIET_TRAINER, **_as_dotted_map(raw.get("overrides"), f"{where}: overrides")}
@@ -277,7 +306,14 @@ def expand_grid(raw: dict[str, Any], path: Path, store: str | Path | None = None
         raise GridError(f"{where}: 'seeds' must be a list of ints, e.g. [0, 1, 2], got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise GridError(f"{where}: 'seeds' repeats a seed: {seeds}")
-    seed_keys = [_canonical_key(k) for k in raw.get("seed_keys", DEFAULT_SEED_KEYS)]
+    if not all(0 <= s < 2 ** 32 for s in seeds):
+        raise GridError(f"{where}: seeds must lie in [0, 2**32) (numpy's and Lightning's range), got {seeds}")
+    seed_keys_raw = raw.get("seed_keys", list(DEFAULT_SEED_KEYS))
+    if not isinstance(seed_keys_raw, list) or not all(isinstance(k, str) and k and "." not in (k[0], k[-1])
+                                                      for k in seed_keys_raw):
+        raise GridError(f"{where}: 'seed_keys' must be a list of dotted config keys, e.g. "
+                        f"[seed_everything, data.init_args.seed], got {seed_keys_raw!r}")
+    seed_keys = [_canonical_key(k) for k in seed_keys_raw]
 
     keep = raw.get("keep_checkpoints", "first_seed")
     if keep not in KEEP_CHECKPOINTS:
@@ -291,7 +327,10 @@ def expand_grid(raw: dict[str, Any], path: Path, store: str | Path | None = None
     n_workers = workers if workers is not None else raw.get("workers", 1)
     if not (n_workers == "auto" or (isinstance(n_workers, int) and not isinstance(n_workers, bool) and n_workers >= 1)):
         raise GridError(f"{where}: workers must be an int >= 1 or 'auto', got {n_workers!r}")
-    store_path = Path(store if store is not None else raw.get("store") or f"{name}.sqlite").expanduser()
+    store_raw = store if store is not None else raw.get("store") or f"{name}.sqlite"
+    if not isinstance(store_raw, (str, Path)):
+        raise GridError(f"{where}: 'store' must be a file path such as results.sqlite, got {store_raw!r}")
+    store_path = Path(store_raw).expanduser()
     if not store_path.is_absolute():
         store_path = (grid_dir if store is None else Path.cwd()) / store_path
 
