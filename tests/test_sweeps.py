@@ -81,7 +81,13 @@ def _env(**extra) -> dict:
 # ------------------------------------------------------------------------------------------------ run folders
 
 
-def test_run_folders_are_one_to_one_inside_runs_and_edits_keep_old_files(tmp_path, pypath):
+UUIDS = "GPU-8f2c1a3e-0000-0000-0000-000000000001,GPU-1a9d2b4f-0000-0000-0000-000000000002"
+
+
+def test_run_folders_are_one_to_one_inside_runs_and_edits_keep_old_files(tmp_path, pypath, monkeypatch):
+    """Also: with a (simulated) parent list of two GPU UUIDs, workers=auto starts one worker per GPU, each
+    seeing its own UUID."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", UUIDS)
     path = _grid(tmp_path, {"variants": [{"label": "..", "model.attn": "se"},
                                          {"label": "a/b", "model.attn": "eca"},
                                          {"label": "a b", "model.attn": "cbam"},
@@ -93,8 +99,10 @@ def test_run_folders_are_one_to_one_inside_runs_and_edits_keep_old_files(tmp_pat
     assert len(set(dirs)) == 4
     for d in dirs:
         assert d.parent.parent == grid.runs_dir and not d.parent.name.startswith(".")
-    assert run_grid(grid, workers=2, log=lambda s: None) == {"ok": 4, "failed": 0, "skipped": 0}
+    assert run_grid(grid, workers="auto", log=lambda s: None) == {"ok": 4, "failed": 0, "skipped": 0}
     assert (tmp_path / "seed0" / "mine.txt").read_text() == "a user file"
+    seen = {read_result(grid.run_dir(c))["result"]["cuda_visible_devices"] for c in grid.cells}
+    assert seen == set(UUIDS.split(","))
     for d in dirs:
         assert read_result(d)["status"] == "ok" and (d / "checkpoints" / "last.ckpt").is_file()
     # edit one variant's recipe: it gets a new folder; the old version's files stay where the store row points
@@ -262,19 +270,18 @@ def test_shards_are_disjoint_and_collect_gathers_them(tmp_path, pypath):
     assert collect(grid, store)["collected"] == 6 and set(store.status().values()) == {"ok"}
 
 
-def test_gpus_come_from_the_parents_list_uuids_included(tmp_path, pypath, monkeypatch):
-    uuids = "GPU-8f2c1a3e-0000-0000-0000-000000000001,GPU-1a9d2b4f-0000-0000-0000-000000000002"
+def test_gpus_come_from_the_parents_list_uuids_included(monkeypatch):
+    uuids = UUIDS
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "4,5"}) == ["4", "5"]
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": uuids}) == uuids.split(",")
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,-1,3"}) == ["2"] and visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
     assert assign_gpus(["4", "5"], 3) == [["4"], ["5"], ["4"]]
     assert assign_gpus(["4", "5", "6", "7"], 2, per_run=2) == [["4", "5"], ["6", "7"]]
     assert assign_gpus([], 2) == [None, None]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", uuids)
-    grid = load_grid(_grid(tmp_path, {"axes": {"model.attn": [None, "se"]}, "seeds": [0]}))
-    run_grid(grid, workers="auto", log=lambda s: None)  # auto: one worker per listed GPU
-    seen = {read_result(grid.run_dir(c))["result"]["cuda_visible_devices"] for c in grid.cells}
-    assert seen == set(uuids.split(","))
+    from attnzoo.ablation.runner import _device_plan
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")  # workers get physical GPUs 4 and 5, not 0 and 1
+    assert _device_plan("auto") == (2, [["4"], ["5"]]) and _device_plan(3) == (3, [["4"], ["5"], ["4"]])
 
 
 def test_a_cells_numbers_do_not_depend_on_the_number_of_workers(tmp_path):
