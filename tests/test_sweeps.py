@@ -385,3 +385,11 @@ def test_bad_grid_files_get_one_error_naming_the_file_and_the_key(tmp_path, text
         assert main([str(path)]) == 2
         err = capsys.readouterr().err
         assert str(path) in err and "Traceback" not in err
+
+
+def test_unimportable_run_fn_is_named_before_any_worker_starts(tmp_path):
+    grid = load_grid(_grid(tmp_path, {"seeds": [0]}))
+    with pytest.raises(GridError, match="run_fn 'nomodule:run' cannot be imported") as e:
+        run_grid(grid, run_fn="nomodule:run", log=lambda s: None)
+    assert "__main__" not in str(e.value)
+    assert not grid.runs_dir.exists() and not (grid.runs_dir / ".claims").exists()

@@ -169,6 +169,13 @@ def ablate_main(argv: list[str]) -> int:
     except ImportError as e:  # an executor's optional dependency
         print(f"attnzoo ablate: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from .executors.local import WorkerStartError
+
+        if not isinstance(e, WorkerStartError):
+            raise
+        print(f"attnzoo ablate: error: {e}", file=sys.stderr)
+        return 2
     from .runner import pending_cells, shard_cells
 
     cells = shard_cells(grid.cells, args.shard)

@@ -250,6 +250,9 @@ def run_grid(
         st, fin = store.status(), store.finished_at()
         old_failed = {k: fin.get(k) for k, v in st.items() if v == "failed"}
     fn = _run_fn_spec(run_fn if run_fn is not None else grid.run_fn)
+    from .grid import check_run_fn
+
+    check_run_fn(grid, fn)  # a typo fails here, naming the spec, not as a worker that dies while starting
     opts = dict(executor_options or {})
     if isinstance(executor, str):
         if executor == "local":
@@ -290,7 +293,11 @@ def run_grid(
     def record(cell: Cell, msg: dict[str, Any], ran_here: bool) -> None:
         run_dir = grid.run_dir(cell)
         if ran_here and read_result(run_dir) is None:  # e.g. a Ray worker without the shared disk
-            write_result(run_dir, msg)
+            try:
+                write_result(run_dir, msg)
+            except OSError as e:
+                log(f"error: cannot write {run_dir / 'result.json'} ({e}); the store row is the only record of "
+                    f"{cell.name}")
         if store is not None:
             try:
                 store.write(result_row(grid, cell, msg, store_root))

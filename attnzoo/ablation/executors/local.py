@@ -61,6 +61,8 @@ def _worker_main(wid: int, run_fn: str, threads: int, gpus: list[str] | None, ta
             msg = execute_cell(task)
         except KeyboardInterrupt:
             return
+        except Exception as e:  # noqa: BLE001  (e.g. the run folder's disk is full: result.json could not be written)
+            msg = failed_message(task, f"{type(e).__name__}: {e} (while saving the run's result)")
         results.put((wid, ("done", task["key"], msg)))
 
 
