@@ -5,6 +5,7 @@
     attnzoo ablate GRID ...                run an ablation grid (attnzoo.ablation.cli)
     attnzoo report GRID_OR_DB ...          tables and plots from a results store
     attnzoo cost GRID ...                  step time and throughput of each variant, one at a time
+    attnzoo collect GRID                   finished runs' result.json files -> the grid's store
     attnzoo explain ...                    attention maps and Grad-CAM pictures (attnzoo.explain.cli)
     attnzoo yolo ARGS                      ultralytics' `yolo ARGS` with AttnZoo rows (attnzoo[ultralytics])
     attnzoo yolo-yaml MODEL --attn A ...   a YOLO model YAML with attention rows, indices renumbered
@@ -31,6 +32,7 @@ _COMMANDS = {
     "ablate": ("attnzoo.ablation.cli:ablate_main", "run a grid of blocks x positions x seeds"),
     "report": ("attnzoo.ablation.cli:report_main", "write tables and plots from a results store"),
     "cost": ("attnzoo.ablation.cli:cost_main", "measure each grid variant's step time and throughput, quietly"),
+    "collect": ("attnzoo.ablation.cli:collect_main", "gather finished runs' result.json files into a grid's store"),
     "explain": ("attnzoo.explain.cli:main", "draw attention maps and Grad-CAM for images"),
     "yolo": ("attnzoo.integrations.ultralytics:yolo_main", "ultralytics' yolo CLI with attnzoo's AttnZoo rows"),
     "yolo-yaml": ("attnzoo.integrations.ultralytics:yolo_yaml_main", "write a YOLO model YAML with attention rows"),

@@ -3,6 +3,10 @@
     attnzoo ablate configs/ablation/cifar100_resnet56.yaml --dry-run   # cells, params, FLOPs; no training
     attnzoo ablate experiments/fmnist_resnet20/grid.yaml               # run the missing cells
     attnzoo ablate experiments/fmnist_resnet20/grid.yaml --workers 2   # two runs at a time
+    attnzoo ablate GRID --executor slurm --partition gpu --gpus-per-run 1 --time-limit 240
+    attnzoo ablate GRID --executor ray --ray-address auto
+    attnzoo ablate GRID --shard $SLURM_ARRAY_TASK_ID/8                 # one disjoint eighth of the cells
+    attnzoo collect GRID                                               # result.json files -> the store
     attnzoo report experiments/fmnist_resnet20/grid.yaml               # README.md, results.csv/.tex, PNGs
     attnzoo report experiments/fmnist_resnet20/results.sqlite --out /tmp/report
     attnzoo cost experiments/fmnist_resnet20/grid.yaml                 # quiet step-time pass -> results.cost.json
@@ -14,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["ablate_main", "report_main", "cost_main"]
+__all__ = ["ablate_main", "report_main", "cost_main", "collect_main"]
 
 
 def _workers(value: str) -> int | str:
@@ -58,46 +62,141 @@ def _dry_run(grid) -> int:
     return 0
 
 
+def _positive(kind: type, what: str, minimum: float = 1):
+    def parse(value: str):
+        try:
+            v = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number >= {minimum}, got {value!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {value!r}")
+        return v
+    return parse
+
+
+def _shard(value: str) -> tuple[int, int]:
+    from .runner import parse_shard
+
+    try:
+        return parse_shard(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _table_hint(grid, grid_arg: str) -> str:
+    md = grid.store.parent / "README.md"
+    return f"table:   {md} (written by `attnzoo report {grid_arg}`; also results.csv, results.tex, PNG plots there)"
+
+
 def ablate_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="attnzoo ablate",
         description="Run an ablation grid (configs/ablation/*.yaml): every block x position x backbone x seed cell "
-                    "as a fit + test, results in a SQLite store, one transaction per finished run. The whole grid is "
-                    "validated first. Re-running the same command runs only the missing cells; cells recorded as "
-                    "failed are skipped unless --retry-failed. Ctrl-C or kill loses no finished run.",
+                    "as a fit + test. Everything knowable is validated first. Each finished run writes result.json in "
+                    "its run folder, then one row of the SQLite store. Re-running the same command runs only the "
+                    "missing cells; cells recorded as failed are skipped unless --retry-failed. Two sweeps on one grid "
+                    "(one machine or several sharing the run folders) never run a cell twice: cells are claimed first. "
+                    "Ctrl-C or kill loses no finished run.",
     )
     parser.add_argument("grid", help="grid YAML file")
     parser.add_argument("--dry-run", action="store_true", help="list the cells with parameters and FLOPs; train nothing")
     parser.add_argument("--workers", type=_workers, default=None,
-                        help="runs at a time (default: the grid's 'workers', else 1); 'auto' = one per GPU. "
-                             "On CPU the workers split the cores")
-    parser.add_argument("--store", default=None, help="SQLite results file (default: the grid's 'store')")
+                        help="runs at a time (default: the grid's 'workers', else 1; slurm/ray: as many as the "
+                             "cluster takes); 'auto' = one per GPU of CUDA_VISIBLE_DEVICES")
+    parser.add_argument("--threads", type=_positive(int, "--threads"), default=None,
+                        help="torch threads per run (default: the grid's 'threads', else 1), the same whatever "
+                             "--workers, so a cell's numbers do not depend on the worker count")
+    parser.add_argument("--store", default=None,
+                        help="SQLite results file (default: the grid's 'store'); keep it on a local disk")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also run again the cells recorded as failed (their rows are replaced)")
+    parser.add_argument("--executor", choices=("local", "slurm", "ray"), default="local",
+                        help="local: worker processes here (default); slurm: one job per cell through submitit "
+                             "(pip install 'attnzoo[slurm]'); ray: one Ray task per cell (pip install 'attnzoo[ray]')")
+    parser.add_argument("--gpus-per-run", type=_positive(int, "--gpus-per-run", 0), default=None,
+                        help="GPUs each run gets (local default 1 where there are GPUs; slurm default 0; "
+                             "ray default 1 if the cluster has GPUs)")
+    parser.add_argument("--partition", default=None, help="slurm: the partition (sbatch --partition)")
+    parser.add_argument("--account", default=None, help="slurm: the account (sbatch --account)")
+    parser.add_argument("--time-limit", type=_positive(int, "--time-limit"), default=None,
+                        help="slurm: the time limit per run, in minutes")
+    parser.add_argument("--mem-gb", type=_positive(int, "--mem-gb"), default=None, help="slurm: memory per run (GB)")
+    parser.add_argument("--ray-address", default=None,
+                        help="ray: the cluster to join ('auto' = the running one; default: start a local instance)")
+    parser.add_argument("--shard", type=_shard, default=None, metavar="I/N",
+                        help="run only shard I of N (cells I, I+N, ...; 0 <= I < N), e.g. a job array index. Results "
+                             "stay in the run folders (no store is written unless --store is given); "
+                             "`attnzoo collect GRID` gathers them")
+    parser.add_argument("--claim-timeout", type=_positive(float, "--claim-timeout"), default=600.0,
+                        help="seconds without a heartbeat after which another sweep's claim on a cell is stale and "
+                             "taken over (default 600; claims of a dead sweep on this host are taken over at once)")
     args = parser.parse_args(argv)
 
     from .grid import GridError, load_grid, validate_grid
     from .runner import run_grid
-    from .store import ResultStore
+    from .store import ResultStore, StoreError
 
     try:
-        grid = load_grid(args.grid, store=args.store, workers=args.workers)
+        grid = load_grid(args.grid, store=args.store, workers=args.workers, threads=args.threads)
         validate_grid(grid)
     except (GridError, FileNotFoundError) as e:
         print(f"attnzoo ablate: error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        return _dry_run(grid)
-    store = ResultStore(grid.store)
+        try:
+            return _dry_run(grid)
+        except StoreError as e:
+            print(f"attnzoo ablate: error: {e}", file=sys.stderr)
+            return 2
+    options: dict = {}
+    if args.executor == "slurm":
+        options = {k: v for k, v in {"partition": args.partition, "account": args.account,
+                                     "time_limit_min": args.time_limit, "mem_gb": args.mem_gb}.items() if v is not None}
+    elif args.executor == "ray":
+        options = {"address": args.ray_address}
+        if args.gpus_per_run is not None:
+            options["gpus_per_run"] = args.gpus_per_run
+    gpus_per_run = args.gpus_per_run if args.gpus_per_run is not None else (0 if args.executor == "slurm" else 1)
     try:
-        counts = run_grid(grid, store, retry_failed=args.retry_failed)
+        store = None if args.shard is not None and args.store is None else ResultStore(grid.store)
+        counts = run_grid(grid, store, workers=args.workers, retry_failed=args.retry_failed, executor=args.executor,
+                          executor_options=options, shard=args.shard, claim_timeout=args.claim_timeout,
+                          gpus_per_run=gpus_per_run)
     except KeyboardInterrupt:
         return 130
-    total = store.status()
-    ok = sum(total.get(c.key) == "ok" for c in grid.cells)
-    failed = [c.name for c in grid.cells if total.get(c.key) == "failed"]
-    print(f"{grid.name}: {ok}/{len(grid.cells)} runs ok" + (f", failed: {', '.join(failed)}" if failed else "")
-          + f"\nresults: {store.path}\nreport:  attnzoo report {args.grid}")
+    except StoreError as e:
+        print(f"attnzoo ablate: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # an executor's optional dependency
+        print(f"attnzoo ablate: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from .executors.local import WorkerStartError
+
+        if not isinstance(e, WorkerStartError):
+            raise
+        print(f"attnzoo ablate: error: {e}", file=sys.stderr)
+        return 2
+    from .runner import pending_cells, shard_cells
+
+    cells = shard_cells(grid.cells, args.shard)
+    if store is None:
+        from .runner import _result_status
+
+        total = _result_status(grid)
+    else:
+        total = store.status()
+    ok = sum(total.get(c.key) == "ok" for c in cells)
+    failed = [c.name for c in cells if total.get(c.key) == "failed"]
+    left = len(pending_cells(grid, store, shard=args.shard))
+    share = f"shard {args.shard[0]}/{args.shard[1]} of " if args.shard else ""
+    print(f"{share}{grid.name}: {ok}/{len(cells)} runs ok" + (f", failed: {', '.join(failed)}" if failed else "")
+          + (f", {left} not done" if left else ""), flush=True)
+    if store is None:
+        print(f"results: result.json files in {grid.runs_dir}; gather them with `attnzoo collect {args.grid}`")
+    else:
+        print(f"results: {store.path}")
+    print(_table_hint(grid, args.grid), flush=True)
     return 1 if counts["failed"] else 0
 
 
@@ -108,6 +207,38 @@ def _grid_metric(path: Path):
 
     raw = yaml.safe_load(path.read_text()) or {}
     return metric_from_grid(raw.get("metric") if isinstance(raw, dict) else None, str(path))
+
+
+def collect_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="attnzoo collect",
+        description="Write into the results store every finished run of a grid that is in a run folder's result.json "
+                    "but not in the store: runs of --shard jobs, of a sweep whose store was unwritable, or to rebuild "
+                    "a lost or corrupt store (move the damaged file aside first). Runs nothing.",
+    )
+    parser.add_argument("grid", help="grid YAML file")
+    parser.add_argument("--store", default=None, help="SQLite results file (default: the grid's 'store')")
+    args = parser.parse_args(argv)
+
+    from .grid import GridError, load_grid
+    from .results import collect
+    from .store import ResultStore, StoreError
+
+    try:
+        grid = load_grid(args.grid, store=args.store)
+        store = ResultStore(grid.store)
+        got = collect(grid, store, lambda line: print(line, file=sys.stderr))
+        status = store.status()
+    except (GridError, StoreError, FileNotFoundError) as e:
+        print(f"attnzoo collect: error: {e}", file=sys.stderr)
+        return 2
+    ok = sum(status.get(c.key) == "ok" for c in grid.cells)
+    failed = sum(status.get(c.key) == "failed" for c in grid.cells)
+    print(f"{grid.name}: collected {got['collected']} run(s) ({got['ok']} ok, {got['failed']} failed) from "
+          f"{grid.runs_dir} into {store.path}; the store now holds {ok} ok and {failed} failed of {len(grid.cells)} "
+          f"cells")
+    print(_table_hint(grid, args.grid))
+    return 0
 
 
 def report_main(argv: list[str]) -> int:

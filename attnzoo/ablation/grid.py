@@ -19,6 +19,7 @@ A grid file (``configs/ablation/*.yaml``)::
     workers: 1                       # parallel runs (one per GPU; on CPU they split the cores)
     keep_checkpoints: first_seed     # first_seed | all | none
     run_fn: attnzoo.training:run_fit_test   # "module:function" (config, run_dir) -> results dict
+    threads: 1                       # torch threads per run, whatever the number of workers (default 1)
 
 Cells whose ``model.attn`` is null (the plain backbone) drop the attention-only keys
 (``model.position``, ``model.stages``, ``model.blocks``, ``model.init``, ``model.attn_kwargs``) and
@@ -27,7 +28,16 @@ baseline is the baseline cell whose non-attention overrides (backbone, data, tra
 its own, so ``Δ`` always compares like with like.
 
 Each cell has a stable ``key``: a hash of the parsed base files and the cell's full config
-(seed included), so an edited recipe runs again and an unchanged one is never run twice.
+(seed included; ``threads`` too when it is not 1), so an edited recipe runs again and an unchanged
+one is never run twice.
+
+Run folders: ``runs/<label as a safe name>-<variant hash>/seed<k>``, where the variant hash covers
+the bases and the variant's config (not the seed). Every label thus has its own folder, a folder
+never lies outside ``runs/`` (``..``, ``/`` and other unsafe characters are replaced), labels that
+sanitise alike (``a/b``, ``a b``) still get different folders, and editing a variant's recipe gives
+it a new folder instead of deleting the previous version's checkpoints and logs. Two labels whose
+configs resolve to the same run are refused, as is anything else that can be known before a run
+(see :func:`validate_grid`).
 """
 from __future__ import annotations
 
@@ -35,6 +45,7 @@ import copy
 import hashlib
 import itertools
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +55,7 @@ import yaml
 
 __all__ = [
     "Cell", "Grid", "GridError", "load_grid", "expand_grid", "validate_grid", "cell_complexity",
-    "ATTN_KEYS", "KEEP_CHECKPOINTS", "DEFAULT_RUN_FN",
+    "ATTN_KEYS", "KEEP_CHECKPOINTS", "DEFAULT_RUN_FN", "check_run_fn", "slug",
 ]
 
 BASE_KEY = "__base__"
@@ -54,7 +65,7 @@ DEFAULT_RUN_FN = "attnzoo.training:run_fit_test"
 DEFAULT_SEED_KEYS = ("seed_everything", "data.init_args.seed")
 GRID_KEYS = (
     "name", "description", "base", "overrides", "axes", "variants", "baseline", "seeds", "seed_keys",
-    "store", "workers", "keep_checkpoints", "run_fn",
+    "store", "workers", "keep_checkpoints", "run_fn", "threads",
 )
 GRID_KEYS += ("metric",)  # the report's metric (attnzoo.ablation.report.metric_from_grid); no effect on the cells
 # cells run in workers without a terminal: no progress bars or model summaries unless asked for
@@ -77,6 +88,7 @@ class Cell:
     key: str  # stable hash of the parsed bases + config
     baseline: str | None = None  # label of this cell's baseline variant; None for a baseline or when none matches
     is_baseline: bool = False
+    variant_key: str = ""  # hash of the parsed bases + config without the seed: names the run folder
 
     @property
     def name(self) -> str:
@@ -95,6 +107,7 @@ class Grid:
     keep_checkpoints: str = "first_seed"
     run_fn: str = DEFAULT_RUN_FN
     raw: dict[str, Any] = field(default_factory=dict)
+    threads: int = 1
 
     @property
     def variants(self) -> list[str]:
@@ -106,14 +119,18 @@ class Grid:
         return self.store.parent / "runs"
 
     def run_dir(self, cell: Cell) -> Path:
-        return self.runs_dir / slug(cell.label) / f"seed{cell.seed}"
+        """``runs/<slug(label)>-<variant hash>/seed<k>``: one folder per cell, always inside ``runs/``."""
+        return self.runs_dir / f"{slug(cell.label)}-{cell.variant_key[:10]}" / f"seed{cell.seed}"
 
 
 def slug(label: str) -> str:
-    """A folder name for a label: "se(rd_ratio=0.25) backbone=resnet56" -> "se_rd_ratio-0.25_backbone-resnet56"."""
+    """A safe folder name for a label: "se(rd_ratio=0.25) backbone=resnet56" -> "se_rd_ratio-0.25_backbone-resnet56".
+
+    Only ``A-Za-z0-9@+-_`` and single inner dots remain, so no slug is ``.``, ``..``, hidden, or a path."""
     s = re.sub(r"[=]", "-", label)
-    s = re.sub(r"[^A-Za-z0-9@.+-]+", "_", s).strip("_")
-    return s or "cell"
+    s = re.sub(r"[^A-Za-z0-9@.+-]+", "_", s)
+    s = re.sub(r"\.{2,}", "_", s).strip("._")
+    return s[:80] or "cell"
 
 
 def _fmt(value: Any) -> str:
@@ -149,11 +166,35 @@ def _set_dotted(config: dict[str, Any], key: str, value: Any, where: str) -> Non
     node[parts[-1]] = copy.deepcopy(value)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping (line {seen[key] + 1} and line "
+                    f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        except TypeError:  # an unhashable key; the constructor reports it
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
 def _read_yaml(path: Path, what: str) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
     except yaml.YAMLError as e:
         raise GridError(f"{path}: {what} is not valid YAML ({e})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise GridError(f"{path}: cannot read the {what} ({type(e).__name__}: {e})") from e
 
 
 def _find_base(entry: str, grid_dir: Path) -> Path:
@@ -212,7 +253,8 @@ def _label(parts: list[str]) -> str:
     return " ".join(p for p in parts if p) or "base"
 
 
-def load_grid(path: str | Path, store: str | Path | None = None, workers: int | str | None = None) -> Grid:
+def load_grid(path: str | Path, store: str | Path | None = None, workers: int | str | None = None,
+              threads: int | None = None) -> Grid:
     """Read a grid file and expand it into cells (no validation of the fit configs; see ``validate_grid``)."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -224,14 +266,17 @@ def load_grid(path: str | Path, store: str | Path | None = None, workers: int | 
     unknown = [k for k in raw if k not in GRID_KEYS]
     if unknown:
         raise GridError(f"{path}: unknown grid key(s) {unknown}; a grid file has {', '.join(GRID_KEYS)}")
-    return expand_grid(raw, path, store=store, workers=workers)
+    return expand_grid(raw, path, store=store, workers=workers, threads=threads)
 
 
-def expand_grid(raw: dict[str, Any], path: Path, store: str | Path | None = None, workers: int | str | None = None) -> Grid:
+def expand_grid(raw: dict[str, Any], path: Path, store: str | Path | None = None, workers: int | str | None = None,
+                threads: int | None = None) -> Grid:
     """Cells of a parsed grid file ``raw`` read from ``path`` (relative paths resolve against its folder)."""
     where = str(path)
     grid_dir = path.parent
-    name = str(raw.get("name") or path.stem)
+    name = raw.get("name") or path.stem
+    if not isinstance(name, str) or not name.strip():
+        raise GridError(f"{where}: 'name' must be a non-empty string, got {name!r}")
 
     base = raw.get("base")
     if base is None:
@@ -239,7 +284,10 @@ def expand_grid(raw: dict[str, Any], path: Path, store: str | Path | None = None
     base_list = base if isinstance(base, list) else [base]
     if not base_list or not all(isinstance(b, str) for b in base_list):
         raise GridError(f"{where}: 'base' must be a path or a list of paths, got {base!r}")
-    bases = [_find_base(b, grid_dir) for b in base_list]
+    try:
+        bases = [_find_base(b, grid_dir) for b in base_list]
+    except GridError as e:
+        raise GridError(f"{where}: {e}") from None
     base_layers = [layer for b in bases for layer in _base_layers(b)]
 
     overrides = {**QUIET_TRAINER, **_as_dotted_map(raw.get("overrides"), f"{where}: overrides")}
@@ -259,7 +307,14 @@ def expand_grid(raw: dict[str, Any], path: Path, store: str | Path | None = None
         raise GridError(f"{where}: 'seeds' must be a list of ints, e.g. [0, 1, 2], got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise GridError(f"{where}: 'seeds' repeats a seed: {seeds}")
-    seed_keys = [_canonical_key(k) for k in raw.get("seed_keys", DEFAULT_SEED_KEYS)]
+    if not all(0 <= s < 2 ** 32 for s in seeds):
+        raise GridError(f"{where}: seeds must lie in [0, 2**32) (numpy's and Lightning's range), got {seeds}")
+    seed_keys_raw = raw.get("seed_keys", list(DEFAULT_SEED_KEYS))
+    if not isinstance(seed_keys_raw, list) or not all(isinstance(k, str) and k and "." not in (k[0], k[-1])
+                                                      for k in seed_keys_raw):
+        raise GridError(f"{where}: 'seed_keys' must be a list of dotted config keys, e.g. "
+                        f"[seed_everything, data.init_args.seed], got {seed_keys_raw!r}")
+    seed_keys = [_canonical_key(k) for k in seed_keys_raw]
 
     keep = raw.get("keep_checkpoints", "first_seed")
     if keep not in KEEP_CHECKPOINTS:
@@ -267,10 +322,16 @@ def expand_grid(raw: dict[str, Any], path: Path, store: str | Path | None = None
     run_fn = raw.get("run_fn", DEFAULT_RUN_FN)
     if not isinstance(run_fn, str) or ":" not in run_fn:
         raise GridError(f"{where}: run_fn must be 'module:function', got {run_fn!r}")
+    n_threads = threads if threads is not None else raw.get("threads", 1)
+    if not isinstance(n_threads, int) or isinstance(n_threads, bool) or n_threads < 1:
+        raise GridError(f"{where}: threads (torch threads per run) must be an int >= 1, got {n_threads!r}")
     n_workers = workers if workers is not None else raw.get("workers", 1)
     if not (n_workers == "auto" or (isinstance(n_workers, int) and not isinstance(n_workers, bool) and n_workers >= 1)):
         raise GridError(f"{where}: workers must be an int >= 1 or 'auto', got {n_workers!r}")
-    store_path = Path(store if store is not None else raw.get("store") or f"{name}.sqlite").expanduser()
+    store_raw = store if store is not None else raw.get("store") or f"{name}.sqlite"
+    if not isinstance(store_raw, (str, Path)):
+        raise GridError(f"{where}: 'store' must be a file path such as results.sqlite, got {store_raw!r}")
+    store_path = Path(store_raw).expanduser()
     if not store_path.is_absolute():
         store_path = (grid_dir if store is None else Path.cwd()) / store_path
 
@@ -333,19 +394,90 @@ def expand_grid(raw: dict[str, Any], path: Path, store: str | Path | None = None
         base_of[label] = matches[0] if len(matches) == 1 else None
 
     cells: list[Cell] = []
+    resolved_of: dict[str, str] = {}  # the variant's resolved config (bases merged, no seed) -> label
     for label, ov in expanded:
+        plain: dict[str, Any] = {}
+        for k, v in ov.items():
+            _set_dotted(plain, k, v, f"{where}: cell {label!r}")
+        variant_payload = json.dumps({"bases": base_layers, "config": plain, "threads": n_threads}, sort_keys=True,
+                                     default=str)
+        variant_key = hashlib.sha256(variant_payload.encode()).hexdigest()[:16]
+        resolved = _merge_layers([*base_layers, plain])
+        for k in seed_keys:  # the seed is the one thing the variants of a label may share
+            _pop_dotted(resolved, k)
+        resolved_text = json.dumps(resolved, sort_keys=True, default=str)
+        if resolved_text in resolved_of:
+            raise GridError(
+                f"{where}: variants {resolved_of[resolved_text]!r} and {label!r} resolve to the same config (the same "
+                "run under two labels, which would be trained twice and reported as two blocks); drop one of them "
+                "or make their settings differ")
+        resolved_of[resolved_text] = label
         for seed in seeds:
             config: dict[str, Any] = {BASE_KEY: [str(b) for b in bases]}
             for k, v in ov.items():
                 _set_dotted(config, k, v, f"{where}: cell {label!r}")
             for k in seed_keys:
                 _set_dotted(config, k, seed, f"{where}: seed_keys")
-            payload = json.dumps({"bases": base_layers, "config": {k: v for k, v in config.items() if k != BASE_KEY}},
-                                 sort_keys=True, default=str)
-            key = hashlib.sha256(payload.encode()).hexdigest()[:16]
-            cells.append(Cell(label, seed, ov, config, key, base_of[label], is_base[label]))
-    return Grid(path=path, name=name, bases=bases, cells=cells, seeds=list(seeds), store=store_path.resolve(),
-                workers=n_workers, keep_checkpoints=keep, run_fn=run_fn, raw=raw)
+            body: dict[str, Any] = {"bases": base_layers, "config": {k: v for k, v in config.items() if k != BASE_KEY}}
+            if n_threads != 1:  # a run's numbers depend (~1e-6) on its thread count; 1 keeps the keys of older stores
+                body["threads"] = n_threads
+            key = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            cells.append(Cell(label, seed, ov, config, key, base_of[label], is_base[label], variant_key=variant_key))
+    grid = Grid(path=path, name=name, bases=bases, cells=cells, seeds=list(seeds), store=store_path.resolve(),
+                workers=n_workers, keep_checkpoints=keep, run_fn=run_fn, raw=raw, threads=n_threads)
+    _check_run_dirs(grid)
+    return grid
+
+
+def _merge_layers(layers: list[Any]) -> dict[str, Any]:
+    """Deep merge of parsed config layers (later wins), as ``--config a --config b`` does for mappings."""
+    out: dict[str, Any] = {}
+
+    def merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
+        for k, v in src.items():
+            if isinstance(v, dict) and isinstance(dst.get(k), dict):
+                merge(dst[k], v)
+            else:
+                dst[k] = copy.deepcopy(v)
+
+    for layer in layers:
+        if isinstance(layer, dict):
+            merge(out, {k: v for k, v in layer.items() if k != BASE_KEY})
+    return out
+
+
+def _get_dotted(config: dict[str, Any], key: str, default: Any = None) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _pop_dotted(config: dict[str, Any], key: str) -> None:
+    parts = key.split(".")
+    node: Any = config
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(parts[-1], None)
+
+
+def _check_run_dirs(grid: Grid) -> None:
+    """Every cell has its own run folder, inside ``runs/`` (checked before any run)."""
+    runs = grid.runs_dir.resolve()
+    seen: dict[Path, Cell] = {}
+    for cell in grid.cells:
+        d = grid.run_dir(cell)
+        resolved = Path(os.path.normpath(d))
+        if resolved.parent.parent != runs:
+            raise GridError(f"{grid.path}: the run folder of cell {cell.name!r} ({d}) would lie outside {runs}; "
+                            "give the variant a plain label")
+        if resolved in seen and seen[resolved].key != cell.key:
+            raise GridError(f"{grid.path}: cells {seen[resolved].name!r} and {cell.name!r} would share the run folder "
+                            f"{d}; give them distinct labels")
+        seen[resolved] = cell
 
 
 def _first_line(exc: BaseException) -> str:
@@ -353,20 +485,127 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(text).strip()}"
 
 
-def validate_grid(grid: Grid, validate: Callable[[dict[str, Any]], Any] | None = None) -> None:
-    """Check every variant's config (one seed each: the seed does not change validity) before any run.
+# training pools of the data sets whose sizes are fixed by their format: class_path suffix -> (images, classes)
+_KNOWN_POOLS = {
+    "FashionMNISTDataModule": (60000, 10),
+    "CIFAR10DataModule": (50000, 10),
+    "CIFAR100DataModule": (50000, 100),
+}
 
-    ``validate`` defaults to :func:`attnzoo.training.validate_config`. Raises one :class:`GridError`
-    listing every bad cell with its error.
+
+def _pool_error(data: Any) -> str | None:
+    """What is wrong with ``subset`` / ``val_size`` against the training pool, if its size is known."""
+    if not isinstance(data, dict):
+        return None
+    class_path = str(data.get("class_path") or "")
+    args = data.get("init_args") or {}
+    if not isinstance(args, dict):
+        return None
+    short = class_path.rsplit(".", 1)[-1]
+    if short == "SyntheticDataModule":
+        total, classes = args.get("num_train", 256), args.get("num_classes", 10)
+    elif short in _KNOWN_POOLS:
+        total, classes = _KNOWN_POOLS[short]
+    else:
+        return None  # e.g. an ImageFolder tree: its size is only known once it is scanned
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (total, classes)):
+        return None
+    subset = args.get("subset")
+    val_size = args.get("val_size", 0.2 if short == "SyntheticDataModule" else 0.1)
+    per_class = total // classes
+    if isinstance(subset, int) and not isinstance(subset, bool) and subset >= 1:
+        if subset > per_class:
+            return (f"data.subset={subset} images per class, but {short} has only {per_class} training images per "
+                    f"class; use a subset <= {per_class} (or a fraction such as 0.5)")
+        pool = subset * classes
+    elif isinstance(subset, float) and 0 < subset <= 1:
+        pool = max(classes, round(subset * per_class) * classes)
+    else:
+        pool = total
+    if isinstance(val_size, int) and not isinstance(val_size, bool) and val_size >= pool:
+        return (f"data.val_size={val_size} holds out the whole training pool ({pool} images"
+                + (f" = data.subset {subset} x {classes} classes" if isinstance(subset, int) else "")
+                + f"); use a val_size < {pool}, a fraction such as 0.1, or 0 to validate on the test split")
+    return None
+
+
+def _epochs_error(trainer: Any) -> str | None:
+    if not isinstance(trainer, dict) or "max_epochs" not in trainer:
+        return None
+    e = trainer["max_epochs"]
+    if e is None:
+        return None
+    if isinstance(e, bool) or not isinstance(e, int) or e < 1:
+        return f"trainer.max_epochs={e!r}; a run of the grid trains for an int >= 1 epochs"
+    return None
+
+
+def _writable_error(path: Path, what: str) -> str | None:
+    """None when ``path`` (a file or folder, maybe not there yet) can be created or written."""
+    node = path
+    while not node.exists():
+        if node.parent == node:
+            break
+        node = node.parent
+    if node == path and path.is_file():
+        return None if os.access(path, os.W_OK) else f"{what} {path} exists but is not writable"
+    if not node.is_dir():
+        return f"{what} {path} cannot be created: {node} is not a folder"
+    if not os.access(node, os.W_OK | os.X_OK):
+        return f"{what} {path} cannot be {'written' if node == path else 'created'}: {node} is not writable"
+    return None
+
+
+def check_run_fn(grid: Grid, run_fn: Any = None) -> None:
+    """Import the grid's ``run_fn`` here, so a typo fails before any worker starts (naming the spec)."""
+    spec = run_fn if run_fn is not None else grid.run_fn
+    if callable(spec):
+        return
+    from .runner import resolve_run_fn
+
+    try:
+        resolve_run_fn(spec)
+    except ImportError as e:
+        raise GridError(f"{grid.path}: run_fn {spec!r} cannot be imported ({type(e).__name__}: {e}); run_fn is "
+                        "'module:function' with the module importable by this Python (installed, or on PYTHONPATH) "
+                        "and the function taking (config, run_dir)") from None
+    except AttributeError as e:
+        raise GridError(f"{grid.path}: run_fn {spec!r}: the module has no such function ({e}); run_fn is "
+                        "'module:function'") from None
+    except TypeError as e:
+        raise GridError(f"{grid.path}: {e}; run_fn must name a function (config, run_dir) -> results dict") from None
+
+
+def validate_grid(grid: Grid, validate: Callable[[dict[str, Any]], Any] | None = None,
+                  run_fn: Any = None) -> None:
+    """Check everything that can be known before a run; raise one :class:`GridError` listing it all.
+
+    Per variant (one seed each: the seed does not change validity): ``validate`` (default
+    :func:`attnzoo.training.validate_config`: unknown keys, blocks, positions, data not on disk),
+    ``trainer.max_epochs >= 1``, ``data.subset`` / ``data.val_size`` against the training pool where
+    its size is fixed (Fashion-MNIST, CIFAR, synthetic). For the grid: ``run_fn`` imports, and the
+    store and the run folders can be written. Nothing is created.
     """
     if validate is None:
         from attnzoo.training import validate_config as validate
+    check_run_fn(grid, run_fn)
+    problems = [e for e in (_writable_error(grid.store, "the results store"),
+                            _writable_error(grid.runs_dir, "the run folder")) if e]
+    if problems:
+        raise GridError(f"{grid.path}: " + "; ".join(problems) + " (choose another place with --store, "
+                        "or fix the folder's permissions)")
+    layers = [layer for b in grid.bases for layer in _base_layers(b)]
     errors: list[str] = []
     checked: set[str] = set()
     for cell in grid.cells:
         if cell.label in checked:
             continue
         checked.add(cell.label)
+        resolved = _merge_layers([*layers, {k: v for k, v in cell.config.items() if k != BASE_KEY}])
+        known = [e for e in (_epochs_error(resolved.get("trainer")), _pool_error(resolved.get("data"))) if e]
+        if known:
+            errors.append(f"  cell {cell.label!r}: " + "; ".join(known))
+            continue
         try:
             validate(copy.deepcopy(cell.config))
         except Exception as e:  # every config error names the cell; the user fixes them all at once

@@ -1,49 +1,49 @@
-"""Run a grid's missing cells, one after another or in N parallel worker processes.
+"""Run a grid's missing cells on an executor (local processes, SLURM, Ray), never losing or repeating a run.
 
-Every run happens in a child process (``multiprocessing`` with the ``spawn`` start method), never in
-the sweep's own process, so an exception, a NaN loss, an out-of-memory kill or a segfault in one
-run cannot corrupt the store or stop the sweep: the child sends its result (or its error) back, the
-parent writes the finished row in one transaction (:class:`~attnzoo.ablation.store.ResultStore`),
-and a child that dies without answering is recorded as failed with its exit code and replaced.
+The sweep's own process is the *driver*: it claims each cell before it starts
+(:mod:`~attnzoo.ablation.claims`), hands it to an executor (:mod:`~attnzoo.ablation.executors`),
+and, when the run's result comes back, makes sure ``result.json`` is in the run folder (the run
+writes it first; :mod:`~attnzoo.ablation.results`), writes the store row in one transaction
+(:class:`~attnzoo.ablation.store.ResultStore`), then releases the claim. The driver is the store's
+only writer.
 
-Workers: N processes, each running cells until none is left. With GPUs, worker i sees only GPU
-i mod (number of GPUs) (``CUDA_VISIBLE_DEVICES``), so ``workers: auto`` = one worker per GPU. On CPU
-each worker gets cores // N torch threads. On Linux workers are killed with the sweep
-(``PR_SET_PDEATHSIG``), so ``kill -9`` of the sweep leaves no orphan training.
+* Every sweep first collects result files the store lacks (runs that finished after a crash, in
+  another sweep, or in a ``--shard`` job), then runs the cells that are neither 'ok' nor (unless
+  ``retry_failed``) 'failed'. A cell claimed by another live sweep is left to it; this sweep waits
+  for its result (or for its claim to go stale, then takes it over) before it returns.
+* A run that fails (exception, NaN loss, out-of-memory kill, segfault) is a 'failed' result with
+  its error; a failed cell is not re-run on restart unless ``retry_failed``. Ctrl-C records nothing
+  for the interrupted runs and releases their claims.
+* If the store cannot be written mid-sweep, the sweep goes on (every result is in its
+  ``result.json``) and ends with an error naming the file; ``attnzoo collect GRID`` fills it later.
+* ``shard=(i, n)`` runs only the cells at positions ``i, i+n, i+2n, ...`` of the grid (a job array
+  index); with ``store=None`` results stay in the run folders until ``attnzoo collect``.
+* Every run uses ``grid.threads`` torch threads (default 1), whatever the number of workers or the
+  executor, so a cell's numbers do not depend on them. Local workers take GPUs from the parent's
+  ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs), round robin; ``workers: auto`` = one per GPU.
 
-Restarting: cells whose key is stored as 'ok' are skipped; cells stored as 'failed' are skipped
-too unless ``retry_failed`` (``attnzoo ablate --retry-failed``), so a deterministic error is not
-re-run on every restart; a retried cell replaces its row.
+Progress: one line per event (start, finish), plain text for log files: done / failed / running
+(/ elsewhere) / total and an ETA from the durations of this sweep's finished runs.
 
-Each run's console output (Lightning's messages, warnings, tracebacks) goes to
-``runs/<label>/seed<k>/output.log``; the sweep prints one line per finished run.
-
-Checkpoints: ``keep_checkpoints: first_seed`` (default) keeps the final checkpoint of the first
-seed of each variant (``runs/<label>/seed<k>/checkpoints/last.ckpt``, for ``attnzoo explain``),
-``all`` keeps every run's, ``none`` keeps none; logs and the resolved config.yaml are always kept.
+Each run's console output goes to ``<run folder>/output.log``. Checkpoints: ``keep_checkpoints:
+first_seed`` (default) keeps the final checkpoint of each variant's first seed
+(``checkpoints/last.ckpt``, for ``attnzoo explain``), ``all`` keeps every run's, ``none`` none.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import importlib
-import math
-import multiprocessing as mp
 import os
 import platform
-import queue
-import shutil
-import signal
 import subprocess
-import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from .grid import Cell, Grid
-from .store import ResultStore
+from .store import ResultStore, StoreError
 
-__all__ = ["run_grid", "pending_cells", "environment", "resolve_run_fn", "cpu_model"]
+__all__ = ["run_grid", "pending_cells", "environment", "resolve_run_fn", "cpu_model", "shard_cells", "parse_shard"]
 
 
 def _now() -> str:
@@ -123,276 +123,269 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _die_with_parent() -> None:
-    """Linux: this process receives SIGKILL when its parent (the sweep) dies."""
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-        except (OSError, AttributeError):
-            pass
-
-
-def _error_text(exc: BaseException) -> str:
-    head = f"{type(exc).__name__}: {exc}".strip()
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8))
-    return f"{head}\n\n{tb}"
-
-
-def _log_to(path: Path) -> None:
-    """Send this process's stdout and stderr (Python's and C's) to ``path``, so parallel runs do not mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-
-
-def _worker_main(worker_id: int, run_fn: str, threads: int, gpu: int | None, tasks: Any, results: Any) -> None:
-    _die_with_parent()
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    import torch
-
-    torch.set_num_threads(threads)
-    fn = resolve_run_fn(run_fn)
-    env = environment()
-    results.put((worker_id, ("ready",)))
-    while True:
-        task = tasks.get()
-        if task is None:
-            return
-        key, config, run_dir = task
-        started = _now()
-        try:
-            shutil.rmtree(run_dir, ignore_errors=True)  # leftovers of a killed attempt
-            _log_to(Path(run_dir) / "output.log")
-            result = fn(config, run_dir)
-            msg = ("ok", key, result, env, started, _now())
-        except BaseException as e:  # noqa: BLE001  (the sweep records every failure and goes on)
-            msg = ("failed", key, _error_text(e), env, started, _now())
-        results.put((worker_id, msg))
-
-
-def pending_cells(grid: Grid, store: ResultStore, retry_failed: bool = False) -> list[Cell]:
-    """Cells without an 'ok' row (and without a 'failed' one unless ``retry_failed``)."""
-    done = store.status()
-    return [c for c in grid.cells if done.get(c.key) != "ok" and (retry_failed or done.get(c.key) != "failed")]
-
-
-def _rel(path: Path, root: Path) -> str:
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/N"`` (0 <= i < N) -> (i, N)."""
+    i, sep, n = str(text).partition("/")
     try:
-        return str(path.resolve().relative_to(root))
+        ii, nn = int(i), int(n)
     except ValueError:
-        return str(path.resolve())
+        ii = nn = -1
+    if not sep or nn < 1 or not 0 <= ii < nn:
+        raise ValueError(f"shard must be 'i/N' with 0 <= i < N (e.g. 0/4 .. 3/4, a job array index), got {text!r}")
+    return ii, nn
 
 
-def _tidy_checkpoints(run_dir: Path, keep: bool) -> Path | None:
-    """Keep only the final checkpoint (last.ckpt, else the newest) when ``keep``; else remove them all."""
-    ckpts = run_dir / "checkpoints"
-    if not ckpts.is_dir():
-        return None
-    if not keep:
-        shutil.rmtree(ckpts, ignore_errors=True)
-        return None
-    files = sorted(ckpts.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not files:
-        return None
-    final = ckpts / "last.ckpt" if (ckpts / "last.ckpt").exists() else files[-1]
-    if final.is_symlink():
-        target = final.resolve()
-        final.unlink()
-        shutil.copy2(target, final)
-    for f in files:
-        if f != final and f.exists():
-            f.unlink()
-    return final
+def shard_cells(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
+    """The cells of shard ``(i, n)``: grid positions i, i+n, ... (disjoint, together all)."""
+    if shard is None:
+        return list(cells)
+    i, n = shard
+    return [c for k, c in enumerate(cells) if k % n == i]
 
 
-def _num(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+def _result_status(grid: Grid) -> dict[str, str]:
+    from .results import find_results
+
+    return {k: msg["status"] for k, (_, msg) in find_results(grid).items()}
 
 
-def _row(grid: Grid, cell: Cell, msg: tuple, store_root: Path) -> dict[str, Any]:
-    status, _, payload, env, started, finished = msg
-    run_dir = grid.run_dir(cell)
-    row: dict[str, Any] = {
-        "key": cell.key, "grid": grid.name, "label": cell.label, "seed": cell.seed, "is_baseline": int(cell.is_baseline),
-        "baseline": cell.baseline, "overrides": cell.overrides, "config": cell.config, "env": env,
-        "run_dir": _rel(run_dir, store_root), "started_at": started, "finished_at": finished,
-    }
-    if status == "ok":
-        result = payload if isinstance(payload, dict) else {}
-        test = result.get("test") or {}
-        acc1 = _num(test.get("acc1"))
-        if acc1 is None:
-            status, payload = "failed", f"ValueError: the run returned no finite test accuracy (test = {test!r})"
-        else:
-            keep = grid.keep_checkpoints == "all" or (grid.keep_checkpoints == "first_seed" and cell.seed == grid.seeds[0])
-            ckpt = _tidy_checkpoints(run_dir, keep)
-            row.update({
-                "status": "ok", "config": result.get("config") or cell.config, "epochs": result.get("epochs"),
-                "acc1": acc1, "acc5": _num(test.get("acc5")), "loss": _num(test.get("loss")),
-                "params": result.get("params"), "flops": result.get("flops"),
-                "train_throughput": _num(result.get("train_throughput")),
-                "infer_throughput": _num(result.get("infer_throughput")),
-                "wall_time_s": _num(result.get("wall_time_s")), "insert_report": result.get("insert_report"),
-                "checkpoint": _rel(ckpt, store_root) if ckpt else None,
-            })
-            return row
-    _tidy_checkpoints(run_dir, keep=False)
-    row.update({"status": "failed", "error": str(payload)})
-    return row
+def pending_cells(grid: Grid, store: ResultStore | None, retry_failed: bool = False,
+                  shard: tuple[int, int] | None = None) -> list[Cell]:
+    """Cells without an 'ok' row (and without a 'failed' one unless ``retry_failed``)."""
+    done = store.status() if store is not None else _result_status(grid)
+    return [c for c in shard_cells(grid.cells, shard)
+            if done.get(c.key) != "ok" and (retry_failed or done.get(c.key) != "failed")]
 
 
-class _Worker:
-    def __init__(self, ctx: Any, wid: int, run_fn: str, threads: int, gpu: int | None, results: Any) -> None:
-        self.wid = wid
-        self.tasks = ctx.Queue()
-        self.proc = ctx.Process(target=_worker_main, args=(wid, run_fn, threads, gpu, self.tasks, results),
-                                name=f"attnzoo-ablate-{wid}", daemon=True)
-        self.proc.start()
-        self.cell: Cell | None = None
-        self.since = 0.0
-        self.ready = False
-
-    def stop(self, now: bool = False) -> None:
-        if self.proc.is_alive():
-            if now:
-                self.proc.kill()
-            else:
-                self.tasks.put(None)
-        self.proc.join(timeout=None if not now else 10)
+def _fmt_s(s: float) -> str:
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def _device_plan(n: int | str) -> tuple[int, list[int | None], int]:
-    """(workers, gpu per worker, threads per worker)."""
-    try:
-        import torch
+class _Progress:
+    """One plain line per event: done / failed / running / total, ETA from finished-run durations."""
 
-        gpus = torch.cuda.device_count()
-    except ImportError:
-        gpus = 0
-    workers = (gpus or 1) if n == "auto" else int(n)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // workers)
-    return workers, [i % gpus if gpus else None for i in range(workers)], threads
+    def __init__(self, total: int, done: int, failed: int, slots: int, log: Callable[[str], None]) -> None:
+        self.total, self.done, self.failed, self.slots, self.log = total, done, failed, max(1, slots), log
+        self.running = 0
+        self.elsewhere = 0
+        self.durations: list[float] = []
+
+    def eta(self) -> str:
+        left = self.total - self.done - self.failed
+        if left <= 0:
+            return "0s"
+        if not self.durations:
+            return "?"
+        mean = sum(self.durations) / len(self.durations)
+        return _fmt_s(mean * left / min(self.slots, left))
+
+    def line(self, what: str) -> None:
+        stamp = _dt.datetime.now().strftime("%H:%M:%S")
+        other = f", {self.elsewhere} in another sweep" if self.elsewhere else ""
+        self.log(f"[{stamp}] {self.done} done, {self.failed} failed, {self.running} running{other}, {self.total} total, "
+                 f"ETA {self.eta()} | {what}")
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _device_plan(n: int | str, gpus_per_run: int = 1) -> tuple[int, list[list[str] | None]]:
+    """(workers, CUDA_VISIBLE_DEVICES entries per worker) from the parent's GPU list."""
+    from .executors import assign_gpus, visible_gpus
+
+    gpus = visible_gpus()
+    workers = (max(1, len(gpus) // max(1, gpus_per_run)) if gpus else 1) if n == "auto" else int(n)
+    return workers, assign_gpus(gpus, workers, gpus_per_run)
 
 
 def run_grid(
     grid: Grid,
-    store: ResultStore | None = None,
+    store: ResultStore | None | str = "default",
     workers: int | str | None = None,
     retry_failed: bool = False,
     run_fn: str | Callable[..., Any] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = _print,
+    executor: str | Any = "local",
+    executor_options: dict[str, Any] | None = None,
+    shard: tuple[int, int] | None = None,
+    claim_timeout: float = 600.0,
+    gpus_per_run: int = 1,
 ) -> dict[str, int]:
-    """Run every missing cell of ``grid``; returns counts {"ok", "failed", "skipped"} for this sweep.
+    """Run every missing cell of ``grid`` (of ``shard``); returns counts {"ok", "failed", "skipped"} for this sweep.
 
-    ``run_fn`` overrides the grid's (a module-level callable ``(config, run_dir) -> dict`` shaped like
-    :func:`attnzoo.training.run_fit_test`'s result, or its ``"module:function"`` name).
+    ``store``: a :class:`ResultStore`, the grid's store by default, or None to leave results in the
+    run folders only (``attnzoo collect`` gathers them). ``run_fn`` overrides the grid's (a
+    module-level callable ``(config, run_dir) -> dict`` shaped like
+    :func:`attnzoo.training.run_fit_test`'s result, or its ``"module:function"`` name). ``executor``:
+    "local", "slurm", "ray" (built with ``executor_options``) or an executor object.
+    Raises :class:`StoreError` at the end if the store could not be written (nothing is lost).
     """
-    store = store or ResultStore(grid.store)
-    todo = pending_cells(grid, store, retry_failed)
-    counts = {"ok": 0, "failed": 0, "skipped": len(grid.cells) - len(todo)}
+    from .claims import ClaimBook
+    from .executors import failed_message, make_executor
+    from .results import collect, read_result, result_row, write_result
+
+    if isinstance(store, str) and store == "default":
+        store = ResultStore(grid.store)
+    cells = shard_cells(grid.cells, shard)
+    where = f"shard {shard[0]}/{shard[1]} of " if shard else ""
+    if store is not None:
+        got = collect(grid, store, log)
+        if got["collected"]:
+            log(f"collected {got['collected']} finished run(s) from result.json files into {store.path} "
+                f"({got['ok']} ok, {got['failed']} failed)")
+    todo = pending_cells(grid, store, retry_failed, shard)
+    counts = {"ok": 0, "failed": 0, "skipped": len(cells) - len(todo)}
     if not todo:
-        log(f"all {len(grid.cells)} runs of {grid.name!r} are in {store.path}; nothing to run")
+        log(f"all {len(cells)} runs of {where}{grid.name!r} are done"
+            + (f" and in {store.path}" if store is not None else "") + "; nothing to run")
         return counts
-    n, gpus, threads = _device_plan(workers if workers is not None else grid.workers)
-    n = min(n, len(todo))
+    old_failed = {}
+    if retry_failed and store is not None:
+        st, fin = store.status(), store.finished_at()
+        old_failed = {k: fin.get(k) for k, v in st.items() if v == "failed"}
     fn = _run_fn_spec(run_fn if run_fn is not None else grid.run_fn)
-    store_root = store.path.parent
-    log(f"{grid.name}: {len(todo)} runs to do ({counts['skipped']} already stored) in {n} worker(s), "
-        f"{threads} torch thread(s) each" + (f", GPUs {sorted(set(g for g in gpus if g is not None))}" if gpus[0] is not None else ""))
+    from .grid import check_run_fn
 
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    pool: dict[int, _Worker] = {}
-    next_id = 0
-    todo_q = list(todo)
-    done_n = 0
+    check_run_fn(grid, fn)  # a typo fails here, naming the spec, not as a worker that dies while starting
+    opts = dict(executor_options or {})
+    if isinstance(executor, str):
+        if executor == "local":
+            n, gpus_of = _device_plan(workers if workers is not None else grid.workers, gpus_per_run)
+            opts = {"workers": min(n, len(todo)), "run_fn": fn, "threads": grid.threads, "gpus_of": gpus_of, **opts}
+        elif executor == "slurm":
+            opts = {"folder": grid.runs_dir / ".submitit", "threads": grid.threads, "gpus_per_run": gpus_per_run,
+                    **({"max_jobs": int(workers)} if isinstance(workers, int) else {}), **opts}
+        elif executor == "ray":
+            opts = {"threads": grid.threads, **({"max_tasks": int(workers)} if isinstance(workers, int) else {}), **opts}
+        ex = make_executor(executor, **opts)
+    else:
+        ex = executor
+    claims = ClaimBook(grid.runs_dir, timeout_s=claim_timeout, executor=ex.name, pid_rule=ex.pid_rule)
+    store_root = store.path.parent if store is not None else grid.store.parent
+    base_status = store.status() if store is not None else _result_status(grid)
+    total = len(cells)
+    todo_keys = {c.key for c in todo}
+    prog = _Progress(total, sum(base_status.get(c.key) == "ok" for c in cells if c.key not in todo_keys),
+                     sum(base_status.get(c.key) == "failed" for c in cells if c.key not in todo_keys), ex.capacity(), log)
+    log(f"{where}{grid.name}: {len(todo)} runs to do ({counts['skipped']} already done) on {ex.describe()}")
+    store_errors: list[str] = []
+    queue_ = list(todo)
+    inflight: dict[str, tuple[Cell, float]] = {}
+    elsewhere: dict[str, Cell] = {}
+    last_look = 0.0
 
-    def start(slot_gpu: int | None) -> _Worker:
-        nonlocal next_id
-        w = _Worker(ctx, next_id, fn, threads, slot_gpu, results)
-        pool[next_id] = w
-        next_id += 1
-        return w
+    def fresh(cell: Cell) -> dict[str, Any] | None:
+        """A result of ``cell`` that another sweep (or an earlier crash) finished, if any counts."""
+        msg = read_result(grid.run_dir(cell), log)
+        if msg is None or msg["key"] != cell.key:
+            return None
+        if msg["status"] == "failed" and retry_failed and cell.key in old_failed and \
+                msg.get("finished_at") == old_failed[cell.key]:
+            return None  # the old failure that --retry-failed asked to run again
+        return msg
 
-    def finish(w: _Worker, msg: tuple) -> None:
-        nonlocal done_n
-        cell = w.cell
-        w.cell = None
-        if cell is None:
-            return
-        row = _row(grid, cell, msg, store_root)
-        store.write(row)
-        done_n += 1
-        counts[row["status"]] += 1
-        took = time.monotonic() - w.since
-        if row["status"] == "ok":
-            log(f"[{done_n}/{len(todo)}] {cell.name}: ok, top-1 {100 * row['acc1']:.2f}% ({took:.1f} s)")
+    def record(cell: Cell, msg: dict[str, Any], ran_here: bool) -> None:
+        run_dir = grid.run_dir(cell)
+        if ran_here and read_result(run_dir) is None:  # e.g. a Ray worker without the shared disk
+            try:
+                write_result(run_dir, msg)
+            except OSError as e:
+                log(f"error: cannot write {run_dir / 'result.json'} ({e}); the store row is the only record of "
+                    f"{cell.name}")
+        if store is not None:
+            try:
+                store.write(result_row(grid, cell, msg, store_root))
+            except StoreError as e:
+                if not store_errors:
+                    log(f"error: {e}")
+                store_errors.append(cell.name)
+        claims.release(cell.key)
+        status = msg["status"]
+        if status == "ok":
+            prog.done += 1
         else:
-            log(f"[{done_n}/{len(todo)}] {cell.name}: FAILED ({took:.1f} s): {row['error'].splitlines()[0]}")
+            prog.failed += 1
+        if ran_here:
+            counts[status] += 1
+            if msg.get("duration_s"):
+                prog.durations.append(float(msg["duration_s"]))
+        else:
+            counts["skipped"] += 1
+        took = f" ({msg['duration_s']:.1f} s)" if msg.get("duration_s") else ""
+        if status == "ok":
+            acc = (msg.get("result") or {}).get("test", {}).get("acc1")
+            what = f"{cell.name}: ok, top-1 {100 * acc:.2f}%{took}"
+        else:
+            what = f"{cell.name}: FAILED{took}: {str(msg.get('error')).splitlines()[0]}"
+        prog.line(what if ran_here else f"{what} (finished by another sweep)")
 
     try:
-        gpu_of = {}
-        for i in range(n):
-            w = start(gpus[i])
-            gpu_of[w.wid] = gpus[i]
-        while todo_q or any(w.cell is not None for w in pool.values()):
-            for w in list(pool.values()):
-                if w.cell is None and todo_q and w.proc.is_alive():
-                    cell = todo_q.pop(0)
-                    w.cell, w.since = cell, time.monotonic()
-                    w.tasks.put((cell.key, cell.config, str(grid.run_dir(cell))))
-            try:
-                wid, msg = results.get(timeout=0.5)
-            except queue.Empty:
-                for w in list(pool.values()):
-                    if w.proc.is_alive():
-                        continue
-                    try:  # an answer may have arrived just before the worker exited
-                        while True:
-                            wid, msg = results.get_nowait()
-                            if msg[0] == "ready":
-                                pool[wid].ready = True
-                            elif wid in pool:
-                                finish(pool[wid], msg)
-                    except queue.Empty:
-                        pass
-                    code = w.proc.exitcode
-                    why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                    if not w.ready:  # it never got to run anything: not the cell's fault
-                        raise RuntimeError(
-                            f"an ablation worker process failed to start ({why}); its error is printed above. "
-                            f"If you call run_grid from a script, guard it with `if __name__ == '__main__':` "
-                            f"(workers are started with multiprocessing's spawn method)")
-                    hint = " (SIGKILL: often the out-of-memory killer)" if code == -signal.SIGKILL else ""
-                    if w.cell is not None:
-                        finish(w, ("failed", w.cell.key, f"WorkerDied: the run's process died ({why}){hint}",
-                                   None, None, _now()))
-                    del pool[w.wid]
-                    if todo_q:
-                        nw = start(gpu_of.get(w.wid))
-                        gpu_of[nw.wid] = gpu_of.get(w.wid)
-                continue
-            if wid in pool:
-                if msg[0] == "ready":
-                    pool[wid].ready = True
-                else:
-                    finish(pool[wid], msg)
+        while queue_ or inflight or elsewhere:
+            while queue_ and ex.free() > 0:
+                cell = queue_.pop(0)
+                msg = fresh(cell)
+                if msg is not None:
+                    record(cell, msg, ran_here=False)
+                    continue
+                if not claims.try_claim(cell.key):
+                    elsewhere[cell.key] = cell
+                    prog.elsewhere = len(elsewhere)
+                    continue
+                msg = fresh(cell)  # finished and released just before we claimed it
+                if msg is not None:
+                    record(cell, msg, ran_here=False)
+                    continue
+                keep = grid.keep_checkpoints == "all" or (grid.keep_checkpoints == "first_seed" and cell.seed == grid.seeds[0])
+                task = {"key": cell.key, "grid": grid.name, "label": cell.label, "seed": cell.seed, "config": cell.config,
+                        "run_dir": str(grid.run_dir(cell)), "run_fn": fn, "threads": grid.threads,
+                        "keep_checkpoint": keep, "claim_file": str(claims.path(cell.key)),
+                        "heartbeat_s": claims.heartbeat_s}
+                try:
+                    ex.submit(task)
+                except Exception as e:  # noqa: BLE001  (e.g. sbatch refused the job)
+                    record(cell, failed_message(task, f"SubmitFailed: {type(e).__name__}: {e}"), ran_here=True)
+                    continue
+                inflight[cell.key] = (cell, time.monotonic())
+                prog.running = len(inflight)
+                prog.line(f"{cell.name}: started")
+            for key, msg in ex.poll(timeout=0.5 if inflight else 0):
+                cell, _ = inflight.pop(key, (None, 0.0))
+                if cell is None:
+                    continue
+                prog.running = len(inflight)
+                record(cell, msg, ran_here=True)
+            claims.heartbeat()
+            if elsewhere and time.monotonic() - last_look > 1.0:
+                last_look = time.monotonic()
+                for key, cell in list(elsewhere.items()):
+                    msg = fresh(cell)
+                    if msg is not None:
+                        del elsewhere[key]
+                        prog.elsewhere = len(elsewhere)
+                        record(cell, msg, ran_here=False)
+                    elif claims.holder(key) is None:  # released without a result, or stale: ours to take
+                        del elsewhere[key]
+                        prog.elsewhere = len(elsewhere)
+                        queue_.insert(0, cell)
+            if not inflight and not (queue_ and ex.free() > 0) and elsewhere:
+                time.sleep(0.5)
     except BaseException as e:
-        for w in pool.values():
-            w.stop(now=True)
+        ex.shutdown(now=True)
+        claims.release_all()
         if isinstance(e, KeyboardInterrupt):
-            log(f"interrupted: {counts['ok'] + counts['failed']} finished runs are in {store.path}; "
+            log(f"interrupted: {counts['ok'] + counts['failed']} finished runs are saved; "
                 "run the same command again to do the rest")
         raise
-    for w in pool.values():
-        w.stop()
+    ex.shutdown()
+    claims.release_all()
+    if store_errors:
+        raise StoreError(f"results store {store.path}: {len(store_errors)} finished run(s) could not be written to it "
+                         f"({', '.join(store_errors[:5])}{', ...' if len(store_errors) > 5 else ''}); they are safe "
+                         f"in their result.json files: fix the store, then run `attnzoo collect {grid.path}`")
     return counts
