@@ -359,7 +359,9 @@ def data_cases(tmp: Path) -> list[Case]:
 # the CLI, in process (and a few subprocesses)
 # --------------------------------------------------------------------------------------------
 
-SYNTH = ["--data", "SyntheticDataModule", "--data.num_classes", "4", "--data.image_size", "16",
+# `attnzoo fit|test|...` refuse to run without a config; a one-line YAML string is one
+CONFIG = ["--config", "seed_everything: 0"]
+SYNTH = [*CONFIG, "--data", "SyntheticDataModule", "--data.num_classes", "4", "--data.image_size", "16",
          "--data.num_train", "8", "--data.num_test", "4", "--data.batch_size", "4",
          "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
          "--trainer.enable_checkpointing", "false", "--trainer.max_epochs", "1"]
@@ -440,11 +442,12 @@ def cli_cases(tmp: Path) -> list[Case]:
         Case("cli", "fit: unknown data class", _in_process(["fit", "--data", "NopeDataModule"], tmp), ("NopeDataModule",)),
         Case("cli", "fit: missing config file", fit("--config", str(tmp / "missing.yaml")), ("missing.yaml",)),
         Case("cli", "fit: duplicate key in the config", fit("--config", str(dup)), ("'attn'", "twice", "dup.yaml")),
-        Case("cli", "fit: data set not there", _in_process(["fit", "--data", "FashionMNISTDataModule",
+        Case("cli", "fit: no --config", _in_process(["fit", "--model.attn", "se"], tmp), ("--config",)),
+        Case("cli", "fit: data set not there", _in_process(["fit", *CONFIG, "--data", "FashionMNISTDataModule",
                                                             "--data.data_dir", str(tmp / "nofmnist")], tmp), ("nofmnist",)),
         Case("cli", "fit: 27x27 Fashion-MNIST files", _in_process(
             ["fit", "--data", "FashionMNISTDataModule", "--data.data_dir", str(_fmnist(tmp / "fm27", side=27)),
-             *SYNTH[10:]], tmp), ("train-images-idx3-ubyte", "27x27")),
+             *CONFIG, *SYNTH[12:]], tmp), ("train-images-idx3-ubyte", "27x27")),
         Case("cli", "test: malicious --ckpt_path", _in_process(["test", *SYNTH, "--ckpt_path", str(evil)], tmp),
              ("evil.ckpt", "not a plain checkpoint")),
         Case("cli", "test: --ckpt_path of another network", _in_process(["test", *SYNTH, "--model.attn", "cbam",

@@ -13,7 +13,9 @@ from attnzoo.checkpoint import checkpoint_in_folder, load_checkpoint
 from attnzoo.cli import main as attnzoo_main
 from attnzoo.errors import AttnzooError, UnsafeCheckpointError
 
-SYNTH = ["--data", "SyntheticDataModule", "--data.num_classes", "4", "--data.image_size", "16",
+# `attnzoo fit|test|...` refuse to run without a config; a one-line YAML string is one
+CONFIG = ["--config", "seed_everything: 0"]
+SYNTH = [*CONFIG, "--data", "SyntheticDataModule", "--data.num_classes", "4", "--data.image_size", "16",
          "--data.num_train", "8", "--data.num_test", "4", "--data.batch_size", "4",
          "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
          "--trainer.enable_checkpointing", "false"]

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..factory import register_attn
-from .base import AttnTap, check_channels, check_heads, check_input
+from .base import AttnTap, BiaslessLinear, check_channels, check_heads, check_input
 from .mhsa import relative_offsets
 
 __all__ = ["AxialAttn"]
@@ -51,7 +51,7 @@ class _AxialBias(nn.Module):
     def __init__(self, num_heads: int, hidden: int) -> None:
         super().__init__()
         # the last layer has no bias: a per-head constant on every logit is removed by softmax
-        self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_heads, bias=False))
+        self.mlp = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(inplace=True), BiaslessLinear(hidden, num_heads))
 
     def forward(self, length: int, device) -> torch.Tensor:
         table, index = relative_offsets(length, 1, device, self.mlp[0].weight.dtype)  # (2L-1, 2) with dx = 0, (L, L)

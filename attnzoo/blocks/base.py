@@ -19,7 +19,7 @@ from torch import nn
 from timm.layers import get_act_layer, make_divisible
 
 __all__ = [
-    "AttnTap", "SafeBatchNorm2d", "check_input", "check_channels", "check_heads", "reduced_channels", "resolve_layer",
+    "AttnTap", "BiaslessLinear", "SafeBatchNorm2d", "check_input", "check_channels", "check_heads", "reduced_channels", "resolve_layer",
 ]
 
 TAP_KINDS = ("channel", "spatial", "query")
@@ -47,6 +47,28 @@ class AttnTap(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
+
+
+class BiaslessLinear(nn.Module):
+    """``nn.Linear(in_features, out_features, bias=False)``, same weight, init and state_dict key
+    (``weight``), but not an ``nn.Linear`` instance.
+
+    timm's weight init for vovnet, efficientnet and the mobilenets runs ``zeros_(m.bias)`` on every
+    ``nn.Linear`` it finds without checking for None, so a bias-free Linear inside a block put into
+    their slots crashes the model's construction.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Linear's own initialisation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias=False"
 
 
 class SafeBatchNorm2d(nn.BatchNorm2d):

@@ -76,7 +76,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..factory import SCORE_FUNCTIONS, register_attn
-from .base import AttnTap, check_channels, check_heads, check_input
+from .base import AttnTap, BiaslessLinear, check_channels, check_heads, check_input
 
 __all__ = ["MultiHeadSelfAttn2d", "relative_offsets", "SCORES", "check_topk"]
 
@@ -157,7 +157,7 @@ class MultiHeadSelfAttn2d(nn.Module):
         self.qkv = nn.Conv2d(channels, parts * channels, 1, bias=False)
         self.proj = nn.Conv2d(channels, channels, 1)
         self.rel_pos = (
-            nn.Sequential(nn.Linear(2, rel_pos_hidden), nn.ReLU(inplace=True), nn.Linear(rel_pos_hidden, num_heads, bias=False))
+            nn.Sequential(nn.Linear(2, rel_pos_hidden), nn.ReLU(inplace=True), BiaslessLinear(rel_pos_hidden, num_heads))
             if rel_pos
             else None
         )
