@@ -439,7 +439,7 @@ def cli_cases(tmp: Path) -> list[Case]:
         Case("cli", "fit: negative lr", fit("--model.lr", "-1"), ("lr",)),
         Case("cli", "fit: unknown optimizer", fit("--model.optimizer", "adamm"), ("adamm",)),
         Case("cli", "fit: unknown model key", fit("--model.attnn", "se"), ("attnn",)),
-        Case("cli", "fit: unknown data class", _in_process(["fit", "--data", "NopeDataModule"], tmp), ("NopeDataModule",)),
+        Case("cli", "fit: unknown data class", _in_process(["fit", *CONFIG, "--data", "NopeDataModule"], tmp), ("NopeDataModule",)),
         Case("cli", "fit: missing config file", fit("--config", str(tmp / "missing.yaml")), ("missing.yaml",)),
         Case("cli", "fit: duplicate key in the config", fit("--config", str(dup)), ("'attn'", "twice", "dup.yaml")),
         Case("cli", "fit: no --config", _in_process(["fit", "--model.attn", "se"], tmp), ("--config",)),
