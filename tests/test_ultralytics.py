@@ -407,3 +407,48 @@ def test_detection_cell_returns_map_metrics(dataset, tmp_path, monkeypatch):
     stock = _params(DetectionModel("yolov8n.yaml", nc=2, verbose=False))
     assert result["params"] > stock and result["insert_report"]["rows"]
     assert len(result["epochs"]) == 1 and Path(result["weights"]).exists()
+
+
+def test_detection_ablation_runs_through_attnzoo_ablate_and_reports_map(dataset, tmp_path, monkeypatch, capsys):
+    """The whole route a user takes: attnzoo ablate (validation, dry run, worker processes, store)
+    then attnzoo report, on mAP50-95 -- with the workers' sockets blocked too."""
+    import yaml
+
+    from attnzoo.ablation.cli import ablate_main, report_main
+    from attnzoo.ablation.store import ResultStore
+
+    monkeypatch.chdir(tmp_path)
+    attempts = tmp_path / "network_attempts.txt"
+    guard = tmp_path / "guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import socket
+        def _blocked(*a, **k):
+            with open({str(attempts)!r}, "a") as f:
+                f.write(repr(a[:2]) + "\\n")
+            raise OSError("network blocked")
+        socket.socket.connect = lambda self, *a: _blocked(*a)
+        socket.create_connection = _blocked
+        socket.getaddrinfo = _blocked
+    """))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(guard), str(REPO), os.environ.get("PYTHONPATH", "")]))
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"model": {"cfg": "yolov8n.yaml", "attn": None}, "train": {
+        "data": str(dataset), "epochs": 1, "imgsz": 64, "batch": 8, "workers": 0, "device": "cpu", "amp": False}}))
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump({
+        "name": "tiny_detection", "base": str(base), "axes": {"model.attn": [None, "eca"]},
+        "overrides": {"model.position": "bottleneck"}, "baseline": {"model.attn": None}, "seeds": [0],
+        "seed_keys": ["train.seed"], "metric": "map50_95", "workers": 2, "store": "results.sqlite",
+        "run_fn": "attnzoo.integrations.ultralytics.ablation:run_detection"}))
+    assert ablate_main([str(grid_file), "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert "eca" in dry and "?" not in dry.split("\n", 2)[2]  # params and FLOPs of each cell, from the hook
+    assert ablate_main([str(grid_file)]) == 0
+    rows = ResultStore(tmp_path / "results.sqlite").rows()
+    assert sorted(r["label"] for r in rows) == ["baseline", "eca"] and {r["status"] for r in rows} == {"ok"}
+    assert all(0.0 <= r["test_metrics"]["map50_95"] <= 1.0 and r["acc1"] is None for r in rows)
+    capsys.readouterr()
+    assert report_main([str(grid_file), "--formats", "md,csv"]) == 0
+    assert "mAP50-95" in capsys.readouterr().out + (tmp_path / "README.md").read_text()
+    assert not attempts.exists(), attempts.read_text()

@@ -47,7 +47,7 @@ def _dry_run(grid) -> int:
         first.setdefault(c.label, c)
     rows = []
     for label, cell in first.items():
-        cost = cell_complexity(cell)
+        cost = cell_complexity(cell, grid)
         cells = [c for c in grid.cells if c.label == label]
         done = sum(status.get(c.key) == "ok" for c in cells)
         failed = sum(status.get(c.key) == "failed" for c in cells)

@@ -55,7 +55,7 @@ import yaml
 
 __all__ = [
     "Cell", "Grid", "GridError", "load_grid", "expand_grid", "validate_grid", "cell_complexity",
-    "ATTN_KEYS", "KEEP_CHECKPOINTS", "DEFAULT_RUN_FN", "check_run_fn", "slug",
+    "ATTN_KEYS", "KEEP_CHECKPOINTS", "DEFAULT_RUN_FN", "check_run_fn", "slug", "grid_metric_key", "run_fn_hook",
 ]
 
 BASE_KEY = "__base__"
@@ -576,6 +576,28 @@ def check_run_fn(grid: Grid, run_fn: Any = None) -> None:
         raise GridError(f"{grid.path}: {e}; run_fn must name a function (config, run_dir) -> results dict") from None
 
 
+def grid_metric_key(grid: Grid) -> str:
+    """The test metric a grid's runs are judged by: its ``metric`` entry (a key, or ``{key: ...}``), else acc1."""
+    value = grid.raw.get("metric") if isinstance(grid.raw, dict) else None
+    if isinstance(value, dict):
+        value = value.get("key")
+    return value if isinstance(value, str) and value.strip() else "acc1"
+
+
+def run_fn_hook(grid: Grid, name: str, run_fn: Any = None) -> Callable[..., Any] | None:
+    """A companion of the grid's ``run_fn``: ``run_fn.validate(config)`` (raise if a cell's config is
+    wrong, without training) or ``run_fn.complexity(config)`` (``{"params", "flops"}`` of its network).
+
+    attnzoo's own ``run_fit_test`` has both; a pluggable run_fn (e.g. the ultralytics integration's
+    detection runs) brings its own, or goes without (then only the generic checks apply).
+    """
+    from .runner import resolve_run_fn
+
+    fn = resolve_run_fn(run_fn if run_fn is not None else grid.run_fn)
+    hook = getattr(fn, name, None)
+    return hook if callable(hook) else None
+
+
 def validate_grid(grid: Grid, validate: Callable[[dict[str, Any]], Any] | None = None,
                   run_fn: Any = None) -> None:
     """Check everything that can be known before a run; raise one :class:`GridError` listing it all.
@@ -586,9 +608,9 @@ def validate_grid(grid: Grid, validate: Callable[[dict[str, Any]], Any] | None =
     its size is fixed (Fashion-MNIST, CIFAR, synthetic). For the grid: ``run_fn`` imports, and the
     store and the run folders can be written. Nothing is created.
     """
-    if validate is None:
-        from attnzoo.training import validate_config as validate
     check_run_fn(grid, run_fn)
+    if validate is None:
+        validate = run_fn_hook(grid, "validate", run_fn) or (lambda config: None)
     problems = [e for e in (_writable_error(grid.store, "the results store"),
                             _writable_error(grid.runs_dir, "the run folder")) if e]
     if problems:
@@ -614,8 +636,14 @@ def validate_grid(grid: Grid, validate: Callable[[dict[str, Any]], Any] | None =
         raise GridError(f"{grid.path}: {len(errors)} of {len(checked)} cells are invalid (nothing was run):\n" + "\n".join(errors))
 
 
-def cell_complexity(cell: Cell) -> dict[str, Any]:
-    """Parameters and FLOPs (batch 1, the data's image size) of a cell's network, without training."""
+def cell_complexity(cell: Cell, grid: Grid | None = None) -> dict[str, Any]:
+    """Parameters and FLOPs (batch 1, the data's image size) of a cell's network, without training.
+
+    With ``grid``, its run_fn's own ``complexity`` hook is used when it has one (None values when it
+    has none)."""
+    if grid is not None and grid.run_fn != DEFAULT_RUN_FN:
+        hook = run_fn_hook(grid, "complexity")
+        return dict(hook(copy.deepcopy(cell.config))) if hook else {"params": None, "flops": None}
     from attnzoo.training import complexity
     from attnzoo.training.cli import build_cli, config_layers
 

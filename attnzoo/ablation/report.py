@@ -61,6 +61,8 @@ class Metric:
 
     def value(self, row: dict[str, Any]) -> float | None:
         v = row.get(self.key)
+        if v is None and isinstance(row.get("test_metrics"), dict):
+            v = row["test_metrics"].get(self.key)
         if v is None and row.get("epochs"):
             last = row["epochs"][-1] if isinstance(row["epochs"], list) else {}
             v = last.get(self.key, last.get(f"test/{self.key}")) if isinstance(last, dict) else None

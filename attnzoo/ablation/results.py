@@ -101,6 +101,7 @@ def result_row(grid: Grid, cell: Cell, msg: dict[str, Any], store_root: Path, ru
         row.update({
             "status": "ok", "config": result.get("config") or cell.config, "epochs": result.get("epochs"),
             "acc1": _num(test.get("acc1")), "acc5": _num(test.get("acc5")), "loss": _num(test.get("loss")),
+            "test_metrics": {k: _num(v) for k, v in test.items()} or None,
             "params": result.get("params"), "flops": result.get("flops"),
             "train_throughput": _num(result.get("train_throughput")),
             "infer_throughput": _num(result.get("infer_throughput")),

@@ -250,7 +250,9 @@ def run_grid(
         st, fin = store.status(), store.finished_at()
         old_failed = {k: fin.get(k) for k, v in st.items() if v == "failed"}
     fn = _run_fn_spec(run_fn if run_fn is not None else grid.run_fn)
-    from .grid import check_run_fn
+    from .grid import check_run_fn, grid_metric_key
+
+    metric = grid_metric_key(grid)
 
     check_run_fn(grid, fn)  # a typo fails here, naming the spec, not as a worker that dies while starting
     opts = dict(executor_options or {})
@@ -319,8 +321,9 @@ def run_grid(
             counts["skipped"] += 1
         took = f" ({msg['duration_s']:.1f} s)" if msg.get("duration_s") else ""
         if status == "ok":
-            acc = (msg.get("result") or {}).get("test", {}).get("acc1")
-            what = f"{cell.name}: ok, top-1 {100 * acc:.2f}%{took}"
+            value = ((msg.get("result") or {}).get("test") or {}).get(metric)
+            shown = f"{100 * value:.2f}%" if isinstance(value, (int, float)) else "?"
+            what = f"{cell.name}: ok, {metric} {shown}{took}"
         else:
             what = f"{cell.name}: FAILED{took}: {str(msg.get('error')).splitlines()[0]}"
         prog.line(what if ran_here else f"{what} (finished by another sweep)")
@@ -343,7 +346,7 @@ def run_grid(
                     continue
                 keep = grid.keep_checkpoints == "all" or (grid.keep_checkpoints == "first_seed" and cell.seed == grid.seeds[0])
                 task = {"key": cell.key, "grid": grid.name, "label": cell.label, "seed": cell.seed, "config": cell.config,
-                        "run_dir": str(grid.run_dir(cell)), "run_fn": fn, "threads": grid.threads,
+                        "run_dir": str(grid.run_dir(cell)), "run_fn": fn, "threads": grid.threads, "metric": metric,
                         "keep_checkpoint": keep, "claim_file": str(claims.path(cell.key)),
                         "heartbeat_s": claims.heartbeat_s}
                 try:

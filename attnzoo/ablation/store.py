@@ -57,8 +57,9 @@ COLUMNS: dict[str, str] = {
     "insert_report": "TEXT",
     "started_at": "TEXT",
     "finished_at": "TEXT",
+    "test_metrics": "TEXT",  # JSON: every test metric the run_fn returned (e.g. map50_95 of a detection run)
 }
-_JSON_COLUMNS = ("overrides", "config", "epochs", "env", "insert_report")
+_JSON_COLUMNS = ("overrides", "config", "epochs", "env", "insert_report", "test_metrics")
 _REQUIRED = ("key", "label", "seed", "status")
 
 

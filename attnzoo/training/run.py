@@ -153,3 +153,7 @@ def run_fit_test(config: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
         "insert_report": report.to_dict() if report is not None else None,
         "config": _jsonable(yaml.safe_load(cli.parser.dump(cli.config, skip_check=True, skip_none=False))),
     }
+
+
+# companions the ablation runner looks for on a run_fn (attnzoo.ablation.grid.run_fn_hook)
+run_fit_test.validate = validate_config

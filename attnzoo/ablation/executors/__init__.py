@@ -175,10 +175,11 @@ def execute_cell(task: dict[str, Any]) -> dict[str, Any]:
             try:
                 result = resolve_run_fn(task["run_fn"])(task["config"], str(run_dir))
                 test = (result.get("test") or {}) if isinstance(result, dict) else {}
-                acc1 = test.get("acc1")
-                if not isinstance(acc1, (int, float)) or isinstance(acc1, bool) or acc1 != acc1 or abs(acc1) == float("inf"):
+                metric = task.get("metric") or "acc1"  # the grid's metric: top-1, or e.g. map50_95
+                value = test.get(metric)
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or abs(value) == float("inf"):
                     msg.update(status="failed", result=None,
-                               error=f"ValueError: the run returned no finite test accuracy (test = {test!r})")
+                               error=f"ValueError: the run returned no finite test {metric} (test = {test!r})")
                 else:
                     msg.update(status="ok", result=result, error=None)
             except KeyboardInterrupt:

@@ -147,3 +147,38 @@ def run_detection(config: dict[str, Any], run_dir: str | Path) -> dict[str, Any]
         "config": {"model": model_cfg, "train": cfg["train"], "model_yaml": str(path)},
         "weights": str(save_dir / "weights" / "last.pt"),
     }
+
+
+def _built_model(config: dict[str, Any]):
+    """The cell's network, built from its YAML the way the run builds it (no data read, no training)."""
+    import tempfile
+
+    from ultralytics import YOLO
+
+    cfg = _resolve(config)
+    with tempfile.TemporaryDirectory(prefix="attnzoo-cell-") as tmp:
+        net = YOLO(str(build_cell_yaml(cfg["model"], tmp))).model.float()
+    return cfg, net
+
+
+def validate_detection(config: dict[str, Any]) -> None:
+    """Refuse a detection cell before any run: unknown keys, a block or position the model lacks, a
+    data.yaml that is not there. Builds the network once; trains nothing."""
+    cfg, _ = _built_model(config)
+    data = Path(str(cfg["train"]["data"])).expanduser()
+    if not data.is_file():
+        raise FileNotFoundError(f"detection cell: train.data {str(data)!r} is not a file (a YOLO-format data.yaml)")
+
+
+def detection_complexity(config: dict[str, Any]) -> dict[str, Any]:
+    """Parameters and FLOPs (batch 1, at train.imgsz) of a detection cell's network, for ``--dry-run``."""
+    from ...training import complexity
+
+    cfg, net = _built_model(config)
+    imgsz = int(cfg["train"].get("imgsz", 640))
+    return dict(complexity(net, (int(net.yaml.get("channels", 3)), imgsz, imgsz)))
+
+
+# companions the ablation runner looks for on a run_fn (attnzoo.ablation.grid.run_fn_hook)
+run_detection.validate = validate_detection
+run_detection.complexity = detection_complexity
