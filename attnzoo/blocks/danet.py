@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..factory import register_attn
+from ._fused import conv1x1_cat
 from .base import AttnTap, check_channels, check_input, reduced_channels
 
 __all__ = ["DanetPositionAttn", "DanetChannelAttn", "DualAttn"]
@@ -86,9 +87,9 @@ class DanetPositionAttn(nn.Module):
     def context(self, x: torch.Tensor) -> torch.Tensor:
         """alpha * sum_i s_ji v_i, the term PAM adds to its input; (B, C, H, W)."""
         b, c, h, w = x.shape
-        q = self.query(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, d)
-        k = self.key(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, d)
-        v = self.value(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, C)
+        d = self.rd_channels
+        qkv = conv1x1_cat(x, [self.query, self.key, self.value])  # (B, 2d + C, H, W), one GEMM
+        q, k, v = qkv.flatten(2).transpose(1, 2).unsqueeze(1).split([d, d, c], -1)  # (B, 1, N, d/d/C)
         out = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C)
         if self.tap.active:  # build the weights only while they are being captured
             weights = (q @ k.transpose(-1, -2)).softmax(-1)  # (B, 1, N, N)

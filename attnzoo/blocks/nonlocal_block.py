@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..factory import register_attn
+from ._fused import conv1x1_cat
 from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels
 
 __all__ = ["NonLocal2d"]
@@ -61,11 +62,12 @@ class NonLocal2d(nn.Module):
     def forward(self, x):
         check_input(self, x)
         b, c, h, w = x.shape
-        theta = self.theta(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, d)
-        phi_map = self.pool(self.phi(x))  # (B, d, H', W')
-        hk, wk = phi_map.shape[-2:]
-        phi = phi_map.flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, M, d), M = H'*W'
-        g = self.pool(self.g(x)).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, M, d)
+        d = self.rd_channels
+        theta, phi_g = conv1x1_cat(x, [self.theta, self.phi, self.g]).split([d, 2 * d], 1)  # one GEMM: (B, d | 2d, H, W)
+        theta = theta.flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, d)
+        phi_g = self.pool(phi_g)  # (B, 2d, H', W'), phi and g pooled together
+        hk, wk = phi_g.shape[-2:]
+        phi, g = phi_g.flatten(2).transpose(1, 2).unsqueeze(1).split(d, -1)  # 2 x (B, 1, M, d), M = H'*W' 
         y = F.scaled_dot_product_attention(theta, phi, g, scale=1.0)  # (B, 1, N, d)
         if self.tap.active:
             weights = (theta @ phi.transpose(-1, -2)).softmax(-1)  # (B, 1, N, M)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..factory import register_attn
+from ._fused import affine_sigmoid_gate, is_sigmoid
 from .base import AttnTap, check_input, resolve_layer
 from .sge import resolve_groups
 
@@ -75,15 +76,23 @@ class ShuffleAttn(nn.Module):
     def forward(self, x):
         check_input(self, x)
         b, c, h, w = x.shape
-        xg = x.reshape(b * self.groups, c // self.groups, h, w)  # (B*G, C/G, H, W)
-        x1, x2 = xg.chunk(2, dim=1)  # (B*G, C/2G, H, W) each
-        a1 = self.gate(self.cweight * x1.mean((2, 3), keepdim=True) + self.cbias)  # (B*G, C/2G, 1, 1)
-        mu = x2.mean((2, 3), keepdim=True)  # (B*G, C/2G, 1, 1)
-        var = (x2 - mu).square().mean((2, 3), keepdim=True)  # (B*G, C/2G, 1, 1)
-        gn = (x2 - mu) * torch.rsqrt(var + self.eps)  # (B*G, C/2G, H, W)
-        a2 = self.gate(self.sweight * gn + self.sbias)  # (B*G, C/2G, H, W)
-        a = torch.cat([a1.expand_as(x1), a2], dim=1).reshape(b, c, h, w)  # (B, C, H, W), input order
-        return channel_shuffle(x * self.tap(a), 2)
+        g, half = self.groups, c // (2 * self.groups)
+        # Both branches are a per-(sample, channel) affine map of x inside the sigmoid:
+        #   channel half: sigmoid(0 * x + (W1 * mean + b1));  spatial half: GN(x) = (x - mu) * rstd, so
+        #   sigmoid(x * (W2 * rstd) + (b2 - W2 * rstd * mu)).  One pass gives every channel's mean and
+        #   variance, and the gate, the product and the shuffle then run over x once (_fused).
+        var, mu = torch.var_mean(x, (2, 3), correction=0, keepdim=True)  # (B, C, 1, 1)
+        var = var.view(b, g, 2, half)[:, :, 1]  # (B, G, C/2G), spatial halves only
+        mu = mu.view(b, g, 2, half)  # (B, G, 2, C/2G)
+        cw, cb, sw, sb = (p.view(1, 1, half) for p in (self.cweight, self.cbias, self.sweight, self.sbias))
+        scale_sp = sw * torch.rsqrt(var + self.eps)  # (B, G, C/2G)
+        s = torch.stack([torch.zeros_like(scale_sp), scale_sp], 2).reshape(b, c, 1, 1)  # (B, C, 1, 1)
+        t = torch.stack([cw * mu[:, :, 0] + cb, sb - scale_sp * mu[:, :, 1]], 2).reshape(b, c, 1, 1)  # (B, C, 1, 1)
+        if self.tap.active or self.tap._forward_hooks:  # materialise the factor only while it is captured
+            return channel_shuffle(x * self.tap(self.gate(torch.addcmul(t, x, s))), 2)
+        if is_sigmoid(self.gate):
+            return affine_sigmoid_gate(x, s, t, shuffle=True)
+        return channel_shuffle(x * self.gate(torch.addcmul(t, x, s)), 2)
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}"
