@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..factory import register_attn
+from ._fused import channel_spatial_scale
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
 
 __all__ = ["CbamChannel", "CbamSpatial", "Cbam"]
@@ -67,12 +68,16 @@ class CbamChannel(nn.Module):
         self.gate = resolve_layer("cbam", "gate_layer", gate_layer)()
         self.tap = AttnTap("channel")
 
-    def forward(self, x):
-        check_input(self, x)
+    def factor(self, x):
+        """Mc(x), (B, C, 1, 1)."""
         b = x.shape[0]
         pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)])  # (2B, C, 1, 1)
         avg, mx = self.fc2(self.act(self.fc1(pooled))).split(b)  # shared MLP in one call; 2 x (B, C, 1, 1)
-        return x * self.tap(self.gate(avg + mx))
+        return self.tap(self.gate(avg + mx))  # (B, C, 1, 1)
+
+    def forward(self, x):
+        check_input(self, x)
+        return x * self.factor(x)
 
 
 @register_attn("cbam_spatial", family="spatial", **_META)
@@ -96,11 +101,15 @@ class CbamSpatial(nn.Module):
         self.gate = resolve_layer("cbam_spatial", "gate_layer", gate_layer)()
         self.tap = AttnTap("spatial")
 
+    def factor(self, x):
+        """Ms(x), (B, 1, H, W)."""
+        # max with indices: its backward keeps the (B, 1, H, W) argmax, where amax keeps all of x
+        s = torch.cat([x.mean(1, keepdim=True), x.max(1, keepdim=True).values], dim=1)  # (B, 2, H, W)
+        return self.tap(self.gate(self.norm(self.conv(s))))  # (B, 1, H, W)
+
     def forward(self, x):
         check_input(self, x)
-        s = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)  # (B, 2, H, W)
-        s = self.gate(self.norm(self.conv(s)))  # (B, 1, H, W)
-        return x * self.tap(s)
+        return x * self.factor(x)
 
 
 @register_attn("cbam", family="channel+spatial", **_META)
@@ -132,4 +141,7 @@ class Cbam(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        return self.spatial(self.channel(x))
+        gc = self.channel.factor(x)  # (B, C, 1, 1)
+        x1 = x * gc  # F' (B, C, H, W)
+        # F'' = F' * Ms(F'), without keeping F' for backward (_fused.channel_spatial_scale)
+        return channel_spatial_scale(x, x1, gc, self.spatial.factor(x1))

@@ -21,9 +21,11 @@ maps. The zoo's issue lists SimAM under channel attention, but its weights are f
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..factory import register_attn
+from ._fused import centred_energy_gate, is_sigmoid
 from .base import AttnTap, check_channels, check_input, resolve_layer
 
 __all__ = ["SimAM"]
@@ -56,6 +58,11 @@ class SimAM(nn.Module):
     def forward(self, x):
         check_input(self, x)
         n = max(x.shape[2] * x.shape[3] - 1, 1)  # M - 1 neighbours; 1 on a 1x1 map (see NOTE)
+        if is_sigmoid(self.gate) and not (self.tap.active or self.tap._forward_hooks):
+            # one pass for mean and variance, then the gate and product without full-size saves
+            var, mu = torch.var_mean(x, (2, 3), correction=0, keepdim=True)  # (B, C, 1, 1)
+            k = 1.0 / (4 * (var * (x.shape[2] * x.shape[3] / n) + self.e_lambda))  # 1 / (4 (sigma^2 + lambda))
+            return centred_energy_gate(x, mu, k)
         d = (x - x.mean((2, 3), keepdim=True)).pow(2)  # (B, C, H, W): (t - mu)^2
         var = d.sum((2, 3), keepdim=True) / n  # (B, C, 1, 1): sigma^2
         e_inv = d / (4 * (var + self.e_lambda)) + 0.5  # (B, C, H, W): 1 / e_t*
