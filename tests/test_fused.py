@@ -7,7 +7,7 @@ from torch.autograd import gradcheck
 
 from attnzoo import create_attn
 from attnzoo.blocks import _fused
-from attnzoo.blocks._fused import _AffineSigmoidGate, _CentredEnergyGate, _ChannelSpatialScale
+from attnzoo.blocks._fused import _AffineSigmoidGate, _CentredEnergyGate
 
 
 def _d(*shape, positive=False):
@@ -25,12 +25,6 @@ def test_affine_sigmoid_gate_gradients_are_exact(shuffle):
 def test_centred_energy_gate_gradients_are_exact():
     torch.manual_seed(0)
     assert gradcheck(_CentredEnergyGate.apply, (_d(2, 3, 3, 2), _d(2, 3, 1, 1), _d(2, 3, 1, 1, positive=True)))
-
-
-def test_channel_spatial_scale_gradients_are_exact():
-    torch.manual_seed(0)
-    x, gc, gs = _d(2, 3, 3, 2), _d(2, 3, 1, 1), _d(2, 1, 3, 2)
-    assert gradcheck(lambda a, c, s: _ChannelSpatialScale.apply(a, a.detach() * c.detach(), c, s), (x, gc, gs))
 
 
 def test_conv1x1_fused_is_the_separate_convolutions():
@@ -72,13 +66,3 @@ def test_fast_path_matches_the_plain_path_in_training(name, channels_last, monke
     for n in p0:
         torch.testing.assert_close(p1[n], p0[n], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}.{n}: {m}")
 
-
-def test_cbam_keeps_no_full_size_intermediate_for_backward():
-    block = _randomized("cbam").train()
-    x = torch.randn(4, 32, 16, 16, requires_grad=True)
-    sizes = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append((t.numel(), t.data_ptr() == x.data_ptr())) or t,
-                                                  lambda t: t):
-        block(x).sum().backward()
-    created_full = [n for n, is_input in sizes if n == x.numel() and not is_input]
-    assert not created_full, f"cbam saved {len(created_full)} full-size tensors besides its input"

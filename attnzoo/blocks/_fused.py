@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["use_fused", "is_sigmoid", "channel_spatial_scale", "centred_energy_gate", "conv1x1_cat", "conv1x1_fused", "affine_sigmoid_gate"]
+__all__ = ["use_fused", "is_sigmoid", "centred_energy_gate", "conv1x1_cat", "conv1x1_fused", "affine_sigmoid_gate"]
 
 
 def is_sigmoid(gate: nn.Module) -> bool:
@@ -98,39 +98,6 @@ def affine_sigmoid_gate(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, shuff
         b, c, h, w = x.shape
         y = y.reshape(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
     return y
-
-
-class _ChannelSpatialScale(torch.autograd.Function):
-    """y = (x * gc) * gs with gc (B, C, 1, 1) and gs (B, 1, H, W), given x1 = x * gc already computed.
-
-    The plain ``x1 * gs`` saves x1 (a full-size tensor the block created) for backward; this saves
-    only x (the block's input, which is held anyway), gc and gs, and recomputes what it needs.
-    """
-
-    @staticmethod
-    def forward(ctx, x, x1, gc, gs):
-        ctx.save_for_backward(x, gc, gs)
-        return x1 * gs
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, gc, gs = ctx.saved_tensors
-        u = grad_y * x  # (B, C, H, W)
-        grad_gc = (u * gs).sum((2, 3), keepdim=True) if ctx.needs_input_grad[2] else None
-        grad_gs = (u * gc).sum(1, keepdim=True) if ctx.needs_input_grad[3] else None
-        grad_x = (grad_y * gs).mul_(gc) if ctx.needs_input_grad[0] else None
-        return grad_x, None, grad_gc, grad_gs
-
-
-def channel_spatial_scale(x: torch.Tensor, x1: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor) -> torch.Tensor:
-    """``x1 * gs`` where ``x1 = x * gc`` (CBAM's second product), without saving x1 for backward.
-
-    Gradients flow to x, gc and gs as for ``(x * gc) * gs``; none flows through ``x1`` here (its
-    other uses, e.g. the spatial pooling, carry their own).
-    """
-    if use_fused(x):
-        return _ChannelSpatialScale.apply(x, x1, gc, gs)
-    return x1 * gs
 
 
 class _CentredEnergyGate(torch.autograd.Function):

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from ..factory import register_attn
-from ._fused import channel_spatial_scale
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
 
 __all__ = ["CbamChannel", "CbamSpatial", "Cbam"]
@@ -141,7 +140,6 @@ class Cbam(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        gc = self.channel.factor(x)  # (B, C, 1, 1)
-        x1 = x * gc  # F' (B, C, H, W)
-        # F'' = F' * Ms(F'), without keeping F' for backward (_fused.channel_spatial_scale)
-        return channel_spatial_scale(x, x1, gc, self.spatial.factor(x1))
+        x1 = x * self.channel.factor(x)  # F' (B, C, H, W)
+        return x1 * self.spatial.factor(x1)  # F''
+
