@@ -7,7 +7,7 @@ from torch.autograd import gradcheck
 
 from attnzoo import create_attn
 from attnzoo.blocks import _fused
-from attnzoo.blocks._fused import _AffineSigmoidGate, _CentredEnergyGate
+from attnzoo.blocks._fused import _AffineSigmoidGate, _CentredEnergyGate, _ShuffleAttn
 
 
 def _d(*shape, positive=False):
@@ -20,6 +20,12 @@ def test_affine_sigmoid_gate_gradients_are_exact(shuffle):
     torch.manual_seed(0)
     x, s, t = _d(2, 4, 3, 3), _d(2, 4, 1, 1), _d(2, 4, 1, 1)
     assert gradcheck(lambda a, b, c: _AffineSigmoidGate.apply(a, b, c, shuffle), (x, s, t))
+
+
+def test_shuffle_attention_gradients_are_exact():
+    torch.manual_seed(0)
+    x, params = _d(2, 8, 3, 4), [_d(2) for _ in range(4)]
+    assert gradcheck(lambda a, *p: _ShuffleAttn.apply(a, *p, 2, 1e-5), (x, *params))
 
 
 def test_centred_energy_gate_gradients_are_exact():

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["use_fused", "is_sigmoid", "centred_energy_gate", "conv1x1_cat", "conv1x1_fused", "affine_sigmoid_gate"]
+__all__ = ["use_fused", "is_sigmoid", "shuffle_attention", "centred_energy_gate", "conv1x1_cat", "conv1x1_fused", "affine_sigmoid_gate"]
 
 
 def is_sigmoid(gate: nn.Module) -> bool:
@@ -45,6 +45,34 @@ def conv1x1_fused(x: torch.Tensor, convs: list[nn.Conv2d]) -> list[torch.Tensor]
     return list(conv1x1_cat(x, convs).split([c.out_channels for c in convs], dim=1))
 
 
+def _gate_forward(x, s, t, shuffle):
+    """x * sigmoid(x * s + t), channel-shuffled by 2 into a fresh tensor if ``shuffle``."""
+    a = torch.addcmul(t, x, s).sigmoid_()  # (B, C, H, W)
+    if not shuffle:
+        return a.mul_(x)
+    b, c, h, w = x.shape
+    out = torch.empty_like(x)  # same memory format as x
+    # out[:, 2j + i] = y[:, i * C/2 + j]: view out as (B, 2, C/2, H, W) in y's channel order
+    torch.mul(x.view(b, 2, c // 2, h, w), a.view(b, 2, c // 2, h, w), out=out.view(b, c // 2, 2, h, w).transpose(1, 2))
+    return out
+
+
+def _gate_backward(x, s, t, grad_out, shuffle):
+    """dL/dx (direct terms), dL/ds and dL/dt (B, C, 1, 1) of ``_gate_forward``."""
+    b, c, h, w = x.shape
+    if shuffle:  # bring the gradient back into y's channel order
+        grad_y = grad_out.view(b, c // 2, 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+    else:
+        grad_y = grad_out
+    a = torch.addcmul(t, x, s).sigmoid_()  # recomputed
+    grad_x = grad_y * a  # the direct term, dL/dy * a
+    gz = torch.addcmul(grad_x, grad_x, a, value=-1).mul_(x)  # dL/dz = dL/dy * a * (1 - a) * x
+    grad_s = (gz * x).sum((2, 3), keepdim=True)
+    grad_t = gz.sum((2, 3), keepdim=True)
+    grad_x.addcmul_(gz, s)  # + dL/dz * s
+    return grad_x, grad_s, grad_t
+
+
 class _AffineSigmoidGate(torch.autograd.Function):
     """y = x * sigmoid(x * s + t) (s, t per sample and channel), written channel-shuffled by 2 if asked.
 
@@ -57,31 +85,72 @@ class _AffineSigmoidGate(torch.autograd.Function):
     def forward(ctx, x, s, t, shuffle):
         ctx.save_for_backward(x, s, t)
         ctx.shuffle = shuffle
-        a = torch.addcmul(t, x, s).sigmoid_()  # (B, C, H, W)
-        if not shuffle:
-            return a.mul_(x)
-        b, c, h, w = x.shape
-        out = torch.empty_like(x)  # same memory format as x
-        # out[:, 2j + i] = y[:, i * C/2 + j]: view out as (B, 2, C/2, H, W) in y's channel order
-        torch.mul(x.view(b, 2, c // 2, h, w), a.view(b, 2, c // 2, h, w),
-                  out=out.view(b, c // 2, 2, h, w).transpose(1, 2))
-        return out
+        return _gate_forward(x, s, t, shuffle)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, s, t = ctx.saved_tensors
-        b, c, h, w = x.shape
-        if ctx.shuffle:  # bring the gradient back into y's channel order (a view, no copy)
-            grad_y = grad_out.view(b, c // 2, 2, h, w).transpose(1, 2).reshape(b, c, h, w)
-        else:
-            grad_y = grad_out
-        a = torch.addcmul(t, x, s).sigmoid_()  # recomputed
-        grad_x = grad_y * a  # the direct term, dL/dy * a
-        gz = a.neg_().add_(1).mul_(x).mul_(grad_x)  # dL/dz = dL/dy * x * a * (1 - a), in a's buffer
-        grad_s = (gz * x).sum((2, 3), keepdim=True) if ctx.needs_input_grad[1] else None
-        grad_t = gz.sum((2, 3), keepdim=True) if ctx.needs_input_grad[2] else None
-        grad_x.addcmul_(gz, s)  # + dL/dz * s
+        grad_x, grad_s, grad_t = _gate_backward(x, s, t, grad_out, ctx.shuffle)
         return grad_x, grad_s, grad_t, None
+
+
+class _ShuffleAttn(torch.autograd.Function):
+    """SA-Net's whole block: statistics, both gates, product and shuffle, with a closed-form backward.
+
+    x: (B, C, H, W); cw, cb, sw, sb: (C/2G,) per-channel W1, b1, W2, b2; G groups. Per group the
+    first C/2G channels get sigmoid(W1 * mean + b1), the last C/2G sigmoid(W2 * GN(x) + b2); both are
+    x * sigmoid(x * s + t) with per-(sample, channel) s, t, so one var_mean pass gives every
+    statistic and the gradients of the statistics fold into two per-channel coefficients of dL/dx
+    (no autograd graph through the reductions). Saves x and (B, C) vectors only.
+    """
+
+    @staticmethod
+    def forward(ctx, x, cw, cb, sw, sb, groups, eps):
+        b, c, h, w = x.shape
+        half = c // (2 * groups)
+        var, mu = torch.var_mean(x, (2, 3), correction=0, keepdim=True)  # (B, C, 1, 1)
+        mu4 = mu.view(b, groups, 2, half)
+        rstd = torch.rsqrt(var.view(b, groups, 2, half)[:, :, 1] + eps)  # (B, G, C/2G), spatial halves
+        s_sp = sw * rstd
+        s = torch.stack([torch.zeros_like(s_sp), s_sp], 2).view(b, c, 1, 1)
+        t = torch.stack([cw * mu4[:, :, 0] + cb, sb - s_sp * mu4[:, :, 1]], 2).view(b, c, 1, 1)
+        ctx.save_for_backward(x, mu, rstd, s, t, cw, sw)
+        ctx.groups = groups
+        return _gate_forward(x, s, t, True)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, mu, rstd, s, t, cw, sw = ctx.saved_tensors
+        b, c, h, w = x.shape
+        g, half, n = ctx.groups, c // (2 * ctx.groups), h * w
+        grad_x, grad_s, grad_t = _gate_backward(x, s, t, grad_out, True)
+        gs, gt, mu4 = grad_s.view(b, g, 2, half), grad_t.view(b, g, 2, half), mu.view(b, g, 2, half)
+        # channel half: t = cw * mu + cb (s = 0)
+        grad_cw = (gt[:, :, 0] * mu4[:, :, 0]).sum((0, 1))
+        grad_cb = gt[:, :, 0].sum((0, 1))
+        gmu_ch = gt[:, :, 0] * cw
+        # spatial half: s = sw * rstd, t = sb - s * mu
+        s_sp = s.view(b, g, 2, half)[:, :, 1]
+        gs_total = gs[:, :, 1] - gt[:, :, 1] * mu4[:, :, 1]
+        grad_sw = (gs_total * rstd).sum((0, 1))
+        grad_sb = gt[:, :, 1].sum((0, 1))
+        gmu_sp = -gt[:, :, 1] * s_sp
+        gvar_sp = gs_total * sw * (-0.5) * rstd.pow(3)
+        gmu = torch.stack([gmu_ch, gmu_sp], 2).view(b, c, 1, 1)
+        gvar = torch.stack([torch.zeros_like(gvar_sp), gvar_sp], 2).view(b, c, 1, 1)
+        # d mean / dx = 1/N; d var / dx = 2 (x - mu) / N: dL/dx += x * beta + alpha
+        beta = gvar * (2.0 / n)
+        alpha = gmu / n - beta * mu
+        grad_x.addcmul_(x, beta).add_(alpha)
+        return grad_x, grad_cw, grad_cb, grad_sw, grad_sb, None, None
+
+
+def shuffle_attention(x, cw, cb, sw, sb, groups: int, eps: float) -> torch.Tensor:
+    """SA-Net's block with the sigmoid gate as one custom autograd op (eager training only; the
+    caller uses its plain expression otherwise). cw, cb, sw, sb are (1, C/2G, 1, 1) parameters."""
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
+    return _ShuffleAttn.apply(x, cw.view(-1), cb.view(-1), sw.view(-1), sb.view(-1), groups, eps)
 
 
 def affine_sigmoid_gate(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, shuffle: bool = False) -> torch.Tensor:
@@ -119,7 +188,7 @@ class _CentredEnergyGate(torch.autograd.Function):
         c = x - mu  # (B, C, H, W)
         a = torch.addcmul(torch.full_like(k, 0.5), c.square(), k).sigmoid_()  # recomputed sigmoid
         grad_x = grad_y * a  # direct term
-        gz = a.neg_().add_(1).mul_(grad_x).mul_(x)  # dL/dz = dL/dy * x * a * (1 - a), in a's buffer
+        gz = torch.addcmul(grad_x, grad_x, a, value=-1).mul_(x)  # dL/dz = dL/dy * a * (1 - a) * x
         grad_k = (gz * c.square()).sum((2, 3), keepdim=True) if ctx.needs_input_grad[2] else None
         gc = gz.mul_(c).mul_(2 * k)  # dL/dz * dz/dc, dz/dc = 2 c k
         grad_mu = -gc.sum((2, 3), keepdim=True) if ctx.needs_input_grad[1] else None

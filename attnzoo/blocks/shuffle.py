@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..factory import register_attn
-from ._fused import affine_sigmoid_gate, is_sigmoid
+from ._fused import affine_sigmoid_gate, is_sigmoid, shuffle_attention, use_fused
 from .base import AttnTap, check_input, resolve_layer
 from .sge import resolve_groups
 
@@ -77,6 +77,9 @@ class ShuffleAttn(nn.Module):
         check_input(self, x)
         b, c, h, w = x.shape
         g, half = self.groups, c // (2 * self.groups)
+        tapped = self.tap.active or self.tap._forward_hooks
+        if use_fused(x) and is_sigmoid(self.gate) and not tapped:  # eager training: one custom op
+            return shuffle_attention(x, self.cweight, self.cbias, self.sweight, self.sbias, g, self.eps)
         # Both branches are a per-(sample, channel) affine map of x inside the sigmoid:
         #   channel half: sigmoid(0 * x + (W1 * mean + b1));  spatial half: GN(x) = (x - mu) * rstd, so
         #   sigmoid(x * (W2 * rstd) + (b2 - W2 * rstd * mu)).  One pass gives every channel's mean and
@@ -88,7 +91,7 @@ class ShuffleAttn(nn.Module):
         scale_sp = sw * torch.rsqrt(var + self.eps)  # (B, G, C/2G)
         s = torch.stack([torch.zeros_like(scale_sp), scale_sp], 2).reshape(b, c, 1, 1)  # (B, C, 1, 1)
         t = torch.stack([cw * mu[:, :, 0] + cb, sb - scale_sp * mu[:, :, 1]], 2).reshape(b, c, 1, 1)  # (B, C, 1, 1)
-        if self.tap.active or self.tap._forward_hooks:  # materialise the factor only while it is captured
+        if tapped:  # materialise the factor only while it is captured
             return channel_shuffle(x * self.tap(self.gate(torch.addcmul(t, x, s))), 2)
         if is_sigmoid(self.gate):
             return affine_sigmoid_gate(x, s, t, shuffle=True)
