@@ -20,6 +20,9 @@ NOTE (departures, and why):
   positions, which the softmax over N removes, so it could never learn.
 * The default widths c_m = c_n = C/4 are this library's choice for a drop-in block; the paper sets
   the reduced widths per network and does not fix one ratio.
+Implementation: phi, theta and rho run as one 1x1 convolution (their weights concatenated at each call,
+``_fused.conv1x1_cat``), so x is read once and backward forms one input gradient; the parameters
+and state-dict keys are the separate convolutions'.
 """
 from __future__ import annotations
 

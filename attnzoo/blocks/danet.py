@@ -40,6 +40,9 @@ NOTE (departures, and why):
   rather than scale them, so they are no channel factor; they are self-attention weights among the
   C channels and go through a ``"query"`` tap as (B, 1, C, C, 1): C queries, keys laid out on a
   C x 1 grid (not H x W). Both are built only while captured.
+Implementation: PAM's query, key and value run as one 1x1 convolution (their weights concatenated at each call,
+``_fused.conv1x1_cat``), so x is read once and backward forms one input gradient; the parameters
+and state-dict keys are the separate convolutions'.
 """
 from __future__ import annotations
 

@@ -14,6 +14,9 @@ trick, Sec. 3.3); ceil mode keeps 1-pixel maps valid.
 NOTE: phi has no bias: a bias on phi adds theta(x_i)^T b to every logit of query i, a constant that
 softmax removes, so it could never learn. The block starts as the identity (zero BN scale), as the
 paper intends.
+Implementation: theta, phi and g run as one 1x1 convolution (their weights concatenated at each call,
+``_fused.conv1x1_cat``), so x is read once and backward forms one input gradient; the parameters
+and state-dict keys are the separate convolutions'.
 """
 from __future__ import annotations
 

@@ -22,6 +22,12 @@ NOTE: GN here is GroupNorm with one group per channel (C/2G groups over C/2G cha
 authors' code) *without* its own affine: W2, b2 of Eq. 3 are that affine, so GN's weight/bias would
 only duplicate them. It is computed directly as a per-channel normalization over H x W with
 eps = 1e-5 (a 1x1 map gives GN = 0, no NaN).
+
+Implementation: both gates are x * sigmoid(x * s + t) with per-(sample, channel) s, t (s = 0 on the
+channel half; s = W2 * rstd, t = b2 - s * mu on the spatial half), so one ``var_mean`` pass gives
+every statistic. In eager training (sigmoid gate, tap not captured) the whole block is one custom
+autograd op, ``_fused.shuffle_attention``: the shuffle is folded into the product's output strides
+and only x is kept for backward. ``torch.compile`` and ONNX export see the plain expression.
 """
 from __future__ import annotations
 

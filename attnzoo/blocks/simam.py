@@ -18,6 +18,10 @@ NOTE: on a 1x1 map M - 1 = 0 and the paper's sigma^2 is 0/0; the divisor is ``ma
 NOTE: the weights are 3-D (one per neuron, (B, C, H, W)), so the tap is of kind "spatial" with C
 maps. The zoo's issue lists SimAM under channel attention, but its weights are full 3-D attention
 (the paper's Fig. 1), so the registry family is "channel+spatial".
+Implementation: with the sigmoid gate and nothing capturing the tap, one ``var_mean`` pass gives mu
+and sigma^2 and ``_fused.centred_energy_gate`` computes x * sigmoid((x - mu)^2 k + 0.5) with a
+custom backward that keeps only x (the plain expression keeps three full-size intermediates);
+``torch.compile`` and ONNX export see the plain expression.
 """
 from __future__ import annotations
 
