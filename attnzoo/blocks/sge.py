@@ -118,7 +118,8 @@ class SpatialGroupEnhance(nn.Module):
         b, c, h, w = x.shape
         g = self.groups
         xg = x.reshape(b, g, c // g, h, w)  # (B, G, C/G, H, W)
-        sim = (xg * xg.mean((3, 4), keepdim=True)).sum(2).float()  # (B, G, H, W): g . x_i, float32
+        mean = xg.mean((3, 4)).unsqueeze(2)  # (B, G, 1, C/G): the group mean vectors
+        sim = (mean @ xg.flatten(3)).view(b, g, h, w).float()  # (B, G, H, W): g . x_i, a GEMV (no full temp), float32
         dof = h * w - 1 if self.spread == "unbiased_std" and h * w > 1 else h * w  # N - 1 or N
         centred = sim - sim.mean((2, 3), keepdim=True)  # (B, G, H, W)
         var = centred.square().sum((2, 3), keepdim=True) / dof  # (B, G, 1, 1)
@@ -128,8 +129,10 @@ class SpatialGroupEnhance(nn.Module):
             n = centred / (var.clamp_min(1e-24).sqrt() + self.eps)  # (B, G, H, W)
         n = n.to(x.dtype)
         a = self.gate(n * self.weight + self.bias)  # (B, G, H, W)
-        a = a.unsqueeze(2).expand(b, g, c // g, h, w).reshape(b, c, h, w)  # (B, C, H, W)
-        return x * self.tap(a)
+        if self.tap.active or self.tap._forward_hooks:  # the full (B, C, H, W) factor only while captured
+            a = a.unsqueeze(2).expand(b, g, c // g, h, w).reshape(b, c, h, w)  # (B, C, H, W)
+            return x * self.tap(a)
+        return (xg * a.unsqueeze(2)).view(b, c, h, w)  # broadcast over each group's channels, no copy
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}, spread={self.spread!r}"
