@@ -7,19 +7,12 @@ from torch.autograd import gradcheck
 
 from attnzoo import create_attn
 from attnzoo.blocks import _fused
-from attnzoo.blocks._fused import _AffineSigmoidGate, _CentredEnergyGate, _ShuffleAttn
+from attnzoo.blocks._fused import _CentredEnergyGate, _ShuffleAttn
 
 
 def _d(*shape, positive=False):
     t = torch.rand(*shape, dtype=torch.float64) + 0.1 if positive else torch.randn(*shape, dtype=torch.float64)
     return t.requires_grad_(True)
-
-
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_affine_sigmoid_gate_gradients_are_exact(shuffle):
-    torch.manual_seed(0)
-    x, s, t = _d(2, 4, 3, 3), _d(2, 4, 1, 1), _d(2, 4, 1, 1)
-    assert gradcheck(lambda a, b, c: _AffineSigmoidGate.apply(a, b, c, shuffle), (x, s, t))
 
 
 def test_shuffle_attention_gradients_are_exact():

@@ -73,27 +73,6 @@ def _gate_backward(x, s, t, grad_out, shuffle):
     return grad_x, grad_s, grad_t
 
 
-class _AffineSigmoidGate(torch.autograd.Function):
-    """y = x * sigmoid(x * s + t) (s, t per sample and channel), written channel-shuffled by 2 if asked.
-
-    Saves only x, s and t (the plain expression saves x, x * s + t's sigmoid and the product's
-    inputs: three full-size tensors); the sigmoid is recomputed in backward. The channel shuffle
-    is folded into the multiply's output strides, so it costs no extra copy.
-    """
-
-    @staticmethod
-    def forward(ctx, x, s, t, shuffle):
-        ctx.save_for_backward(x, s, t)
-        ctx.shuffle = shuffle
-        return _gate_forward(x, s, t, shuffle)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, s, t = ctx.saved_tensors
-        grad_x, grad_s, grad_t = _gate_backward(x, s, t, grad_out, ctx.shuffle)
-        return grad_x, grad_s, grad_t, None
-
-
 class _ShuffleAttn(torch.autograd.Function):
     """SA-Net's whole block: statistics, both gates, product and shuffle, with a closed-form backward.
 
@@ -154,20 +133,13 @@ def shuffle_attention(x, cw, cb, sw, sb, groups: int, eps: float) -> torch.Tenso
 
 
 def affine_sigmoid_gate(x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, shuffle: bool = False) -> torch.Tensor:
-    """``y = x * sigmoid(x * s + t)``, then ShuffleNet's channel shuffle by 2 if ``shuffle``.
-
-    ``s`` and ``t`` broadcast as (B, C, 1, 1). Custom autograd in eager training (see module doc).
-    """
-    if use_fused(x) and s.shape[2:] == (1, 1) and t.shape[2:] == (1, 1):
-        if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-            x = x.contiguous()
-        return _AffineSigmoidGate.apply(x, s.expand(x.shape[0], x.shape[1], 1, 1), t.expand(x.shape[0], x.shape[1], 1, 1), shuffle)
+    """``y = x * sigmoid(x * s + t)``, then ShuffleNet's channel shuffle by 2 if ``shuffle``: the plain
+    expression of ``_ShuffleAttn``'s product (what compile and export see)."""
     y = x * torch.sigmoid(torch.addcmul(t, x, s))
     if shuffle:
         b, c, h, w = x.shape
         y = y.reshape(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
     return y
-
 
 class _CentredEnergyGate(torch.autograd.Function):
     """y = x * sigmoid((x - mu)^2 * k + 0.5) with mu, k per (sample, channel): SimAM's product.
