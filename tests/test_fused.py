@@ -7,7 +7,7 @@ from torch.autograd import gradcheck
 
 from attnzoo import create_attn
 from attnzoo.blocks import _fused
-from attnzoo.blocks._fused import _CentredEnergyGate, _ShuffleAttn
+from attnzoo.blocks._fused import _ShuffleAttn, _SimAM
 
 
 def _d(*shape, positive=False):
@@ -21,9 +21,11 @@ def test_shuffle_attention_gradients_are_exact():
     assert gradcheck(lambda a, *p: _ShuffleAttn.apply(a, *p, 2, 1e-5), (x, *params))
 
 
-def test_centred_energy_gate_gradients_are_exact():
+@pytest.mark.parametrize("size", [(3, 2), (1, 1)])
+def test_simam_op_gradients_are_exact(size):
     torch.manual_seed(0)
-    assert gradcheck(_CentredEnergyGate.apply, (_d(2, 3, 3, 2), _d(2, 3, 1, 1), _d(2, 3, 1, 1, positive=True)))
+    n = max(size[0] * size[1] - 1, 1)
+    assert gradcheck(lambda a: _SimAM.apply(a, 0.1, n), (_d(2, 3, *size),))
 
 
 def test_conv1x1_fused_is_the_separate_convolutions():
