@@ -102,8 +102,9 @@ class CbamSpatial(nn.Module):
 
     def factor(self, x):
         """Ms(x), (B, 1, H, W)."""
-        # max with indices: its backward keeps the (B, 1, H, W) argmax, where amax keeps all of x
-        s = torch.cat([x.mean(1, keepdim=True), x.max(1, keepdim=True).values], dim=1)  # (B, 2, H, W)
+        # amax, not max(dim) (25x slower on CPU at 16x64x32x32: it also finds the argmax); the input it
+        # keeps for backward is the one the product keeps anyway
+        s = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)  # (B, 2, H, W)
         return self.tap(self.gate(self.norm(self.conv(s))))  # (B, 1, H, W)
 
     def forward(self, x):
