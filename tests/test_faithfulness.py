@@ -152,8 +152,10 @@ def test_cbam_floors_the_hidden_width_and_uses_the_authors_bn_momentum():
     assert create_attn("cbam", 64).rd_channels == create_attn("cbam", 64, rd_floor=False).rd_channels == 4
     block = create_attn("cbam_spatial", 8).train()
     assert block.norm.momentum == 0.01
-    block(torch.randn(2, 8, 5, 5) + 3.0)
-    assert 0.0 < float(block.norm.running_mean) < 0.1  # 1% of the batch mean, not 10%
+    x = torch.randn(2, 8, 5, 5) + 3.0
+    conv_out = block.conv(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)).detach()
+    block(x)
+    torch.testing.assert_close(block.norm.running_mean, 0.01 * conv_out.mean().reshape(1))  # 1%, not 10%
 
 
 # ---------------------------------------------------------------------------------------- external
