@@ -71,7 +71,8 @@ class NonLocal2d(nn.Module):
         phi_g = self.pool(phi_g)  # (B, 2d, H', W'), phi and g pooled together
         hk, wk = phi_g.shape[-2:]
         phi, g = phi_g.flatten(2).transpose(1, 2).unsqueeze(1).split(d, -1)  # 2 x (B, 1, M, d), M = H'*W' 
-        y = F.scaled_dot_product_attention(theta, phi, g, scale=1.0)  # (B, 1, N, d)
+        # contiguous q/k/v (small: B x N x d) let CPU SDPA use its fused kernel, not the math fallback
+        y = F.scaled_dot_product_attention(theta.contiguous(), phi.contiguous(), g.contiguous(), scale=1.0)  # (B, 1, N, d)
         if self.tap.active:
             weights = (theta @ phi.transpose(-1, -2)).softmax(-1)  # (B, 1, N, M)
             self.tap(weights.reshape(b, 1, h * w, hk, wk))  # (B, 1, Nq, H', W')
