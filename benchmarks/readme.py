@@ -6,6 +6,8 @@
     python benchmarks/fmnist_resnet20.py --json benchmarks/results/fmnist_resnet20_cpu.json
     python benchmarks/harness_overhead.py --json benchmarks/results/harness_overhead_cpu.json
     python benchmarks/data_inmemory.py --json benchmarks/results/data_inmemory_cpu.json
+    python benchmarks/blocks_vs_reference.py --json benchmarks/results/blocks_vs_reference_cpu.json
+    python benchmarks/overhead_floor.py --modes eager compiled --json benchmarks/results/overhead_floor_cpu.json
     python benchmarks/readme.py                                                        # rewrite README parts
 
 Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
@@ -183,6 +185,42 @@ def benchmark_lines(blocks: dict | None, harness: dict | None, data: dict | None
     return "\n".join(out)
 
 
+def speed_lines(reference: dict | None, floor: dict | None) -> str:
+    """Lines for benchmarks/blocks_vs_reference.py and benchmarks/overhead_floor.py (issue 15); a
+    missing JSON gives a 'not measured yet' line."""
+    out = []
+    if reference:
+        rows = reference["rows"]
+        cells = ", ".join(
+            f"`{r['block']}` {'x'.join(map(str, r['shape']))} {r['ratio_abba_median']:.3f}" for r in rows
+            if r.get("ratio_abba_median") is not None)
+        refs = "; ".join(sorted({f"`{r['block']}`: {r['reference']}" for r in rows}))
+        out.append(
+            f"- `benchmarks/blocks_vs_reference.py` (forward+backward in train mode, float32, {reference['threads']} "
+            f"CPU threads, same weights on both sides, median of {reference['pairs']} ABBA quadruples): attnzoo time / "
+            f"reference time: {cells}. References ({refs}) are op-for-op renderings of the authors' published "
+            "forwards written for the benchmark (`benchmarks/reference_impls.py`).")
+    else:
+        out.append("- `benchmarks/blocks_vs_reference.py`: not measured yet.")
+    if floor:
+        rows = [r for r in floor["rows"] if r.get("mode") in ("eager", "compiled")]
+        by = {}
+        for r in rows:
+            ratio = r["ratio_to_floor"]
+            by.setdefault((r["host"], r["mode"]), []).append(
+                f"`{r['block']}` {r['overhead_pct']:+.0f}% ({ratio:.1f}x floor)" if ratio is not None and r["overhead_ms"] >= 0
+                else f"`{r['block']}` {r['overhead_pct']:+.0f}% (noise)")
+        parts = [f"{host} {mode}: " + ", ".join(v) for (host, mode), v in by.items()]
+        out.append(
+            f"- `benchmarks/overhead_floor.py` (training step, batch {floor['batch']}, channels_last, SGD, "
+            f"{floor['threads']} threads, copy bandwidth {floor['copy_bandwidth_gbs']:.1f} GB/s; overhead over the "
+            "host without attention, and overhead / memory-traffic floor of 8 |x| per block, targets eager <= 2x, "
+            "compiled <= 1.3x): " + "; ".join(parts) + ".")
+    else:
+        out.append("- `benchmarks/overhead_floor.py`: not measured yet.")
+    return "\n".join(out)
+
+
 EXPERIMENT = ROOT / "experiments" / "fmnist_resnet20"
 
 
@@ -263,7 +301,8 @@ def main(argv=None) -> int:
     text = splice(text, "ablation-results", ablation_results())
     text = splice(text, "timm-slots", timm_slots_table())
     text = splice(text, "benchmarks", benchmark_lines(vs_timm, _load("harness_overhead_cpu.json"),
-                                                      _load("data_inmemory_cpu.json")))
+                                                      _load("data_inmemory_cpu.json"))
+                  + "\n" + speed_lines(_load("blocks_vs_reference_cpu.json"), _load("overhead_floor_cpu.json")))
     args.readme.write_text(text)
     print(f"wrote the generated sections of {args.readme} ({len(list_attn())} blocks)")
     return 0

@@ -53,9 +53,9 @@ def test_bam_is_f_plus_f_times_sigmoid_of_channel_plus_spatial_branch():
     block = _randomize(BottleneckAttn(4, rd_channels=2, dilation=2)).eval()
     x = torch.randn(2, 4, 5, 6)
 
-    # channel branch, Eq. 3: BN(W1 relu(W0 GAP + b0))
+    # channel branch, Eq. 3: BN(W1 relu(BN(W0 GAP))), the hidden BN as in the authors' code
     z = x.mean((2, 3))  # (B, C)
-    hidden = torch.relu(z @ block.fc1.weight[:, :, 0, 0].T + block.fc1.bias)
+    hidden = torch.relu(_bn_eval((z @ block.fc1.weight[:, :, 0, 0].T)[:, :, None, None], block.bn_hidden))[:, :, 0, 0]
     mc = _bn_eval((hidden @ block.fc2.weight[:, :, 0, 0].T)[:, :, None, None], block.bn_channel)
     # spatial branch, Eq. 4 (BN + ReLU after every conv but the last, BN after the last)
     s = torch.relu(_bn_eval(torch.einsum("bchw,rc->brhw", x, block.conv_reduce.weight[:, :, 0, 0]), block.bn_reduce))
@@ -271,8 +271,8 @@ def _sge_reference(block, x, unbiased=False):
         centred = sim - sim.mean(1, keepdim=True)
         if unbiased:  # the authors' code: unbiased std + 1e-5
             n = centred / (sim.std(1, keepdim=True) + 1e-5)
-        else:
-            n = centred / torch.sqrt(sim.var(1, unbiased=False, keepdim=True) + block.eps)
+        else:  # the paper's Eq. 4: population std + eps
+            n = centred / (sim.var(1, unbiased=False, keepdim=True).sqrt() + block.eps)
         a = torch.sigmoid(block.weight[0, k, 0, 0] * n + block.bias[0, k, 0, 0])  # (B, N)
         out[:, k * c // G:(k + 1) * c // G] = (xs * a[:, None]).view(b, -1, h, w)
     return out
@@ -284,15 +284,13 @@ def test_sge_matches_the_per_group_reference():
     torch.testing.assert_close(block(x), _sge_reference(block, x))
 
 
-def test_sge_differs_from_the_authors_unbiased_std_by_a_rescaled_gamma():
+def test_sge_unbiased_std_form_matches_the_authors_code_and_differs_from_the_default():
     block = _randomize(SpatialGroupEnhance(8, groups=2))
     x = torch.randn(2, 8, 4, 4)
-    n = 16
     authors = _sge_reference(block, x, unbiased=True)
-    assert not torch.allclose(block(x), authors, atol=1e-4)
-    with torch.no_grad():
-        block.weight.mul_(math.sqrt((n - 1) / n))  # ours with gamma * sqrt((N-1)/N) == the authors'
-    torch.testing.assert_close(block(x), authors, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(block(x), authors, atol=1e-4)  # sqrt(16/15) on the std at 4x4
+    block.spread = "unbiased_std"
+    torch.testing.assert_close(block(x), authors)
 
 
 def test_sge_starts_as_a_constant_gate_and_is_finite_on_a_1x1_map():

@@ -20,12 +20,16 @@ NOTE (departures, and why):
   positions, which the softmax over N removes, so it could never learn.
 * The default widths c_m = c_n = C/4 are this library's choice for a drop-in block; the paper sets
   the reduced widths per network and does not fix one ratio.
+Implementation: phi, theta and rho run as one 1x1 convolution (their weights concatenated at each call,
+``_fused.conv1x1_cat``), so x is read once and backward forms one input gradient; the parameters
+and state-dict keys are the separate convolutions'.
 """
 from __future__ import annotations
 
 from torch import nn
 
 from ..factory import register_attn
+from ._fused import conv1x1_fused
 from .base import AttnTap, check_channels, check_input, reduced_channels
 
 __all__ = ["DoubleAttn"]
@@ -74,9 +78,9 @@ class DoubleAttn(nn.Module):
     def forward(self, x):
         check_input(self, x)
         b, c, h, w = x.shape
-        feats = self.phi(x).flatten(2)  # (B, c_m, N)
-        gather = self.theta(x).flatten(2).softmax(-1).to(feats.dtype)  # (B, c_n, N), sums to 1 over N
-        distribute = self.rho(x).flatten(2).softmax(1).to(feats.dtype)  # (B, c_n, N), sums to 1 over c_n
+        feats, gather, distribute = (t.flatten(2) for t in conv1x1_fused(x, [self.phi, self.theta, self.rho]))  # one GEMM
+        gather = gather.softmax(-1).to(feats.dtype)  # (B, c_n, N), sums to 1 over N
+        distribute = distribute.softmax(1).to(feats.dtype)  # (B, c_n, N), sums to 1 over c_n
         descriptors = feats @ gather.transpose(1, 2)  # (B, c_m, c_n)
         z = descriptors @ distribute  # (B, c_m, N)
         if self.tap.active:  # build the position-to-position map only while it is being captured

@@ -3,7 +3,7 @@
 Paper: J. Park, S. Woo, J.-Y. Lee, I. S. Kweon, "BAM: Bottleneck Attention Module", BMVC 2018.
 https://arxiv.org/abs/1807.06514
 
-    Mc(F) = BN(W1 relu(W0 GAP(F) + b0) + b1)                      channel branch, C -> C/r -> C (Eq. 3)
+    Mc(F) = BN(W1 relu(BN(W0 GAP(F))) + b1)                     channel branch, C -> C/r -> C (Eq. 3)
     Ms(F) = BN(f1x1_3(f3x3_2(f3x3_1(f1x1_0(F)))))                 spatial branch, C -> C/r -> 1 (Eq. 4)
     M(F)  = sigmoid(Mc(F) + Ms(F))                                 (B, C, 1, 1) + (B, 1, H, W) (Eq. 2)
     F'    = F + F * M(F)                                           residual (Eq. 1)
@@ -11,19 +11,29 @@ https://arxiv.org/abs/1807.06514
 Defaults are the paper's: reduction r = 16 and dilation d = 4 for both 3x3 convolutions.
 The factor M (a full (B, C, H, W) map) passes through ``self.tap`` (kind "spatial").
 
-NOTE (departures and readings):
-* Branches are combined by a sum inside the sigmoid, as Eq. 2 of the paper. The authors' released
-  code multiplies the two branch outputs instead; this module follows the paper.
-* Inside the spatial branch each convolution but the last is followed by BatchNorm and ReLU (the
-  authors' code; Eq. 4 lists only the convolutions). The hidden layer of the channel MLP has a ReLU.
-* A convolution or FC layer directly followed by BatchNorm has no bias (``b1`` of Eq. 3 and the
-  spatial-branch biases): BN subtracts the batch mean, so such a bias would never learn.
+``form`` chooses between the paper's equations and the authors' released code (Jongchan/attention-module):
+
+* ``form="paper"`` (default): Eq. 1-4 as written, so each branch ends in a BatchNorm (Eq. 3 and 4 put
+  one on the MLP output and one on the spatial map) and the branches are summed inside the sigmoid
+  (Eq. 2). Where the paper is silent (the hidden layers) the authors' code is followed: the hidden FC
+  of the channel MLP and every convolution of the spatial branch but the last are followed by
+  BatchNorm and ReLU.
+* ``form="authors"``: the authors' code exactly. BatchNorm + ReLU after the hidden FC and after every
+  spatial convolution but the last, *no* BatchNorm on either branch's output, every FC/conv with a
+  bias, the branches multiplied inside the sigmoid: F' = F * (1 + sigmoid(Mc(F) * Ms(F))), and the
+  reduced width floored, C // r (when ``rd_channels`` is not given and ``rd_divisor=1``).
+
+NOTE (departures and readings, ``form="paper"``):
+* A convolution or FC layer directly followed by BatchNorm has no bias (``b0``, ``b1`` of Eq. 3 and the
+  spatial-branch biases): BN subtracts the batch mean, so such a bias would never learn. The authors'
+  code keeps them (``form="authors"``), where they are equally inert except in the last layers.
 * BatchNorm needs more than one value per channel in training. The channel branch sees one value
   per channel and sample, so at batch size 1 (and the spatial branch at batch 1 with a 1x1 map)
   torch's BatchNorm raises. ``SafeBatchNorm2d`` normalizes such a single-value batch with its running
-  statistics instead and leaves them unchanged.
+  statistics instead and leaves them unchanged (both forms; the authors' BatchNorm1d raises there).
 * The reduced width is ``make_divisible(C * rd_ratio, rd_divisor=1)``: C/r rounded to the nearest
   int (the authors' code floors; the two agree whenever r divides C).
+* BatchNorm momentum and eps are torch's defaults (0.1, 1e-5), as in the authors' code.
 """
 from __future__ import annotations
 
@@ -33,9 +43,9 @@ from torch import nn
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels, resolve_layer
 
-__all__ = ["BottleneckAttn"]
+__all__ = ["BottleneckAttn", "FORMS"]
 
-
+FORMS = ("paper", "authors")
 
 
 @register_attn(
@@ -57,6 +67,7 @@ class BottleneckAttn(nn.Module):
         rd_divisor: int = 1,
         act_layer: str | type[nn.Module] = "relu",
         gate_layer: str | type[nn.Module] = "sigmoid",
+        form: str = "paper",
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -64,26 +75,33 @@ class BottleneckAttn(nn.Module):
         if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
             raise ValueError(f"bam: dilation must be a positive int (the paper uses 4), got {dilation!r}")
         self.dilation = dilation
+        if form not in FORMS:
+            raise ValueError(f"bam: form must be one of {FORMS} ('paper': Eq. 1-4; 'authors': the released code), got {form!r}")
+        self.form = form
+        authors = form == "authors"
+        if authors and rd_channels is None and rd_divisor == 1:
+            self.rd_channels = rd = max(1, int(channels * rd_ratio))  # the authors' C // r
         act = resolve_layer("bam", "act_layer", act_layer)
 
-        # channel branch, Eq. 3: GAP -> FC (bias b0) -> act -> FC (no bias: BN follows) -> BN
-        self.fc1 = nn.Conv2d(channels, rd, 1, bias=True)
+        # channel branch, Eq. 3: GAP -> FC -> BN -> act -> FC -> BN (paper) / no BN (authors)
+        self.fc1 = nn.Conv2d(channels, rd, 1, bias=authors)
+        self.bn_hidden = SafeBatchNorm2d(rd)
         self.act = act(inplace=True)
-        self.fc2 = nn.Conv2d(rd, channels, 1, bias=False)
-        self.bn_channel = SafeBatchNorm2d(channels)
+        self.fc2 = nn.Conv2d(rd, channels, 1, bias=authors)
+        self.bn_channel = nn.Identity() if authors else SafeBatchNorm2d(channels)
 
-        # spatial branch, Eq. 4: 1x1 reduce -> two dilated 3x3 -> 1x1 to one map -> BN
-        self.conv_reduce = nn.Conv2d(channels, rd, 1, bias=False)
+        # spatial branch, Eq. 4: 1x1 reduce -> two dilated 3x3 -> 1x1 to one map -> BN (paper) / no BN (authors)
+        self.conv_reduce = nn.Conv2d(channels, rd, 1, bias=authors)
         self.bn_reduce = SafeBatchNorm2d(rd)
         self.act_reduce = act(inplace=True)
-        self.conv_dil1 = nn.Conv2d(rd, rd, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv_dil1 = nn.Conv2d(rd, rd, 3, padding=dilation, dilation=dilation, bias=authors)
         self.bn_dil1 = SafeBatchNorm2d(rd)
         self.act_dil1 = act(inplace=True)
-        self.conv_dil2 = nn.Conv2d(rd, rd, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv_dil2 = nn.Conv2d(rd, rd, 3, padding=dilation, dilation=dilation, bias=authors)
         self.bn_dil2 = SafeBatchNorm2d(rd)
         self.act_dil2 = act(inplace=True)
-        self.conv_spatial = nn.Conv2d(rd, 1, 1, bias=False)
-        self.bn_spatial = SafeBatchNorm2d(1)
+        self.conv_spatial = nn.Conv2d(rd, 1, 1, bias=authors)
+        self.bn_spatial = nn.Identity() if authors else SafeBatchNorm2d(1)
 
         self.gate = resolve_layer("bam", "gate_layer", gate_layer)()
         self.tap = AttnTap("spatial")
@@ -91,10 +109,13 @@ class BottleneckAttn(nn.Module):
     def forward(self, x):
         check_input(self, x)
         mc = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-        mc = self.bn_channel(self.fc2(self.act(self.fc1(mc))))  # (B, C, 1, 1)
+        mc = self.bn_channel(self.fc2(self.act(self.bn_hidden(self.fc1(mc)))))  # (B, C, 1, 1)
         ms = self.act_reduce(self.bn_reduce(self.conv_reduce(x)))  # (B, C/r, H, W)
         ms = self.act_dil1(self.bn_dil1(self.conv_dil1(ms)))  # (B, C/r, H, W)
         ms = self.act_dil2(self.bn_dil2(self.conv_dil2(ms)))  # (B, C/r, H, W)
         ms = self.bn_spatial(self.conv_spatial(ms))  # (B, 1, H, W)
-        m = self.tap(self.gate(mc + ms))  # (B, C, H, W)
+        m = self.tap(self.gate(mc * ms if self.form == "authors" else mc + ms))  # (B, C, H, W)
         return x + x * m
+
+    def extra_repr(self) -> str:
+        return f"form={self.form!r}"

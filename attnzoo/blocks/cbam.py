@@ -7,11 +7,20 @@ ECCV 2018. https://arxiv.org/abs/1807.06521
     Ms(F) = sigmoid(f7x7([mean_c(F); max_c(F)]))                 7x7 conv over 2 maps (Eq. 3)
     F'  = Mc(F) * F,   F'' = Ms(F') * F'                         channel first, then spatial (Eq. 1)
 
-NOTE: as in the authors' released code, the 7x7 spatial convolution is followed by BatchNorm
-(``spatial_norm=True``); Eq. 3 shows none. The MLP has biases as in the authors' code
-(``mlp_bias=True``); timm's CbamModule uses ``mlp_bias=False`` -- pass that for timm parity.
-The reduced width is ``make_divisible(C * rd_ratio, rd_divisor=1)``: C/r rounded to the nearest int
-(at least 1). The spatial BatchNorm also runs at batch 1 on a 1x1 map in training mode (``SafeBatchNorm2d``).
+NOTE (readings of the authors' released code, Jongchan/attention-module, where the paper is silent):
+* The 7x7 spatial convolution has no bias and is followed by BatchNorm with momentum 0.01 and
+  eps 1e-5 (``spatial_norm=True``), as in the authors' ``BasicConv``; Eq. 3 shows no norm.
+  ``spatial_norm=False`` gives Eq. 3 as written (a conv with bias, no BatchNorm).
+* The MLP has biases as in the authors' code (``mlp_bias=True``); timm's CbamModule uses
+  ``mlp_bias=False`` -- pass that for timm parity.
+* The reduced width is floored, ``C // r`` (``int(C * rd_ratio)``, at least 1, then a multiple of
+  ``rd_divisor``), as the authors' ``gate_channels // reduction_ratio``. ``rd_floor=False`` rounds
+  to the nearest int instead, ``make_divisible(C * rd_ratio, rd_divisor)``, as timm's CbamModule;
+  the two agree whenever r divides C (C = 64, 128, ... at r = 16).
+* The spatial map stacks [mean; max] in the order of Eq. 3; the authors' ``ChannelPool`` stacks
+  [max; mean]. That only permutes the two input channels of the 7x7 conv's weight (same function
+  with ``conv.weight[:, [1, 0]]``).
+* The spatial BatchNorm also runs at batch 1 on a 1x1 map in training mode (``SafeBatchNorm2d``).
 """
 from __future__ import annotations
 
@@ -45,22 +54,29 @@ class CbamChannel(nn.Module):
         mlp_bias: bool = True,
         act_layer: str | type[nn.Module] = "relu",
         gate_layer: str | type[nn.Module] = "sigmoid",
+        rd_floor: bool = True,
     ) -> None:
         super().__init__()
         self.channels = channels
         self.rd_channels = reduced_channels("cbam", channels, rd_ratio, rd_channels, rd_divisor)
+        if rd_floor and rd_channels is None:  # the authors' C // r (reduced_channels rounds)
+            self.rd_channels = max(rd_divisor, int(channels * rd_ratio) // rd_divisor * rd_divisor)
         self.fc1 = nn.Conv2d(channels, self.rd_channels, 1, bias=mlp_bias)
         self.act = resolve_layer("cbam", "act_layer", act_layer)(inplace=True)
         self.fc2 = nn.Conv2d(self.rd_channels, channels, 1, bias=mlp_bias)
         self.gate = resolve_layer("cbam", "gate_layer", gate_layer)()
         self.tap = AttnTap("channel")
 
-    def forward(self, x):
-        check_input(self, x)
+    def factor(self, x):
+        """Mc(x), (B, C, 1, 1)."""
         b = x.shape[0]
         pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)])  # (2B, C, 1, 1)
         avg, mx = self.fc2(self.act(self.fc1(pooled))).split(b)  # shared MLP in one call; 2 x (B, C, 1, 1)
-        return x * self.tap(self.gate(avg + mx))
+        return self.tap(self.gate(avg + mx))  # (B, C, 1, 1)
+
+    def forward(self, x):
+        check_input(self, x)
+        return x * self.factor(x)
 
 
 @register_attn("cbam_spatial", family="spatial", **_META)
@@ -80,15 +96,20 @@ class CbamSpatial(nn.Module):
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"cbam_spatial: kernel_size must be a positive odd int, got {kernel_size!r}")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not spatial_norm)
-        self.norm = SafeBatchNorm2d(1) if spatial_norm else nn.Identity()
+        self.norm = SafeBatchNorm2d(1, momentum=0.01) if spatial_norm else nn.Identity()  # the authors' momentum
         self.gate = resolve_layer("cbam_spatial", "gate_layer", gate_layer)()
         self.tap = AttnTap("spatial")
 
+    def factor(self, x):
+        """Ms(x), (B, 1, H, W)."""
+        # amax, not max(dim) (25x slower on CPU at 16x64x32x32: it also finds the argmax); the input it
+        # keeps for backward is the one the product keeps anyway
+        s = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)  # (B, 2, H, W)
+        return self.tap(self.gate(self.norm(self.conv(s))))  # (B, 1, H, W)
+
     def forward(self, x):
         check_input(self, x)
-        s = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)  # (B, 2, H, W)
-        s = self.gate(self.norm(self.conv(s)))  # (B, 1, H, W)
-        return x * self.tap(s)
+        return x * self.factor(x)
 
 
 @register_attn("cbam", family="channel+spatial", **_META)
@@ -107,16 +128,19 @@ class Cbam(nn.Module):
         spatial_norm: bool = True,
         act_layer: str | type[nn.Module] = "relu",
         gate_layer: str | type[nn.Module] = "sigmoid",
+        rd_floor: bool = True,
     ) -> None:
         super().__init__()
         self.channels = channels
         self.channel = CbamChannel(
             channels, rd_ratio=rd_ratio, rd_channels=rd_channels, rd_divisor=rd_divisor,
-            mlp_bias=mlp_bias, act_layer=act_layer, gate_layer=gate_layer,
+            mlp_bias=mlp_bias, act_layer=act_layer, gate_layer=gate_layer, rd_floor=rd_floor,
         )
         self.rd_channels = self.channel.rd_channels
         self.spatial = CbamSpatial(channels, kernel_size=kernel_size, spatial_norm=spatial_norm, gate_layer=gate_layer)
 
     def forward(self, x):
         check_input(self, x)
-        return self.spatial(self.channel(x))
+        x1 = x * self.channel.factor(x)  # F' (B, C, H, W)
+        return x1 * self.spatial.factor(x1)  # F''
+

@@ -10,8 +10,21 @@ With F = W_in X (N, C) the N = H*W input features and memories M_k, M_v (S x C, 
     a_ij   = A^_ij / sum_j' A^_ij'                     then l1 over the S units of each position
     Y      = X + BN(W_out (A M_v))                   the EA block: 1x1 convs in/out, BN, residual
 
-M_v starts as M_k^T, as in the authors' code; afterwards the two memories are independent.
-M_k and M_v are 1x1 convolutions without bias (``mem_k``: C -> S, ``mem_v``: S -> C).
+M_k and M_v are 1x1 convolutions without bias (``mem_k``: C -> S, ``mem_v``: S -> C). M_v starts
+as M_k^T, as in the authors' code.
+
+Memory tying (``tie_memories``). The paper names two memories, M_k and M_v, and so this block
+learns them independently by default (``tie_memories=False``). The authors' code sets
+``linear_1.weight.data = linear_0.weight.data.permute(1, 0, 2)``: M_v becomes a transposed *view*
+of M_k's storage, so while the module stays on the device and dtype it was built with, every
+optimizer step writes both parameters' updates into the same storage and M_v = M_k^T holds for the
+whole of training (for SGD the shared storage moves by -lr * (g_k + g_v^T), with weight decay counted
+twice, once per parameter). Any per-parameter conversion (``.to(device)``, ``.cuda()``, ``.double()``)
+copies each parameter separately and silently unties them, after which they train independently
+from the transposed start, as here. ``tie_memories=True`` ties them by construction: one parameter
+M_k (``mem_k.weight``), M_v = M_k^T in every forward, so the gradient is g_k + g_v^T (the authors'
+SGD step, weight decay counted once), the tie survives ``.to()``, and the state dict has no
+``mem_v.weight``.
 
 NOTE (departures, and why):
 * The authors' EA block ends with a ReLU after the residual sum; as a drop-in block that would
@@ -28,6 +41,7 @@ NOTE (departures, and why):
 """
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 from ..factory import register_attn
@@ -53,6 +67,7 @@ class ExternalAttn(nn.Module):
         out_act: bool = False,
         eps: float = 1e-9,
         act_layer: str | type[nn.Module] = "relu",
+        tie_memories: bool = False,
     ) -> None:
         super().__init__()
         self.channels = check_channels("external", channels)
@@ -62,8 +77,12 @@ class ExternalAttn(nn.Module):
         self.eps = float(eps)
         self.conv_in = nn.Conv2d(channels, channels, 1, bias=False)
         self.mem_k = nn.Conv2d(channels, memory_size, 1, bias=False)
-        self.mem_v = nn.Conv2d(memory_size, channels, 1, bias=False)
-        self.mem_v.weight.data.copy_(self.mem_k.weight.data.transpose(0, 1))  # M_v = M_k^T at init
+        self.tie_memories = bool(tie_memories)
+        if self.tie_memories:
+            self.mem_v = None  # M_v = M_k^T in forward
+        else:
+            self.mem_v = nn.Conv2d(memory_size, channels, 1, bias=False)
+            self.mem_v.weight.data.copy_(self.mem_k.weight.data.transpose(0, 1))  # M_v = M_k^T at init
         self.conv_out = nn.Conv2d(channels, channels, 1, bias=False)
         self.norm = SafeBatchNorm2d(channels)
         self.act = resolve_layer("external", "act_layer", act_layer)() if out_act else nn.Identity()
@@ -76,4 +95,9 @@ class ExternalAttn(nn.Module):
         attn = attn.softmax(-1)  # (B, S, N), each memory unit's weights sum to 1 over N
         self.tap(attn.reshape(b, self.memory_size, h, w))  # (B, S, H, W): where each unit reads
         attn = attn / (self.eps + attn.sum(1, keepdim=True))  # (B, S, N), each position's sum to 1 over S
-        return self.act(x + self.norm(self.conv_out(self.mem_v(attn.reshape(b, self.memory_size, h, w)))))
+        attn = attn.reshape(b, self.memory_size, h, w)  # (B, S, H, W)
+        if self.mem_v is None:
+            y = F.conv2d(attn, self.mem_k.weight.transpose(0, 1))  # (B, C, H, W), M_v = M_k^T
+        else:
+            y = self.mem_v(attn)  # (B, C, H, W)
+        return self.act(x + self.norm(self.conv_out(y)))

@@ -14,6 +14,9 @@ trick, Sec. 3.3); ceil mode keeps 1-pixel maps valid.
 NOTE: phi has no bias: a bias on phi adds theta(x_i)^T b to every logit of query i, a constant that
 softmax removes, so it could never learn. The block starts as the identity (zero BN scale), as the
 paper intends.
+Implementation: theta, phi and g run as one 1x1 convolution (their weights concatenated at each call,
+``_fused.conv1x1_cat``), so x is read once and backward forms one input gradient; the parameters
+and state-dict keys are the separate convolutions'.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..factory import register_attn
+from ._fused import conv1x1_cat
 from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels
 
 __all__ = ["NonLocal2d"]
@@ -61,12 +65,14 @@ class NonLocal2d(nn.Module):
     def forward(self, x):
         check_input(self, x)
         b, c, h, w = x.shape
-        theta = self.theta(x).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, d)
-        phi_map = self.pool(self.phi(x))  # (B, d, H', W')
-        hk, wk = phi_map.shape[-2:]
-        phi = phi_map.flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, M, d), M = H'*W'
-        g = self.pool(self.g(x)).flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, M, d)
-        y = F.scaled_dot_product_attention(theta, phi, g, scale=1.0)  # (B, 1, N, d)
+        d = self.rd_channels
+        theta, phi_g = conv1x1_cat(x, [self.theta, self.phi, self.g]).split([d, 2 * d], 1)  # one GEMM: (B, d | 2d, H, W)
+        theta = theta.flatten(2).transpose(1, 2).unsqueeze(1)  # (B, 1, N, d)
+        phi_g = self.pool(phi_g)  # (B, 2d, H', W'), phi and g pooled together
+        hk, wk = phi_g.shape[-2:]
+        phi, g = phi_g.flatten(2).transpose(1, 2).unsqueeze(1).split(d, -1)  # 2 x (B, 1, M, d), M = H'*W' 
+        # contiguous q/k/v (small: B x N x d) let CPU SDPA use its fused kernel, not the math fallback
+        y = F.scaled_dot_product_attention(theta.contiguous(), phi.contiguous(), g.contiguous(), scale=1.0)  # (B, 1, N, d)
         if self.tap.active:
             weights = (theta @ phi.transpose(-1, -2)).softmax(-1)  # (B, 1, N, M)
             self.tap(weights.reshape(b, 1, h * w, hk, wk))  # (B, 1, Nq, H', W')

@@ -18,10 +18,22 @@ Layouts: parallel PSA_p(X) = Z_ch(X) + Z_sp(X) (``psa``, the registry default); 
 PSA_s(X) = Z_sp(Z_ch(X)) (``psa_s``). All W are 1x1 convs.
 
 NOTE: the 1x1 convs have no bias, as in the authors' code (for W_q a bias would only shift every
-softmax logit by one constant, which softmax ignores). The block follows the paper's equations; the
-authors' released code departs from them (it drops the LayerNorm and applies the spatial softmax
-after the product, over H x W). The inner width is ``make_divisible(C * rd_ratio, rd_divisor=1)``
-with the paper's rd_ratio = 1/2. At H = W = 1 the softmax over positions is 1 and W_q gets no gradient.
+softmax logit by one constant, which softmax ignores). The inner width is
+``make_divisible(C * rd_ratio, rd_divisor=1)`` with the paper's rd_ratio = 1/2. At H = W = 1 the
+softmax over positions is 1 and W_q gets no gradient.
+
+``form="paper"`` (default) follows the paper's equations above in both layouts. The authors'
+released code (DeLightCMU/PSA, classes ``PSA_p`` and ``PSA_s``) departs from them differently in
+each layout; ``form="authors"`` reproduces it op for op (inner width C // 2, floored):
+
+* parallel (``PSA_p``): the channel branch has no LayerNorm, sigmoid(W_z(...)) with W_z: C/2 -> C;
+  the spatial branch has no softmax over channels and instead applies a softmax over the H*W
+  positions to the product: sigmoid(softmax_HW(GAP(W_q'(X)) . W_v'(X))).
+* sequential (``PSA_s``): the channel branch's W_z is a bottleneck C/2 -> C/8 -> C,
+  W_z2(relu(LN(W_z1(.)))), both 1x1 convs with bias and the LayerNorm (affine, eps 1e-5) over the
+  C/8 channels (``(C // 2) // 4``); the spatial branch applies the softmax over H*W to each channel
+  of W_v'(X) before the product, again with no softmax over channels:
+  sigmoid(GAP(W_q'(X)) . softmax_HW(W_v'(X))).
 """
 from __future__ import annotations
 
@@ -32,9 +44,10 @@ from torch import nn
 from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
 
-__all__ = ["PolarizedSelfAttn", "LAYOUTS"]
+__all__ = ["PolarizedSelfAttn", "LAYOUTS", "FORMS"]
 
 LAYOUTS = ("parallel", "sequential")
+FORMS = ("paper", "authors")
 
 _META = dict(
     family="channel+spatial",
@@ -56,19 +69,32 @@ class PolarizedSelfAttn(nn.Module):
         rd_channels: int | None = None,
         rd_divisor: int = 1,
         gate_layer: str | type[nn.Module] = "sigmoid",
+        form: str = "paper",
     ) -> None:
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"psa: layout must be one of {LAYOUTS}, got {layout!r}")
+        if form not in FORMS:
+            raise ValueError(f"psa: form must be one of {FORMS} ('paper': the equations; 'authors': the released code), got {form!r}")
         self.channels = channels
         self.layout = layout
+        self.form = form
         self.rd_channels = rd = reduced_channels("psa", channels, rd_ratio, rd_channels, rd_divisor)
+        if form == "authors" and rd_channels is None and rd_divisor == 1:
+            self.rd_channels = rd = max(1, int(channels * rd_ratio))  # the authors' planes // 2
         gate = resolve_layer("psa", "gate_layer", gate_layer)
         # channel-only branch
         self.ch_wv = nn.Conv2d(channels, rd, 1, bias=False)
         self.ch_wq = nn.Conv2d(channels, 1, 1, bias=False)
-        self.ch_wz = nn.Conv2d(rd, channels, 1, bias=False)
-        self.ln = nn.LayerNorm(channels)
+        if form == "authors" and layout == "sequential":  # PSA_s's bottleneck C/2 -> C/8 -> C
+            rd4 = max(1, rd // 4)
+            self.ch_wz = nn.Conv2d(rd, rd4, 1, bias=True)
+            self.ln = nn.LayerNorm(rd4)
+            self.ch_act = nn.ReLU(inplace=True)
+            self.ch_wz2 = nn.Conv2d(rd4, channels, 1, bias=True)
+        else:
+            self.ch_wz = nn.Conv2d(rd, channels, 1, bias=False)
+            self.ln = nn.LayerNorm(channels) if form == "paper" else nn.Identity()
         self.gate_channel = gate()
         # spatial-only branch
         self.sp_wv = nn.Conv2d(channels, rd, 1, bias=False)
@@ -82,16 +108,25 @@ class PolarizedSelfAttn(nn.Module):
         b, c = x.shape[:2]
         v = self.ch_wv(x).flatten(2)  # (B, C/2, H*W)
         q = self.ch_wq(x).flatten(2).softmax(-1)  # (B, 1, H*W), softmax over positions
-        z = self.ch_wz((v @ q.transpose(1, 2)).unsqueeze(-1))  # (B, C, 1, 1)
-        z = self.ln(z.reshape(b, c))  # (B, C), LayerNorm over channels
+        z = self.ch_wz((v @ q.transpose(1, 2)).unsqueeze(-1))  # (B, C, 1, 1); (B, C/8, 1, 1) in PSA_s
+        if self.form == "authors" and self.layout == "sequential":
+            z = self.ch_act(self.ln(z.flatten(1))).reshape(b, -1, 1, 1)  # (B, C/8, 1, 1)
+            return self.gate_channel(self.ch_wz2(z))  # (B, C, 1, 1)
+        z = self.ln(z.reshape(b, c))  # (B, C), LayerNorm over channels (paper)
         return self.gate_channel(z).reshape(b, c, 1, 1)  # (B, C, 1, 1)
 
     def spatial_attn(self, x):
         """A_sp(x), (B, 1, H, W)."""
         b, _, h, w = x.shape
-        q = self.sp_wq(x).mean((2, 3)).softmax(-1).unsqueeze(1)  # (B, 1, C/2), softmax over channels
+        q = self.sp_wq(x).mean((2, 3)).unsqueeze(1)  # (B, 1, C/2), GAP
         v = self.sp_wv(x).flatten(2)  # (B, C/2, H*W)
-        return self.gate_spatial((q @ v).reshape(b, 1, h, w))  # (B, 1, H, W)
+        if self.form == "paper":
+            a = q.softmax(-1) @ v  # (B, 1, H*W), softmax over channels
+        elif self.layout == "parallel":
+            a = (q @ v).softmax(-1)  # (B, 1, H*W), PSA_p: softmax over positions after the product
+        else:
+            a = q @ v.softmax(-1)  # (B, 1, H*W), PSA_s: softmax over positions of each channel of v
+        return self.gate_spatial(a.reshape(b, 1, h, w))  # (B, 1, H, W)
 
     def forward(self, x):
         check_input(self, x)

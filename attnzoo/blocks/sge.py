@@ -20,11 +20,22 @@ when C has fewer or incompatible channels (C = 16 -> 16, C = 32 -> 32, C = 48 ->
 C = 96 -> 48), so the block works in small networks. An explicit ``groups`` must divide C; otherwise
 a ValueError lists the valid counts.
 
-NOTE: the spread is ``std(c) = sqrt(var(c) + eps)`` with the population variance (divide by H*W)
-and eps = 1e-5, where the authors' code uses the unbiased std plus 1e-5. The authors' form is NaN
-on a 1x1 map (unbiased std of one value) and has an infinite gradient where c is constant; here a
-1x1 map gives n = 0, i.e. y = x * sigmoid(beta). Away from constant maps, n here is the authors'
-n times sqrt(N / (N - 1)) for N = H*W positions (+3.3% at 4x4, +0.05% at 32x32): a rescaled gamma.
+NOTE (the spread, Eq. 4): ``std(c)`` is the population standard deviation over the H*W positions
+(divide by N = H*W, as the paper's sigma), and eps = 1e-5 is added to it, outside the square root, as
+in the paper and the authors' code. ``spread`` offers the two other forms:
+
+* ``spread="std"`` (default): n = (c - mean) / (sqrt(var_N(c)) + eps), the paper's Eq. 4.
+* ``spread="unbiased_std"``: n = (c - mean) / (sqrt(var_{N-1}(c)) + eps), the authors' code exactly
+  (``t.std()``, Bessel-corrected); it differs from the default by a factor sqrt(N / (N - 1)) on the
+  std (+3.3% at 4x4, +0.05% at 32x32). On a 1x1 map (N = 1, where the authors' form is 0 / 0 = NaN)
+  it falls back to the population std, which gives n = 0.
+* ``spread="sqrt_var"``: n = (c - mean) / sqrt(var_N(c) + eps), the form of earlier attnzoo versions;
+  it floors the spread at sqrt(eps) = 3.2e-3, where the other two let it shrink to 0, so it differs
+  from them by up to tens of percent in groups whose c varies little over the map.
+
+The variance is clamped at 1e-24 before its square root in the first two forms, so a constant map
+(std 0) has a zero gradient instead of the infinite one of sqrt at 0; this moves the std by at most
+1e-12, far below eps. The statistics are computed in float32 under autocast.
 """
 from __future__ import annotations
 
@@ -37,6 +48,7 @@ from .base import AttnTap, check_channels, check_input, resolve_layer
 __all__ = ["SpatialGroupEnhance", "resolve_groups"]
 
 PAPER_GROUPS = 64
+SPREADS = ("std", "unbiased_std", "sqrt_var")
 
 
 def _divisors(n: int) -> list[int]:
@@ -85,6 +97,7 @@ class SpatialGroupEnhance(nn.Module):
         groups: int | None = None,
         eps: float = 1e-5,
         gate_layer: str | type[nn.Module] = "sigmoid",
+        spread: str = "std",
     ) -> None:
         super().__init__()
         self.channels = channels
@@ -92,6 +105,9 @@ class SpatialGroupEnhance(nn.Module):
         if not eps > 0:
             raise ValueError(f"sge: eps must be > 0 (it keeps the std finite on constant maps), got {eps!r}")
         self.eps = eps
+        if spread not in SPREADS:
+            raise ValueError(f"sge: spread must be one of {SPREADS} ('std' is the paper's Eq. 4), got {spread!r}")
+        self.spread = spread
         self.weight = nn.Parameter(torch.zeros(1, self.groups, 1, 1))  # gamma, per group
         self.bias = nn.Parameter(torch.ones(1, self.groups, 1, 1))  # beta, per group
         self.gate = resolve_layer("sge", "gate_layer", gate_layer)()
@@ -102,13 +118,21 @@ class SpatialGroupEnhance(nn.Module):
         b, c, h, w = x.shape
         g = self.groups
         xg = x.reshape(b, g, c // g, h, w)  # (B, G, C/G, H, W)
-        sim = (xg * xg.mean((3, 4), keepdim=True)).sum(2)  # (B, G, H, W): g . x_i
-        mu = sim.mean((2, 3), keepdim=True)  # (B, G, 1, 1)
-        var = (sim - mu).float().square().mean((2, 3), keepdim=True)  # (B, G, 1, 1), population variance, float32
-        n = ((sim - mu) * torch.rsqrt(var + self.eps)).to(x.dtype)  # (B, G, H, W); float32: rsqrt's grad overflows fp16
+        mean = xg.mean((3, 4)).unsqueeze(2)  # (B, G, 1, C/G): the group mean vectors
+        sim = (mean @ xg.flatten(3)).view(b, g, h, w).float()  # (B, G, H, W): g . x_i, a GEMV (no full temp), float32
+        dof = h * w - 1 if self.spread == "unbiased_std" and h * w > 1 else h * w  # N - 1 or N
+        centred = sim - sim.mean((2, 3), keepdim=True)  # (B, G, H, W)
+        var = centred.square().sum((2, 3), keepdim=True) / dof  # (B, G, 1, 1)
+        if self.spread == "sqrt_var":
+            n = centred * torch.rsqrt(var + self.eps)  # (B, G, H, W)
+        else:
+            n = centred / (var.clamp_min(1e-24).sqrt() + self.eps)  # (B, G, H, W)
+        n = n.to(x.dtype)
         a = self.gate(n * self.weight + self.bias)  # (B, G, H, W)
-        a = a.unsqueeze(2).expand(b, g, c // g, h, w).reshape(b, c, h, w)  # (B, C, H, W)
-        return x * self.tap(a)
+        if self.tap.active or self.tap._forward_hooks:  # the full (B, C, H, W) factor only while captured
+            a = a.unsqueeze(2).expand(b, g, c // g, h, w).reshape(b, c, h, w)  # (B, C, H, W)
+            return x * self.tap(a)
+        return (xg * a.unsqueeze(2)).view(b, c, h, w)  # broadcast over each group's channels, no copy
 
     def extra_repr(self) -> str:
-        return f"groups={self.groups}"
+        return f"groups={self.groups}, spread={self.spread!r}"

@@ -22,6 +22,12 @@ NOTE: GN here is GroupNorm with one group per channel (C/2G groups over C/2G cha
 authors' code) *without* its own affine: W2, b2 of Eq. 3 are that affine, so GN's weight/bias would
 only duplicate them. It is computed directly as a per-channel normalization over H x W with
 eps = 1e-5 (a 1x1 map gives GN = 0, no NaN).
+
+Implementation: both gates are x * sigmoid(x * s + t) with per-(sample, channel) s, t (s = 0 on the
+channel half; s = W2 * rstd, t = b2 - s * mu on the spatial half), so one ``var_mean`` pass gives
+every statistic. In eager training (sigmoid gate, tap not captured) the whole block is one custom
+autograd op, ``_fused.shuffle_attention``: the shuffle is folded into the product's output strides
+and only x is kept for backward. ``torch.compile`` and ONNX export see the plain expression.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import torch
 from torch import nn
 
 from ..factory import register_attn
+from ._fused import affine_sigmoid_gate, is_sigmoid, shuffle_attention, use_fused
 from .base import AttnTap, check_input, resolve_layer
 from .sge import resolve_groups
 
@@ -75,15 +82,28 @@ class ShuffleAttn(nn.Module):
     def forward(self, x):
         check_input(self, x)
         b, c, h, w = x.shape
-        xg = x.reshape(b * self.groups, c // self.groups, h, w)  # (B*G, C/G, H, W)
-        x1, x2 = xg.chunk(2, dim=1)  # (B*G, C/2G, H, W) each
-        a1 = self.gate(self.cweight * x1.mean((2, 3), keepdim=True) + self.cbias)  # (B*G, C/2G, 1, 1)
-        mu = x2.mean((2, 3), keepdim=True)  # (B*G, C/2G, 1, 1)
-        var = (x2 - mu).float().square().mean((2, 3), keepdim=True)  # (B*G, C/2G, 1, 1), float32
-        gn = ((x2 - mu) * torch.rsqrt(var + self.eps)).to(x.dtype)  # (B*G, C/2G, H, W); float32: rsqrt's grad overflows fp16
-        a2 = self.gate(self.sweight * gn + self.sbias)  # (B*G, C/2G, H, W)
-        a = torch.cat([a1.expand_as(x1), a2], dim=1).reshape(b, c, h, w)  # (B, C, H, W), input order
-        return channel_shuffle(x * self.tap(a), 2)
+        g, half = self.groups, c // (2 * self.groups)
+        tapped = self.tap.active or self.tap._forward_hooks
+        if use_fused(x) and is_sigmoid(self.gate) and not tapped:  # eager training: one custom op
+            return shuffle_attention(x, self.cweight, self.cbias, self.sweight, self.sbias, g, self.eps)
+        # Both branches are a per-(sample, channel) affine map of x inside the sigmoid:
+        #   channel half: sigmoid(0 * x + (W1 * mean + b1));  spatial half: GN(x) = (x - mu) * rstd, so
+        #   sigmoid(x * (W2 * rstd) + (b2 - W2 * rstd * mu)).  One pass gives every channel's mean and
+        #   variance, and the gate, the product and the shuffle then run over x once (_fused).
+        # float32 statistics: in float16, rsqrt's gradient overflows
+        var, mu = torch.var_mean(x.float(), (2, 3), correction=0, keepdim=True)  # (B, C, 1, 1)
+        var = var.view(b, g, 2, half)[:, :, 1]  # (B, G, C/2G), spatial halves only
+        mu = mu.view(b, g, 2, half)  # (B, G, 2, C/2G)
+        cw, cb, sw, sb = (p.view(1, 1, half) for p in (self.cweight, self.cbias, self.sweight, self.sbias))
+        scale_sp = sw * torch.rsqrt(var + self.eps)  # (B, G, C/2G)
+        s = torch.stack([torch.zeros_like(scale_sp), scale_sp], 2).reshape(b, c, 1, 1)  # (B, C, 1, 1)
+        t = torch.stack([cw * mu[:, :, 0] + cb, sb - scale_sp * mu[:, :, 1]], 2).reshape(b, c, 1, 1)  # (B, C, 1, 1)
+        s, t = s.to(x.dtype), t.to(x.dtype)
+        if tapped:  # materialise the factor only while it is captured
+            return channel_shuffle(x * self.tap(self.gate(torch.addcmul(t, x, s))), 2)
+        if is_sigmoid(self.gate):
+            return affine_sigmoid_gate(x, s, t, shuffle=True)
+        return channel_shuffle(x * self.gate(torch.addcmul(t, x, s)), 2)
 
     def extra_repr(self) -> str:
         return f"groups={self.groups}"

@@ -18,12 +18,16 @@ NOTE: on a 1x1 map M - 1 = 0 and the paper's sigma^2 is 0/0; the divisor is ``ma
 NOTE: the weights are 3-D (one per neuron, (B, C, H, W)), so the tap is of kind "spatial" with C
 maps. The zoo's issue lists SimAM under channel attention, but its weights are full 3-D attention
 (the paper's Fig. 1), so the registry family is "channel+spatial".
+Implementation: in eager training with the sigmoid gate and nothing capturing the tap, the block is
+one custom autograd op (``_fused.simam_fused``) whose backward keeps only x (the plain expression
+keeps three full-size intermediates); ``torch.compile`` and ONNX export see the plain expression.
 """
 from __future__ import annotations
 
 from torch import nn
 
 from ..factory import register_attn
+from ._fused import is_sigmoid, simam_fused, use_fused
 from .base import AttnTap, check_channels, check_input, resolve_layer
 
 __all__ = ["SimAM"]
@@ -56,6 +60,8 @@ class SimAM(nn.Module):
     def forward(self, x):
         check_input(self, x)
         n = max(x.shape[2] * x.shape[3] - 1, 1)  # M - 1 neighbours; 1 on a 1x1 map (see NOTE)
+        if use_fused(x) and is_sigmoid(self.gate) and not (self.tap.active or self.tap._forward_hooks):
+            return simam_fused(x, self.e_lambda, n)  # eager training: one custom op, saves only x
         d = (x - x.mean((2, 3), keepdim=True)).pow(2)  # (B, C, H, W): (t - mu)^2
         var = d.sum((2, 3), keepdim=True) / n  # (B, C, 1, 1): sigma^2
         e_inv = d / (4 * (var + self.e_lambda)) + 0.5  # (B, C, H, W): 1 / e_t*

@@ -1,0 +1,216 @@
+"""Training-step overhead of each channel/spatial block in a host network, next to its memory floor.
+
+    python benchmarks/overhead_floor.py --blocks se eca cbam --modes eager            # resnet20 + resnet56
+    python benchmarks/overhead_floor.py --blocks se --modes eager compiled --hosts resnet20
+    python benchmarks/overhead_floor.py --json benchmarks/results/overhead_floor_cpu.json   # everything
+
+Hosts: ``resnet20`` on Fashion-MNIST shapes (1x28x28) and ``resnet56`` on CIFAR shapes (3x32x32),
+batch 128, channels_last, SGD (lr 0.1, momentum 0.9, weight decay 5e-4), cross-entropy on random
+inputs and labels (data loading is not part of a step). Each block is inserted at the host's
+default position (one per residual block). Modes: ``eager``, and ``compiled`` (``torch.compile``,
+inductor, default options; the first step, which compiles, is timed separately and reported as
+compile time). A mode's baseline is the host without attention in the same mode.
+
+Timing: every (host, block, mode) model is built once; ``--rounds`` rounds each run every model for
+``--steps`` steps in a fresh random order (interleaved, so drift in machine load hits all alike); a
+model's step time is the minimum over rounds of its mean step time in the round. Overhead =
+t(host + block) - t(host).
+
+Memory-traffic floor (per inserted block, float32 activations |x| = B*C*H*W*4 bytes). A block whose
+output y (the size of x) depends on statistics of the whole map (pooled channels, pooled positions
+or normalisation over the map) cannot do with fewer than these full-size passes in a training step:
+
+* forward, 3|x|: read x once for the statistics; read x again and write y when applying the factor;
+* backward, 5|x|: read dL/dy and x once to reduce the factor's gradient (sum over positions or
+  channels); read dL/dy and x again and write dL/dx.
+
+So floor bytes = 8 |x| per site, summed over the sites; floor time = floor bytes / the machine's
+copy bandwidth, measured here as (read + write bytes) / time of ``dst.copy_(src)`` on a 256 MiB
+float32 tensor (minimum of 5). Everything a block touches beyond that -- extra passes, intermediates
+written and read back, saved tensors -- shows as overhead above the floor. Printed: overhead in ms
+per step and in % of the host, the floor in ms, and overhead / floor. Targets (issue 15):
+eager <= 2.0 x floor, compiled <= 1.3 x floor; the script prints whether each is met.
+
+Break-even of compiling: with both modes of a model measured, compile time / (eager step -
+compiled step) is the number of steps after which compiling has paid for itself (a 5-epoch
+Fashion-MNIST run at batch 128 is 5 * 469 = 2345 steps).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import attnzoo
+from attnzoo import create_backbone, list_attn
+from attnzoo.ablation.runner import cpu_model
+from attnzoo.factory import attn_info
+
+HOSTS = {"resnet20": (1, 28, 28), "resnet56": (3, 32, 32)}
+FAMILIES = ("channel", "spatial", "channel+spatial")
+FMNIST_5_EPOCH_STEPS = 5 * 469
+TARGET = {"eager": 2.0, "compiled": 1.3}
+
+
+def channel_spatial_blocks() -> list[str]:
+    return [n for n in list_attn() if attn_info(n).metadata["family"] in FAMILIES]
+
+
+def copy_bandwidth(mib: int = 256, repeats: int = 5) -> float:
+    """Bytes per second moved by a large copy (read + write counted)."""
+    src = torch.randn(mib * 2**18)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * src.element_size() / best
+
+
+def attn_input_bytes(model: nn.Module, block_type: type, x: torch.Tensor) -> tuple[int, int]:
+    """(number of inserted blocks, sum of their input sizes in bytes) from one forward."""
+    sizes = []
+    hooks = [m.register_forward_pre_hook(lambda mod, inp: sizes.append(inp[0].numel() * inp[0].element_size()))
+             for m in model.modules() if type(m) is block_type]
+    with torch.no_grad():
+        model.eval()(x)
+    model.train()
+    for h in hooks:
+        h.remove()
+    return len(sizes), sum(sizes)
+
+
+class Job:
+    """One model in one mode, with its optimizer and a fixed batch."""
+
+    def __init__(self, host: str, block: str | None, mode: str, batch: int, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        c, h, w = HOSTS[host]
+        self.host, self.block, self.mode = host, block, mode
+        self.model = create_backbone(host, num_classes=10, in_chans=c, attn=block).to(memory_format=torch.channels_last)
+        self.x = torch.randn(batch, c, h, w).to(memory_format=torch.channels_last)
+        self.y = torch.randint(0, 10, (batch,))
+        self.sites, self.attn_bytes = (0, 0)
+        if block is not None:
+            factory = attn_info(block).factory
+            block_type = getattr(factory, "func", factory)  # a class, or a functools.partial of one
+            self.sites, self.attn_bytes = attn_input_bytes(self.model, block_type, self.x)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        self.loss = nn.CrossEntropyLoss()
+        self.net = torch.compile(self.model) if mode == "compiled" else self.model
+        self.compile_s = None
+        self.times: list[float] = []
+
+    def step(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.loss(self.net(self.x), self.y).backward()
+        self.opt.step()
+
+    def warm(self, steps: int = 2) -> None:
+        t0 = time.perf_counter()
+        self.step()
+        if self.mode == "compiled":
+            self.compile_s = time.perf_counter() - t0
+        for _ in range(steps):
+            self.step()
+
+    def run(self, steps: int) -> None:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        self.times.append((time.perf_counter() - t0) / steps)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--blocks", nargs="*", default=None, help="default: every channel/spatial block")
+    p.add_argument("--hosts", nargs="*", default=list(HOSTS), choices=list(HOSTS))
+    p.add_argument("--modes", nargs="*", default=["eager"], choices=["eager", "compiled"])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--steps", type=int, default=5, help="steps per model per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    blocks = args.blocks or channel_spatial_blocks()
+    bad = [b for b in blocks if b not in list_attn()]
+    if bad:
+        p.error(f"unknown blocks {bad}")
+    bandwidth = copy_bandwidth()
+    print(f"copy bandwidth: {bandwidth / 1e9:.2f} GB/s (read + write), {cpu_model()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}", file=sys.stderr)
+    jobs = [Job(h, b, m, args.batch) for h in args.hosts for m in args.modes for b in [None, *blocks]]
+    for j in jobs:
+        j.warm()
+        if j.compile_s is not None:
+            print(f"  compiled {j.host}+{j.block or 'none'} in {j.compile_s:.1f} s", file=sys.stderr)
+    rng = random.Random(0)
+    for r in range(args.rounds):
+        rng.shuffle(jobs)
+        for j in jobs:
+            j.run(args.steps)
+        print(f"  round {r + 1}/{args.rounds}", file=sys.stderr)
+    t = {(j.host, j.block, j.mode): min(j.times) for j in jobs}
+    by_key = {(j.host, j.block, j.mode): j for j in jobs}
+    rows = []
+    print(f"\ntraining step, batch {args.batch}, channels_last, SGD; min over {args.rounds} rounds of "
+          f"{args.steps}-step means; floor = 8|x| per site at {bandwidth / 1e9:.2f} GB/s")
+    print(f"{'host':<9}{'mode':<9}{'block':<14}{'step ms':>9}{'over ms':>9}{'over %':>8}{'floor ms':>9}"
+          f"{'over/floor':>11}  target")
+    for host in args.hosts:
+        for mode in args.modes:
+            base = t[(host, None, mode)]
+            print(f"{host:<9}{mode:<9}{'(none)':<14}{base * 1e3:>9.1f}")
+            for b in blocks:
+                j = by_key[(host, b, mode)]
+                step = t[(host, b, mode)]
+                over = step - base
+                floor = 8 * j.attn_bytes / bandwidth
+                ratio = over / floor if floor else None
+                # a negative overhead is timing noise (the block cannot make the host faster): no verdict
+                met = None if ratio is None or over < 0 else ratio <= TARGET[mode]
+                row = dict(host=host, mode=mode, block=b, step_ms=step * 1e3, base_ms=base * 1e3,
+                           overhead_ms=over * 1e3, overhead_pct=100 * over / base, floor_ms=floor * 1e3,
+                           floor_mb=8 * j.attn_bytes / 2**20, sites=j.sites, ratio_to_floor=ratio,
+                           target=TARGET[mode], target_met=met, compile_s=j.compile_s)
+                rows.append(row)
+                print(f"{host:<9}{mode:<9}{b:<14}{step * 1e3:>9.1f}{over * 1e3:>9.1f}{100 * over / base:>7.1f}%"
+                      f"{floor * 1e3:>9.2f}{(f'{ratio:.2f}' if ratio is not None else '-'):>11}  "
+                      f"<= {TARGET[mode]} {dict([(True, 'met'), (False, 'NOT met'), (None, 'noise: rerun quieter')])[met]}")
+    if "eager" in args.modes and "compiled" in args.modes:
+        print("\ncompile break-even (steps after which compiling has paid off; 5 FMNIST epochs = "
+              f"{FMNIST_5_EPOCH_STEPS} steps):")
+        for host in args.hosts:
+            for b in [None, *blocks]:
+                e, c = t[(host, b, "eager")], t[(host, b, "compiled")]
+                cs = by_key[(host, b, "compiled")].compile_s
+                saving = e - c
+                steps = cs / saving if saving > 0 else None
+                verdict = ("pays" if steps is not None and steps < FMNIST_5_EPOCH_STEPS else "does not pay")
+                print(f"  {host}+{b or 'none'}: compile {cs:.1f} s, saves {saving * 1e3:.1f} ms/step -> "
+                      f"break-even {f'{steps:.0f} steps' if steps else 'never'}; {verdict} in a 5-epoch FMNIST run")
+                rows.append(dict(host=host, block=b, mode="break_even", compile_s=cs, saving_ms=saving * 1e3,
+                                 break_even_steps=steps, pays_in_5_fmnist_epochs=verdict == "pays"))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(dict(
+            batch=args.batch, steps=args.steps, rounds=args.rounds, threads=torch.get_num_threads(),
+            cpu=cpu_model(), cpu_count=os.cpu_count(), torch=torch.__version__, attnzoo=attnzoo.__version__,
+            copy_bandwidth_gbs=bandwidth / 1e9, rows=rows,
+        ), indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The fast paths of attnzoo/blocks/_fused.py: exact gradients, and the same function as the plain path."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from attnzoo import create_attn
+from attnzoo.blocks import _fused
+from attnzoo.blocks._fused import _ShuffleAttn, _SimAM
+
+
+def _d(*shape, positive=False):
+    t = torch.rand(*shape, dtype=torch.float64) + 0.1 if positive else torch.randn(*shape, dtype=torch.float64)
+    return t.requires_grad_(True)
+
+
+def test_shuffle_attention_gradients_are_exact():
+    torch.manual_seed(0)
+    x, params = _d(2, 8, 3, 4), [_d(2) for _ in range(4)]
+    assert gradcheck(lambda a, *p: _ShuffleAttn.apply(a, *p, 2, 1e-5), (x, *params))
+
+
+@pytest.mark.parametrize("size", [(3, 2), (1, 1)])
+def test_simam_op_gradients_are_exact(size):
+    torch.manual_seed(0)
+    n = max(size[0] * size[1] - 1, 1)
+    assert gradcheck(lambda a: _SimAM.apply(a, 0.1, n), (_d(2, 3, *size),))
+
+
+def test_conv1x1_fused_is_the_separate_convolutions():
+    convs = [torch.nn.Conv2d(6, 2, 1), torch.nn.Conv2d(6, 3, 1, bias=False)]
+    x = torch.randn(2, 6, 4, 4)
+    for got, conv in zip(_fused.conv1x1_fused(x, convs), convs):
+        torch.testing.assert_close(got, conv(x))
+
+
+def _randomized(name, seed=0):
+    torch.manual_seed(seed)
+    block = create_attn(name, 32)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (p[0].numel() if p.dim() > 1 else 4) ** -0.5)
+    return block
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", ["shuffle", "cbam", "simam", "nonlocal", "danet_pam", "a2"])
+def test_fast_path_matches_the_plain_path_in_training(name, channels_last, monkeypatch):
+    """Output, input gradient and every parameter gradient equal with the fast path off."""
+    block = _randomized(name).train()
+    x = torch.randn(2, 32, 7, 6)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(_fused, "use_fused", lambda t, on=fused: on and torch.is_grad_enabled())
+        xi = x.clone().requires_grad_(True)
+        block.zero_grad(set_to_none=True)
+        y = block(xi)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append((y.detach(), xi.grad, {n: p.grad.clone() for n, p in block.named_parameters()}))
+    (y1, g1, p1), (y0, g0, p0) = results
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-6)
+    for n in p0:
+        torch.testing.assert_close(p1[n], p0[n], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}.{n}: {m}")
+
