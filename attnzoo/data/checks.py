@@ -56,6 +56,13 @@ def _probe(path: str) -> str | None:
     """None when ``path`` decodes as an image; else why not, in a few words."""
     from PIL import Image, UnidentifiedImageError
 
+    try:  # an empty file is named as such before any decoder (a PIL plugin may fail on it in its own way)
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+    except PermissionError:
+        return "unreadable (permission denied)"
+    except OSError as e:
+        return f"unreadable ({type(e).__name__}: {e})"
     try:
         with Image.open(path) as im:
             im.load()
