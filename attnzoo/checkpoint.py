@@ -30,7 +30,11 @@ import torch
 from .errors import AttnzooError, UnsafeCheckpointError
 
 __all__ = ["SAFE_GLOBALS", "load_checkpoint", "load_lightning_checkpoint", "weights_only_loading",
-           "checkpoint_in_folder", "not_plain_message"]
+           "checkpoint_in_folder", "not_plain_message", "strip_to_weights", "WEIGHTS_KEYS"]
+
+# what a kept checkpoint needs to be rebuilt and evaluated (AttnClassifier.load_from_checkpoint,
+# attnzoo explain): the weights and the constructor arguments; no optimizer, scheduler or loop state
+WEIGHTS_KEYS = ("state_dict", "hyper_parameters", "hparams_name", "epoch", "global_step", "pytorch-lightning_version")
 
 # classes a weights-only load may rebuild, on top of torch's own allow-list: all are plain values
 SAFE_GLOBALS: list[Any] = [pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath]
@@ -113,3 +117,21 @@ def checkpoint_in_folder(folder: str | Path, relative: str | Path) -> Path:
                            f"folder {root}; a store only refers to checkpoints inside its own folder, so this one is "
                            "not opened (re-run the grid, or move the checkpoint under the folder and fix the store)")
     return target
+
+
+def strip_to_weights(path: str | Path) -> Path:
+    """Rewrite a Lightning checkpoint in place with only :data:`WEIGHTS_KEYS` (atomically: a temporary
+    file, then ``os.replace``). The weights and hyper-parameters are what explain, test and a report's
+    figure use; the optimizer's momentum buffers alone are as large as the weights. The result can no
+    longer resume training. Returns the path."""
+    import os
+
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("state_dict", "hyper_parameters") if k not in ckpt]
+    if missing:
+        raise AttnzooError(f"{path}: not a Lightning checkpoint of attnzoo fit (no {missing}); nothing stripped")
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: ckpt[k] for k in WEIGHTS_KEYS if k in ckpt}, tmp)
+    os.replace(tmp, path)
+    return path

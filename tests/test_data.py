@@ -164,14 +164,14 @@ def test_missing_fashion_mnist_error_lists_every_folder_and_how_to_get_it(no_def
     msg = str(err.value)
     for folder in (no_default_data / "env", no_default_data / "xdg" / "attnzoo", no_default_data / "system" / "fashion-mnist"):
         assert str(folder) in msg and str(folder / "FashionMNIST" / "raw") in msg
-    assert "apt-get install dataset-fashion-mnist" in msg and "download=True" in msg and "data_dir" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "--data.init_args.download true" in msg and "data_dir" in msg
 
 
 def test_missing_cifar_with_explicit_data_dir_looks_only_there(tmp_path, no_default_data):
     with pytest.raises(FileNotFoundError) as err:
         CIFAR10DataModule(tmp_path / "nowhere")
     msg = str(err.value)
-    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in msg and "download=True" in msg
+    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in msg and "--data.init_args.download true" in msg
     assert "xdg" not in msg
 
 

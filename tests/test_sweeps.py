@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from attnzoo.ablation import GridError, ResultStore, load_grid, run_grid, validate_grid
@@ -49,7 +50,11 @@ def fake_run(config: dict, run_dir: str) -> dict:
         raise RuntimeError("this cell always fails")
     ckpt = Path(run_dir) / "checkpoints"
     ckpt.mkdir(parents=True, exist_ok=True)
-    (ckpt / "last.ckpt").write_text("weights")
+    import torch
+
+    torch.save({"state_dict": {"w": torch.ones(2)}, "hyper_parameters": {"attn": attn}, "epoch": 0,
+                "optimizer_states": [{"state": {0: {"momentum_buffer": torch.ones(2)}}}], "loops": {}},
+               ckpt / "last.ckpt")
     acc = 0.5 + (0.02 if attn else 0.0) + 0.01 * seed
     return {"test": {"acc1": acc, "acc5": None, "loss": 1.0}, "epochs": [], "params": 1000, "flops": 2000,
             "train_throughput": 100.0, "infer_throughput": 400.0, "wall_time_s": 0.1, "insert_report": None,
@@ -105,6 +110,8 @@ def test_run_folders_are_one_to_one_inside_runs_and_edits_keep_old_files(tmp_pat
     assert seen == set(UUIDS.split(","))
     for d in dirs:
         assert read_result(d)["status"] == "ok" and (d / "checkpoints" / "last.ckpt").is_file()
+        kept = torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)
+        assert "optimizer_states" not in kept and "loops" not in kept and "state_dict" in kept  # weights only
     # edit one variant's recipe: it gets a new folder; the old version's files stay where the store row points
     raw = yaml.safe_load(path.read_text())
     raw["variants"][1]["model.lr"] = 0.2

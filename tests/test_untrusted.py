@@ -182,6 +182,18 @@ def test_a_real_attnzoo_checkpoint_still_loads_weights_only(tmp_path, monkeypatc
     loaded = load_classifier(path)
     assert loaded.hparams["attn"] == "se" and loaded.input_size == (3, 8, 8)
 
+    # a kept sweep checkpoint is stripped to its weights: smaller, and the same network comes back
+    from attnzoo.checkpoint import strip_to_weights
+
+    before = path.stat().st_size
+    strip_to_weights(path)
+    assert set(load_checkpoint(path)) <= {"state_dict", "hyper_parameters", "hparams_name", "epoch", "global_step",
+                                          "pytorch-lightning_version"}
+    assert path.stat().st_size < before
+    again = load_classifier(path)
+    for (k, a), b in zip(loaded.network.state_dict().items(), again.network.state_dict().values()):
+        assert torch.equal(a, b), k
+
 
 def test_a_damaged_checkpoint_is_named_not_a_traceback(tmp_path):
     bad = tmp_path / "cut.ckpt"

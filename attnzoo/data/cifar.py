@@ -71,7 +71,7 @@ def find_cifar(num_classes: int, data_dir: str | Path | None = None) -> Path:
         lambda d: all((d / f).is_file() for f in layout["train"] + layout["test"]),
         what=f"CIFAR-{num_classes} ({layout['folder']}/ with {', '.join(layout['train'] + layout['test'])})",
         how_to_get=(
-            f"pass download=True on a machine with network access (torchvision.datasets.{torchvision_cls} "
+            f"pass --data.init_args.download true (download=True from Python) on a machine with network access (torchvision.datasets.{torchvision_cls} "
             f"downloads it in prepare_data), or set data_dir (or ${{ATTNZOO_DATA}}) to the folder that "
             f"contains {layout['folder']}/ (extracted from {layout['archive']})."
         ),

@@ -46,9 +46,10 @@ FILES = {
 }
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 HOW_TO_GET = (
-    "`apt-get install dataset-fashion-mnist` (installs /usr/share/datasets/fashion-mnist), "
-    "or pass download=True on a machine with network access (torchvision downloads it in "
-    "prepare_data), or set data_dir (or $ATTNZOO_DATA) to a folder holding the four idx files."
+    "`apt-get install dataset-fashion-mnist` (installs /usr/share/datasets/fashion-mnist, needs root), "
+    "or pass --data.init_args.data_dir FOLDER (or set $ATTNZOO_DATA) for a folder holding the four "
+    "*-ubyte(.gz) idx files, or --data.init_args.download true on a machine with network access "
+    "(download=True from Python; torchvision fetches it)."
 )
 
 

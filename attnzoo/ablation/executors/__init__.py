@@ -79,7 +79,9 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _tidy_checkpoints(run_dir: Path, keep: bool) -> Path | None:
-    """Keep only the final checkpoint (last.ckpt, else the newest) when ``keep``; else remove them all."""
+    """Keep only the final checkpoint (last.ckpt, else the newest), as weights only, when ``keep``;
+    else remove them all. A kept checkpoint serves explain and the report's figures, never a resume
+    (the run is finished), so its optimizer and loop state are dropped (:func:`strip_to_weights`)."""
     ckpts = run_dir / "checkpoints"
     if not ckpts.is_dir():
         return None
@@ -97,6 +99,13 @@ def _tidy_checkpoints(run_dir: Path, keep: bool) -> Path | None:
     for f in files:
         if f != final and f.exists():
             f.unlink()
+    from ...checkpoint import strip_to_weights
+    from ...errors import AttnzooError
+
+    try:
+        strip_to_weights(final)
+    except AttnzooError:  # not a Lightning checkpoint (a custom run_fn's own file): kept as it was written
+        pass
     return final
 
 
