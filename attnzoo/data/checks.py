@@ -66,7 +66,8 @@ def _probe(path: str) -> str | None:
     try:
         with Image.open(path) as im:
             im.load()
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, ImportError):  # no decoder takes it (a plugin registered by another
+        # package, e.g. ultralytics' HEIF opener, may raise ImportError for its missing library instead)
         try:
             with open(path, "rb") as f:
                 head = f.read(12)
