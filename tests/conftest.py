@@ -19,7 +19,9 @@ session-scoped (written once) and must be treated as read-only.
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import pickle
+import socket
 import struct
 from pathlib import Path
 
@@ -27,6 +29,46 @@ import numpy as np
 import pytest
 
 FIXTURE_CLASSES = ["bird", "cat", "dog", "fish"]
+
+# -- nothing downloads: every test runs with TCP connections and name look-ups off this machine refused
+_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "", None, socket.gethostname()}
+OUTSIDE_ATTEMPTS: list[str] = []
+
+
+def _is_local(host) -> bool:
+    if host in _LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch):
+    """A test that tries to reach another machine (a weight, font or data download; a telemetry ping)
+    fails, naming the address. Loopback (DDP's rendezvous, a local Ray instance) and UDP "connects"
+    (which send nothing; Ray uses one to learn its own address) stay allowed."""
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+    before = len(OUTSIDE_ATTEMPTS)
+
+    def guarded_connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and self.type == socket.SOCK_STREAM \
+                and not _is_local(address[0]):
+            OUTSIDE_ATTEMPTS.append(f"connect {address!r}")
+            raise OSError(f"tests may not reach {address!r}: nothing in attnzoo downloads at run time")
+        return connect(self, address)
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        if not _is_local(host):
+            OUTSIDE_ATTEMPTS.append(f"getaddrinfo {host!r}")
+            raise socket.gaierror(f"tests may not look up {host!r}: nothing in attnzoo downloads at run time")
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    yield OUTSIDE_ATTEMPTS
+    assert OUTSIDE_ATTEMPTS[before:] == [], f"the test tried to reach another machine: {OUTSIDE_ATTEMPTS[before:]}"
 
 
 def _images(rng: np.random.Generator, labels: np.ndarray, num_classes: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -69,3 +69,16 @@ def test_readme_explain_example_runs():
 def test_ci_builds_a_fresh_virtual_environment():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "-m venv" in ci and "/bin/activate" in ci
+
+
+def test_the_suite_refuses_connections_to_other_machines(no_downloads):
+    """The autouse guard in tests/conftest.py is live: what any test does runs under it."""
+    import socket
+
+    seen = len(no_downloads)
+    with pytest.raises(OSError, match="nothing in attnzoo downloads"):
+        socket.create_connection(("192.0.2.1", 443), timeout=1)  # TEST-NET-1: never routed
+    with pytest.raises(OSError, match="nothing in attnzoo downloads"):
+        socket.getaddrinfo("pypi.org", 443)
+    assert len(no_downloads) == seen + 2  # both recorded; removed so the guard's own check passes
+    del no_downloads[seen:]
