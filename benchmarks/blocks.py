@@ -114,6 +114,9 @@ def main(argv=None) -> int:
     p.add_argument("--pair-repeats", type=int, default=0,
                    help="time each block against its timm twin back to back (ABBA) this many times and take "
                         "the attnzoo/timm ratio from that paired loop (default 0: from the shuffled rounds)")
+    p.add_argument("--small", type=lambda v: tuple(map(int, v.split("x"))), default=(16, 64, 14, 14),
+                   help="BxCxHxW of the small-map shape at which the timm pairs are timed again in the same run "
+                        "(with --pair-repeats; default 16x64x14x14, a late-stage map)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-timm", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="write the measurements here")
@@ -144,6 +147,19 @@ def main(argv=None) -> int:
               f"{(f'{rel_se:.2f}' if rel_se else '-'):>8}"
               f"{(f'{twin * 1e3:.1f}' if twin else '-'):>10}{(f'{ratio:.2f}' if ratio else '-'):>14}")
     print(f"{'identity':<14}{base * 1e3:>10.1f}")
+    small = {}
+    if args.pair_repeats and not args.no_timm:  # the same pairs at a small map, same run
+        xs = torch.randn(*args.small)
+        for name in names:
+            if name in TIMM_TWIN:
+                block = create_attn(name, args.small[1]).train()
+                twin = create_attn(f"timm:{TIMM_TWIN[name][0]}", args.small[1], **TIMM_TWIN[name][1]).train()
+                for m in (block, twin):
+                    time_fwd_bwd(m, xs)
+                a, b = paired(block, twin, xs, args.pair_repeats)
+                small[name] = dict(ms=a * 1e3, timm_ms=b * 1e3, ratio_timm=a / b)
+        print(f"\nsmall map {'x'.join(map(str, args.small))}: attnzoo/timm " +
+              ", ".join(f"{n} {r['ratio_timm']:.2f}" for n, r in small.items()))
     slower = {n: r["ratio_timm"] for n, r in rows.items() if r["ratio_timm"] and r["ratio_timm"] > 1.0}
     print("\nslower than timm's version:", ", ".join(f"{n} ({r:.2f}x)" for n, r in slower.items()) or "none")
     if args.json:
@@ -153,6 +169,7 @@ def main(argv=None) -> int:
             pair_repeats=args.pair_repeats,
             machine=platform.machine(), processor=platform.processor(), cpu_count=__import__("os").cpu_count(),
             torch=torch.__version__, attnzoo=attnzoo.__version__, identity_ms=base * 1e3, blocks=rows,
+            small_shape=list(args.small) if small else None, small=small or None,
         ), indent=2))
         print(f"wrote {args.json}")
     return 0

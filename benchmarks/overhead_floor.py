@@ -2,7 +2,8 @@
 
     python benchmarks/overhead_floor.py --blocks se eca cbam --modes eager            # resnet20 + resnet56
     python benchmarks/overhead_floor.py --blocks se --modes eager compiled --hosts resnet20
-    python benchmarks/overhead_floor.py --json benchmarks/results/overhead_floor_cpu.json   # everything
+    python benchmarks/overhead_floor.py --json benchmarks/results/overhead_floor_cpu.json   # everything, eager
+    python benchmarks/overhead_floor.py --modes eager compiled --compiled-blocks se eca cbam --compiled-hosts resnet20
 
 Hosts: ``resnet20`` on Fashion-MNIST shapes (1x28x28) and ``resnet56`` on CIFAR shapes (3x32x32),
 batch 128, channels_last, SGD (lr 0.1, momentum 0.9, weight decay 5e-4), cross-entropy on random
@@ -134,6 +135,11 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", nargs="*", default=None, help="default: every channel/spatial block")
     p.add_argument("--hosts", nargs="*", default=list(HOSTS), choices=list(HOSTS))
     p.add_argument("--modes", nargs="*", default=["eager"], choices=["eager", "compiled"])
+    p.add_argument("--compiled-blocks", nargs="*", default=None,
+                   help="blocks to time compiled (default: the same as --blocks); compiling costs about a minute "
+                        "per model on a small CPU, so a subset keeps the run short")
+    p.add_argument("--compiled-hosts", nargs="*", default=None, choices=list(HOSTS),
+                   help="hosts to time compiled (default: the same as --hosts)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=5, help="steps per model per round")
     p.add_argument("--rounds", type=int, default=5)
@@ -149,7 +155,21 @@ def main(argv=None) -> int:
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth: {bandwidth / 1e9:.2f} GB/s (read + write), {cpu_model()}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}", file=sys.stderr)
-    jobs = [Job(h, b, m, args.batch) for h in args.hosts for m in args.modes for b in [None, *blocks]]
+    compiled_blocks = blocks if args.compiled_blocks is None else args.compiled_blocks
+    compiled_hosts = args.hosts if args.compiled_hosts is None else args.compiled_hosts
+    bad = [b for b in compiled_blocks if b not in blocks] + [h for h in compiled_hosts if h not in args.hosts]
+    if bad:
+        p.error(f"--compiled-blocks / --compiled-hosts must be among --blocks / --hosts: {bad}")
+
+    def blocks_of(host: str, mode: str) -> list[str]:
+        if mode == "compiled":
+            return compiled_blocks if host in compiled_hosts else []
+        return blocks
+
+    def host_modes(host: str) -> list[str]:
+        return [m for m in args.modes if m != "compiled" or host in compiled_hosts]
+
+    jobs = [Job(h, b, m, args.batch) for h in args.hosts for m in host_modes(h) for b in [None, *blocks_of(h, m)]]
     for j in jobs:
         j.warm()
         if j.compile_s is not None:
@@ -168,10 +188,10 @@ def main(argv=None) -> int:
     print(f"{'host':<9}{'mode':<9}{'block':<14}{'step ms':>9}{'over ms':>9}{'over %':>8}{'floor ms':>9}"
           f"{'over/floor':>11}  target")
     for host in args.hosts:
-        for mode in args.modes:
+        for mode in host_modes(host):
             base = t[(host, None, mode)]
             print(f"{host:<9}{mode:<9}{'(none)':<14}{base * 1e3:>9.1f}")
-            for b in blocks:
+            for b in blocks_of(host, mode):
                 j = by_key[(host, b, mode)]
                 step = t[(host, b, mode)]
                 over = step - base
@@ -190,8 +210,8 @@ def main(argv=None) -> int:
     if "eager" in args.modes and "compiled" in args.modes:
         print("\ncompile break-even (steps after which compiling has paid off; 5 FMNIST epochs = "
               f"{FMNIST_5_EPOCH_STEPS} steps):")
-        for host in args.hosts:
-            for b in [None, *blocks]:
+        for host in compiled_hosts:
+            for b in [None, *compiled_blocks]:
                 e, c = t[(host, b, "eager")], t[(host, b, "compiled")]
                 cs = by_key[(host, b, "compiled")].compile_s
                 saving = e - c

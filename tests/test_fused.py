@@ -67,3 +67,41 @@ def test_fast_path_matches_the_plain_path_in_training(name, channels_last, monke
     for n in p0:
         torch.testing.assert_close(p1[n], p0[n], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}.{n}: {m}")
 
+
+
+# -- pooling (attnzoo/blocks/_pool.py) ---------------------------------------------------------------
+from attnzoo.blocks._pool import pool_max, pool_mean  # noqa: E402
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dims, keepdim", [((2, 3), True), ((2, 3), False), (1, True), (2, True), (3, False)])
+def test_pool_mean_is_tensor_mean_with_the_same_gradient(dims, keepdim, channels_last):
+    x = torch.randn(3, 5, 6, 7, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = pool_mean(a, dims, keepdim=keepdim), b.mean(dims, keepdim=keepdim)
+    torch.testing.assert_close(ya, yb)
+    w = torch.randn_like(yb)
+    (ya * w).sum().backward()
+    (yb * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_pool_mean_does_not_overflow_in_half_precision(dtype):
+    x = torch.full((1, 2, 64, 64), 60.0, dtype=dtype)  # the sum (245760) would overflow float16
+    assert torch.isfinite(pool_mean(x, (2, 3))).all() and pool_mean(x, (2, 3)).float().allclose(torch.tensor(60.0))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pool_max_is_amax_and_sends_the_gradient_to_the_maximum(channels_last):
+    x = torch.randn(3, 5, 6, 7, dtype=torch.float64)  # no ties
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.testing.assert_close(pool_max(a), b.amax((2, 3), keepdim=True))
+    w = torch.randn(3, 5, 1, 1, dtype=torch.float64)
+    (pool_max(a) * w).sum().backward()
+    (b.amax((2, 3), keepdim=True) * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad)

@@ -68,6 +68,8 @@ def test_model_reports_inserted_sites_and_counts_their_parameters():
         ({"schedule": "cosin"}, ValueError, "did you mean 'cosine'"),
         ({"position": "pre"}, ValueError, "model.attn is null"),
         ({"label_smoothing": 1.0}, ValueError, "label_smoothing"),
+        ({"compile": "yes"}, ValueError, "compile must be true, false or 'auto'"),
+        ({"compile": "auto", "compile_min_steps": -1}, ValueError, "compile_min_steps"),
     ],
 )
 def test_bad_model_argument_fails_at_construction_with_a_clear_message(kwargs, error, words):
@@ -180,6 +182,25 @@ def test_run_fit_test_returns_the_contract_and_writes_the_run_folder(tmp_path):
     for name in ("config.yaml", "complexity.json", "insert_report.txt", "metrics.csv", "throughput.json"):
         assert (run / name).is_file(), name
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("min_steps, compiled", [(10**6, False), (4, True)])
+def test_compile_auto_compiles_a_fit_only_when_it_is_long_enough(tmp_path, monkeypatch, capsys, min_steps, compiled):
+    """compile: auto decides at fit start from the planned optimizer steps (8 here: 4 batches of 16
+    per epoch, 2 epochs) and says so."""
+    calls = []
+
+    def fake_compile(module, *args, **kwargs):  # inductor takes a minute on a CPU: record the call instead
+        calls.append(type(module).__name__)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    config = synthetic_config()
+    config["model"].update(compile="auto", compile_min_steps=min_steps)
+    result = run_fit_test(config, tmp_path)
+    assert bool(calls) is compiled and result["test"]["acc1"] is not None
+    out = capsys.readouterr()
+    assert f"model.compile: auto -> {'on' if compiled else 'off'}: this fit has 8 optimizer steps" in out.out + out.err
 
 
 def test_same_seed_twice_gives_identical_metrics(tmp_path):

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._pool import pool_mean
+
 __all__ = ["use_fused", "is_sigmoid", "shuffle_attention", "simam_fused", "conv1x1_cat", "conv1x1_fused", "affine_sigmoid_gate"]
 
 
@@ -157,7 +159,7 @@ class _SimAM(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, e_lambda, n):
-        mu = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        mu = pool_mean(x, (2, 3))  # (B, C, 1, 1)
         c = x - mu  # (B, C, H, W)
         a = c.square_()  # (x - mu)^2, in c's buffer
         k = 1.0 / (4 * (a.sum((2, 3), keepdim=True) / n + e_lambda))  # (B, C, 1, 1)

@@ -42,6 +42,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["BottleneckAttn", "FORMS"]
 
@@ -108,7 +109,7 @@ class BottleneckAttn(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        mc = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        mc = pool_mean(x, (2, 3))  # (B, C, 1, 1)
         mc = self.bn_channel(self.fc2(self.act(self.bn_hidden(self.fc1(mc)))))  # (B, C, 1, 1)
         ms = self.act_reduce(self.bn_reduce(self.conv_reduce(x)))  # (B, C/r, H, W)
         ms = self.act_dil1(self.bn_dil1(self.conv_dil1(ms)))  # (B, C/r, H, W)

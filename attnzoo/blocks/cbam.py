@@ -29,6 +29,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
+from ._pool import pool_max, pool_mean
 
 __all__ = ["CbamChannel", "CbamSpatial", "Cbam"]
 
@@ -70,7 +71,7 @@ class CbamChannel(nn.Module):
     def factor(self, x):
         """Mc(x), (B, C, 1, 1)."""
         b = x.shape[0]
-        pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)])  # (2B, C, 1, 1)
+        pooled = torch.cat([pool_mean(x, (2, 3)), pool_max(x)])  # (2B, C, 1, 1)
         avg, mx = self.fc2(self.act(self.fc1(pooled))).split(b)  # shared MLP in one call; 2 x (B, C, 1, 1)
         return self.tap(self.gate(avg + mx))  # (B, C, 1, 1)
 
@@ -104,7 +105,7 @@ class CbamSpatial(nn.Module):
         """Ms(x), (B, 1, H, W)."""
         # amax, not max(dim) (25x slower on CPU at 16x64x32x32: it also finds the argmax); the input it
         # keeps for backward is the one the product keeps anyway
-        s = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)  # (B, 2, H, W)
+        s = torch.cat([pool_mean(x, 1), x.amax(1, keepdim=True)], dim=1)  # (B, 2, H, W)
         return self.tap(self.gate(self.norm(self.conv(s))))  # (B, 1, H, W)
 
     def forward(self, x):

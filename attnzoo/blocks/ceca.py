@@ -27,6 +27,7 @@ from torch import nn
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from .eca import eca_kernel_size
+from ._pool import pool_mean
 
 __all__ = ["CircularEfficientChannelAttn", "timm_eca_kernel_size"]
 
@@ -73,7 +74,7 @@ class CircularEfficientChannelAttn(nn.Module):
     def forward(self, x):
         check_input(self, x)
         b, c = x.shape[:2]
-        s = x.mean((2, 3)).view(b, 1, c)  # (B, 1, C)
+        s = pool_mean(x, (2, 3), keepdim=False).view(b, 1, c)  # (B, 1, C)
         s = F.pad(s, (self.padding, self.padding), mode="circular")  # (B, 1, C + k - 1), wrapped
         s = self.gate(self.conv(s)).view(b, c, 1, 1)  # (B, C, 1, 1)
         return x * self.tap(s)

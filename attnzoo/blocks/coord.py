@@ -32,6 +32,7 @@ from timm.layers import make_divisible
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["CoordAttn"]
 
@@ -87,8 +88,8 @@ class CoordAttn(nn.Module):
     def forward(self, x):
         check_input(self, x)
         h, w = x.shape[2:]
-        z_h = x.mean(3, keepdim=True)  # (B, C, H, 1)
-        z_w = x.mean(2, keepdim=True).transpose(2, 3)  # (B, C, W, 1)
+        z_h = pool_mean(x, 3)  # (B, C, H, 1)
+        z_w = pool_mean(x, 2).transpose(2, 3)  # (B, C, W, 1)
         f = self.act(self.bn1(self.conv1(torch.cat([z_h, z_w], dim=2))))  # (B, mip, H+W, 1)
         f_h, f_w = torch.split(f, [h, w], dim=2)  # (B, mip, H, 1), (B, mip, W, 1)
         g_h = self.gate(self.conv_h(f_h))  # (B, C, H, 1)

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["EfficientChannelAttn", "eca_kernel_size"]
 
@@ -62,6 +63,6 @@ class EfficientChannelAttn(nn.Module):
     def forward(self, x):
         check_input(self, x)
         b, c = x.shape[:2]
-        s = x.mean((2, 3)).view(b, 1, c)  # (B, 1, C): channels as a 1-D sequence
+        s = pool_mean(x, (2, 3), keepdim=False).view(b, 1, c)  # (B, 1, C): channels as a 1-D sequence
         s = self.gate(self.conv(s)).view(b, c, 1, 1)  # (B, C, 1, 1)
         return x * self.tap(s)

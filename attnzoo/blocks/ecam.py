@@ -24,6 +24,7 @@ from torch import nn
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from .ceca import timm_eca_kernel_size
+from ._pool import pool_mean
 
 __all__ = ["EcaMlp"]
 
@@ -69,7 +70,7 @@ class EcaMlp(nn.Module):
     def forward(self, x):
         check_input(self, x)
         b, c = x.shape[:2]
-        s = x.mean((2, 3)).view(b, 1, c)  # (B, 1, C)
+        s = pool_mean(x, (2, 3), keepdim=False).view(b, 1, c)  # (B, 1, C)
         s = self.act(self.conv(s))  # (B, r, C)
         s = self.gate(self.conv2(s)).view(b, c, 1, 1)  # (B, C, 1, 1)
         return x * self.tap(s)

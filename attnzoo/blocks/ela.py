@@ -36,6 +36,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["EfficientLocalAttn"]
 
@@ -98,8 +99,8 @@ class EfficientLocalAttn(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        z_h = x.mean(3, keepdim=True)  # (B, C, H, 1)
-        z_w = x.mean(2, keepdim=True)  # (B, C, 1, W)
+        z_h = pool_mean(x, 3)  # (B, C, H, 1)
+        z_w = pool_mean(x, 2)  # (B, C, 1, W)
         if self.shared:
             a_h = self.gate(self.act(self.norm(self.conv(z_h))))  # (B, C, H, 1)
             a_w = self.gate(self.act(self.norm(self.conv(z_w.transpose(2, 3))))).transpose(2, 3)  # (B, C, 1, W)

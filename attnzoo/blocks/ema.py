@@ -34,6 +34,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["EfficientMultiScaleAttn", "ema_groups"]
 
@@ -71,14 +72,14 @@ class EfficientMultiScaleAttn(nn.Module):
         b, c, h, w = x.shape
         g = self.groups
         gx = x.reshape(b * g, c // g, h, w)  # (B*G, C/G, H, W)
-        z_h = gx.mean(3, keepdim=True)  # (B*G, C/G, H, 1)
-        z_w = gx.mean(2, keepdim=True).transpose(2, 3)  # (B*G, C/G, W, 1)
+        z_h = pool_mean(gx, 3)  # (B*G, C/G, H, 1)
+        z_w = pool_mean(gx, 2).transpose(2, 3)  # (B*G, C/G, W, 1)
         a = self.conv1x1(torch.cat([z_h, z_w], dim=2))  # (B*G, C/G, H+W, 1)
         a_h, a_w = a.split([h, w], dim=2)  # (B*G, C/G, H, 1), (B*G, C/G, W, 1)
         x1 = self.gn(gx * self.gate(a_h) * self.gate(a_w.transpose(2, 3)))  # (B*G, C/G, H, W)
         x2 = self.conv3x3(gx)  # (B*G, C/G, H, W)
-        s1 = x1.mean((2, 3)).softmax(-1).unsqueeze(1)  # (B*G, 1, C/G)
-        s2 = x2.mean((2, 3)).softmax(-1).unsqueeze(1)  # (B*G, 1, C/G)
+        s1 = pool_mean(x1, (2, 3), keepdim=False).softmax(-1).unsqueeze(1)  # (B*G, 1, C/G)
+        s2 = pool_mean(x2, (2, 3), keepdim=False).softmax(-1).unsqueeze(1)  # (B*G, 1, C/G)
         wts = s1 @ x2.flatten(2) + s2 @ x1.flatten(2)  # (B*G, 1, H*W)
         gate = self.gate(wts).reshape(b, g, 1, h, w).expand(b, g, c // g, h, w)  # (B, G, C/G, H, W)
         return x * self.tap(gate.reshape(b, c, h, w))  # (B, C, H, W), one map per group

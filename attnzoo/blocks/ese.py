@@ -21,6 +21,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["EffectiveSqueezeExcite"]
 
@@ -43,5 +44,5 @@ class EffectiveSqueezeExcite(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        s = self.fc(x.mean((2, 3), keepdim=True))  # (B, C, 1, 1)
+        s = self.fc(pool_mean(x, (2, 3)))  # (B, C, 1, 1)
         return x * self.tap(self.gate(s))

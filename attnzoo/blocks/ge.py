@@ -44,6 +44,7 @@ from torch.nn import functional as F
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["GatherExcite"]
 
@@ -119,7 +120,7 @@ class GatherExcite(nn.Module):
         if self.gather is not None:
             g = self.gather(x)  # (B, C, ceil(H/e), ceil(W/e))
         elif self.extent == 0:
-            g = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+            g = pool_mean(x, (2, 3))  # (B, C, 1, 1)
         else:
             e = self.extent
             g = F.avg_pool2d(x, 2 * e - 1, stride=e, padding=e - 1, count_include_pad=False)  # (B, C, ceil(H/e), ceil(W/e))

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
+from ._pool import pool_max, pool_mean
 
 __all__ = ["LightCbam"]
 
@@ -40,7 +41,7 @@ class _LightChannel(nn.Module):
         self.tap = AttnTap("channel")
 
     def forward(self, x):
-        z = 0.5 * x.mean((2, 3), keepdim=True) + 0.5 * x.amax((2, 3), keepdim=True)  # (B, C, 1, 1)
+        z = 0.5 * pool_mean(x, (2, 3)) + 0.5 * pool_max(x)  # (B, C, 1, 1)
         return x * self.tap(self.gate(self.fc2(self.act(self.fc1(z)))))
 
 
@@ -64,7 +65,7 @@ class _LightSpatial(nn.Module):
         self.tap = AttnTap("spatial")
 
     def forward(self, x):
-        z = 0.5 * x.mean(1, keepdim=True) + 0.5 * x.amax(1, keepdim=True)  # (B, 1, H, W)
+        z = 0.5 * pool_mean(x, 1) + 0.5 * x.amax(1, keepdim=True)  # (B, 1, H, W)
         return x * self.tap(self.gate(self.conv(z)))
 
 

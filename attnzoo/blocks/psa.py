@@ -43,6 +43,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["PolarizedSelfAttn", "LAYOUTS", "FORMS"]
 
@@ -118,7 +119,7 @@ class PolarizedSelfAttn(nn.Module):
     def spatial_attn(self, x):
         """A_sp(x), (B, 1, H, W)."""
         b, _, h, w = x.shape
-        q = self.sp_wq(x).mean((2, 3)).unsqueeze(1)  # (B, 1, C/2), GAP
+        q = pool_mean(self.sp_wq(x), (2, 3), keepdim=False).unsqueeze(1)  # (B, 1, C/2), GAP
         v = self.sp_wv(x).flatten(2)  # (B, C/2, H*W)
         if self.form == "paper":
             a = q.softmax(-1) @ v  # (B, 1, H*W), softmax over channels

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["SimpleCoordAttn"]
 
@@ -67,8 +68,8 @@ class SimpleCoordAttn(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        f_h = self.act(self.fc1(x.mean(3).transpose(1, 2)))  # (B, H, r)
-        f_w = self.act(self.fc1(x.mean(2).transpose(1, 2)))  # (B, W, r)
+        f_h = self.act(self.fc1(pool_mean(x, 3, keepdim=False).transpose(1, 2)))  # (B, H, r)
+        f_w = self.act(self.fc1(pool_mean(x, 2, keepdim=False).transpose(1, 2)))  # (B, W, r)
         a_h = self.fc_h(f_h).transpose(1, 2).unsqueeze(-1)  # (B, C, H, 1)
         a_w = self.fc_w(f_w).transpose(1, 2).unsqueeze(-2)  # (B, C, 1, W)
         y = x * self.tap(self.gate(a_h + a_w))  # (B, C, H, W)

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["ConcurrentSpatialChannelSE"]
 
@@ -71,7 +72,7 @@ class ConcurrentSpatialChannelSE(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        s = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))  # (B, C, 1, 1)
+        s = self.fc2(self.act(self.fc1(pool_mean(x, (2, 3)))))  # (B, C, 1, 1)
         x_cse = x * self.tap_channel(self.gate(s))
         q = self.gate(self.conv_spatial(x))  # (B, 1, H, W)
         x_sse = x * self.tap_spatial(q)

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["SqueezeExcite"]
 
@@ -52,6 +53,6 @@ class SqueezeExcite(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        s = pool_mean(x, (2, 3))  # (B, C, 1, 1)
         s = self.fc2(self.act(self.fc1(s)))  # (B, C, 1, 1)
         return x * self.tap(self.gate(s))

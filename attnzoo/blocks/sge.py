@@ -44,6 +44,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["SpatialGroupEnhance", "resolve_groups"]
 
@@ -121,7 +122,7 @@ class SpatialGroupEnhance(nn.Module):
         mean = xg.mean((3, 4)).unsqueeze(2)  # (B, G, 1, C/G): the group mean vectors
         sim = (mean @ xg.flatten(3)).view(b, g, h, w).float()  # (B, G, H, W): g . x_i, a GEMV (no full temp), float32
         dof = h * w - 1 if self.spread == "unbiased_std" and h * w > 1 else h * w  # N - 1 or N
-        centred = sim - sim.mean((2, 3), keepdim=True)  # (B, G, H, W)
+        centred = sim - pool_mean(sim, (2, 3))  # (B, G, H, W)
         var = centred.square().sum((2, 3), keepdim=True) / dof  # (B, G, 1, 1)
         if self.spread == "sqrt_var":
             n = centred * torch.rsqrt(var + self.eps)  # (B, G, H, W)

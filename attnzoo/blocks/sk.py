@@ -44,6 +44,7 @@ from timm.layers import make_divisible
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["SelectiveKernel"]
 
@@ -63,7 +64,7 @@ class _SelectAttn(nn.Module):
         b, c = feats[0].shape[:2]
         # fuse by sum, then GAP; the mean of the sum is the sum of the means, which never builds
         # the (B, C, H, W) sum
-        s = sum(f.mean((2, 3), keepdim=True) for f in feats)  # (B, C, 1, 1)
+        s = sum(pool_mean(f, (2, 3)) for f in feats)  # (B, C, 1, 1)
         z = self.act(self.bn(self.fc_reduce(s)))  # (B, d, 1, 1)
         logits = self.fc_select(z).reshape(b, len(feats), c, 1, 1)  # (B, M, C, 1, 1)
         return logits.softmax(1)

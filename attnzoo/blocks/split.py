@@ -34,6 +34,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["SplitAttn"]
 
@@ -104,7 +105,7 @@ class SplitAttn(nn.Module):
         b, c, h, w = x.shape
         r, k = self.radix, self.groups
         u = self.act0(self.bn0(self.conv(x))).reshape(b, r, c, h, w)  # (B, R, C, H, W), the R splits
-        s = u.sum(1).mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        s = pool_mean(u.sum(1), (2, 3))  # (B, C, 1, 1)
         a = self.fc2(self.act1(self.bn1(self.fc1(s))))  # (B, R*C, 1, 1), per cardinal group: (K, R, C/K)
         if r > 1:
             a = a.reshape(b, k, r, c // k).softmax(2).transpose(1, 2).reshape(b, r, c, 1, 1)  # (B, R, C, 1, 1)

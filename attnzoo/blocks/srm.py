@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["StyleRecalibration"]
 
@@ -65,8 +66,8 @@ class StyleRecalibration(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        mu = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
-        sigma = ((x - mu).pow(2).mean((2, 3), keepdim=True) + self.eps).sqrt()  # (B, C, 1, 1)
+        mu = pool_mean(x, (2, 3))  # (B, C, 1, 1)
+        sigma = (pool_mean((x - mu).pow(2), (2, 3)) + self.eps).sqrt()  # (B, C, 1, 1)
         w = self.cfc.view(1, self.channels, 2, 1)  # (1, C, 2, 1)
         z = mu * w[:, :, 0:1] + sigma * w[:, :, 1:2]  # (B, C, 1, 1)
         return x * self.tap(self.gate(self.bn(z)))

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
+from ._pool import pool_mean
 
 __all__ = ["TripletAttn"]
 
@@ -75,13 +76,13 @@ class TripletAttn(nn.Module):
         check_input(self, x)
         b, c, h, w = x.shape
         # pool over W: (B, 2, C, H) -> laid out (B, 2, H, C) as the rotated tensor of the paper
-        z_hc = torch.stack([x.amax(3), x.mean(3)], dim=1).transpose(2, 3)  # (B, 2, H, C)
+        z_hc = torch.stack([x.amax(3), pool_mean(x, 3, keepdim=False)], dim=1).transpose(2, 3)  # (B, 2, H, C)
         a_hc = self.gate_hc(z_hc).transpose(2, 3).reshape(b, c, h, 1)  # (B, C, H, 1)
         # pool over H
-        z_cw = torch.stack([x.amax(2), x.mean(2)], dim=1)  # (B, 2, C, W)
+        z_cw = torch.stack([x.amax(2), pool_mean(x, 2, keepdim=False)], dim=1)  # (B, 2, C, W)
         a_cw = self.gate_cw(z_cw).reshape(b, c, 1, w)  # (B, C, 1, W)
         # pool over C
-        z_hw = torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1)  # (B, 2, H, W)
+        z_hw = torch.cat([x.amax(1, keepdim=True), pool_mean(x, 1)], dim=1)  # (B, 2, H, W)
         a_hw = self.gate_hw(z_hw)  # (B, 1, H, W)
         a = self.tap_hc(a_hc) + self.tap_cw(a_cw) + self.tap_hw(a_hw)  # (B, C, H, W)
         return x * a * (1.0 / 3.0)

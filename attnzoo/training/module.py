@@ -53,6 +53,12 @@ SCHEDULES = ("cosine", "onecycle", "step", "constant")
 STAGES = ("train", "val", "test")
 
 
+# model.compile: auto compiles fits of at least this many optimizer steps. Measured on the 2-core CPU
+# (benchmarks/overhead_floor.py --modes eager compiled, benchmarks/results/overhead_floor_cpu.json):
+# see COMPILE_MIN_STEPS_NOTE in the README's benchmarks section.
+COMPILE_MIN_STEPS = 5000
+
+
 def _choice(what: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         import difflib
@@ -103,7 +109,13 @@ class AttnClassifier(LightningModule):
         label_smoothing: cross-entropy label smoothing for training batches, in [0, 1).
         ema_decay: decay of an exponential moving average of the weights; None: no EMA.
         channels_last: keep weights and inputs in channels-last memory format.
-        compile: run the network through ``torch.compile``.
+        compile: run the network through ``torch.compile``: ``True``, ``False``, or ``"auto"``, which
+            compiles a fit only when it has at least ``compile_min_steps`` optimizer steps (compiling
+            costs a fixed time up front, about a minute per network on a small CPU, and pays back a
+            per-step saving; ``benchmarks/overhead_floor.py --modes eager compiled`` prints the
+            break-even step count on the machine at hand). Validate/test/predict with ``"auto"`` stay
+            eager. The decision is printed when the fit starts.
+        compile_min_steps: the fit length (optimizer steps) from which ``compile: auto`` compiles.
     """
 
     def __init__(
@@ -133,7 +145,8 @@ class AttnClassifier(LightningModule):
         label_smoothing: float = 0.0,
         ema_decay: float | None = None,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
+        compile_min_steps: int = COMPILE_MIN_STEPS,
     ) -> None:
         super().__init__()
         _choice("optimizer", optimizer, OPTIMIZERS)
@@ -154,6 +167,10 @@ class AttnClassifier(LightningModule):
             raise ValueError(f"ema_decay must be in (0, 1) or null, got {ema_decay!r}")
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+        if not (isinstance(compile, bool) or compile == "auto"):
+            raise ValueError(f"compile must be true, false or 'auto', got {compile!r}")
+        if isinstance(compile_min_steps, bool) or not isinstance(compile_min_steps, int) or compile_min_steps < 0:
+            raise ValueError(f"compile_min_steps must be an int >= 0, got {compile_min_steps!r}")
         self.save_hyperparameters()
 
         weights = {}
@@ -209,8 +226,28 @@ class AttnClassifier(LightningModule):
         return normalize_input_size(input_size, in_chans)
 
     # -- forward ----------------------------------------------------------------
+    def _compile_on(self) -> bool:
+        mode = self.hparams.get("compile", False)
+        return bool(self.__dict__.get("_auto_compile", False)) if mode == "auto" else bool(mode)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.get("compile") != "auto":
+            return
+        total = self.trainer.estimated_stepping_batches
+        need = self.hparams.get("compile_min_steps", COMPILE_MIN_STEPS)
+        on = math.isfinite(total) and total >= need
+        self.__dict__["_auto_compile"] = on
+        if self.trainer.is_global_zero:  # printed like the model summary line (the log goes to stdout)
+            print(f"model.compile: auto -> {'on' if on else 'off'}: this fit has "
+                  f"{int(total) if math.isfinite(total) else 'an unknown number of'} optimizer steps, "
+                  f"{'>=' if on else '<'} model.compile_min_steps {need}", flush=True)
+
+    def on_fit_end(self) -> None:
+        if self.hparams.get("compile") == "auto":
+            self.__dict__["_auto_compile"] = False  # a later validate/test/predict stays eager
+
     def _net(self) -> nn.Module:
-        if self.hparams.compile:
+        if self._compile_on():
             if self._compiled is None:
                 self.__dict__["_compiled"] = torch.compile(self.model)
             return self._compiled
