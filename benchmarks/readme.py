@@ -189,6 +189,19 @@ def benchmark_lines(blocks: dict | None, harness: dict | None, data: dict | None
     return "\n".join(out)
 
 
+def pooling_line(pool: dict | None) -> str:
+    if not pool:
+        return "- `benchmarks/pooling.py`: not measured yet."
+    by: dict = {}
+    for r in pool["rows"]:
+        by.setdefault((r["reduction"], r["format"]), []).append(r["ratio"])
+    cells = "; ".join(f"{what} ({fmt}) {min(v):.2f}-{max(v):.2f}" for (what, fmt), v in by.items())
+    return (f"- `benchmarks/pooling.py` (forward+backward, float32, {pool['threads']} CPU threads, min of {pool['repeats']} "
+            "interleaved rounds, at 32x64x56x56, 16x64x32x32 and 128x16x28x28): the blocks' pooling "
+            "(`attnzoo/blocks/_pool.py`: mean as sum / n, global max as `adaptive_max_pool2d`) against "
+            f"`Tensor.mean` / `Tensor.amax`, time ratio (< 1: faster): {cells}.")
+
+
 def speed_lines(reference: dict | None, floor: dict | None) -> str:
     """Lines for benchmarks/blocks_vs_reference.py and benchmarks/overhead_floor.py (issue 15); a
     missing JSON gives a 'not measured yet' line."""
@@ -196,13 +209,13 @@ def speed_lines(reference: dict | None, floor: dict | None) -> str:
     if reference:
         rows = reference["rows"]
         cells = ", ".join(
-            f"`{r['block']}` {'x'.join(map(str, r['shape']))} {r['ratio_abba_median']:.3f}" for r in rows
-            if r.get("ratio_abba_median") is not None)
+            f"`{r['block']}` {'x'.join(map(str, r['shape']))} {r['ratio_abba_median']:.3f} ({r['ratio_min']:.3f})"
+            for r in rows if r.get("ratio_abba_median") is not None)
         refs = "; ".join(sorted({f"`{r['block']}`: {r['reference']}" for r in rows}))
         out.append(
             f"- `benchmarks/blocks_vs_reference.py` (forward+backward in train mode, float32, {reference['threads']} "
-            f"CPU threads, same weights on both sides, median of {reference['pairs']} ABBA quadruples): attnzoo time / "
-            f"reference time: {cells}. References ({refs}) are op-for-op renderings of the authors' published "
+            f"CPU threads, same weights on both sides): attnzoo time / reference time, median of {reference['pairs']} "
+            f"ABBA quadruples (in brackets: minimum over {reference['rounds']} interleaved rounds / minimum): {cells}. References ({refs}) are op-for-op renderings of the authors' published "
             "forwards written for the benchmark (`benchmarks/reference_impls.py`).")
     else:
         out.append("- `benchmarks/blocks_vs_reference.py`: not measured yet.")
@@ -233,7 +246,11 @@ def speed_lines(reference: dict | None, floor: dict | None) -> str:
                        "run at batch 128 is 2345 steps): " + ", ".join(
                            f"{r['host']}+{r['block'] or 'none'} {r['compile_s']:.0f} s to compile, "
                            + (f"{r['break_even_steps']:.0f} steps" if r.get("break_even_steps") else "never (no saving)")
-                           for r in even) + ".")
+                           for r in even) + "."
+                       + (" Compile times under 5 s in this run are hits in inductor's on-disk cache left by an earlier "
+                          "run (the script now turns that cache off); the cold compiles took "
+                          + ", ".join(f"{r['compile_s']:.0f}" for r in even if r["compile_s"] >= 5) + " s."
+                          if not floor.get("cold_compile") and any(r["compile_s"] < 5 for r in even) else ""))
     else:
         out.append("- `benchmarks/overhead_floor.py`: not measured yet.")
     return "\n".join(out)
@@ -365,7 +382,8 @@ def main(argv=None) -> int:
     text = splice(text, "timm-slots", timm_slots_table())
     text = splice(text, "benchmarks", benchmark_lines(vs_timm, _load("harness_overhead_cpu.json"),
                                                       _load("data_inmemory_cpu.json"))
-                  + "\n" + speed_lines(_load("blocks_vs_reference_cpu.json"), _load("overhead_floor_cpu.json")))
+                  + "\n" + speed_lines(_load("blocks_vs_reference_cpu.json"), _load("overhead_floor_cpu.json"))
+                  + "\n" + pooling_line(_load("pooling_cpu.json")))
     args.readme.write_text(text)
     print(f"wrote the generated sections of {args.readme} ({len(list_attn())} blocks)")
     return 0

@@ -184,23 +184,36 @@ def test_run_fit_test_returns_the_contract_and_writes_the_run_folder(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
 
-@pytest.mark.parametrize("min_steps, compiled", [(10**6, False), (4, True)])
-def test_compile_auto_compiles_a_fit_only_when_it_is_long_enough(tmp_path, monkeypatch, capsys, min_steps, compiled):
-    """compile: auto decides at fit start from the planned optimizer steps (8 here: 4 batches of 16
-    per epoch, 2 epochs) and says so."""
+def test_compile_auto_stays_eager_on_cpu_and_says_why(tmp_path, monkeypatch, capsys):
     calls = []
-
-    def fake_compile(module, *args, **kwargs):  # inductor takes a minute on a CPU: record the call instead
-        calls.append(type(module).__name__)
-        return module
-
-    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch, "compile", lambda module, *a, **k: calls.append(module) or module)
     config = synthetic_config()
-    config["model"].update(compile="auto", compile_min_steps=min_steps)
+    config["model"].update(compile="auto", compile_min_steps=0)
     result = run_fit_test(config, tmp_path)
-    assert bool(calls) is compiled and result["test"]["acc1"] is not None
-    out = capsys.readouterr()
-    assert f"model.compile: auto -> {'on' if compiled else 'off'}: this fit has 8 optimizer steps" in out.out + out.err
+    assert not calls and result["test"]["acc1"] is not None
+    assert "model.compile: auto -> off: the fit runs on cpu" in capsys.readouterr().out
+
+
+def test_compile_true_compiles_the_network_once(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda module, *a, **k: calls.append(type(module).__name__) or module)
+    config = synthetic_config()
+    config["model"].update(compile=True)
+    run_fit_test(config, tmp_path)
+    assert calls == ["CifarResNet"]  # once, reused by validation and test
+
+
+@pytest.mark.parametrize("device, steps, on, words", [
+    ("cuda", 5000, True, "on: this fit has 5000 optimizer steps, >= model.compile_min_steps 5000"),
+    ("cuda", 4999, False, "off: this fit has 4999 optimizer steps, < model.compile_min_steps 5000"),
+    ("cuda", float("inf"), False, "an unknown number of"),
+    ("cpu", 10**6, False, "off: the fit runs on cpu"),
+])
+def test_compile_decision(device, steps, on, words):
+    from attnzoo.training.module import compile_decision
+
+    decided, why = compile_decision(device, steps, 5000)
+    assert decided is on and words in why
 
 
 def test_same_seed_twice_gives_identical_metrics(tmp_path):

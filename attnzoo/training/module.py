@@ -53,10 +53,26 @@ SCHEDULES = ("cosine", "onecycle", "step", "constant")
 STAGES = ("train", "val", "test")
 
 
-# model.compile: auto compiles fits of at least this many optimizer steps. Measured on the 2-core CPU
-# (benchmarks/overhead_floor.py --modes eager compiled, benchmarks/results/overhead_floor_cpu.json):
-# see COMPILE_MIN_STEPS_NOTE in the README's benchmarks section.
+# model.compile: auto compiles a fit on a CUDA device of at least this many optimizer steps. Not a
+# measured GPU break-even (no GPU was available to measure one): the cold compile times measured on CPU
+# (benchmarks/overhead_floor.py, benchmarks/results/overhead_floor_cpu.json: 42-94 s for ResNet-56 with
+# a block) pay back at a saving of 20 ms per step only after 2000-4700 steps, so shorter fits stay eager.
 COMPILE_MIN_STEPS = 5000
+
+
+def compile_decision(device_type: str, steps: float, min_steps: int = COMPILE_MIN_STEPS) -> tuple[bool, str]:
+    """Whether ``compile: auto`` compiles a fit of ``steps`` optimizer steps on ``device_type``, and why.
+
+    Never on CPU: measured here (benchmarks/overhead_floor.py) inductor made the plain ResNet-20 and
+    ResNet-56 training step slower than eager (it paid only for blocks made of many elementwise ops,
+    such as cbam and coord). On CUDA: when the fit has at least ``min_steps`` steps."""
+    n = f"{int(steps)}" if math.isfinite(steps) else "an unknown number of"
+    if device_type != "cuda":
+        return False, (f"off: the fit runs on {device_type}, where compiling did not pay in the measured CPU "
+                       "benchmarks (compile: true forces it)")
+    if not math.isfinite(steps) or steps < min_steps:
+        return False, f"off: this fit has {n} optimizer steps, < model.compile_min_steps {min_steps}"
+    return True, f"on: this fit has {n} optimizer steps, >= model.compile_min_steps {min_steps}"
 
 
 def _choice(what: str, value: str, choices: Sequence[str]) -> str:
@@ -110,12 +126,12 @@ class AttnClassifier(LightningModule):
         ema_decay: decay of an exponential moving average of the weights; None: no EMA.
         channels_last: keep weights and inputs in channels-last memory format.
         compile: run the network through ``torch.compile``: ``True``, ``False``, or ``"auto"``, which
-            compiles a fit only when it has at least ``compile_min_steps`` optimizer steps (compiling
-            costs a fixed time up front, about a minute per network on a small CPU, and pays back a
-            per-step saving; ``benchmarks/overhead_floor.py --modes eager compiled`` prints the
-            break-even step count on the machine at hand). Validate/test/predict with ``"auto"`` stay
-            eager. The decision is printed when the fit starts.
-        compile_min_steps: the fit length (optimizer steps) from which ``compile: auto`` compiles.
+            compiles a fit on a CUDA device of at least ``compile_min_steps`` optimizer steps and
+            never on CPU (see :func:`compile_decision`; compiling costs up to a minute or two up front
+            and pays back a per-step saving, which ``benchmarks/overhead_floor.py --modes eager
+            compiled`` measures). Validate/test/predict with ``"auto"`` stay eager. The decision is
+            printed when the fit starts.
+        compile_min_steps: the fit length (optimizer steps) from which ``compile: auto`` compiles on CUDA.
     """
 
     def __init__(
@@ -233,14 +249,11 @@ class AttnClassifier(LightningModule):
     def on_fit_start(self) -> None:
         if self.hparams.get("compile") != "auto":
             return
-        total = self.trainer.estimated_stepping_batches
-        need = self.hparams.get("compile_min_steps", COMPILE_MIN_STEPS)
-        on = math.isfinite(total) and total >= need
+        on, why = compile_decision(self.device.type, float(self.trainer.estimated_stepping_batches),
+                                   self.hparams.get("compile_min_steps", COMPILE_MIN_STEPS))
         self.__dict__["_auto_compile"] = on
         if self.trainer.is_global_zero:  # printed like the model summary line (the log goes to stdout)
-            print(f"model.compile: auto -> {'on' if on else 'off'}: this fit has "
-                  f"{int(total) if math.isfinite(total) else 'an unknown number of'} optimizer steps, "
-                  f"{'>=' if on else '<'} model.compile_min_steps {need}", flush=True)
+            print(f"model.compile: auto -> {why}", flush=True)
 
     def on_fit_end(self) -> None:
         if self.hparams.get("compile") == "auto":
