@@ -37,10 +37,12 @@ from attnzoo.ablation.runner import cpu_model
 # ConvMlp call), so ge has no timm twin here.
 # Each twin is timm's block with timm's defaults, except sk: timm's SelectiveKernel defaults to a
 # different architecture (dense convs on a split input), so it is configured as attnzoo's default sk
-# (grouped convs, groups=32, on the whole input, 3x3 and 3x3 dilated 2) to compare implementations.
+# (grouped convs, groups=32, on the whole input, 3x3 and 3x3 dilated 2) to compare implementations; and
+# nonlocal: timm's NonLocalAttn defaults to an embedding of C/8 channels, the paper (and attnzoo) to C/2,
+# which makes every product 4x larger, so timm's is built with rd_ratio=0.5.
 TIMM_TWIN = {
     "se": ("se", {}), "ese": ("ese", {}), "eca": ("eca", {}), "cbam": ("cbam", {}), "gc": ("gc", {}),
-    "coord": ("coord", {}), "ela": ("ela", {}), "nonlocal": ("nl", {}),
+    "coord": ("coord", {}), "ela": ("ela", {}), "nonlocal": ("nl", {"rd_ratio": 0.5}),
     "sk": ("sk", {"kernel_size": [3, 5], "split_input": False, "groups": 32}),
 }
 
