@@ -386,3 +386,10 @@ def test_simam_equals_sigmoid_of_inverse_minimal_energy_from_eq5():
 def test_simam_gate_is_sigmoid_of_one_half_on_a_one_by_one_map():
     x = torch.randn(2, 4, 1, 1)
     torch.testing.assert_close(create_attn("simam", 4)(x), x * sigmoid(0.5))
+
+
+@pytest.mark.parametrize("name", ["eca", "ceca", "ecam"])
+@pytest.mark.parametrize("bad", [True, 0, 4, 3.0])
+def test_eca_family_refuses_a_kernel_size_that_is_not_a_positive_odd_int(name, bad):
+    with pytest.raises(ValueError, match=f"{name}: kernel_size must be a positive odd int"):
+        create_attn(name, 64, kernel_size=bad)

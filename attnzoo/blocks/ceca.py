@@ -26,7 +26,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
-from .eca import eca_kernel_size
+from .eca import checked_kernel_size, eca_kernel_size
 from ._pool import pool_mean
 
 __all__ = ["CircularEfficientChannelAttn", "timm_eca_kernel_size"]
@@ -36,9 +36,7 @@ def timm_eca_kernel_size(channels: int, kernel_size: int | None, gamma: float, b
     """ECA's adaptive kernel size with timm's floor of 3, or ``kernel_size`` if given (checked)."""
     if kernel_size is None:
         kernel_size = max(eca_kernel_size(channels, gamma, beta), 3)
-    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"{block}: kernel_size must be a positive odd int, got {kernel_size!r}")
-    return kernel_size
+    return checked_kernel_size(block, kernel_size)
 
 
 @register_attn(

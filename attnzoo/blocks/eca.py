@@ -22,13 +22,20 @@ from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from ._pool import pool_mean
 
-__all__ = ["EfficientChannelAttn", "eca_kernel_size"]
+__all__ = ["EfficientChannelAttn", "eca_kernel_size", "checked_kernel_size"]
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
     """The adaptive kernel size of Eq. 12: |log2(C)/gamma + b/gamma| rounded up to odd."""
     t = int(abs((math.log2(channels) + beta) / gamma))
     return t if t % 2 else t + 1
+
+
+def checked_kernel_size(block: str, kernel_size: object) -> int:
+    """``kernel_size`` if it is a positive odd int (not a bool), else a ValueError naming ``block``."""
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"{block}: kernel_size must be a positive odd int, got {kernel_size!r}")
+    return kernel_size
 
 
 @register_attn(
@@ -53,9 +60,7 @@ class EfficientChannelAttn(nn.Module):
         self.channels = check_channels("eca", channels)
         if kernel_size is None:
             kernel_size = eca_kernel_size(channels, gamma, beta)
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"eca: kernel_size must be a positive odd int, got {kernel_size!r}")
-        self.kernel_size = kernel_size
+        self.kernel_size = kernel_size = checked_kernel_size("eca", kernel_size)
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
         self.gate = resolve_layer("eca", "gate_layer", gate_layer)()
         self.tap = AttnTap("channel")

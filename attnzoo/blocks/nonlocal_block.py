@@ -28,8 +28,9 @@ from ..factory import register_attn
 from ._fused import conv1x1_cat
 
 # Below this many attention scores per image (N queries x M keys), softmax(theta phi^T) g as two matmuls
-# beat F.scaled_dot_product_attention forward + backward on CPU (2 threads, d = 32, train mode): the
-# fused kernel took 1.23-1.46x the explicit time at N x M = 9.6k-38k, 1.01x at 262k, 0.42x at 2.5M.
+# beat F.scaled_dot_product_attention forward + backward on CPU (2 threads, d = 32, train mode; a one-off
+# measurement, not one of benchmarks/): the fused kernel took 1.23-1.46x the explicit time at
+# N x M = 9.6k-38k, 1.01x at 262k, 0.42x at 2.5M.
 _SDPA_MIN_SCORES = 2**18
 from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels
 
