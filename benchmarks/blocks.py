@@ -31,6 +31,7 @@ from torch import nn
 import attnzoo
 from attnzoo import create_attn, list_attn
 from attnzoo.ablation.runner import cpu_model
+from attnzoo.training.allocator import keep_freed_memory
 
 # attnzoo name -> timm.layers.create_attn name of the same block (timm:<name> in create_attn).
 # NOTE: timm 1.0.31's 'ge' (GatherExcite) cannot be built with its defaults (a TypeError in its
@@ -122,7 +123,11 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--no-timm", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="write the measurements here")
+    p.add_argument("--allocator", choices=["keep", "system"], default="keep",
+                   help="keep (default): freed memory stays in the process, as in CPU fits "
+                        "(attnzoo.training.allocator); system: the C allocator as it is")
     args = p.parse_args(argv)
+    alloc = keep_freed_memory() if args.allocator == "keep" else {"allocator": "system", "tuned": False}
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.blocks or list_attn()
@@ -170,7 +175,7 @@ def main(argv=None) -> int:
             input_shape=shape, threads=torch.get_num_threads(), repeats=args.repeats, cpu=cpu_model(), stat=args.stat,
             pair_repeats=args.pair_repeats,
             machine=platform.machine(), processor=platform.processor(), cpu_count=__import__("os").cpu_count(),
-            torch=torch.__version__, attnzoo=attnzoo.__version__, identity_ms=base * 1e3, blocks=rows,
+            torch=torch.__version__, attnzoo=attnzoo.__version__, allocator=alloc, identity_ms=base * 1e3, blocks=rows,
             small_shape=list(args.small) if small else None, small=small or None,
         ), indent=2))
         print(f"wrote {args.json}")

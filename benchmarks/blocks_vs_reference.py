@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import attnzoo  # noqa: E402
 from attnzoo import create_attn  # noqa: E402
 from attnzoo.ablation.runner import cpu_model  # noqa: E402
+from attnzoo.training.allocator import keep_freed_memory  # noqa: E402
 from reference_impls import REFERENCES  # noqa: E402
 
 SPATIAL_SHAPES = [(32, 64, 56, 56), (16, 64, 32, 32)]
@@ -145,7 +146,11 @@ def main(argv=None) -> int:
     p.add_argument("--selfattn-shapes", type=lambda s: tuple(map(int, s.split("x"))), nargs="*", default=SELFATTN_SHAPES,
                    help="BxCxHxW shapes for self-attention blocks (default 8x64x32x32 8x64x16x16)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--allocator", choices=["keep", "system"], default="keep",
+                   help="keep (default): freed memory stays in the process, as in CPU fits "
+                        "(attnzoo.training.allocator); system: the C allocator as it is")
     args = p.parse_args(argv)
+    alloc = keep_freed_memory() if args.allocator == "keep" else {"allocator": "system", "tuned": False}
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run(args.blocks, args.rounds, args.pairs, args.warmup, args.spatial_shapes, args.selfattn_shapes)
@@ -160,7 +165,7 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(
             threads=torch.get_num_threads(), rounds=args.rounds, pairs=args.pairs, cpu=cpu_model(),
-            machine=platform.machine(), cpu_count=os.cpu_count(), torch=torch.__version__,
+            machine=platform.machine(), cpu_count=os.cpu_count(), torch=torch.__version__, allocator=alloc,
             attnzoo=attnzoo.__version__, rows=rows,
         ), indent=2))
         print(f"wrote {args.json}")

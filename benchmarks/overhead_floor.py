@@ -53,6 +53,7 @@ import attnzoo
 from attnzoo import create_backbone, list_attn
 from attnzoo.ablation.runner import cpu_model
 from attnzoo.factory import attn_info
+from attnzoo.training.allocator import keep_freed_memory
 
 HOSTS = {"resnet20": (1, 28, 28), "resnet56": (3, 32, 32)}
 FAMILIES = ("channel", "spatial", "channel+spatial")
@@ -145,7 +146,11 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--allocator", choices=["keep", "system"], default="keep",
+                   help="keep (default): freed memory stays in the process, as in CPU fits "
+                        "(attnzoo.training.allocator); system: the C allocator as it is")
     args = p.parse_args(argv)
+    alloc = keep_freed_memory() if args.allocator == "keep" else {"allocator": "system", "tuned": False}
     if args.threads:
         torch.set_num_threads(args.threads)
     blocks = args.blocks or channel_spatial_blocks()
@@ -243,7 +248,7 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps(dict(
             batch=args.batch, steps=args.steps, rounds=args.rounds, threads=torch.get_num_threads(),
             cpu=cpu_model(), cpu_count=os.cpu_count(), torch=torch.__version__, attnzoo=attnzoo.__version__,
-            copy_bandwidth_gbs=bandwidth / 1e9, cold_compile=True, rows=rows,
+            copy_bandwidth_gbs=bandwidth / 1e9, allocator=alloc, cold_compile=True, rows=rows,
         ), indent=2))
         print(f"wrote {args.json}")
     return 0

@@ -105,3 +105,63 @@ def test_pool_max_is_amax_and_sends_the_gradient_to_the_maximum(channels_last):
     (pool_max(a) * w).sum().backward()
     (b.amax((2, 3), keepdim=True) * w).sum().backward()
     torch.testing.assert_close(a.grad, b.grad)
+
+
+_LAYOUT_CASES = [  # (in, out, kernel, dilation, bias, input shape) as the blocks use them
+    (1, 1, 3, 4, True, (5, 1, 9, 9)),  # bam's dilated branch at C/r = 1
+    (1, 1, 7, 1, False, (3, 1, 8, 6)),  # lcbam's spatial conv
+    (1, 1, 1, 1, True, (4, 1, 5, 5)),  # bam's last 1x1
+    (2, 1, 7, 1, False, (3, 2, 8, 6)),  # cbam / triplet: [mean; max] -> 1
+    (2, 2, 3, 1, True, (6, 2, 7, 7)),  # ema's per-group conv at C/G = 2
+    (8, 4, 3, 1, True, (2, 8, 5, 5)),  # more input channels: the plain call
+]
+
+
+@pytest.mark.parametrize("cin,cout,k,d,bias,shape", _LAYOUT_CASES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_layout_conv2d_computes_what_conv2d_computes(cin, cout, k, d, bias, shape, channels_last):
+    from attnzoo.blocks._conv import LayoutConv2d
+
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(cin, cout, k, padding=d * (k // 2), dilation=d, bias=bias).double()
+    fast = LayoutConv2d(cin, cout, k, padding=d * (k // 2), dilation=d, bias=bias).double()
+    fast.load_state_dict(plain.state_dict())
+    assert isinstance(fast, torch.nn.Conv2d) and fast.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(*shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    ys = [m(t) for m, t in zip((plain, fast), xs)]
+    torch.testing.assert_close(ys[1], ys[0])
+    g = torch.randn_like(ys[0])
+    for y in ys:
+        y.backward(g)
+    torch.testing.assert_close(xs[1].grad, xs[0].grad)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad)
+    if bias:
+        torch.testing.assert_close(fast.bias.grad, plain.bias.grad)
+    assert gradcheck(lambda t, w: fast._conv_forward(t, w, fast.bias), (xs[1].detach()[:2].requires_grad_(),
+                                                                           fast.weight.detach().clone().requires_grad_()))
+
+
+def test_layout_conv2d_runs_hooks_and_leaves_unbatched_input_to_conv2d():
+    from attnzoo.blocks._conv import LayoutConv2d
+
+    conv = LayoutConv2d(1, 1, 3, padding=1)
+    seen = []
+    conv.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    conv(torch.randn(4, 1, 6, 6))
+    assert seen == [torch.Size([4, 1, 6, 6])]
+    torch.testing.assert_close(conv(torch.randn(1, 6, 6).fill_(1.0)),
+                               torch.nn.functional.conv2d(torch.ones(1, 6, 6), conv.weight, conv.bias, padding=1))
+
+
+@pytest.mark.parametrize("name", ["cbam", "cbam_spatial", "lcbam", "bam", "triplet", "ema"])
+def test_blocks_with_small_convs_use_the_layout_conv(name):
+    from attnzoo.blocks._conv import LayoutConv2d
+
+    block = create_attn(name, 16)
+    convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
+    small = [m for m in convs if (m.in_channels <= 4 and m.out_channels <= 4 and m.kernel_size != (1, 1))
+             or m.in_channels == m.out_channels == 1]
+    assert small and all(isinstance(m, LayoutConv2d) for m in small)

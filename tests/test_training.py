@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import math
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -192,6 +195,32 @@ def test_compile_auto_stays_eager_on_cpu_and_says_why(tmp_path, monkeypatch, cap
     result = run_fit_test(config, tmp_path)
     assert not calls and result["test"]["acc1"] is not None
     assert "model.compile: auto -> off: the fit runs on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("choice", ["keep", "system"])
+def test_cpu_fits_keep_freed_memory_unless_told_not_to(tmp_path, monkeypatch, capsys, choice):
+    from attnzoo.training import module
+
+    calls = []
+    monkeypatch.setattr(module, "keep_freed_memory", lambda: calls.append(1) or {"allocator": "glibc", "tuned": True})
+    config = synthetic_config()
+    config["model"].update(cpu_allocator=choice)
+    run_fit_test(config, tmp_path)
+    said = capsys.readouterr().out.count("model.cpu_allocator: keep -> glibc keeps freed memory")
+    assert (bool(calls), said) == ((True, 1) if choice == "keep" else (False, 0))  # said once per fit + test
+
+
+def test_cpu_allocator_choice_is_checked():
+    with pytest.raises(ValueError, match="cpu_allocator.*keep"):
+        AttnClassifier(cpu_allocator="jemalloc")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator tuning acts on glibc only")
+def test_keep_freed_memory_takes_effect_once_per_process():
+    code = ("from attnzoo.training.allocator import keep_freed_memory as k; a = k(); b = k(); "
+            "print(a == b, a['tuned'], a['mmap_threshold'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True", str(1 << 30)]
 
 
 def test_compile_true_compiles_the_network_once(tmp_path, monkeypatch):

@@ -339,6 +339,9 @@ def cost_main(argv: list[str]) -> int:
     parser.add_argument("--infer-batch-size", type=int, default=None, help="inference batch (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--out", default=None, help="JSON file (default: <store stem>.cost.json beside the store)")
+    parser.add_argument("--allocator", choices=("keep", "system"), default="keep",
+                        help="keep (default): keep freed memory in the process as CPU fits do (model.cpu_allocator); "
+                             "system: leave the C allocator alone")
     args = parser.parse_args(argv)
 
     from .cost import cost_path, measure_costs, write_costs
@@ -353,7 +356,7 @@ def cost_main(argv: list[str]) -> int:
                   "so the timings will be noisy; the load is recorded with them", file=sys.stderr)
         record = measure_costs(grid, rounds=args.rounds, train_steps=args.train_steps, infer_batches=args.infer_batches,
                                warmup=args.warmup, infer_batch_size=args.infer_batch_size, threads=args.threads,
-                               log=lambda line: print(line, flush=True))
+                               allocator=args.allocator, log=lambda line: print(line, flush=True))
     except (GridError, FileNotFoundError, ValueError) as e:
         print(f"attnzoo cost: error: {e}", file=sys.stderr)
         return 2

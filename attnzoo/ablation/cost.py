@@ -6,6 +6,8 @@ measures instead, in one process, after (or before, or without) training:
 
 * each variant's network is built exactly as its run builds it (the cell's resolved config, first
   seed; the weights are a fresh initialisation, which does not change the cost);
+* with the CPU allocator as CPU fits run it (``allocator="keep"``: freed memory stays in the process,
+  :func:`attnzoo.training.allocator.keep_freed_memory`; ``"system"`` leaves it alone), recorded;
 * one thing at a time, with every core (``torch.set_num_threads(os.cpu_count())`` unless told);
 * ``rounds`` interleaved rounds: each round visits every variant once, in an order rotated by one
   per round, so slow drift of the machine (thermal, other load) lands on all variants alike;
@@ -133,7 +135,7 @@ def _load() -> float | None:
 
 
 def measure_costs(grid: Any, rounds: int = 5, train_steps: int = 10, infer_batches: int = 10, warmup: int = 2,
-                  infer_batch_size: int | None = None, threads: int | None = None,
+                  infer_batch_size: int | None = None, threads: int | None = None, allocator: str = "keep",
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every variant of ``grid`` (an :class:`~attnzoo.ablation.grid.Grid`); returns the cost
     record (see the module docstring); ``write_costs`` stores it."""
@@ -144,6 +146,11 @@ def measure_costs(grid: Any, rounds: int = 5, train_steps: int = 10, infer_batch
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if allocator not in ("keep", "system"):
+        raise ValueError(f"allocator must be 'keep' or 'system', got {allocator!r}")
+    from ..training.allocator import keep_freed_memory
+
+    alloc = keep_freed_memory() if allocator == "keep" else {"allocator": "system", "tuned": False}
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     first: dict[str, Any] = {}
@@ -194,7 +201,7 @@ def measure_costs(grid: Any, rounds: int = 5, train_steps: int = 10, infer_batch
                      "batch_size": "/".join(map(str, sorted(batch_sizes))),
                      "infer_batch_size": infer_batch_size or "/".join(map(str, sorted(batch_sizes)))},
         "env": {"device": "cpu", "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": threads,
-                "torch": torch.__version__, "python": platform.python_version()},
+                "torch": torch.__version__, "python": platform.python_version(), "allocator": alloc},
         "load_average": None if load_before is None else [load_before, load_after],
         "seconds": time.perf_counter() - t_start,
         "variants": variants,

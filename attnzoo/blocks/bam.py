@@ -42,6 +42,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels, resolve_layer
+from ._conv import LayoutConv2d
 from ._pool import pool_mean
 
 __all__ = ["BottleneckAttn", "FORMS"]
@@ -95,13 +96,13 @@ class BottleneckAttn(nn.Module):
         self.conv_reduce = nn.Conv2d(channels, rd, 1, bias=authors)
         self.bn_reduce = SafeBatchNorm2d(rd)
         self.act_reduce = act(inplace=True)
-        self.conv_dil1 = nn.Conv2d(rd, rd, 3, padding=dilation, dilation=dilation, bias=authors)
+        self.conv_dil1 = LayoutConv2d(rd, rd, 3, padding=dilation, dilation=dilation, bias=authors)
         self.bn_dil1 = SafeBatchNorm2d(rd)
         self.act_dil1 = act(inplace=True)
-        self.conv_dil2 = nn.Conv2d(rd, rd, 3, padding=dilation, dilation=dilation, bias=authors)
+        self.conv_dil2 = LayoutConv2d(rd, rd, 3, padding=dilation, dilation=dilation, bias=authors)
         self.bn_dil2 = SafeBatchNorm2d(rd)
         self.act_dil2 = act(inplace=True)
-        self.conv_spatial = nn.Conv2d(rd, 1, 1, bias=authors)
+        self.conv_spatial = LayoutConv2d(rd, 1, 1, bias=authors)
         self.bn_spatial = nn.Identity() if authors else SafeBatchNorm2d(1)
 
         self.gate = resolve_layer("bam", "gate_layer", gate_layer)()

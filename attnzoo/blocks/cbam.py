@@ -29,6 +29,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
+from ._conv import LayoutConv2d
 from ._pool import pool_max, pool_mean
 
 __all__ = ["CbamChannel", "CbamSpatial", "Cbam"]
@@ -96,7 +97,7 @@ class CbamSpatial(nn.Module):
         self.channels = check_channels("cbam_spatial", channels)
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"cbam_spatial: kernel_size must be a positive odd int, got {kernel_size!r}")
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not spatial_norm)
+        self.conv = LayoutConv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not spatial_norm)
         self.norm = SafeBatchNorm2d(1, momentum=0.01) if spatial_norm else nn.Identity()  # the authors' momentum
         self.gate = resolve_layer("cbam_spatial", "gate_layer", gate_layer)()
         self.tap = AttnTap("spatial")

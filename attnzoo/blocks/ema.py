@@ -34,6 +34,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
+from ._conv import LayoutConv2d
 from ._pool import pool_mean
 
 __all__ = ["EfficientMultiScaleAttn", "ema_groups"]
@@ -61,8 +62,8 @@ class EfficientMultiScaleAttn(nn.Module):
         self.factor = factor
         self.groups = ema_groups(channels, factor)
         cg = channels // self.groups
-        self.conv1x1 = nn.Conv2d(cg, cg, 1)
-        self.conv3x3 = nn.Conv2d(cg, cg, 3, padding=1)
+        self.conv1x1 = LayoutConv2d(cg, cg, 1)
+        self.conv3x3 = LayoutConv2d(cg, cg, 3, padding=1)
         self.gn = nn.GroupNorm(cg, cg)
         self.gate = resolve_layer("ema", "gate_layer", gate_layer)()  # the paper's three sigmoids
         self.tap = AttnTap("spatial")

