@@ -25,12 +25,24 @@ or normalisation over the map) cannot do with fewer than these full-size passes 
 * backward, 5|x|: read dL/dy and x once to reduce the factor's gradient (sum over positions or
   channels); read dL/dy and x again and write dL/dx.
 
-So floor bytes = 8 |x| per site, summed over the sites; floor time = floor bytes / the machine's
-copy bandwidth, measured here as (read + write bytes) / time of ``dst.copy_(src)`` on a 256 MiB
-float32 tensor (minimum of 5). Everything a block touches beyond that -- extra passes, intermediates
-written and read back, saved tensors -- shows as overhead above the floor. Printed: overhead in ms
-per step and in % of the host, the floor in ms, and overhead / floor. Targets (issue 15):
-eager <= 2.0 x floor, compiled <= 1.3 x floor; the script prints whether each is met.
+So floor bytes = 8 |x| per site, summed over the sites; memory floor time = floor bytes / the
+machine's copy bandwidth, measured as (read + write bytes) / time of ``dst.copy_(src)`` on a 256 MiB
+float32 tensor (minimum of 3) before every round: on this VM it moves between rounds (it read 34-97
+GB/s on one day), so the floor uses the median over the rounds and the JSON keeps every reading.
+
+A block with real arithmetic (large-kernel or full convolutions: lka, gam, sk, ...) cannot beat its
+FLOPs either: compute floor = 3 x its forward FLOPs at the sites (torch.utils.flop_counter;
+backward costs about twice the forward) / the machine's float32 matmul rate (a 2048^2 ``torch.mm``,
+best of 3). The floor is the larger of the two. Everything a block does beyond that -- extra passes,
+intermediates written and read back, saved tensors, per-op dispatch -- shows as overhead above the
+floor. Printed: overhead in ms per step and in % of the host, the floor in ms, and overhead / floor.
+Targets (issue 15): eager <= 2.0 x floor, compiled <= 1.3 x floor; the script prints whether each
+is met.
+
+Isolated (eager): the host-difference overhead carries the noise of two whole steps (a few ms on a
+ResNet-56), as large as some blocks' floors. So each round also times the host's own inserted
+blocks alone -- forward + backward of each block on a copy of the very input it saw at its site --
+and prints that time / floor as well: the same cost without the rest of the network.
 
 Break-even of compiling: with both modes of a model measured, compile time / (eager step -
 compiled step) is the number of steps after which compiling has paid for itself (a 5-epoch
@@ -42,11 +54,15 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch._dynamo  # the compiled mode's settings (imported here: an import inside main() would shadow torch)
+import torch._functorch.config
+import torch._inductor.config
 from torch import nn
 
 import attnzoo
@@ -77,17 +93,44 @@ def copy_bandwidth(mib: int = 256, repeats: int = 5) -> float:
     return 2 * src.numel() * src.element_size() / best
 
 
+def matmul_rate(n: int = 2048, repeats: int = 3) -> float:
+    """float32 FLOP/s of an n x n matmul (best of ``repeats``)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def forward_flops(sites: list[tuple[nn.Module, torch.Tensor]]) -> int:
+    """FLOPs of the blocks' forwards at their sites (torch.utils.flop_counter: convs and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        for mod, x in sites:
+            mod(x)
+    return counter.get_total_flops()
+
+
 def attn_input_bytes(model: nn.Module, block_type: type, x: torch.Tensor) -> tuple[int, int]:
     """(number of inserted blocks, sum of their input sizes in bytes) from one forward."""
-    sizes = []
-    hooks = [m.register_forward_pre_hook(lambda mod, inp: sizes.append(inp[0].numel() * inp[0].element_size()))
-             for m in model.modules() if type(m) is block_type]
+    sites = attn_sites(model, block_type, x)
+    return len(sites), sum(t.numel() * t.element_size() for _, t in sites)
+
+
+def attn_sites(model: nn.Module, block_type: type, x: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+    """(block, a copy of its input) for every inserted block, from one forward in train mode."""
+    sites = []
+    hooks = [m.register_forward_pre_hook(lambda mod, inp: sites.append((mod, inp[0].detach().clone(
+        memory_format=torch.preserve_format)))) for m in model.modules() if type(m) is block_type]
     with torch.no_grad():
-        model.eval()(x)
-    model.train()
+        model(x)
     for h in hooks:
         h.remove()
-    return len(sizes), sum(sizes)
+    return sites
 
 
 class Job:
@@ -100,11 +143,18 @@ class Job:
         self.model = create_backbone(host, num_classes=10, in_chans=c, attn=block).to(memory_format=torch.channels_last)
         self.x = torch.randn(batch, c, h, w).to(memory_format=torch.channels_last)
         self.y = torch.randint(0, 10, (batch,))
-        self.sites, self.attn_bytes = (0, 0)
+        self.sites, self.attn_bytes, self.flops = (0, 0, 0)
+        self.site_inputs: list[tuple[nn.Module, torch.Tensor]] = []
         if block is not None:
             factory = attn_info(block).factory
             block_type = getattr(factory, "func", factory)  # a class, or a functools.partial of one
-            self.sites, self.attn_bytes = attn_input_bytes(self.model, block_type, self.x)
+            self.site_inputs = attn_sites(self.model, block_type, self.x)
+            self.sites = len(self.site_inputs)
+            self.attn_bytes = sum(t.numel() * t.element_size() for _, t in self.site_inputs)
+            self.flops = forward_flops(self.site_inputs)
+            self.site_grads = [torch.randn_like(mod(t)) for mod, t in self.site_inputs]
+            self.site_inputs = [(mod, t.requires_grad_()) for mod, t in self.site_inputs]
+        self.isolated: list[float] = []
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         self.loss = nn.CrossEntropyLoss()
         self.net = torch.compile(self.model) if mode == "compiled" else self.model
@@ -129,6 +179,18 @@ class Job:
         for _ in range(steps):
             self.step()
         self.times.append((time.perf_counter() - t0) / steps)
+        if self.mode == "eager" and self.site_inputs:
+            self.blocks_alone(1)
+            t0 = time.perf_counter()
+            self.blocks_alone(steps)
+            self.isolated.append((time.perf_counter() - t0) / steps)
+
+    def blocks_alone(self, steps: int) -> None:
+        """Forward + backward of every inserted block on its own site's input, ``steps`` times."""
+        for _ in range(steps):
+            for (mod, x), g in zip(self.site_inputs, self.site_grads):
+                mod(x).backward(g)
+                x.grad = None
 
 
 def main(argv=None) -> int:
@@ -160,8 +222,6 @@ def main(argv=None) -> int:
     if "compiled" in args.modes:
         # every model here shares resnet's forward code object; dynamo recompiles it per model and, past
         # its recompile limit (8), silently runs the rest eagerly -- which would time eager as "compiled"
-        import torch._dynamo
-
         n = len(blocks) + 1
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * n * len(args.hosts))
         torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit,
@@ -169,14 +229,12 @@ def main(argv=None) -> int:
         torch._dynamo.config.fail_on_recompile_limit_hit = True
         # cold compiles: inductor's and AOTAutograd's on-disk caches would make a re-run's compile time
         # that of a cache hit (about a second), not what a user's first run pays
-        import torch._functorch.config
-        import torch._inductor.config
-
         torch._inductor.config.fx_graph_cache = False
         torch._functorch.config.enable_autograd_cache = False
-    bandwidth = copy_bandwidth()
-    print(f"copy bandwidth: {bandwidth / 1e9:.2f} GB/s (read + write), {cpu_model()}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}", file=sys.stderr)
+    bandwidths = [copy_bandwidth(repeats=3)]
+    rate = matmul_rate()
+    print(f"copy bandwidth: {bandwidths[0] / 1e9:.2f} GB/s (read + write), matmul {rate / 1e9:.0f} GFLOP/s, "
+          f"{cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}", file=sys.stderr)
     compiled_blocks = blocks if args.compiled_blocks is None else args.compiled_blocks
     compiled_hosts = args.hosts if args.compiled_hosts is None else args.compiled_hosts
     bad = [b for b in compiled_blocks if b not in blocks] + [h for h in compiled_hosts if h not in args.hosts]
@@ -198,17 +256,21 @@ def main(argv=None) -> int:
             print(f"  compiled {j.host}+{j.block or 'none'} in {j.compile_s:.1f} s", file=sys.stderr)
     rng = random.Random(0)
     for r in range(args.rounds):
+        if r:
+            bandwidths.append(copy_bandwidth(repeats=3))
         rng.shuffle(jobs)
         for j in jobs:
             j.run(args.steps)
-        print(f"  round {r + 1}/{args.rounds}", file=sys.stderr)
+        print(f"  round {r + 1}/{args.rounds} (copy bandwidth {bandwidths[-1] / 1e9:.1f} GB/s)", file=sys.stderr)
+    bandwidth = statistics.median(bandwidths)
     t = {(j.host, j.block, j.mode): min(j.times) for j in jobs}
     by_key = {(j.host, j.block, j.mode): j for j in jobs}
     rows = []
     print(f"\ntraining step, batch {args.batch}, channels_last, SGD; min over {args.rounds} rounds of "
-          f"{args.steps}-step means; floor = 8|x| per site at {bandwidth / 1e9:.2f} GB/s")
+          f"{args.steps}-step means; floor = max(8|x| per site at {bandwidth / 1e9:.2f} GB/s (median of "
+          f"{min(bandwidths) / 1e9:.1f}-{max(bandwidths) / 1e9:.1f}), 3 x forward FLOPs at {rate / 1e9:.0f} GFLOP/s)")
     print(f"{'host':<9}{'mode':<9}{'block':<14}{'step ms':>9}{'over ms':>9}{'over %':>8}{'floor ms':>9}"
-          f"{'over/floor':>11}  target")
+          f"{'over/floor':>11}{'alone ms':>9}{'alone/fl':>9}  target")
     for host in args.hosts:
         for mode in host_modes(host):
             base = t[(host, None, mode)]
@@ -217,17 +279,26 @@ def main(argv=None) -> int:
                 j = by_key[(host, b, mode)]
                 step = t[(host, b, mode)]
                 over = step - base
-                floor = 8 * j.attn_bytes / bandwidth
+                mem_floor, flop_floor = 8 * j.attn_bytes / bandwidth, 3 * j.flops / rate
+                floor = max(mem_floor, flop_floor)
                 ratio = over / floor if floor else None
+                alone = min(j.isolated) if j.isolated else None
+                alone_ratio = alone / floor if alone is not None and floor else None
                 # a negative overhead is timing noise (the block cannot make the host faster): no verdict
                 met = None if ratio is None or over < 0 else ratio <= TARGET[mode]
                 row = dict(host=host, mode=mode, block=b, step_ms=step * 1e3, base_ms=base * 1e3,
                            overhead_ms=over * 1e3, overhead_pct=100 * over / base, floor_ms=floor * 1e3,
                            floor_mb=8 * j.attn_bytes / 2**20, sites=j.sites, ratio_to_floor=ratio,
+                           memory_floor_ms=mem_floor * 1e3, compute_floor_ms=flop_floor * 1e3,
+                           forward_flops=j.flops, floor_bound="compute" if flop_floor > mem_floor else "memory",
+                           alone_ms=None if alone is None else alone * 1e3, alone_ratio_to_floor=alone_ratio,
+                           alone_target_met=None if alone_ratio is None else alone_ratio <= TARGET[mode],
                            target=TARGET[mode], target_met=met, compile_s=j.compile_s)
                 rows.append(row)
                 print(f"{host:<9}{mode:<9}{b:<14}{step * 1e3:>9.1f}{over * 1e3:>9.1f}{100 * over / base:>7.1f}%"
-                      f"{floor * 1e3:>9.2f}{(f'{ratio:.2f}' if ratio is not None else '-'):>11}  "
+                      f"{floor * 1e3:>9.2f}{(f'{ratio:.2f}' if ratio is not None else '-'):>11}"
+                      f"{(f'{alone * 1e3:.1f}' if alone is not None else '-'):>9}"
+                      f"{(f'{alone_ratio:.2f}' if alone_ratio is not None else '-'):>9}  "
                       f"<= {TARGET[mode]} {dict([(True, 'met'), (False, 'NOT met'), (None, 'noise: rerun quieter')])[met]}")
     if "eager" in args.modes and "compiled" in args.modes:
         print("\ncompile break-even (steps after which compiling has paid off; 5 FMNIST epochs = "
@@ -248,7 +319,8 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps(dict(
             batch=args.batch, steps=args.steps, rounds=args.rounds, threads=torch.get_num_threads(),
             cpu=cpu_model(), cpu_count=os.cpu_count(), torch=torch.__version__, attnzoo=attnzoo.__version__,
-            copy_bandwidth_gbs=bandwidth / 1e9, allocator=alloc, cold_compile=True, rows=rows,
+            copy_bandwidth_gbs=bandwidth / 1e9, copy_bandwidth_gbs_rounds=[b / 1e9 for b in bandwidths],
+            matmul_gflops=rate / 1e9, allocator=alloc, cold_compile=True, rows=rows,
         ), indent=2))
         print(f"wrote {args.json}")
     return 0

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from attnzoo import create_attn
+from attnzoo import create_attn, list_attn
 from attnzoo.blocks import _fused
 from attnzoo.blocks._fused import _ShuffleAttn, _SimAM
 
@@ -113,6 +113,8 @@ _LAYOUT_CASES = [  # (in, out, kernel, dilation, bias, input shape) as the block
     (1, 1, 1, 1, True, (4, 1, 5, 5)),  # bam's last 1x1
     (2, 1, 7, 1, False, (3, 2, 8, 6)),  # cbam / triplet: [mean; max] -> 1
     (2, 2, 3, 1, True, (6, 2, 7, 7)),  # ema's per-group conv at C/G = 2
+    (16, 4, 1, 1, True, (5, 16, 1, 1)),  # an MLP over pooled channels: F.linear
+    (4, 16, 1, 1, False, (5, 4, 1, 1)),
     (8, 4, 3, 1, True, (2, 8, 5, 5)),  # more input channels: the plain call
 ]
 
@@ -120,7 +122,7 @@ _LAYOUT_CASES = [  # (in, out, kernel, dilation, bias, input shape) as the block
 @pytest.mark.parametrize("cin,cout,k,d,bias,shape", _LAYOUT_CASES)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_layout_conv2d_computes_what_conv2d_computes(cin, cout, k, d, bias, shape, channels_last):
-    from attnzoo.blocks._conv import LayoutConv2d
+    from attnzoo.blocks._layout import LayoutConv2d
 
     torch.manual_seed(0)
     plain = torch.nn.Conv2d(cin, cout, k, padding=d * (k // 2), dilation=d, bias=bias).double()
@@ -145,7 +147,7 @@ def test_layout_conv2d_computes_what_conv2d_computes(cin, cout, k, d, bias, shap
 
 
 def test_layout_conv2d_runs_hooks_and_leaves_unbatched_input_to_conv2d():
-    from attnzoo.blocks._conv import LayoutConv2d
+    from attnzoo.blocks._layout import LayoutConv2d
 
     conv = LayoutConv2d(1, 1, 3, padding=1)
     seen = []
@@ -156,12 +158,83 @@ def test_layout_conv2d_runs_hooks_and_leaves_unbatched_input_to_conv2d():
                                torch.nn.functional.conv2d(torch.ones(1, 6, 6), conv.weight, conv.bias, padding=1))
 
 
-@pytest.mark.parametrize("name", ["cbam", "cbam_spatial", "lcbam", "bam", "triplet", "ema"])
-def test_blocks_with_small_convs_use_the_layout_conv(name):
-    from attnzoo.blocks._conv import LayoutConv2d
+@pytest.mark.parametrize("name", list_attn())
+def test_every_slow_convolution_shape_goes_through_the_layout_conv(name):
+    """A conv a block applies to a pooled (B, C, 1, 1) vector (1x1 kernel), to a one-channel map
+    (1 -> 1), or to a small NCHW map inside a channels_last block is a LayoutConv2d."""
+    from attnzoo.blocks._layout import LayoutConv2d
 
-    block = create_attn(name, 16)
-    convs = [m for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
-    small = [m for m in convs if (m.in_channels <= 4 and m.out_channels <= 4 and m.kernel_size != (1, 1))
-             or m.in_channels == m.out_channels == 1]
-    assert small and all(isinstance(m, LayoutConv2d) for m in small)
+    block = create_attn(name, 64)
+    slow = []
+
+    def hook(conv, args, out):
+        x = args[0]
+        pooled = x.dim() == 4 and x.shape[-2:] == (1, 1) and conv.kernel_size == (1, 1) and conv.groups == 1
+        one = conv.in_channels == conv.out_channels == 1
+        small = (1 < conv.in_channels <= 4 and conv.out_channels <= 4 and x.shape[-1] > 1
+                 and not x.is_contiguous(memory_format=torch.channels_last))
+        if (pooled or one or small) and not isinstance(conv, LayoutConv2d):
+            slow.append((type(conv).__name__, tuple(x.shape)))
+
+    hooks = [m.register_forward_hook(hook) for m in block.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        block(torch.randn(2, 64, 14, 14).contiguous(memory_format=torch.channels_last))
+    for h in hooks:
+        h.remove()
+    assert not slow
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("keepdim", [True, False])
+def test_pool_amax_is_amax_to_the_bit_with_ties(dtype, channels_last, dim, keepdim):
+    from attnzoo.blocks._pool import pool_amax
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4, 6, dtype=dtype)
+    x[0, :, 0, 0] = 0.0  # every channel ties (a map after a ReLU)
+    x[1, 2:4, 1, 1] = 7.0  # two tie
+    x[2, 0, 2, :] = float("-inf")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = a.amax(dim, keepdim=keepdim), pool_amax(b, dim, keepdim)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)
+
+
+def test_pool_amax_falls_back_to_equality_where_the_maximum_is_not_finite():
+    from attnzoo.blocks._pool import pool_amax
+
+    x = torch.randn(2, 3, 4, 4)
+    x[0, 0, 0, 0], x[1, 1, 1, 1] = float("inf"), float("nan")
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    a.amax(1).sum().backward()
+    pool_amax(b, 1, keepdim=False).sum().backward()
+    assert torch.equal(a.grad.nan_to_num(), b.grad.nan_to_num())
+    assert b.grad[0, 0, 0, 0] == 1.0  # the inf is the maximum: it gets the gradient (inf - inf would be NaN)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, -1])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pool_max_along_is_amax_and_gives_a_tie_to_one_position(dim, channels_last):
+    from attnzoo.blocks._pool import pool_max_along
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = a.amax(dim, keepdim=False), pool_max_along(b, dim, keepdim=False)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    assert torch.equal(ya, yb) and torch.equal(a.grad, b.grad)  # no ties: the same gradient
+    tied = torch.zeros(1, 2, 3, 3, requires_grad=True)
+    pool_max_along(tied, dim).sum().backward()
+    assert tied.grad.sum() == tied.numel() / tied.shape[dim]  # one unit of gradient per maximum, not split
+    with pytest.raises(ValueError, match="dim must be 1, 2 or 3"):
+        pool_max_along(x, 0)

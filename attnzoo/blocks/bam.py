@@ -42,7 +42,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels, resolve_layer
-from ._conv import LayoutConv2d
+from ._layout import LayoutConv2d
 from ._pool import pool_mean
 
 __all__ = ["BottleneckAttn", "FORMS"]
@@ -86,10 +86,10 @@ class BottleneckAttn(nn.Module):
         act = resolve_layer("bam", "act_layer", act_layer)
 
         # channel branch, Eq. 3: GAP -> FC -> BN -> act -> FC -> BN (paper) / no BN (authors)
-        self.fc1 = nn.Conv2d(channels, rd, 1, bias=authors)
+        self.fc1 = LayoutConv2d(channels, rd, 1, bias=authors)
         self.bn_hidden = SafeBatchNorm2d(rd)
         self.act = act(inplace=True)
-        self.fc2 = nn.Conv2d(rd, channels, 1, bias=authors)
+        self.fc2 = LayoutConv2d(rd, channels, 1, bias=authors)
         self.bn_channel = nn.Identity() if authors else SafeBatchNorm2d(channels)
 
         # spatial branch, Eq. 4: 1x1 reduce -> two dilated 3x3 -> 1x1 to one map -> BN (paper) / no BN (authors)

@@ -32,6 +32,7 @@ from timm.layers import make_divisible
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
+from ._layout import like_input
 from ._pool import pool_mean
 
 __all__ = ["CoordAttn"]
@@ -94,4 +95,4 @@ class CoordAttn(nn.Module):
         f_h, f_w = torch.split(f, [h, w], dim=2)  # (B, mip, H, 1), (B, mip, W, 1)
         g_h = self.gate(self.conv_h(f_h))  # (B, C, H, 1)
         g_w = self.gate(self.conv_w(f_w.transpose(2, 3)))  # (B, C, 1, W)
-        return x * self.tap_h(g_h) * self.tap_w(g_w)
+        return x * self.tap_h(like_input(g_h, x)) * self.tap_w(like_input(g_w, x))

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
+from ._layout import like_input
 from ._pool import pool_mean
 
 __all__ = ["EfficientLocalAttn"]
@@ -107,4 +108,4 @@ class EfficientLocalAttn(nn.Module):
         else:
             a_h = self.gate(self.act(self.norm_h(self.conv_h(z_h))))  # (B, C, H, 1)
             a_w = self.gate(self.act(self.norm_w(self.conv_w(z_w))))  # (B, C, 1, W)
-        return x * self.tap_h(a_h) * self.tap_w(a_w)
+        return x * self.tap_h(like_input(a_h, x)) * self.tap_w(like_input(a_w, x))

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
-from ._conv import LayoutConv2d
+from ._layout import LayoutConv2d
 from ._pool import pool_mean
 
 __all__ = ["EfficientMultiScaleAttn", "ema_groups"]

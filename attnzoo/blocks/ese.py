@@ -21,6 +21,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
+from ._layout import LayoutConv2d
 from ._pool import pool_mean
 
 __all__ = ["EffectiveSqueezeExcite"]
@@ -38,7 +39,7 @@ class EffectiveSqueezeExcite(nn.Module):
     def __init__(self, channels: int, *, gate_layer: str | type[nn.Module] = "hard_sigmoid") -> None:
         super().__init__()
         self.channels = check_channels("ese", channels)
-        self.fc = nn.Conv2d(channels, channels, 1, bias=True)  # the FC as a 1x1 conv on (B, C, 1, 1)
+        self.fc = LayoutConv2d(channels, channels, 1, bias=True)  # the FC as a 1x1 conv on (B, C, 1, 1)
         self.gate = resolve_layer("ese", "gate_layer", gate_layer)()
         self.tap = AttnTap("channel")
 

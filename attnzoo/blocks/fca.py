@@ -41,6 +41,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, reduced_channels, resolve_layer
+from ._layout import LayoutConv2d
 
 __all__ = ["MultiSpectralAttn", "fca_frequencies"]
 
@@ -108,9 +109,9 @@ class MultiSpectralAttn(nn.Module):
         self.register_buffer("freq_u", torch.tensor([freqs[g][0] for g in group]), persistent=False)
         self.register_buffer("freq_v", torch.tensor([freqs[g][1] for g in group]), persistent=False)
         self.rd_channels = reduced_channels("fca", channels, rd_ratio, rd_channels, rd_divisor)
-        self.fc1 = nn.Conv2d(channels, self.rd_channels, 1, bias=False)
+        self.fc1 = LayoutConv2d(channels, self.rd_channels, 1, bias=False)
         self.act = resolve_layer("fca", "act_layer", act_layer)(inplace=True)
-        self.fc2 = nn.Conv2d(self.rd_channels, channels, 1, bias=False)
+        self.fc2 = LayoutConv2d(self.rd_channels, channels, 1, bias=False)
         self.gate = resolve_layer("fca", "gate_layer", gate_layer)()
         self.tap = AttnTap("channel")
 

@@ -41,6 +41,7 @@ from torch.nn import functional as F
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, reduced_channels, resolve_layer
+from ._layout import LayoutConv2d
 
 __all__ = ["GlobalContext"]
 
@@ -50,10 +51,10 @@ class ContextTransform(nn.Module):
 
     def __init__(self, channels: int, rd_channels: int, act_layer: type[nn.Module]) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=True)
+        self.fc1 = LayoutConv2d(channels, rd_channels, 1, bias=True)
         self.norm = nn.LayerNorm(rd_channels)
         self.act = act_layer(inplace=True)
-        self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=True)
+        self.fc2 = LayoutConv2d(rd_channels, channels, 1, bias=True)
 
     def forward(self, context: torch.Tensor) -> torch.Tensor:
         b = context.shape[0]

@@ -26,8 +26,8 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
-from ._conv import LayoutConv2d
-from ._pool import pool_max, pool_mean
+from ._layout import LayoutConv2d
+from ._pool import pool_amax, pool_max, pool_mean
 
 __all__ = ["LightCbam"]
 
@@ -35,9 +35,9 @@ __all__ = ["LightCbam"]
 class _LightChannel(nn.Module):
     def __init__(self, channels, rd_channels, mlp_bias, act_layer, gate_layer):
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=mlp_bias)
+        self.fc1 = LayoutConv2d(channels, rd_channels, 1, bias=mlp_bias)
         self.act = act_layer(inplace=True)
-        self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=mlp_bias)
+        self.fc2 = LayoutConv2d(rd_channels, channels, 1, bias=mlp_bias)
         self.gate = gate_layer()
         self.tap = AttnTap("channel")
 
@@ -66,7 +66,7 @@ class _LightSpatial(nn.Module):
         self.tap = AttnTap("spatial")
 
     def forward(self, x):
-        z = 0.5 * pool_mean(x, 1) + 0.5 * x.amax(1, keepdim=True)  # (B, 1, H, W)
+        z = 0.5 * pool_mean(x, 1) + 0.5 * pool_amax(x, 1)  # (B, 1, H, W)
         return x * self.tap(self.gate(self.conv(z)))
 
 

@@ -43,6 +43,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
+from ._layout import LayoutConv2d
 from ._pool import pool_mean
 
 __all__ = ["PolarizedSelfAttn", "LAYOUTS", "FORMS"]
@@ -89,12 +90,12 @@ class PolarizedSelfAttn(nn.Module):
         self.ch_wq = nn.Conv2d(channels, 1, 1, bias=False)
         if form == "authors" and layout == "sequential":  # PSA_s's bottleneck C/2 -> C/8 -> C
             rd4 = max(1, rd // 4)
-            self.ch_wz = nn.Conv2d(rd, rd4, 1, bias=True)
+            self.ch_wz = LayoutConv2d(rd, rd4, 1, bias=True)
             self.ln = nn.LayerNorm(rd4)
             self.ch_act = nn.ReLU(inplace=True)
-            self.ch_wz2 = nn.Conv2d(rd4, channels, 1, bias=True)
+            self.ch_wz2 = LayoutConv2d(rd4, channels, 1, bias=True)
         else:
-            self.ch_wz = nn.Conv2d(rd, channels, 1, bias=False)
+            self.ch_wz = LayoutConv2d(rd, channels, 1, bias=False)
             self.ln = nn.LayerNorm(channels) if form == "paper" else nn.Identity()
         self.gate_channel = gate()
         # spatial-only branch

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
+from ._layout import LayoutConv2d
 from ._pool import pool_mean
 
 __all__ = ["ConcurrentSpatialChannelSE"]
@@ -61,9 +62,9 @@ class ConcurrentSpatialChannelSE(nn.Module):
         self.aggregation = aggregation
         self.rd_channels = reduced_channels("scse", channels, rd_ratio, rd_channels, rd_divisor)
         # cSE
-        self.fc1 = nn.Conv2d(channels, self.rd_channels, 1, bias=True)
+        self.fc1 = LayoutConv2d(channels, self.rd_channels, 1, bias=True)
         self.act = resolve_layer("scse", "act_layer", act_layer)(inplace=True)
-        self.fc2 = nn.Conv2d(self.rd_channels, channels, 1, bias=True)
+        self.fc2 = LayoutConv2d(self.rd_channels, channels, 1, bias=True)
         # sSE
         self.conv_spatial = nn.Conv2d(channels, 1, 1, bias=True)
         self.gate = resolve_layer("scse", "gate_layer", gate_layer)()

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
+from ._layout import LayoutConv2d
 from ._pool import pool_mean
 
 __all__ = ["SqueezeExcite"]
@@ -45,9 +46,9 @@ class SqueezeExcite(nn.Module):
         super().__init__()
         self.channels = channels
         self.rd_channels = reduced_channels("se", channels, rd_ratio, rd_channels, rd_divisor)
-        self.fc1 = nn.Conv2d(channels, self.rd_channels, 1, bias=True)
+        self.fc1 = LayoutConv2d(channels, self.rd_channels, 1, bias=True)
         self.act = resolve_layer("se", "act_layer", act_layer)(inplace=True)
-        self.fc2 = nn.Conv2d(self.rd_channels, channels, 1, bias=True)
+        self.fc2 = LayoutConv2d(self.rd_channels, channels, 1, bias=True)
         self.gate = resolve_layer("se", "gate_layer", gate_layer)()
         self.tap = AttnTap("channel")
 

@@ -44,6 +44,7 @@ from timm.layers import make_divisible
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
+from ._layout import LayoutConv2d
 from ._pool import pool_mean
 
 __all__ = ["SelectiveKernel"]
@@ -55,10 +56,10 @@ class _SelectAttn(nn.Module):
     def __init__(self, channels: int, num_paths: int, rd_channels: int, attn_norm: bool, act_layer) -> None:
         super().__init__()
         self.num_paths = num_paths
-        self.fc_reduce = nn.Conv2d(channels, rd_channels, 1, bias=not attn_norm)
+        self.fc_reduce = LayoutConv2d(channels, rd_channels, 1, bias=not attn_norm)
         self.bn = SafeBatchNorm2d(rd_channels) if attn_norm else nn.Identity()
         self.act = act_layer(inplace=True)
-        self.fc_select = nn.Conv2d(rd_channels, channels * num_paths, 1, bias=False)
+        self.fc_select = LayoutConv2d(rd_channels, channels * num_paths, 1, bias=False)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         b, c = feats[0].shape[:2]

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
+from ._layout import LayoutConv2d
 from ._pool import pool_mean
 
 __all__ = ["SplitAttn"]
@@ -94,10 +95,10 @@ class SplitAttn(nn.Module):
         self.conv = nn.Conv2d(channels, mid, kernel_size, 1, pad, dilation, groups=groups * radix, bias=bias)
         self.bn0 = SafeBatchNorm2d(mid) if norm else nn.Identity()
         self.act0 = act(inplace=True)
-        self.fc1 = nn.Conv2d(channels, attn_chs, 1, groups=groups)
+        self.fc1 = LayoutConv2d(channels, attn_chs, 1, groups=groups)
         self.bn1 = SafeBatchNorm2d(attn_chs) if norm else nn.Identity()
         self.act1 = act(inplace=True)
-        self.fc2 = nn.Conv2d(attn_chs, mid, 1, groups=groups)
+        self.fc2 = LayoutConv2d(attn_chs, mid, 1, groups=groups)
         self.taps = nn.ModuleList(AttnTap("channel") for _ in range(radix))
 
     def forward(self, x):

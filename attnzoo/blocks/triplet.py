@@ -17,6 +17,11 @@ C x W for the second, H x W for the third), so the 7x7 kernels mean the same as 
 The convolutions have no bias (BatchNorm follows). BatchNorm uses torch's default momentum 0.1
 (the authors' code: 0.01). A training batch with a single value per channel (batch 1 and a 1x1 map)
 is normalized with the running statistics (``SafeBatchNorm2d``) instead of raising.
+
+Speed (CPU; ``_pool`` and ``_layout`` give the measurements): the max over W and over H is
+``adaptive_max_pool2d`` (several times faster than ``amax`` in channels_last; where positions tie for
+the maximum, the gradient goes to one of them instead of being split), the max over C is
+``pool_amax``, and the 2 -> 1 convolutions run in channels_last (``LayoutConv2d``).
 """
 from __future__ import annotations
 
@@ -25,8 +30,8 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
-from ._conv import LayoutConv2d
-from ._pool import pool_mean
+from ._layout import LayoutConv2d, like_input
+from ._pool import pool_amax, pool_max_along, pool_mean
 
 __all__ = ["TripletAttn"]
 
@@ -77,13 +82,13 @@ class TripletAttn(nn.Module):
         check_input(self, x)
         b, c, h, w = x.shape
         # pool over W: (B, 2, C, H) -> laid out (B, 2, H, C) as the rotated tensor of the paper
-        z_hc = torch.stack([x.amax(3), pool_mean(x, 3, keepdim=False)], dim=1).transpose(2, 3)  # (B, 2, H, C)
+        z_hc = torch.stack([pool_max_along(x, 3, keepdim=False), pool_mean(x, 3, keepdim=False)], dim=1).transpose(2, 3)  # (B, 2, H, C)
         a_hc = self.gate_hc(z_hc).transpose(2, 3).reshape(b, c, h, 1)  # (B, C, H, 1)
         # pool over H
-        z_cw = torch.stack([x.amax(2), pool_mean(x, 2, keepdim=False)], dim=1)  # (B, 2, C, W)
+        z_cw = torch.stack([pool_max_along(x, 2, keepdim=False), pool_mean(x, 2, keepdim=False)], dim=1)  # (B, 2, C, W)
         a_cw = self.gate_cw(z_cw).reshape(b, c, 1, w)  # (B, C, 1, W)
         # pool over C
-        z_hw = torch.cat([x.amax(1, keepdim=True), pool_mean(x, 1)], dim=1)  # (B, 2, H, W)
+        z_hw = torch.cat([pool_amax(x, 1), pool_mean(x, 1)], dim=1)  # (B, 2, H, W)
         a_hw = self.gate_hw(z_hw)  # (B, 1, H, W)
-        a = self.tap_hc(a_hc) + self.tap_cw(a_cw) + self.tap_hw(a_hw)  # (B, C, H, W)
+        a = self.tap_hc(like_input(a_hc, x)) + self.tap_cw(like_input(a_cw, x)) + self.tap_hw(a_hw)  # (B, C, H, W)
         return x * a * (1.0 / 3.0)
