@@ -34,7 +34,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
-from ._layout import LayoutConv2d
+from ._layout import LayoutConv2d, keep_layout
 from ._pool import pool_mean
 
 __all__ = ["SplitAttn"]
@@ -105,7 +105,7 @@ class SplitAttn(nn.Module):
         check_input(self, x)
         b, c, h, w = x.shape
         r, k = self.radix, self.groups
-        u = self.act0(self.bn0(self.conv(x))).reshape(b, r, c, h, w)  # (B, R, C, H, W), the R splits
+        u = keep_layout(self.act0(self.bn0(self.conv(x)))).reshape(b, r, c, h, w)  # (B, R, C, H, W), the R splits
         s = pool_mean(u.sum(1), (2, 3))  # (B, C, 1, 1)
         a = self.fc2(self.act1(self.bn1(self.fc1(s))))  # (B, R*C, 1, 1), per cardinal group: (K, R, C/K)
         if r > 1:
