@@ -1,6 +1,8 @@
 """The fast paths of attnzoo/blocks/_fused.py: exact gradients, and the same function as the plain path."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -45,22 +47,33 @@ def _randomized(name, seed=0):
     return block
 
 
+_SWITCHED = [n for n in list_attn()  # blocks whose eager training path is a custom op of _fused
+             if "use_fused" in vars(sys.modules[type(create_attn(n, 32)).__module__])]
+
+
+def test_the_blocks_with_a_fast_path_are_the_expected_ones():
+    assert {"shuffle", "simam", "scse"} <= set(_SWITCHED)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("name", ["shuffle", "cbam", "simam", "nonlocal", "danet_pam", "a2"])
+@pytest.mark.parametrize("name", _SWITCHED)
 def test_fast_path_matches_the_plain_path_in_training(name, channels_last, monkeypatch):
     """Output, input gradient and every parameter gradient equal with the fast path off."""
     block = _randomized(name).train()
+    module = sys.modules[type(block).__module__]  # the block's module bound use_fused by name: switch it there
     x = torch.randn(2, 32, 7, 6)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    results = []
+    results, backward_ops = [], []
     for fused in (True, False):
-        monkeypatch.setattr(_fused, "use_fused", lambda t, on=fused: on and torch.is_grad_enabled())
+        monkeypatch.setattr(module, "use_fused", lambda t, on=fused: on and torch.is_grad_enabled())
         xi = x.clone().requires_grad_(True)
         block.zero_grad(set_to_none=True)
         y = block(xi)
+        backward_ops.append(type(y.grad_fn).__name__)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
         results.append((y.detach(), xi.grad, {n: p.grad.clone() for n, p in block.named_parameters()}))
+    assert backward_ops[0] != backward_ops[1], backward_ops  # the two runs did take different paths
     (y1, g1, p1), (y0, g0, p0) = results
     torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-6)
@@ -238,3 +251,22 @@ def test_pool_max_along_is_amax_and_gives_a_tie_to_one_position(dim, channels_la
     assert tied.grad.sum() == tied.numel() / tied.shape[dim]  # one unit of gradient per maximum, not split
     with pytest.raises(ValueError, match="dim must be 1, 2 or 3"):
         pool_max_along(x, 0)
+
+
+def test_max_of_gates_is_torch_maximum_with_its_tie_split():
+    from attnzoo.blocks._fused import _MaxOfGates
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3, 5, dtype=torch.float64)
+    x[0, :, 0, :] = 0.0  # both products 0: a tie, which maximum splits in half
+    gc, gs = torch.rand(2, 4, 1, 1, dtype=torch.float64), torch.rand(2, 1, 3, 5, dtype=torch.float64)
+    ins = [[t.clone().requires_grad_() for t in (x, gc, gs)] for _ in range(2)]
+    y_plain = torch.maximum(ins[0][0] * ins[0][1], ins[0][0] * ins[0][2])
+    y_fused = _MaxOfGates.apply(*ins[1])
+    g = torch.randn_like(y_plain)
+    y_plain.backward(g)
+    y_fused.backward(g)
+    torch.testing.assert_close(y_fused, y_plain, rtol=0, atol=0)
+    for a, b in zip(ins[1], ins[0]):
+        torch.testing.assert_close(a.grad, b.grad)
+    assert gradcheck(_MaxOfGates.apply, [t.detach().requires_grad_() for t in (torch.randn_like(x), gc, gs)])

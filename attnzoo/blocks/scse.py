@@ -27,6 +27,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
+from ._fused import max_of_gates, use_fused
 from ._layout import LayoutConv2d
 from ._pool import pool_mean
 
@@ -74,9 +75,12 @@ class ConcurrentSpatialChannelSE(nn.Module):
     def forward(self, x):
         check_input(self, x)
         s = self.fc2(self.act(self.fc1(pool_mean(x, (2, 3)))))  # (B, C, 1, 1)
-        x_cse = x * self.tap_channel(self.gate(s))
-        q = self.gate(self.conv_spatial(x))  # (B, 1, H, W)
-        x_sse = x * self.tap_spatial(q)
+        gc = self.tap_channel(self.gate(s))
+        q = self.tap_spatial(self.gate(self.conv_spatial(x)))  # (B, 1, H, W)
+        if self.aggregation == "max" and use_fused(x) and x.device.type == "cpu":
+            return max_of_gates(x, gc, q)  # one op, the same function (see _fused._MaxOfGates)
+        x_cse = x * gc
+        x_sse = x * q
         if self.aggregation == "max":
             return torch.maximum(x_cse, x_sse)
         if self.aggregation == "add":

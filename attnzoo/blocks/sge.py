@@ -44,6 +44,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
+from ._layout import like_input
 from ._pool import pool_mean
 
 __all__ = ["SpatialGroupEnhance", "resolve_groups"]
@@ -119,7 +120,7 @@ class SpatialGroupEnhance(nn.Module):
         b, c, h, w = x.shape
         g = self.groups
         xg = x.reshape(b, g, c // g, h, w)  # (B, G, C/G, H, W)
-        mean = xg.mean((3, 4)).unsqueeze(2)  # (B, G, 1, C/G): the group mean vectors
+        mean = pool_mean(xg, (3, 4), keepdim=False).unsqueeze(2)  # (B, G, 1, C/G): the group mean vectors
         sim = (mean @ xg.flatten(3)).view(b, g, h, w).float()  # (B, G, H, W): g . x_i, a GEMV (no full temp), float32
         dof = h * w - 1 if self.spread == "unbiased_std" and h * w > 1 else h * w  # N - 1 or N
         centred = sim - pool_mean(sim, (2, 3))  # (B, G, H, W)
@@ -133,6 +134,7 @@ class SpatialGroupEnhance(nn.Module):
         if self.tap.active or self.tap._forward_hooks:  # the full (B, C, H, W) factor only while captured
             a = a.unsqueeze(2).expand(b, g, c // g, h, w).reshape(b, c, h, w)  # (B, C, H, W)
             return x * self.tap(a)
+        a = like_input(a, x)  # channels_last if x is: the product below then keeps x's layout
         return (xg * a.unsqueeze(2)).view(b, c, h, w)  # broadcast over each group's channels, no copy
 
     def extra_repr(self) -> str:
