@@ -270,3 +270,18 @@ def test_max_of_gates_is_torch_maximum_with_its_tie_split():
     for a, b in zip(ins[1], ins[0]):
         torch.testing.assert_close(a.grad, b.grad)
     assert gradcheck(_MaxOfGates.apply, [t.detach().requires_grad_() for t in (torch.randn_like(x), gc, gs)])
+
+
+@pytest.mark.parametrize("name", ["se", "cbam", "triplet", "scse", "split", "bam", "ema", "shuffle", "coord"])
+def test_fast_paths_compile_fullgraph_in_channels_last_training(name):
+    """Under torch.compile the custom ops step aside (plain aten ops, no graph break) and give the same gradients."""
+    torch._dynamo.reset()
+    block = _randomized(name).train()
+    x = torch.randn(2, 32, 7, 6).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for fn in (block, torch.compile(block, backend="aot_eager", fullgraph=True)):
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(0)
+        (fn(xi) * torch.linspace(-1, 1, xi.numel()).view_as(xi)).sum().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)

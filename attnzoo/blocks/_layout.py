@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LayoutConv2d", "keep_layout", "like_input"]
+__all__ = ["LayoutConv2d", "combine_like", "keep_layout", "like_input"]
 
 _SMALL = 4  # channel counts up to this are "small": the input converts to channels_last for almost nothing
 
@@ -95,3 +95,15 @@ def keep_layout(t: torch.Tensor) -> torch.Tensor:
     if t.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return _KeepLayout.apply(t)
     return t
+
+
+def combine_like(a: torch.Tensor, b: torch.Tensor, x: torch.Tensor, op=torch.add) -> torch.Tensor:
+    """``op(a, b)`` of two broadcast factors (e.g. (B, C, 1, 1) and (B, 1, H, W)) laid out like ``x``.
+
+    Neither factor says which layout the full-size result should take, so torch gives it the
+    contiguous one, and every later op with a channels_last ``x`` (the product, the gate, their
+    backward) mixes layouts. Broadcasting in (B, H, W, C) order gives the result x's layout for free."""
+    if (x.dim() == 4 and a.dim() == 4 and b.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous()):
+        return op(a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    return op(a, b)

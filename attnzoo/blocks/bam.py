@@ -42,7 +42,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels, resolve_layer
-from ._layout import LayoutConv2d
+from ._layout import LayoutConv2d, combine_like
 from ._pool import pool_mean
 
 __all__ = ["BottleneckAttn", "FORMS"]
@@ -116,7 +116,7 @@ class BottleneckAttn(nn.Module):
         ms = self.act_dil1(self.bn_dil1(self.conv_dil1(ms)))  # (B, C/r, H, W)
         ms = self.act_dil2(self.bn_dil2(self.conv_dil2(ms)))  # (B, C/r, H, W)
         ms = self.bn_spatial(self.conv_spatial(ms))  # (B, 1, H, W)
-        m = self.tap(self.gate(mc * ms if self.form == "authors" else mc + ms))  # (B, C, H, W)
+        m = self.tap(self.gate(combine_like(mc, ms, x, torch.mul if self.form == "authors" else torch.add)))  # (B, C, H, W)
         return x + x * m
 
     def extra_repr(self) -> str:

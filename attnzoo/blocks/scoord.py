@@ -22,7 +22,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
-from ._layout import like_input
+from ._layout import combine_like
 from ._pool import pool_mean
 
 __all__ = ["SimpleCoordAttn"]
@@ -73,5 +73,5 @@ class SimpleCoordAttn(nn.Module):
         f_w = self.act(self.fc1(pool_mean(x, 2, keepdim=False).transpose(1, 2)))  # (B, W, r)
         a_h = self.fc_h(f_h).transpose(1, 2).unsqueeze(-1)  # (B, C, H, 1)
         a_w = self.fc_w(f_w).transpose(1, 2).unsqueeze(-2)  # (B, C, 1, W)
-        y = x * self.tap(self.gate(like_input(a_h, x) + like_input(a_w, x)))  # (B, C, H, W)
+        y = x * self.tap(self.gate(combine_like(a_h, a_w, x)))  # (B, C, H, W)
         return y + x if self.has_skip else y

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
-from ._layout import like_input
+from ._layout import combine_like
 from ._pool import pool_mean
 
 __all__ = ["StripAttn"]
@@ -65,5 +65,5 @@ class StripAttn(nn.Module):
         check_input(self, x)
         z_h = self.conv_h(pool_mean(x, 3))  # (B, C, H, 1)
         z_w = self.conv_w(pool_mean(x, 2))  # (B, C, 1, W)
-        y = x * self.tap(self.gate(like_input(z_h, x) + like_input(z_w, x)))  # (B, C, H, W)
+        y = x * self.tap(self.gate(combine_like(z_h, z_w, x)))  # (B, C, H, W)
         return y + x if self.has_skip else y
