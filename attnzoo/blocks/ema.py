@@ -34,7 +34,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
-from ._layout import LayoutConv2d
+from ._layout import LayoutConv2d, like_input
 from ._pool import pool_mean
 
 __all__ = ["EfficientMultiScaleAttn", "ema_groups"]
@@ -82,5 +82,8 @@ class EfficientMultiScaleAttn(nn.Module):
         s1 = pool_mean(x1, (2, 3), keepdim=False).softmax(-1).unsqueeze(1)  # (B*G, 1, C/G)
         s2 = pool_mean(x2, (2, 3), keepdim=False).softmax(-1).unsqueeze(1)  # (B*G, 1, C/G)
         wts = s1 @ x2.flatten(2) + s2 @ x1.flatten(2)  # (B*G, 1, H*W)
-        gate = self.gate(wts).reshape(b, g, 1, h, w).expand(b, g, c // g, h, w)  # (B, G, C/G, H, W)
-        return x * self.tap(gate.reshape(b, c, h, w))  # (B, C, H, W), one map per group
+        gate = self.gate(wts).reshape(b, g, h, w)  # (B, G, H, W), one map per group
+        if self.tap.active or self.tap._forward_hooks:  # the full (B, C, H, W) factor only while captured
+            return x * self.tap(gate.unsqueeze(2).expand(b, g, c // g, h, w).reshape(b, c, h, w))
+        # broadcast over each group's channels without materialising the (B, C, H, W) factor, in x's layout
+        return (x.reshape(b, g, c // g, h, w) * like_input(gate, x).unsqueeze(2)).reshape(b, c, h, w)
