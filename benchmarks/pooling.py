@@ -20,7 +20,8 @@ import torch
 
 import attnzoo
 from attnzoo.ablation.runner import cpu_model
-from attnzoo.blocks._pool import pool_max, pool_mean
+from attnzoo.blocks._pool import pool_amax, pool_max, pool_max_along, pool_mean
+from attnzoo.training.allocator import keep_freed_memory
 
 SHAPES = [(32, 64, 56, 56), (16, 64, 32, 32), (128, 16, 28, 28)]
 # (what, Tensor method, attnzoo's form)
@@ -29,6 +30,8 @@ PAIRS = {
     "mean over W": (lambda x: x.mean(3, keepdim=True), lambda x: pool_mean(x, 3)),
     "mean over C": (lambda x: x.mean(1, keepdim=True), lambda x: pool_mean(x, 1)),
     "max over (H, W)": (lambda x: x.amax((2, 3), keepdim=True), pool_max),
+    "max over C": (lambda x: x.amax(1, keepdim=True), lambda x: pool_amax(x, 1)),
+    "max over W": (lambda x: x.amax(3, keepdim=True), lambda x: pool_max_along(x, 3)),
 }
 
 
@@ -45,7 +48,10 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--allocator", choices=["keep", "system"], default="keep",
+                   help="keep (default): freed memory stays in the process, as in CPU fits; system: as it is")
     args = p.parse_args(argv)
+    alloc = keep_freed_memory() if args.allocator == "keep" else {"allocator": "system", "tuned": False}
     if args.threads:
         torch.set_num_threads(args.threads)
     inputs = {}
@@ -75,7 +81,8 @@ def main(argv=None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(dict(threads=torch.get_num_threads(), repeats=args.repeats, cpu=cpu_model(),
-                                             torch=torch.__version__, attnzoo=attnzoo.__version__, rows=rows), indent=2))
+                                             torch=torch.__version__, attnzoo=attnzoo.__version__, allocator=alloc,
+                                             rows=rows), indent=2))
         print(f"wrote {args.json}")
     return 0
 
