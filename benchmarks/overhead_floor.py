@@ -144,16 +144,14 @@ class Job:
         self.x = torch.randn(batch, c, h, w).to(memory_format=torch.channels_last)
         self.y = torch.randint(0, 10, (batch,))
         self.sites, self.attn_bytes, self.flops = (0, 0, 0)
-        self.site_inputs: list[tuple[nn.Module, torch.Tensor]] = []
+        self.block_type = None
         if block is not None:
             factory = attn_info(block).factory
-            block_type = getattr(factory, "func", factory)  # a class, or a functools.partial of one
-            self.site_inputs = attn_sites(self.model, block_type, self.x)
-            self.sites = len(self.site_inputs)
-            self.attn_bytes = sum(t.numel() * t.element_size() for _, t in self.site_inputs)
-            self.flops = forward_flops(self.site_inputs)
-            self.site_grads = [torch.randn_like(mod(t)) for mod, t in self.site_inputs]
-            self.site_inputs = [(mod, t.requires_grad_()) for mod, t in self.site_inputs]
+            self.block_type = getattr(factory, "func", factory)  # a class, or a functools.partial of one
+            sites = attn_sites(self.model, self.block_type, self.x)
+            self.sites = len(sites)
+            self.attn_bytes = sum(t.numel() * t.element_size() for _, t in sites)
+            self.flops = forward_flops(sites)
         self.isolated: list[float] = []
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
         self.loss = nn.CrossEntropyLoss()
@@ -179,16 +177,21 @@ class Job:
         for _ in range(steps):
             self.step()
         self.times.append((time.perf_counter() - t0) / steps)
-        if self.mode == "eager" and self.site_inputs:
-            self.blocks_alone(1)
+        if self.mode == "eager" and self.block_type is not None:
+            # the sites' inputs are captured afresh each round and dropped after (kept for all models at
+            # once they would take gigabytes)
+            sites = [(mod, t.requires_grad_()) for mod, t in attn_sites(self.model, self.block_type, self.x)]
+            grads = [torch.randn_like(t) for _, t in sites]  # the blocks map (B, C, H, W) to the same shape
+            self.blocks_alone(sites, grads, 1)
             t0 = time.perf_counter()
-            self.blocks_alone(steps)
+            self.blocks_alone(sites, grads, steps)
             self.isolated.append((time.perf_counter() - t0) / steps)
 
-    def blocks_alone(self, steps: int) -> None:
+    @staticmethod
+    def blocks_alone(sites, grads, steps: int) -> None:
         """Forward + backward of every inserted block on its own site's input, ``steps`` times."""
         for _ in range(steps):
-            for (mod, x), g in zip(self.site_inputs, self.site_grads):
+            for (mod, x), g in zip(sites, grads):
                 mod(x).backward(g)
                 x.grad = None
 

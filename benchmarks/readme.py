@@ -7,7 +7,11 @@
     python benchmarks/harness_overhead.py --json benchmarks/results/harness_overhead_cpu.json
     python benchmarks/data_inmemory.py --json benchmarks/results/data_inmemory_cpu.json
     python benchmarks/blocks_vs_reference.py --json benchmarks/results/blocks_vs_reference_cpu.json
-    python benchmarks/overhead_floor.py --modes eager compiled --json benchmarks/results/overhead_floor_cpu.json
+    python benchmarks/overhead_floor.py --modes eager compiled --compiled-blocks se eca cbam simam coord \
+        --json benchmarks/results/overhead_floor_cpu.json
+    python benchmarks/pooling.py --json benchmarks/results/pooling_cpu.json
+    python benchmarks/layouts.py --json benchmarks/results/layouts_cpu.json
+    python benchmarks/allocator.py --json benchmarks/results/allocator_cpu.json
     python benchmarks/readme.py                                                        # rewrite README parts
 
 Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
@@ -189,6 +193,24 @@ def benchmark_lines(blocks: dict | None, harness: dict | None, data: dict | None
     return "\n".join(out)
 
 
+def layouts_line(lay: dict | None) -> str:
+    if not lay:
+        return "- `benchmarks/layouts.py`: not measured yet."
+    cells = "; ".join(f"{r['case']} {r['ratio']:.2f}" for r in lay["rows"])
+    return (f"- `benchmarks/layouts.py` (forward+backward, float32, {lay['threads']} CPU threads, min of {lay['repeats']} "
+            "interleaved rounds): the blocks' CPU fast paths (`attnzoo/blocks/_layout.py`, `_fused.py`) against the "
+            f"plain PyTorch calls that compute the same, time ratio (< 1: faster): {cells}.")
+
+
+def allocator_line(alloc: dict | None) -> str:
+    if not alloc:
+        return "- `benchmarks/allocator.py`: not measured yet."
+    cells = ", ".join(f"{r['network']} {r['system_ms']:.1f} -> {r['keep_ms']:.1f} ms ({r['ratio']:.2f})" for r in alloc["rows"])
+    return (f"- `benchmarks/allocator.py` (ResNet-20, 1x28x28, batch 128, channels_last, eager SGD steps, fresh processes, "
+            f"min over {alloc['repeats']} each): step time with glibc's allocator as it is -> with "
+            f"`keep_freed_memory()` (what `model.cpu_allocator: keep` does): {cells}.")
+
+
 def pooling_line(pool: dict | None) -> str:
     if not pool:
         return "- `benchmarks/pooling.py`: not measured yet."
@@ -198,7 +220,8 @@ def pooling_line(pool: dict | None) -> str:
     cells = "; ".join(f"{what} ({fmt}) {min(v):.2f}-{max(v):.2f}" for (what, fmt), v in by.items())
     return (f"- `benchmarks/pooling.py` (forward+backward, float32, {pool['threads']} CPU threads, min of {pool['repeats']} "
             "interleaved rounds, at 32x64x56x56, 16x64x32x32 and 128x16x28x28): the blocks' pooling "
-            "(`attnzoo/blocks/_pool.py`: mean as sum / n, global max as `adaptive_max_pool2d`) against "
+            "(`attnzoo/blocks/_pool.py`: mean as sum / n, global max and max over W as `adaptive_max_pool2d`, "
+            "max over C as `pool_amax`) against "
             f"`Tensor.mean` / `Tensor.amax`, time ratio (< 1: faster): {cells}.")
 
 
@@ -225,20 +248,32 @@ def speed_lines(reference: dict | None, floor: dict | None) -> str:
         for r in rows:
             by.setdefault((r["host"], r["mode"]), []).append(r)
         parts = []
+
+        def cell(r: dict) -> str:
+            alone = (f", alone {r['alone_ratio_to_floor']:.1f}x" if r.get("alone_ratio_to_floor") is not None else "")
+            bound = "; compute-bound floor" if r.get("floor_bound") == "compute" else ""
+            if r.get("target_met") is None:
+                return f"`{r['block']}` {r['overhead_pct']:+.0f}% (below timing noise{alone}{bound})"
+            return f"`{r['block']}` {r['overhead_pct']:+.0f}% ({r['ratio_to_floor']:.1f}x{alone}{bound})"
+
         for (host, mode), rs in by.items():
             met = [r for r in rs if r.get("target_met") is True]
-            missed = [r for r in rs if r.get("target_met") is False]
             noise = [r for r in rs if r.get("target_met") is None]
-            cells = ", ".join(
-                f"`{r['block']}` {r['overhead_pct']:+.0f}% ({r['ratio_to_floor']:.1f}x)" if r.get("target_met") is not None
-                else f"`{r['block']}` {r['overhead_pct']:+.0f}% (below timing noise)" for r in rs)
+            alone_met = [r for r in rs if r.get("alone_target_met") is True]
+            alone_part = (f"; blocks alone: met by {len(alone_met)}" if any(r.get("alone_ms") is not None for r in rs) else "")
             parts.append(f"{host} {mode} (host step {rs[0]['base_ms']:.0f} ms; target <= {rs[0]['target']}x floor met by "
-                         f"{len(met)} of {len(rs)}" + (f", {len(noise)} within noise" if noise else "") + f"): {cells}")
+                         f"{len(met)} of {len(rs)}" + (f", {len(noise)} within noise" if noise else "") + alone_part
+                         + "): " + ", ".join(cell(r) for r in rs))
+        bws = floor.get("copy_bandwidth_gbs_rounds") or [floor["copy_bandwidth_gbs"]]
+        rate = (f", float32 matmul {floor['matmul_gflops']:.0f} GFLOP/s" if floor.get("matmul_gflops") else "")
+        alloc = floor.get("allocator") or {}
         out.append(
             f"- `benchmarks/overhead_floor.py` (training step, batch {floor['batch']}, channels_last, SGD, "
-            f"{floor['threads']} threads, copy bandwidth {floor['copy_bandwidth_gbs']:.1f} GB/s; per block: step-time overhead "
-            "over the host without attention, and in brackets that overhead / the memory-traffic floor of 8 |x| bytes "
-            "per inserted block at that bandwidth):")
+            f"{floor['threads']} threads, allocator {'keeping freed memory' if alloc.get('tuned') else 'as it is'}; copy bandwidth "
+            f"{floor['copy_bandwidth_gbs']:.1f} GB/s (median of {len(bws)} readings, {min(bws):.0f}-{max(bws):.0f}){rate}; per block: "
+            "step-time overhead over the host without attention, in brackets that overhead / the floor (the larger of "
+            "8 |x| bytes per inserted block at that bandwidth and 3x the blocks' forward FLOPs at that matmul rate), and "
+            "'alone': the inserted blocks' own forward+backward on their sites' inputs / the floor):")
         out += [f"  - {p}." for p in parts]
         even = [r for r in floor["rows"] if r.get("mode") == "break_even"]
         if even:
@@ -383,7 +418,9 @@ def main(argv=None) -> int:
     text = splice(text, "benchmarks", benchmark_lines(vs_timm, _load("harness_overhead_cpu.json"),
                                                       _load("data_inmemory_cpu.json"))
                   + "\n" + speed_lines(_load("blocks_vs_reference_cpu.json"), _load("overhead_floor_cpu.json"))
-                  + "\n" + pooling_line(_load("pooling_cpu.json")))
+                  + "\n" + pooling_line(_load("pooling_cpu.json"))
+                  + "\n" + layouts_line(_load("layouts_cpu.json"))
+                  + "\n" + allocator_line(_load("allocator_cpu.json")))
     args.readme.write_text(text)
     print(f"wrote the generated sections of {args.readme} ({len(list_attn())} blocks)")
     return 0

@@ -82,10 +82,11 @@ def channel_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tens
     """Per-(sample, channel) mean and 1 / sqrt(biased var + eps) over H x W, each (B, C).
 
     GroupNorm's kernel with one group per channel does it in one numerically stable pass
-    (torch.var_mean is several times slower on CPU), but not in channels_last on small maps: at
-    128x16x28x28 it took 2.2 ms there against 0.19 ms in NCHW, at 16x256x14x14 1.2 vs 0.13 ms. There
-    the two-pass form (mean; then the mean of (x - mean)^2), 0.23 and 0.11 ms, is used; from 2048
-    positions up GroupNorm's kernel is faster in both layouts (32x64x56x56 channels_last: 1.2 vs 2.2 ms)."""
+    (torch.var_mean is several times slower on CPU), but it is slow in channels_last on small maps.
+    There the two-pass form (the mean; then the mean of (x - mean)^2) is used: in
+    ``benchmarks/layouts.py`` (channels_last, forward) it took 0.23 of GroupNorm's time at
+    128x16x28x28 and 0.33 at 16x256x14x14. From 2048 positions up GroupNorm's kernel is kept (at
+    32x64x56x56 the two forms are within noise of each other)."""
     b, c, h, w = x.shape
     if h * w < 2048 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         mu = pool_mean(x, (2, 3))  # (B, C, 1, 1)

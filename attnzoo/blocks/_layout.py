@@ -7,23 +7,23 @@ the convolution is called on CPU differs, never what it computes.
 
 Many gates convolve maps built inside the block -- CBAM's [mean_c; max_c] pair, BAM's C/r-wide
 dilated branch, EMA's per-group maps -- and those maps come out in the contiguous (NCHW) layout even
-when the host runs channels_last. On CPU (oneDNN, torch 2.14, 2 threads, forward + backward) such
-convolutions are slow in three ways, measured with the shapes the blocks produce in a ResNet-20 on
-Fashion-MNIST (batch 128, 28x28) and at 14x14 and 56x56:
+when the host runs channels_last. On CPU (oneDNN) such convolutions are slow in three ways.
+``benchmarks/layouts.py`` (-> ``benchmarks/results/layouts_cpu.json``; torch 2.14, 2 threads,
+forward + backward) times each with the shapes the blocks produce in a ResNet-20 on Fashion-MNIST
+(batch 128, 28x28) and at 56x56; the ratios below are LayoutConv2d / nn.Conv2d:
 
-* **Few channels in NCHW.** A 7x7 conv 2 -> 1 over (128, 2, 28, 28) took 10.6 ms in NCHW and 2.4 ms
-  in channels_last; (32, 2, 56, 56): 10.5 vs 2.2 ms; a 3x3 conv 2 -> 2 over EMA's (1024, 2, 28, 28)
-  groups 75 vs 13 ms. Converting the small input to channels_last costs one copy of a map with
-  <= 4 channels, so an input with 2 <= C_in <= 4 and C_out <= 4 is converted first.
-* **One channel in, one out.** A 1 -> 1 conv is slow in either layout (3x3 over (128, 1, 28, 28):
-  5.5 ms; over EMA's (2048, 1, 28, 28): 149 ms). The batch is folded into the channels instead and
-  run as a depthwise conv over one image with the weight shared by every channel
-  (``weight.expand``, so its gradient is the sum over the batch, as before): 0.34 and 12 ms.
+* **Few channels in NCHW.** A 7x7 conv 2 -> 1 over (128, 2, 28, 28): 0.42, over (32, 2, 56, 56):
+  0.38; a 3x3 conv 2 -> 2 over EMA's (1024, 2, 28, 28) groups: 0.51. Converting the small input to
+  channels_last costs one copy of a map with <= 4 channels, so an input with 2 <= C_in <= 4 and
+  C_out <= 4 is converted first.
+* **One channel in, one out.** A 1 -> 1 conv is slow in either layout. The batch is folded into the
+  channels instead and run as a depthwise conv over one image with the weight shared by every
+  channel (``weight.expand``, so its gradient is the sum over the batch, as before): 0.58 for BAM's
+  dilated 3x3 over (128, 1, 28, 28), 0.06 for EMA's 3x3 over (2048, 1, 28, 28).
 * **A 1x1 conv of a pooled (B, C, 1, 1) vector** (SE's and CBAM's MLPs, SK's and ResNeSt's
-  attention FCs, ...) goes through oneDNN's convolution with a fixed cost of about 0.1 ms per call
-  forward + backward. It is run as ``F.linear`` of the (B, C) vector with the weight viewed as
-  (C_out, C_in): SE's whole forward + backward went from 0.68 to 0.34 ms at 128x64x7x7 and from
-  0.42 to 0.14 ms at 2x64x7x7.
+  attention FCs, ...) goes through oneDNN's convolution, with a fixed cost per call. It is run as
+  ``F.linear`` of the (B, C) vector with the weight viewed as (C_out, C_in): 0.77 for 64 -> 4 and
+  0.28 for 4 -> 64 at batch 128.
 
 All three are exact reformulations (the same products, summed in a possibly different order). On other
 devices, with padding modes other than zeros, and for unbatched input the module is a plain
@@ -64,8 +64,7 @@ def like_input(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
     A factor such as CoordAttention's (B, C, H, 1) comes out of its 1x1 conv in the contiguous
     layout; multiplied with a channels_last ``x`` it is then read with stride H along the output's
-    innermost (channel) axis. On CPU (2 threads, 128x16x28x28, torch 2.14) ``x * t`` took 0.32 ms
-    that way and 0.10 ms with ``t`` channels_last; converting ``t`` copies only the factor."""
+    innermost (channel) axis, a slow strided loop on CPU. Converting ``t`` copies only the factor."""
     if (t.dim() == 4 and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
             and not x.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)):
         return t.contiguous(memory_format=torch.channels_last)
@@ -90,8 +89,9 @@ def keep_layout(t: torch.Tensor) -> torch.Tensor:
 
     Indexing and stacking build gradients from zeros in the contiguous layout; reaching a
     conv-BN-ReLU of a channels_last map that way, every backward op there mixes layouts and takes a
-    slow strided path on CPU (ResNeSt's split attention: 7 ms for its ReLU's backward alone at
-    128x32x28x28). One copy of the gradient here is far cheaper. Identity in forward."""
+    slow strided path on CPU (ResNeSt's split attention, where the ReLU's backward was the most
+    expensive op of the block's training step). One copy of the gradient here is far cheaper.
+    Identity in forward."""
     if t.requires_grad and torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return _KeepLayout.apply(t)
     return t

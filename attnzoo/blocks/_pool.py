@@ -5,29 +5,32 @@ Not a block module (the leading underscore keeps ``attnzoo.blocks`` discovery fr
 Measured on CPU (torch 2.14, 2 threads, forward + backward, ``benchmarks/pooling.py`` ->
 ``benchmarks/results/pooling_cpu.json``, at 32x64x56x56, 16x64x32x32 and 128x16x28x28):
 
-* ``x.mean(dims)`` is slow, and far slower in channels_last: there a global average over (H, W)
-  took 2.8-8.7x longer than ``x.sum(dims) / n``, an average over C 1.9-7x. In NCHW ``sum / n`` is 1.4-2.7x faster over (H, W) and within ±20% over C.
-  ``pool_mean`` is ``sum / n`` for float32/float64; in float16/bfloat16 it stays ``Tensor.mean``
-  (a half-precision sum of a large map can overflow before the division).
+* ``x.mean(dims)`` is slow, and far slower in channels_last: there ``x.sum(dims) / n`` took 0.13-0.39
+  of its time over (H, W), 0.15-0.56 over C and 0.38-0.64 over W; in NCHW 0.69-0.72 over (H, W) and
+  0.61-0.81 over W. An NCHW mean over C is the exception (``sum / n`` took 1.05-1.34 of its time),
+  so there ``pool_mean`` keeps ``Tensor.mean``. ``pool_mean`` is ``sum / n`` for float32/float64; in
+  float16/bfloat16 it stays ``Tensor.mean`` (a half-precision sum of a large map can overflow
+  before the division).
 * ``x.amax((2, 3))``'s backward compares every element with the maximum (several full-size passes);
   ``F.adaptive_max_pool2d(x, 1)`` keeps the index of the maximum and scatters the gradient to it,
-  2.2-8x faster. The value is the same; where several positions tie for the maximum, ``amax`` splits
+  in 0.10-0.42 of the time. The value is the same; where several positions tie for the maximum, ``amax`` splits
   the gradient evenly among them and ``pool_max`` gives it to one of them (both are valid
   subgradients of the max). Ties have probability zero for real-valued activations; a map that
   is all zeros after a ReLU ties everywhere, but the ReLU's backward zeroes either gradient.
 * ``x.amax(dim)`` over one axis (CBAM's and triplet attention's max over C, H or W) has a backward
-  that compares with ``==`` broadcast along the reduced axis, slow on CPU: at 128x16x28x28 (max over
-  C, channels_last) ``x == v`` alone took 0.47 ms where ``(x - v).sign_().add_(1)``, the same 0/1 mask
-  in float, took 0.17 ms. ``pool_amax`` is ``amax`` with that backward (CPU, float32/64): the gradient
+  that compares with ``==`` broadcast along the reduced axis, slow on CPU; ``(x - v).sign_().add_(1)``
+  builds the same 0/1 mask in float in fewer, cheaper passes. ``pool_amax`` is ``amax`` with that
+  backward (CPU, float32/64), in 0.47-0.71 of ``amax``'s time over C; the gradient
   ``mask * (g / mask.sum(dim))`` is autograd's own formula, so ties split evenly as in ``amax``, and the
   result is the same to the bit. Where the maximum is not finite (inf or NaN) it uses ``==``:
   ``inf - inf`` is NaN. With denormals flushed to zero (``torch.set_flush_denormal(True)``) two
   values closer than the smallest normal float would count as a tie.
 * The max over H or over W alone (triplet attention's Z-pool of its rotated branches) is
-  ``F.adaptive_max_pool2d(x, (1, W))`` / ``(H, 1)`` in ``pool_max_along``: its forward took 0.27 ms
-  where ``x.amax(3)`` took 1.89 ms (128x16x28x28, channels_last), 0.60 vs 9.2 ms at 32x64x56x56;
-  forward + backward 3-6x faster. As with ``pool_max``, a tie sends the gradient to one position.
-  Over C it is ``pool_amax``.
+  ``F.adaptive_max_pool2d(x, (1, W))`` / ``(H, 1)`` in ``pool_max_along``: over W in channels_last
+  it took 0.08-0.14 of ``amax``'s time, in NCHW 0.63-1.19. As with ``pool_max``, a tie sends the
+  gradient to one position. Over C it is ``pool_amax``.
+
+The ratios are attnzoo / Tensor method, forward + backward, from the pooling_cpu.json named above.
 """
 from __future__ import annotations
 
@@ -44,6 +47,8 @@ def pool_mean(x: torch.Tensor, dims: int | Sequence[int], keepdim: bool = True) 
     if x.dtype not in (torch.float32, torch.float64):
         return x.mean(dims, keepdim=keepdim)
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    if dims in ((1,), (-x.dim() + 1,)) and x.is_contiguous():  # NCHW over C: Tensor.mean is as fast (see above)
+        return x.mean(dims, keepdim=keepdim)
     n = 1
     for d in dims:
         n *= x.shape[d]

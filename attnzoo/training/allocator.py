@@ -4,16 +4,11 @@ PyTorch's CPU tensors come from the C library's ``malloc``. glibc serves a reque
 threshold (128 KiB at start, raised dynamically up to 32 MiB) with a fresh ``mmap`` and unmaps it on
 ``free``, so every large activation of every training step is new memory that page-faults on first
 touch (a fault per 4 KiB page). A step allocates and frees the same sizes again and again, so the
-faults are pure overhead. Measured here (2-core AMD EPYC, torch 2.14.1, ResNet-20 on 1x28x28,
-batch 128, channels_last, eager SGD steps, best of 5 rounds; two fresh processes each):
-
-    ===========  =====================  ====================
-    network      glibc defaults         keep_freed_memory()
-    ===========  =====================  ====================
-    resnet20     97.9 / 107.8 ms        85.3 / 85.7 ms
-    + se         111.1 / 120.8 ms       94.5 / 91.1 ms
-    + cbam       138.3 / 139.0 ms       134.6 / 130.1 ms
-    ===========  =====================  ====================
+faults are pure overhead. ``benchmarks/allocator.py`` (-> ``benchmarks/results/allocator_cpu.json``)
+measures it in fresh processes: on this 2-core AMD EPYC (torch 2.14.1; ResNet-20 on 1x28x28, batch
+128, channels_last, eager SGD steps) a plain ResNet-20 step took 0.85 of its time with
+:func:`keep_freed_memory`, with SE blocks 0.82; with CBAM (whose step is dominated by other costs)
+0.99.
 
 :func:`keep_freed_memory` raises the mmap threshold and the trim threshold to 1 GiB with
 ``mallopt``, so those requests come from the heap and freed memory stays there for the next step

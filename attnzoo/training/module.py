@@ -135,7 +135,7 @@ class AttnClassifier(LightningModule):
         compile_min_steps: the fit length (optimizer steps) from which ``compile: auto`` compiles on CUDA.
         cpu_allocator: ``"keep"`` (default): when the model runs on CPU, keep freed tensor memory in
             the process (glibc's mmap/trim thresholds raised, see :mod:`attnzoo.training.allocator`;
-            measured 12-25% faster eager ResNet-20 steps here); ``"system"``: leave the allocator alone.
+            eager ResNet-20 steps took 0.82-0.99 of their time here, benchmarks/allocator.py); ``"system"``: leave the allocator alone.
             Printed when it takes effect; it changes no result.
     """
 
