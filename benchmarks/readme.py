@@ -220,7 +220,8 @@ def pooling_line(pool: dict | None) -> str:
     cells = "; ".join(f"{what} ({fmt}) {min(v):.2f}-{max(v):.2f}" for (what, fmt), v in by.items())
     return (f"- `benchmarks/pooling.py` (forward+backward, float32, {pool['threads']} CPU threads, min of {pool['repeats']} "
             "interleaved rounds, at 32x64x56x56, 16x64x32x32 and 128x16x28x28): the blocks' pooling "
-            "(`attnzoo/blocks/_pool.py`: mean as sum / n, global max and max over W as `adaptive_max_pool2d`, "
+            "(`attnzoo/blocks/_pool.py`: mean as sum / n (`Tensor.mean` itself for an NCHW mean over C), global max "
+            "and max over W as `adaptive_max_pool2d`, "
             "max over C as `pool_amax`) against "
             f"`Tensor.mean` / `Tensor.amax`, time ratio (< 1: faster): {cells}.")
 

@@ -56,8 +56,8 @@ STAGES = ("train", "val", "test")
 
 # model.compile: auto compiles a fit on a CUDA device of at least this many optimizer steps. Not a
 # measured GPU break-even (no GPU was available to measure one): the cold compile times measured on CPU
-# (benchmarks/overhead_floor.py, benchmarks/results/overhead_floor_cpu.json: 42-94 s for ResNet-56 with
-# a block) pay back at a saving of 20 ms per step only after 2000-4700 steps, so shorter fits stay eager.
+# (benchmarks/overhead_floor.py, benchmarks/results/overhead_floor_cpu.json: 45-83 s for ResNet-56 with
+# a block) pay back at a saving of 20 ms per step only after 2300-4200 steps, so shorter fits stay eager.
 COMPILE_MIN_STEPS = 5000
 
 
