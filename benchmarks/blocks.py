@@ -124,9 +124,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-timm", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="write the measurements here")
     p.add_argument("--allocator", choices=["keep", "system"], default="system",
-                   help="system (default): the C allocator as it is; keep: freed memory stays in the process, "
-                        "as in CPU fits (attnzoo.training.allocator). Not the default here: with every block's "
-                        "32x64x56x56 tensors alive at once the kept heap fragmented past 17 GB")
+                   help="system (default; the committed blocks_cpu.json was measured so): the C allocator as it "
+                        "is; keep: freed memory stays in the process, as in CPU fits (attnzoo.training.allocator). "
+                        "Either way the global self-attention blocks at 56x56 take up to about 20 GB")
     args = p.parse_args(argv)
     alloc = keep_freed_memory() if args.allocator == "keep" else {"allocator": "system", "tuned": False}
     if args.threads:
