@@ -31,7 +31,7 @@ from torch import nn
 import attnzoo
 from attnzoo import create_attn, list_attn
 from attnzoo.ablation.runner import cpu_model
-from attnzoo.training.allocator import keep_freed_memory
+from attnzoo.training.allocator import use_allocator
 
 # attnzoo name -> timm.layers.create_attn name of the same block (timm:<name> in create_attn).
 # NOTE: timm 1.0.31's 'ge' (GatherExcite) cannot be built with its defaults (a TypeError in its
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
                         "is; keep: freed memory stays in the process, as in CPU fits (attnzoo.training.allocator). "
                         "Either way the global self-attention blocks at 56x56 take up to about 20 GB")
     args = p.parse_args(argv)
-    alloc = keep_freed_memory() if args.allocator == "keep" else {"allocator": "system", "tuned": False}
+    alloc = use_allocator(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.blocks or list_attn()

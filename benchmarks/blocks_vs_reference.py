@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import attnzoo  # noqa: E402
 from attnzoo import create_attn  # noqa: E402
 from attnzoo.ablation.runner import cpu_model  # noqa: E402
-from attnzoo.training.allocator import keep_freed_memory  # noqa: E402
+from attnzoo.training.allocator import use_allocator  # noqa: E402
 from reference_impls import REFERENCES  # noqa: E402
 
 SPATIAL_SHAPES = [(32, 64, 56, 56), (16, 64, 32, 32)]
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
                    help="keep (default): freed memory stays in the process, as in CPU fits "
                         "(attnzoo.training.allocator); system: the C allocator as it is")
     args = p.parse_args(argv)
-    alloc = keep_freed_memory() if args.allocator == "keep" else {"allocator": "system", "tuned": False}
+    alloc = use_allocator(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = run(args.blocks, args.rounds, args.pairs, args.warmup, args.spatial_shapes, args.selfattn_shapes)

@@ -25,7 +25,7 @@ import attnzoo
 from attnzoo.ablation.runner import cpu_model
 from attnzoo.blocks._fused import _MaxOfGates, channel_stats
 from attnzoo.blocks._layout import LayoutConv2d, combine_like
-from attnzoo.training.allocator import keep_freed_memory
+from attnzoo.training.allocator import use_allocator
 
 CL = torch.channels_last
 
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--allocator", choices=["keep", "system"], default="keep",
                    help="keep (default): freed memory stays in the process, as in CPU fits; system: as it is")
     args = p.parse_args(argv)
-    alloc = keep_freed_memory() if args.allocator == "keep" else {"allocator": "system", "tuned": False}
+    alloc = use_allocator(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
     table = cases()

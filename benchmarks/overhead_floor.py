@@ -69,7 +69,7 @@ import attnzoo
 from attnzoo import create_backbone, list_attn
 from attnzoo.ablation.runner import cpu_model
 from attnzoo.factory import attn_info
-from attnzoo.training.allocator import keep_freed_memory
+from attnzoo.training.allocator import use_allocator
 
 HOSTS = {"resnet20": (1, 28, 28), "resnet56": (3, 32, 32)}
 FAMILIES = ("channel", "spatial", "channel+spatial")
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
                    help="keep (default): freed memory stays in the process, as in CPU fits "
                         "(attnzoo.training.allocator); system: the C allocator as it is")
     args = p.parse_args(argv)
-    alloc = keep_freed_memory() if args.allocator == "keep" else {"allocator": "system", "tuned": False}
+    alloc = use_allocator(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
     blocks = args.blocks or channel_spatial_blocks()

@@ -21,7 +21,7 @@ import torch
 import attnzoo
 from attnzoo.ablation.runner import cpu_model
 from attnzoo.blocks._pool import pool_amax, pool_max, pool_max_along, pool_mean
-from attnzoo.training.allocator import keep_freed_memory
+from attnzoo.training.allocator import use_allocator
 
 SHAPES = [(32, 64, 56, 56), (16, 64, 32, 32), (128, 16, 28, 28)]
 # (what, Tensor method, attnzoo's form)
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--allocator", choices=["keep", "system"], default="keep",
                    help="keep (default): freed memory stays in the process, as in CPU fits; system: as it is")
     args = p.parse_args(argv)
-    alloc = keep_freed_memory() if args.allocator == "keep" else {"allocator": "system", "tuned": False}
+    alloc = use_allocator(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)
     inputs = {}

@@ -285,3 +285,22 @@ def test_fast_paths_compile_fullgraph_in_channels_last_training(name):
         (fn(xi) * torch.linspace(-1, 1, xi.numel()).view_as(xi)).sum().backward()
         grads.append(xi.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+
+
+def test_combine_like_and_keep_layout_give_channels_last_results_and_gradients():
+    from attnzoo.blocks._layout import combine_like, keep_layout
+
+    x = torch.randn(2, 6, 4, 5).contiguous(memory_format=torch.channels_last)
+    gc, gs = torch.randn(2, 6, 1, 1, requires_grad=True), torch.randn(2, 1, 4, 5, requires_grad=True)
+    y = combine_like(gc, gs, x)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not (gc + gs).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, gc + gs, rtol=0, atol=0)
+    assert combine_like(gc, gs, x.contiguous()).is_contiguous()  # an NCHW x: torch's own broadcast
+    seen = {}
+    for keep in (False, True):  # a non-leaf (a leaf's .grad follows the leaf's layout anyway)
+        v = x.clone().requires_grad_(True) * 1.0
+        v.register_hook(lambda g, keep=keep: seen.__setitem__(keep, g))
+        (keep_layout(v) if keep else v)[:, :3].sum().backward()  # indexing builds a contiguous gradient
+    assert not seen[False].is_contiguous(memory_format=torch.channels_last)
+    assert seen[True].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(seen[True], torch.cat([torch.ones(2, 3, 4, 5), torch.zeros(2, 3, 4, 5)], 1))

@@ -213,6 +213,11 @@ def test_cpu_fits_keep_freed_memory_unless_told_not_to(tmp_path, monkeypatch, ca
 def test_cpu_allocator_choice_is_checked():
     with pytest.raises(ValueError, match="cpu_allocator.*keep"):
         AttnClassifier(cpu_allocator="jemalloc")
+    from attnzoo.training.allocator import use_allocator
+
+    with pytest.raises(ValueError, match="allocator must be one of"):
+        use_allocator("jemalloc")
+    assert use_allocator("system") == {"allocator": "system", "tuned": False}
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator tuning acts on glibc only")

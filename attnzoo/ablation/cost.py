@@ -146,11 +146,9 @@ def measure_costs(grid: Any, rounds: int = 5, train_steps: int = 10, infer_batch
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    if allocator not in ("keep", "system"):
-        raise ValueError(f"allocator must be 'keep' or 'system', got {allocator!r}")
-    from ..training.allocator import keep_freed_memory
+    from ..training.allocator import use_allocator
 
-    alloc = keep_freed_memory() if allocator == "keep" else {"allocator": "system", "tuned": False}
+    alloc = use_allocator(allocator)
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     first: dict[str, Any] = {}

@@ -24,7 +24,7 @@ import ctypes
 import platform
 from typing import Any
 
-__all__ = ["keep_freed_memory", "ALLOCATOR_CHOICES"]
+__all__ = ["keep_freed_memory", "use_allocator", "ALLOCATOR_CHOICES"]
 
 ALLOCATOR_CHOICES = ("keep", "system")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
@@ -55,3 +55,11 @@ def keep_freed_memory() -> dict[str, Any]:
     else:
         _state = {"allocator": "glibc", "tuned": True, "mmap_threshold": _THRESHOLD, "trim_threshold": _THRESHOLD}
     return dict(_state)
+
+
+def use_allocator(choice: str) -> dict[str, Any]:
+    """Apply an ``ALLOCATOR_CHOICES`` setting: ``"keep"`` calls :func:`keep_freed_memory`, ``"system"``
+    leaves the allocator alone; returns the record to store with a measurement."""
+    if choice not in ALLOCATOR_CHOICES:
+        raise ValueError(f"allocator must be one of {ALLOCATOR_CHOICES}, got {choice!r}")
+    return keep_freed_memory() if choice == "keep" else {"allocator": "system", "tuned": False}
