@@ -31,6 +31,7 @@ from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
 from ._layout import LayoutConv2d
 from ._pool import pool_amax, pool_max, pool_mean
+from ._pooled_gates import pooled_gates
 
 __all__ = ["CbamChannel", "CbamSpatial", "Cbam"]
 
@@ -71,14 +72,18 @@ class CbamChannel(nn.Module):
 
     def factor(self, x):
         """Mc(x), (B, C, 1, 1)."""
-        b = x.shape[0]
-        pooled = torch.cat([pool_mean(x, (2, 3)), pool_max(x)])  # (2B, C, 1, 1)
-        avg, mx = self.fc2(self.act(self.fc1(pooled))).split(b)  # shared MLP in one call; 2 x (B, C, 1, 1)
+        return self.from_pooled(pool_mean(x, (2, 3)), pool_max(x))
+
+    def from_pooled(self, avg, mx):
+        """Mc from the average- and max-pooled descriptors, each (B, C, 1, 1)."""
+        b = avg.shape[0]
+        avg, mx = self.fc2(self.act(self.fc1(torch.cat([avg, mx])))).split(b)  # shared MLP in one call
         return self.tap(self.gate(avg + mx))  # (B, C, 1, 1)
 
     def forward(self, x):
         check_input(self, x)
-        return x * self.factor(x)
+        y = pooled_gates(x, self.from_pooled, None, channel_module=self)  # native CPU kernels where they apply
+        return x * self.factor(x) if y is None else y
 
 
 @register_attn("cbam_spatial", family="spatial", **_META)
@@ -106,12 +111,16 @@ class CbamSpatial(nn.Module):
         """Ms(x), (B, 1, H, W)."""
         # amax (pool_amax: its faster backward), not max(dim) (25x slower on CPU at 16x64x32x32: it also
         # finds the argmax); the input it keeps for backward is the one the product keeps anyway
-        s = torch.cat([pool_mean(x, 1), pool_amax(x, 1)], dim=1)  # (B, 2, H, W)
-        return self.tap(self.gate(self.norm(self.conv(s))))  # (B, 1, H, W)
+        return self.from_maps(pool_mean(x, 1), pool_amax(x, 1))
+
+    def from_maps(self, mean, mx):
+        """Ms from the channel-wise mean and max maps, each (B, 1, H, W)."""
+        return self.tap(self.gate(self.norm(self.conv(torch.cat([mean, mx], dim=1)))))  # (B, 1, H, W)
 
     def forward(self, x):
         check_input(self, x)
-        return x * self.factor(x)
+        y = pooled_gates(x, None, self.from_maps, spatial_module=self)
+        return x * self.factor(x) if y is None else y
 
 
 @register_attn("cbam", family="channel+spatial", **_META)
@@ -143,6 +152,10 @@ class Cbam(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
+        y = pooled_gates(x, self.channel.from_pooled, self.spatial.from_maps, channel_module=self.channel,
+                         spatial_module=self.spatial)
+        if y is not None:  # the native CPU kernels (_pooled_gates.py): F' is never written
+            return y
         x1 = x * self.channel.factor(x)  # F' (B, C, H, W)
         return x1 * self.spatial.factor(x1)  # F''
 

@@ -28,6 +28,7 @@ from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
 from ._layout import LayoutConv2d
 from ._pool import pool_amax, pool_max, pool_mean
+from ._pooled_gates import pooled_gates
 
 __all__ = ["LightCbam"]
 
@@ -41,9 +42,12 @@ class _LightChannel(nn.Module):
         self.gate = gate_layer()
         self.tap = AttnTap("channel")
 
+    def from_pooled(self, avg, mx):
+        z = 0.5 * avg + 0.5 * mx  # (B, C, 1, 1)
+        return self.tap(self.gate(self.fc2(self.act(self.fc1(z)))))
+
     def forward(self, x):
-        z = 0.5 * pool_mean(x, (2, 3)) + 0.5 * pool_max(x)  # (B, C, 1, 1)
-        return x * self.tap(self.gate(self.fc2(self.act(self.fc1(z)))))
+        return x * self.from_pooled(pool_mean(x, (2, 3)), pool_max(x))
 
 
 class _ConvBn(nn.Module):
@@ -65,9 +69,11 @@ class _LightSpatial(nn.Module):
         self.gate = gate_layer()
         self.tap = AttnTap("spatial")
 
+    def from_maps(self, mean, mx):
+        return self.tap(self.gate(self.conv(0.5 * mean + 0.5 * mx)))  # (B, 1, H, W)
+
     def forward(self, x):
-        z = 0.5 * pool_mean(x, 1) + 0.5 * pool_amax(x, 1)  # (B, 1, H, W)
-        return x * self.tap(self.gate(self.conv(z)))
+        return x * self.from_maps(pool_mean(x, 1), pool_amax(x, 1))
 
 
 @register_attn(
@@ -110,4 +116,6 @@ class LightCbam(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        return self.spatial(self.channel(x))
+        y = pooled_gates(x, self.channel.from_pooled, self.spatial.from_maps, channel_module=self.channel,
+                         spatial_module=self.spatial)  # the native CPU kernels (_pooled_gates.py) where they apply
+        return self.spatial(self.channel(x)) if y is None else y

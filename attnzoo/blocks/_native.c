@@ -1,0 +1,381 @@
+/* CPU kernels for CBAM-type gates: y = x * gc[b, c] * gs[b, p], with gc from average and max pooling over
+ * positions and gs from the mean and max over channels of x * gc. Each kernel is one pass over the
+ * (B, C, P = H * W) map, per sample, samples split over OpenMP threads (the libgomp that torch itself
+ * loaded: the soname is the same, so the dynamic linker reuses it and its thread pool).
+ *
+ * Layout: cl == 0 is NCHW (element (c, p) of a sample at c * P + p), cl == 1 is channels_last (p * C + c).
+ * Optional factors are NULL: gc == NULL means 1 (a spatial gate alone), gs == NULL means 1 and no spatial
+ * pooling terms in backward (a channel gate alone).
+ *
+ * Written for attnzoo from the CBAM paper's equations (Woo et al., ECCV 2018) and the gradient of
+ * its pooling as PyTorch defines it: the mean's gradient is spread evenly; the max over positions
+ * (adaptive_max_pool2d) sends it to one position (here the first maximum, or the first NaN);
+ * the max over channels (amax) splits it evenly among the channels that tie for the maximum.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
+
+int attnzoo_native_abi(void) { return 1; }
+
+/* avg[b, c] = mean_p x; mx[b, c] = max_p x; arg[b, c] = its first position (the first NaN if any). */
+void channel_pool(const float *x, int64_t B, int64_t C, int64_t P, int cl, int nt,
+                  float *avg, float *mx, int32_t *arg) {
+    SAMPLES {
+        const float *xb = x + b * C * P;
+        float *av = avg + b * C, *m = mx + b * C;
+        int32_t *a = arg + b * C;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                float s = 0.f, mv = -INFINITY;
+                int nan = 0;
+#pragma omp simd reduction(+ : s) reduction(max : mv) reduction(| : nan)
+                for (int64_t p = 0; p < P; p++) { s += r[p]; mv = r[p] > mv ? r[p] : mv; nan |= r[p] != r[p]; }
+                int64_t ai = 0;
+                if (nan) { mv = NAN; while (r[ai] == r[ai]) ai++; }
+                else while (r[ai] != mv) ai++;
+                av[c] = s / (float)P; m[c] = mv; a[c] = (int32_t)ai;
+            }
+        } else {
+            float *s = malloc(sizeof(float) * C);
+            int32_t *nan = malloc(sizeof(int32_t) * C);
+            for (int64_t c = 0; c < C; c++) { s[c] = 0.f; m[c] = -INFINITY; a[c] = -1; nan[c] = 0; }
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    s[c] += r[c];
+                    m[c] = r[c] > m[c] ? r[c] : m[c];
+                    nan[c] |= r[c] != r[c];
+                }
+            }
+            for (int64_t c = 0; c < C; c++) { av[c] = s[c] / (float)P; if (nan[c]) m[c] = NAN; }
+            for (int64_t p = 0; p < P; p++) {  /* first position of the maximum (or of a NaN) */
+                const float *r = xb + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++)
+                    a[c] = (a[c] < 0 && (r[c] == m[c] || r[c] != r[c])) ? (int32_t)p : a[c];
+            }
+            free(s); free(nan);
+        }
+    }
+}
+
+/* Over v = x * gc: mean[b, p] = mean_c v; mx[b, p] = max_c v (NaN if any is); cnt[b, p] = #{c : v == mx}. */
+void spatial_pool(const float *x, const float *gc, int64_t B, int64_t C, int64_t P, int cl, int nt,
+                  float *mean, float *mx, float *cnt) {
+    SAMPLES {
+        const float *xb = x + b * C * P;
+        float *me = mean + b * P, *m = mx + b * P, *n = cnt + b * P;
+        float *g = malloc(sizeof(float) * C);
+        for (int64_t c = 0; c < C; c++) g[c] = gc ? gc[b * C + c] : 1.f;
+        if (cl) {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+                float s = 0.f, mv = -INFINITY, k = 0.f;
+                int nan = 0;
+#pragma omp simd reduction(+ : s) reduction(max : mv) reduction(| : nan)
+                for (int64_t c = 0; c < C; c++) {
+                    float v = r[c] * g[c];
+                    s += v; mv = v > mv ? v : mv; nan |= v != v;
+                }
+                if (nan) mv = NAN;
+#pragma omp simd reduction(+ : k)
+                for (int64_t c = 0; c < C; c++) k += (r[c] * g[c] == mv) ? 1.f : 0.f;
+                me[p] = s / (float)C; m[p] = mv; n[p] = k;
+            }
+        } else {
+            float *nan = malloc(sizeof(float) * P);
+            for (int64_t p = 0; p < P; p++) { me[p] = 0.f; m[p] = -INFINITY; n[p] = 0.f; nan[p] = 0.f; }
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                const float gv = g[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) {
+                    float v = r[p] * gv;
+                    me[p] += v;
+                    m[p] = v > m[p] ? v : m[p];
+                    nan[p] = v != v ? 1.f : nan[p];
+                }
+            }
+            for (int64_t p = 0; p < P; p++) if (nan[p] != 0.f) m[p] = NAN;
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                const float gv = g[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) n[p] += (r[p] * gv == m[p]) ? 1.f : 0.f;
+            }
+            for (int64_t p = 0; p < P; p++) me[p] /= (float)C;
+            free(nan);
+        }
+        free(g);
+    }
+}
+
+/* y = (x * gc) * gs, in the order of the PyTorch expression x1 = x * gc; y = x1 * gs. */
+void apply_gates(const float *x, const float *gc, const float *gs, int64_t B, int64_t C, int64_t P, int cl,
+                 int nt, float *y) {
+    SAMPLES {
+        const float *xb = x + b * C * P;
+        float *yb = y + b * C * P;
+        float *g = malloc(sizeof(float) * C), *s = malloc(sizeof(float) * P);
+        for (int64_t c = 0; c < C; c++) g[c] = gc ? gc[b * C + c] : 1.f;
+        for (int64_t p = 0; p < P; p++) s[p] = gs ? gs[b * P + p] : 1.f;
+        if (cl) {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+                float *o = yb + p * C;
+                const float sv = s[p];
+                for (int64_t c = 0; c < C; c++) o[c] = (r[c] * g[c]) * sv;
+            }
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                float *o = yb + c * P;
+                const float gv = g[c];
+                for (int64_t p = 0; p < P; p++) o[p] = (r[p] * gv) * s[p];
+            }
+        }
+        free(g); free(s);
+    }
+}
+
+/* dgs[b, p] = sum_c dy * (x * gc): the gradient of the spatial factor. */
+void grad_spatial_factor(const float *x, const float *gc, const float *dy, int64_t B, int64_t C, int64_t P,
+                         int cl, int nt, float *dgs) {
+    SAMPLES {
+        const float *xb = x + b * C * P, *db = dy + b * C * P;
+        float *o = dgs + b * P;
+        float *g = malloc(sizeof(float) * C);
+        for (int64_t c = 0; c < C; c++) g[c] = gc ? gc[b * C + c] : 1.f;
+        if (cl) {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+                float s = 0.f;
+#pragma omp simd reduction(+ : s)
+                for (int64_t c = 0; c < C; c++) s += d[c] * (r[c] * g[c]);
+                o[p] = s;
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++) o[p] = 0.f;
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *d = db + c * P;
+                const float gv = g[c];
+                for (int64_t p = 0; p < P; p++) o[p] += d[p] * (r[p] * gv);
+            }
+        }
+        free(g);
+    }
+}
+
+/* Per-position terms of dL/d(x * gc): dx1 = dy * gs + dmean / C + [x * gc == smax] * dsmax / scnt.
+ * With gs == NULL (no spatial gate) dx1 = dy. Fills the per-sample arrays s (gs), a (dmean / C), q. */
+static void position_terms(const float *gs, const float *dmean, const float *dsmax, const float *scnt,
+                           int64_t b, int64_t C, int64_t P, float *s, float *a, float *q) {
+    for (int64_t p = 0; p < P; p++) {
+        s[p] = gs ? gs[b * P + p] : 1.f;
+        a[p] = gs ? dmean[b * P + p] / (float)C : 0.f;
+        q[p] = gs ? dsmax[b * P + p] / scnt[b * P + p] : 0.f;
+    }
+}
+
+/* dgc[b, c] = sum_p x * dx1: the gradient of the channel factor. */
+void grad_channel_factor(const float *x, const float *gc, const float *gs, const float *dy, const float *dmean,
+                         const float *dsmax, const float *smax, const float *scnt, int64_t B, int64_t C,
+                         int64_t P, int cl, int nt, float *dgc) {
+    const float big = INFINITY;
+    SAMPLES {
+        const float *xb = x + b * C * P, *db = dy + b * C * P;
+        float *o = dgc + b * C;
+        float *g = malloc(sizeof(float) * C), *s = malloc(sizeof(float) * P * 4);
+        float *a = s + P, *q = s + 2 * P, *sm = s + 3 * P;
+        for (int64_t c = 0; c < C; c++) g[c] = gc ? gc[b * C + c] : 1.f;
+        position_terms(gs, dmean, dsmax, scnt, b, C, P, s, a, q);
+        for (int64_t p = 0; p < P; p++) sm[p] = gs ? smax[b * P + p] : big;  /* +inf: no tie term */
+        if (cl) {
+            for (int64_t c = 0; c < C; c++) o[c] = 0.f;
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+                const float sv = s[p], av = a[p], qv = q[p], mv = sm[p];
+                for (int64_t c = 0; c < C; c++) {
+                    float d1 = d[c] * sv + av + ((r[c] * g[c] == mv) ? qv : 0.f);
+                    o[c] += r[c] * d1;
+                }
+            }
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *d = db + c * P;
+                const float gv = g[c];
+                float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+                for (int64_t p = 0; p < P; p++) {
+                    float d1 = d[p] * s[p] + a[p] + ((r[p] * gv == sm[p]) ? q[p] : 0.f);
+                    acc += r[p] * d1;
+                }
+                o[c] = acc;
+            }
+        }
+        free(g); free(s);
+    }
+}
+
+/* dx = dx1 * gc + davg / P + [p == carg] * dcmax: the gradient of the input. With gc == NULL the
+ * channel terms are absent (davg, dcmax, carg unused). */
+void grad_input(const float *x, const float *gc, const float *gs, const float *dy, const float *dmean,
+                const float *dsmax, const float *smax, const float *scnt, const float *davg, const float *dcmax,
+                const int32_t *carg, int64_t B, int64_t C, int64_t P, int cl, int nt, float *dx) {
+    const float big = INFINITY;
+    SAMPLES {
+        const float *xb = x + b * C * P, *db = dy + b * C * P;
+        float *o = dx + b * C * P;
+        float *g = malloc(sizeof(float) * C * 2), *s = malloc(sizeof(float) * P * 4);
+        float *e = g + C, *a = s + P, *q = s + 2 * P, *sm = s + 3 * P;
+        for (int64_t c = 0; c < C; c++) {
+            g[c] = gc ? gc[b * C + c] : 1.f;
+            e[c] = gc ? davg[b * C + c] / (float)P : 0.f;
+        }
+        position_terms(gs, dmean, dsmax, scnt, b, C, P, s, a, q);
+        for (int64_t p = 0; p < P; p++) sm[p] = gs ? smax[b * P + p] : big;
+        if (cl) {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+                float *w = o + p * C;
+                const float sv = s[p], av = a[p], qv = q[p], mv = sm[p];
+                for (int64_t c = 0; c < C; c++) {
+                    const float x1 = r[c] * g[c];
+                    float d1 = d[c] * sv + av + ((x1 == mv) ? qv : 0.f);
+                    w[c] = d1 * g[c] + e[c];
+                }
+            }
+            if (gc)
+                for (int64_t c = 0; c < C; c++) o[(int64_t)carg[b * C + c] * C + c] += dcmax[b * C + c];
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *d = db + c * P;
+                float *w = o + c * P;
+                const float gv = g[c], ev = e[c];
+                for (int64_t p = 0; p < P; p++) {
+                    float d1 = d[p] * s[p] + a[p] + ((r[p] * gv == sm[p]) ? q[p] : 0.f);
+                    w[p] = d1 * gv + ev;
+                }
+                if (gc) w[carg[b * C + c]] += dcmax[b * C + c];
+            }
+        }
+        free(g); free(s);
+    }
+}
+
+/* Small direct convolutions: x (B, Ci, H, W) NCHW, weight (Co, Ci, kh, kw), stride 1, zero padding (ph, pw),
+ * dilation (dh, dw), one group; y (B, Co, Ho, Wo) with Ho = H + 2 ph - dh (kh - 1). For the maps the gates
+ * convolve (CBAM's [mean; max] pair into one channel, 7x7): oneDNN spends most of such a call on set-up
+ * and layout, while the arithmetic is a few MFLOP.
+ *
+ * Each sample is copied into a zero-padded buffer (rows of Wp = W + 2 pw). The output is computed in the
+ * same row pitch Wp, so that one tap (ci, i, j) is a single long axpy over the whole plane,
+ * out[t] += w * pad[ci][i dh Wp + j dw + t], t < Ho Wp; the Wp - Wo columns past each output row are
+ * computed and dropped. The gradients use the same flat form (with those columns of dL/dy zero). */
+static void pad_sample(const float *x, int64_t Ci, int64_t H, int64_t W, int64_t ph, int64_t pw, float *buf) {
+    const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+    memset(buf, 0, sizeof(float) * (Ci * Hp * Wp + Wp));  /* + one row of slack for the flat taps */
+    for (int64_t ci = 0; ci < Ci; ci++)
+        for (int64_t h = 0; h < H; h++)
+            memcpy(buf + (ci * Hp + h + ph) * Wp + pw, x + (ci * H + h) * W, sizeof(float) * W);
+}
+
+/* dy of one output channel in row pitch Wp, zero past column Wo. */
+static void pitch_grad(const float *g, int64_t Ho, int64_t Wo, int64_t Wp, float *buf) {
+    memset(buf, 0, sizeof(float) * Ho * Wp);
+    for (int64_t h = 0; h < Ho; h++) memcpy(buf + h * Wp, g + h * Wo, sizeof(float) * Wo);
+}
+
+#define CONV_DIMS int64_t B, int64_t Ci, int64_t Co, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t ph, \
+                  int64_t pw, int64_t dh, int64_t dw, int nt
+#define CONV_SIZES const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, Ho = Hp - dh * (kh - 1), \
+                   Wo = Wp - dw * (kw - 1), N = Ho * Wp, padded = Ci * Hp * Wp + Wp
+
+void conv_small_forward(const float *x, const float *wt, const float *bias, CONV_DIMS, float *y) {
+    CONV_SIZES;
+    SAMPLES {
+        float *buf = malloc(sizeof(float) * (padded + N));
+        float *acc = buf + padded;
+        pad_sample(x + b * Ci * H * W, Ci, H, W, ph, pw, buf);
+        for (int64_t co = 0; co < Co; co++) {
+            const float bv = bias ? bias[co] : 0.f;
+            for (int64_t t = 0; t < N; t++) acc[t] = bv;
+            for (int64_t ci = 0; ci < Ci; ci++)
+                for (int64_t i = 0; i < kh; i++)
+                    for (int64_t j = 0; j < kw; j++) {
+                        const float wv = wt[((co * Ci + ci) * kh + i) * kw + j];
+                        const float *q = buf + (ci * Hp + i * dh) * Wp + j * dw;
+#pragma omp simd
+                        for (int64_t t = 0; t < N; t++) acc[t] += wv * q[t];
+                    }
+            float *o = y + (b * Co + co) * Ho * Wo;
+            for (int64_t h = 0; h < Ho; h++) memcpy(o + h * Wo, acc + h * Wp, sizeof(float) * Wo);
+        }
+        free(buf);
+    }
+}
+
+void conv_small_grad_input(const float *dy, const float *wt, CONV_DIMS, float *dx) {
+    CONV_SIZES;
+    SAMPLES {
+        float *buf = calloc(padded + N, sizeof(float));
+        float *g = buf + padded;
+        for (int64_t co = 0; co < Co; co++) {
+            pitch_grad(dy + (b * Co + co) * Ho * Wo, Ho, Wo, Wp, g);
+            for (int64_t ci = 0; ci < Ci; ci++)
+                for (int64_t i = 0; i < kh; i++)
+                    for (int64_t j = 0; j < kw; j++) {
+                        const float wv = wt[((co * Ci + ci) * kh + i) * kw + j];
+                        float *q = buf + (ci * Hp + i * dh) * Wp + j * dw;
+#pragma omp simd
+                        for (int64_t t = 0; t < N; t++) q[t] += wv * g[t];
+                    }
+        }
+        float *o = dx + b * Ci * H * W;
+        for (int64_t ci = 0; ci < Ci; ci++)
+            for (int64_t h = 0; h < H; h++)
+                memcpy(o + (ci * H + h) * W, buf + (ci * Hp + h + ph) * Wp + pw, sizeof(float) * W);
+        free(buf);
+    }
+}
+
+/* dweight[co, ci, i, j] = sum_b sum_t dy * x_padded: one float dot product per sample and tap, summed in
+ * double across samples and threads. */
+void conv_small_grad_weight(const float *x, const float *dy, CONV_DIMS, float *dwt) {
+    CONV_SIZES;
+    const int64_t nw = Co * Ci * kh * kw;
+    double *total = calloc(nw, sizeof(double));
+#pragma omp parallel num_threads(nt)
+    {
+        double *part = calloc(nw, sizeof(double));
+        float *buf = malloc(sizeof(float) * (padded + N));
+        float *g = buf + padded;
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            pad_sample(x + b * Ci * H * W, Ci, H, W, ph, pw, buf);
+            for (int64_t co = 0; co < Co; co++) {
+                pitch_grad(dy + (b * Co + co) * Ho * Wo, Ho, Wo, Wp, g);
+                for (int64_t ci = 0; ci < Ci; ci++)
+                    for (int64_t i = 0; i < kh; i++)
+                        for (int64_t j = 0; j < kw; j++) {
+                            const float *q = buf + (ci * Hp + i * dh) * Wp + j * dw;
+                            float s = 0.f;
+#pragma omp simd reduction(+ : s)
+                            for (int64_t t = 0; t < N; t++) s += g[t] * q[t];
+                            part[((co * Ci + ci) * kh + i) * kw + j] += s;
+                        }
+            }
+        }
+#pragma omp critical
+        for (int64_t k = 0; k < nw; k++) total[k] += part[k];
+        free(part); free(buf);
+    }
+    for (int64_t k = 0; k < nw; k++) dwt[k] = (float)total[k];
+    free(total);
+}

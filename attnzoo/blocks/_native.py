@@ -1,0 +1,148 @@
+"""Native CPU kernels (``_native.c``): built on first use with the system C compiler, loaded with ctypes.
+
+Not a block module (the leading underscore keeps ``attnzoo.blocks`` discovery from importing it).
+
+Why C through ctypes and not ``torch.utils.cpp_extension``: the kernels take raw float pointers and
+need no ATen headers, so they build in well under a second with ``cc`` alone (a torch extension
+takes about a minute on two cores and needs ninja); and they use OpenMP through the very
+``libgomp.so.1`` that torch loaded (same soname), so they share torch's thread pool instead of
+starting a second one that would compete with it.
+
+Build: ``$CC`` (default ``cc``) ``-O3 -march=native -fopenmp -shared``, into
+``$ATTNZOO_CACHE_DIR`` (default ``$XDG_CACHE_HOME/attnzoo`` or ``~/.cache/attnzoo``) under
+``kernels/<hash>.so``, the hash covering the source, the compiler command, its version and the
+CPU's flags (so a cache shared between machines never loads a library built for another CPU).
+The library is written to a temporary name and renamed, so concurrent processes never load a half
+written file. Nothing is downloaded.
+
+Where no compiler is found or the build fails, ``kernels()`` returns None after one warning that says
+why, and every caller keeps its plain PyTorch path. ``ATTNZOO_NATIVE=0`` switches the kernels off.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["kernels", "native_enabled", "build_error", "cache_dir"]
+
+_SOURCE = Path(__file__).with_name("_native.c")
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno"]
+_ABI = 1
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def native_enabled() -> bool:
+    """False when ``ATTNZOO_NATIVE`` is set to 0 / false / off / no."""
+    return os.environ.get("ATTNZOO_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept."""
+    if os.environ.get("ATTNZOO_CACHE_DIR"):
+        return Path(os.environ["ATTNZOO_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "attnzoo"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build(cc: list[str]) -> Path:
+    version = subprocess.run([*cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256("\0".join([_SOURCE.read_text(), " ".join(cc + _FLAGS), version, _cpu_flags(),
+                                    platform.machine()]).encode()).hexdigest()[:20]
+    out = cache_dir() / "kernels" / f"attnzoo_native_{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([*cc, *_FLAGS, str(_SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True,
+                              timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cc)} exited with {proc.returncode}: {proc.stderr.strip()[-800:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    shape = [i64, i64, i64, i32, i32]  # B, C, P, cl, nt
+    lib.attnzoo_native_abi.restype = ctypes.c_int
+    lib.channel_pool.argtypes = [p, *shape, p, p, p]
+    lib.spatial_pool.argtypes = [p, p, *shape, p, p, p]
+    lib.apply_gates.argtypes = [p, p, p, *shape, p]
+    lib.grad_spatial_factor.argtypes = [p, p, p, *shape, p]
+    lib.grad_channel_factor.argtypes = [p, p, p, p, p, p, p, p, *shape, p]
+    lib.grad_input.argtypes = [p, p, p, p, p, p, p, p, p, p, p, *shape, p]
+    conv = [i64] * 11 + [i32]  # B, Ci, Co, H, W, kh, kw, ph, pw, dh, dw, nt
+    lib.conv_small_forward.argtypes = [p, p, p, *conv, p]
+    lib.conv_small_grad_input.argtypes = [p, p, *conv, p]
+    lib.conv_small_grad_weight.argtypes = [p, p, *conv, p]
+    for name in ("channel_pool", "spatial_pool", "apply_gates", "grad_spatial_factor", "grad_channel_factor",
+                 "grad_input", "conv_small_forward", "conv_small_grad_input", "conv_small_grad_weight"):
+        getattr(lib, name).restype = None
+    return lib
+
+
+def _load():
+    cc = shlex.split(os.environ.get("CC", "cc"))
+    if not cc or shutil.which(cc[0]) is None:
+        raise RuntimeError(f"no C compiler: {cc[0] if cc else '$CC'!r} is not on PATH (set CC to one)")
+    lib = _declare(ctypes.CDLL(str(_build(cc))))
+    if lib.attnzoo_native_abi() != _ABI:
+        raise RuntimeError(f"the cached library reports ABI {lib.attnzoo_native_abi()}, expected {_ABI}")
+    return lib
+
+
+def kernels():
+    """The loaded kernel library, or None (switched off, or it could not be built: see ``build_error``)."""
+    if not native_enabled():
+        return None
+    if "lib" not in _state:
+        with _lock:
+            if "lib" not in _state:
+                try:
+                    _state["lib"], _state["error"] = _load(), None
+                except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+                    _state["lib"], _state["error"] = None, str(err)
+                    warnings.warn(f"attnzoo: native CPU kernels unavailable, using the PyTorch paths ({err}); "
+                                  "set ATTNZOO_NATIVE=0 to skip the build", RuntimeWarning, stacklevel=3)
+    return _state["lib"]
+
+
+def build_error() -> str | None:
+    """Why the kernels could not be built (None when they were, or were never asked for)."""
+    return _state.get("error")
+
+
+def _reset() -> None:
+    """Forget the loaded library (tests)."""
+    _state.clear()
+
+
+def ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()

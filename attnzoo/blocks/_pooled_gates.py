@@ -1,0 +1,166 @@
+"""CBAM-type pooled gates in one op on the native CPU kernels: ``x1 = x * gc; y = x1 * gs``.
+
+Not a block module (the leading underscore keeps ``attnzoo.blocks`` discovery from importing it).
+
+    gc = channel_fn(mean_hw(x), max_hw(x))        (B, C, 1, 1) from two (B, C, 1, 1) descriptors
+    gs = spatial_fn(mean_c(x1), max_c(x1))        (B, 1, H, W) from two (B, 1, H, W) maps
+
+Either function may be None (the factor is then 1): cbam has both, cbam_channel only the first,
+cbam_spatial only the second, lcbam both. The functions are the blocks' own small parts (MLP, conv,
+BatchNorm, gate, AttnTap) and run as ordinary autograd on the small pooled tensors: hooks, taps,
+BatchNorm statistics and parameter gradients behave as in the plain path, and any gate module works.
+
+What the op saves: the plain expression runs 16-40 full-size passes (pools, products, masks of the
+maxima, their backward) and keeps x, x1 and the masks for backward. Here the full-size work is six
+kernels in ``_native.c`` -- forward: pool over positions, pool over channels of x * gc (x1 is never
+written), apply both factors; backward: reduce for dL/dgs, reduce for dL/dgc, write dL/dx -- and
+only x is kept. Gradients of the maxima follow PyTorch: the max over positions goes to the first
+maximum (``adaptive_max_pool2d``, ``pool_max``); the max over channels is split evenly among ties
+(``amax``, ``pool_amax``).
+
+It is used on CPU, float32, 4-d input contiguous in NCHW or channels_last, batch >= the thread
+count (the kernels split samples over threads), outside ``torch.compile`` / export, when the
+kernels are built (``_native.kernels()``). Elsewhere ``pooled_gates`` returns None and the block
+runs its plain path. Double backward is not supported (``once_differentiable``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+
+from . import _native
+
+__all__ = ["pooled_gates"]
+
+Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _layout(x: torch.Tensor) -> int | None:
+    """0 for NCHW-contiguous, 1 for channels_last-contiguous, None otherwise."""
+    if x.is_contiguous():
+        return 0
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return 1
+    return None
+
+
+def _forward(lib, x, cl, channel_fn, spatial_fn, track: bool):
+    """Run the forward kernels; returns y and what backward needs (the small graphs when ``track``)."""
+    b, c, h, w = x.shape
+    p, nt = h * w, torch.get_num_threads()
+    shape = (b, c, p, cl, nt)
+    st: dict = {}
+    gc = gs = None
+    if channel_fn is not None:
+        avg, cmax = x.new_empty(b, c, 1, 1), x.new_empty(b, c, 1, 1)
+        carg = torch.empty(b, c, dtype=torch.int32)
+        lib.channel_pool(x.data_ptr(), *shape, avg.data_ptr(), cmax.data_ptr(), carg.data_ptr())
+        avg.requires_grad_(track), cmax.requires_grad_(track)
+        with torch.set_grad_enabled(track):
+            gc_t = channel_fn(avg, cmax)
+        if gc_t.shape != (b, c, 1, 1):
+            raise RuntimeError(f"pooled_gates: the channel factor must be (B, C, 1, 1) = {(b, c, 1, 1)}, "
+                               f"got {tuple(gc_t.shape)}")
+        gc = gc_t.detach().to(torch.float32).contiguous()
+        st.update(avg=avg, cmax=cmax, carg=carg, gc_t=gc_t)
+    if spatial_fn is not None:
+        smean, smax = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
+        scnt = x.new_empty(b, 1, h, w)
+        lib.spatial_pool(x.data_ptr(), _native.ptr(gc), *shape, smean.data_ptr(), smax.data_ptr(), scnt.data_ptr())
+        smean.requires_grad_(track), smax.requires_grad_(track)
+        with torch.set_grad_enabled(track):
+            gs_t = spatial_fn(smean, smax)
+        if gs_t.shape != (b, 1, h, w):
+            raise RuntimeError(f"pooled_gates: the spatial factor must be (B, 1, H, W) = {(b, 1, h, w)}, "
+                               f"got {tuple(gs_t.shape)}")
+        gs = gs_t.detach().to(torch.float32).contiguous()
+        st.update(smean=smean, smax=smax, scnt=scnt, gs_t=gs_t)
+    y = torch.empty_like(x)  # x's memory format
+    lib.apply_gates(x.data_ptr(), _native.ptr(gc), _native.ptr(gs), *shape, y.data_ptr())
+    st.update(gc=gc, gs=gs)
+    return y, st
+
+
+def _grads(out: torch.Tensor, grad: torch.Tensor, leaves: list[torch.Tensor], params: list[torch.Tensor]):
+    """Gradients of the small graph ``out`` for its two pooled leaves and the parameters (zeros / None
+    where unused). The graph is retained: a second backward through the outer graph still works."""
+    got = torch.autograd.grad(out, leaves + params, grad, retain_graph=True, allow_unused=True)
+    pooled = [torch.zeros_like(t) if g is None else g.contiguous() for t, g in zip(leaves, got[:2])]
+    return pooled, list(got[2:])
+
+
+class _PooledGates(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lib, cl, channel_fn, spatial_fn, n_channel_params, *params):
+        y, st = _forward(lib, x, cl, channel_fn, spatial_fn, track=True)
+        ctx.save_for_backward(x)
+        ctx.st, ctx.lib, ctx.cl, ctx.n_channel, ctx.params = st, lib, cl, n_channel_params, list(params)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        st, lib, cl = ctx.st, ctx.lib, ctx.cl
+        all_params = ctx.params
+        b, c, h, w = x.shape
+        p = h * w
+        shape = (b, c, p, cl, torch.get_num_threads())
+        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        gc, gs = st["gc"], st["gs"]
+        channel_params, spatial_params = all_params[:ctx.n_channel], all_params[ctx.n_channel:]
+        dmean = dsmax = smax = scnt = None
+        grads_spatial: list = [None] * len(spatial_params)
+        if gs is not None:
+            dgs = x.new_empty(b, 1, h, w)
+            lib.grad_spatial_factor(x.data_ptr(), _native.ptr(gc), dy.data_ptr(), *shape, dgs.data_ptr())
+            (dmean, dsmax), grads_spatial = _grads(st["gs_t"], dgs.to(st["gs_t"].dtype), [st["smean"], st["smax"]],
+                                                   spatial_params)
+            dmean, dsmax = dmean.float(), dsmax.float()
+            smax, scnt = st["smax"], st["scnt"]
+        davg = dcmax = None
+        grads_channel: list = [None] * len(channel_params)
+        if gc is not None:
+            dgc = x.new_empty(b, c, 1, 1)
+            lib.grad_channel_factor(x.data_ptr(), gc.data_ptr(), _native.ptr(gs), dy.data_ptr(), _native.ptr(dmean),
+                                    _native.ptr(dsmax), _native.ptr(smax), _native.ptr(scnt), *shape, dgc.data_ptr())
+            (davg, dcmax), grads_channel = _grads(st["gc_t"], dgc.to(st["gc_t"].dtype), [st["avg"], st["cmax"]],
+                                                  channel_params)
+            davg, dcmax = davg.float(), dcmax.float()
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x)
+            lib.grad_input(x.data_ptr(), _native.ptr(gc), _native.ptr(gs), dy.data_ptr(), _native.ptr(dmean),
+                           _native.ptr(dsmax), _native.ptr(smax), _native.ptr(scnt), _native.ptr(davg),
+                           _native.ptr(dcmax), _native.ptr(st.get("carg")), *shape, dx.data_ptr())
+        return (dx, None, None, None, None, None, *grads_channel, *grads_spatial)
+
+
+def _trainable(module: nn.Module | None) -> list[torch.Tensor]:
+    return [] if module is None else [t for t in module.parameters() if t.requires_grad]
+
+
+def pooled_gates(x: torch.Tensor, channel_fn: Factor | None, spatial_fn: Factor | None, *,
+                 channel_module: nn.Module | None = None, spatial_module: nn.Module | None = None) -> torch.Tensor | None:
+    """``y = (x * gc) * gs`` on the native kernels, or None where they do not apply (see the module doc).
+
+    ``channel_module`` / ``spatial_module``: the modules whose parameters the two functions use; their
+    gradients flow through the op (a parameter used by neither function simply gets no gradient).
+    """
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or torch.compiler.is_compiling()
+            or x.shape[0] < torch.get_num_threads() or x.numel() == 0 or x.shape[2] * x.shape[3] >= 2**31):
+        return None
+    cl = _layout(x)
+    if cl is None:
+        return None
+    lib = _native.kernels()
+    if lib is None:
+        return None
+    channel_params, spatial_params = _trainable(channel_module), _trainable(spatial_module)
+    params = channel_params + spatial_params
+    if not torch.is_grad_enabled() or not (x.requires_grad or params):
+        with torch.no_grad():
+            return _forward(lib, x, cl, channel_fn, spatial_fn, track=False)[0]
+    return _PooledGates.apply(x, lib, cl, channel_fn, spatial_fn, len(channel_params), *params)
