@@ -54,6 +54,8 @@ class LayoutConv2d(nn.Conv2d):
             return F.linear(input.reshape(n, c), weight.view(self.out_channels, c), bias).view(n, self.out_channels, 1, 1)
         if self._native_ok(input):
             return _SmallConv.apply(input, weight, bias, self.padding, self.dilation)
+        if self._native_depthwise_ok(input):
+            return _DepthwiseConv.apply(input, weight, bias, self.padding, self.dilation)
         if self.in_channels == self.out_channels == 1 and self.groups == 1 and n > 1:
             y = F.conv2d(input.reshape(1, n, h, w), weight.expand(n, 1, *weight.shape[2:]),
                          None if bias is None else bias.expand(n), self.stride, self.padding, self.dilation, n)
@@ -65,11 +67,63 @@ class LayoutConv2d(nn.Conv2d):
     def _native_ok(self, input: torch.Tensor) -> bool:
         """The native small-conv kernel applies: <= 4 channels in and out, one group, stride 1, numeric
         padding, float32 CPU, batch >= the thread count, eager (see ``_SmallConv``)."""
-        return (self.in_channels <= _SMALL and self.out_channels <= _SMALL and self.groups == 1
+        return (not torch.compiler.is_compiling() and self.in_channels <= _SMALL and self.out_channels <= _SMALL
+                and self.groups == 1
                 and self.stride == (1, 1) and not isinstance(self.padding, str) and input.dtype == torch.float32
                 and self.weight.dtype == torch.float32 and input.shape[2] * input.shape[3] > 1
-                and input.shape[0] >= torch.get_num_threads() and not torch.compiler.is_compiling()
-                and _native.kernels() is not None)
+                and input.shape[0] >= torch.get_num_threads() and _native.kernels() is not None)
+
+
+    def _native_depthwise_ok(self, input: torch.Tensor) -> bool:
+        """The native depthwise kernel applies: groups == channels in == out, stride 1, numeric padding,
+        float32 CPU input in channels_last, batch >= the thread count, eager (see ``_DepthwiseConv``)."""
+        return (not torch.compiler.is_compiling() and self.groups == self.in_channels == self.out_channels > 1
+                and self.stride == (1, 1) and not isinstance(self.padding, str) and input.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and not input.is_contiguous()
+                and input.is_contiguous(memory_format=torch.channels_last)
+                and input.shape[0] >= torch.get_num_threads() and _native.kernels() is not None)
+
+
+class _DepthwiseConv(torch.autograd.Function):
+    """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C)`` of a channels_last x, on the native
+    kernels (``_native.c``: one output row at a time, vectorised over channels). oneDNN's backward of
+    these convolutions was the most expensive op of lka, lska and sk on CPU. Output channels_last; the
+    weight gradient is summed in double."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding, dilation):
+        b, c, h, w = x.shape
+        kh, kw = weight.shape[2:]
+        wt = weight.detach().contiguous()
+        dims = (b, c, h, w, kh, kw, padding[0], padding[1], dilation[0], dilation[1], torch.get_num_threads())
+        ho, wo = h + 2 * padding[0] - dilation[0] * (kh - 1), w + 2 * padding[1] - dilation[1] * (kw - 1)
+        if ho < 1 or wo < 1:
+            raise RuntimeError(f"conv2d: the {kh}x{kw} kernel (dilation {dilation}) is larger than the padded "
+                               f"{h}x{w} input")
+        y = x.new_empty(b, ho, wo, c).permute(0, 3, 1, 2)  # (B, C, Ho, Wo) in channels_last
+        _native.kernels().dw_forward_cl(x.data_ptr(), wt.data_ptr(),
+                                        _native.ptr(None if bias is None else bias.detach().contiguous()), *dims,
+                                        y.data_ptr())
+        ctx.save_for_backward(x, wt)
+        ctx.dims, ctx.has_bias = dims, bias is not None
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, wt = ctx.saved_tensors
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        lib = _native.kernels()
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x)
+            lib.dw_grad_input_cl(dy.data_ptr(), wt.data_ptr(), *ctx.dims, dx.data_ptr())
+        if ctx.needs_input_grad[1]:
+            dw = torch.empty_like(wt)
+            lib.dw_grad_weight_cl(x.data_ptr(), dy.data_ptr(), *ctx.dims, dw.data_ptr())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum((0, 2, 3))
+        return dx, dw, db, None, None
 
 
 def _conv_dims(x, weight, padding, dilation):

@@ -19,7 +19,38 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 1; }
+int attnzoo_native_abi(void) { return 3; }
+
+#define LANES 16
+#define INLINE static inline __attribute__((always_inline))
+
+/* Channels_last pooling over positions of the channels [c0, c0 + L), L <= LANES: called with L == LANES
+ * (a constant after inlining: the accumulators live in registers) and once for the remainder. */
+INLINE void cl_channel_pool(const float *xb, int64_t C, int64_t P, int64_t c0, int64_t L, float *av, float *mx,
+                            int32_t *arg) {
+    float s[LANES], m[LANES];
+    int32_t a[LANES], nan[LANES];
+    for (int64_t k = 0; k < L; k++) { s[k] = 0.f; m[k] = -INFINITY; a[k] = 0; nan[k] = 0; }
+    for (int64_t p = 0; p < P; p++) {
+        const float *r = xb + p * C + c0;
+        for (int64_t k = 0; k < L; k++) {
+            const float v = r[k];
+            const int gt = v > m[k];
+            s[k] += v;
+            m[k] = gt ? v : m[k];
+            a[k] = gt ? (int32_t)p : a[k];  /* strictly greater: the first maximum */
+            nan[k] |= v != v;
+        }
+    }
+    for (int64_t k = 0; k < L; k++) {
+        av[c0 + k] = s[k] / (float)P; mx[c0 + k] = m[k]; arg[c0 + k] = a[k];
+        if (nan[k]) {  /* NaN is the maximum; its first position */
+            int64_t p = 0;
+            while (xb[p * C + c0 + k] == xb[p * C + c0 + k]) p++;
+            mx[c0 + k] = NAN; arg[c0 + k] = (int32_t)p;
+        }
+    }
+}
 
 /* avg[b, c] = mean_p x; mx[b, c] = max_p x; arg[b, c] = its first position (the first NaN if any). */
 void channel_pool(const float *x, int64_t B, int64_t C, int64_t P, int cl, int nt,
@@ -32,85 +63,82 @@ void channel_pool(const float *x, int64_t B, int64_t C, int64_t P, int cl, int n
             for (int64_t c = 0; c < C; c++) {
                 const float *r = xb + c * P;
                 float s = 0.f, mv = -INFINITY;
-                int nan = 0;
-#pragma omp simd reduction(+ : s) reduction(max : mv) reduction(| : nan)
-                for (int64_t p = 0; p < P; p++) { s += r[p]; mv = r[p] > mv ? r[p] : mv; nan |= r[p] != r[p]; }
+#pragma omp simd reduction(+ : s) reduction(max : mv)
+                for (int64_t p = 0; p < P; p++) { s += r[p]; mv = r[p] > mv ? r[p] : mv; }
                 int64_t ai = 0;
-                if (nan) { mv = NAN; while (r[ai] == r[ai]) ai++; }
-                else while (r[ai] != mv) ai++;
+                if (s != s) {  /* a NaN (or inf - inf): look for a NaN, the maximum if there is one */
+                    while (ai < P && r[ai] == r[ai]) ai++;
+                    if (ai < P) mv = NAN;
+                    else ai = 0;
+                }
+                if (mv == mv) while (r[ai] != mv) ai++;
                 av[c] = s / (float)P; m[c] = mv; a[c] = (int32_t)ai;
             }
         } else {
-            float *s = malloc(sizeof(float) * C);
-            int32_t *nan = malloc(sizeof(int32_t) * C);
-            for (int64_t c = 0; c < C; c++) { s[c] = 0.f; m[c] = -INFINITY; a[c] = -1; nan[c] = 0; }
-            for (int64_t p = 0; p < P; p++) {
-                const float *r = xb + p * C;
-#pragma omp simd
-                for (int64_t c = 0; c < C; c++) {
-                    s[c] += r[c];
-                    m[c] = r[c] > m[c] ? r[c] : m[c];
-                    nan[c] |= r[c] != r[c];
-                }
-            }
-            for (int64_t c = 0; c < C; c++) { av[c] = s[c] / (float)P; if (nan[c]) m[c] = NAN; }
-            for (int64_t p = 0; p < P; p++) {  /* first position of the maximum (or of a NaN) */
-                const float *r = xb + p * C;
-#pragma omp simd
-                for (int64_t c = 0; c < C; c++)
-                    a[c] = (a[c] < 0 && (r[c] == m[c] || r[c] != r[c])) ? (int32_t)p : a[c];
-            }
-            free(s); free(nan);
+            int64_t c0 = 0;
+            for (; c0 + LANES <= C; c0 += LANES) cl_channel_pool(xb, C, P, c0, LANES, av, m, a);
+            if (c0 < C) cl_channel_pool(xb, C, P, c0, C - c0, av, m, a);
         }
     }
 }
 
-/* Over v = x * gc: mean[b, p] = mean_c v; mx[b, p] = max_c v (NaN if any is); cnt[b, p] = #{c : v == mx}. */
+/* Whether some r[k * step] * g[k], k < n, is NaN (checked only where a sum came out NaN). */
+static int any_nan(const float *r, const float *g, int64_t n, int64_t step) {
+    for (int64_t k = 0; k < n; k++) if (r[k * step] * g[k] != r[k * step] * g[k]) return 1;
+    return 0;
+}
+
+/* Over v = x * gc: mean[b, p] = mean_c v; mx[b, p] = max_c v (NaN if any is). */
 void spatial_pool(const float *x, const float *gc, int64_t B, int64_t C, int64_t P, int cl, int nt,
-                  float *mean, float *mx, float *cnt) {
+                  float *mean, float *mx) {
     SAMPLES {
         const float *xb = x + b * C * P;
-        float *me = mean + b * P, *m = mx + b * P, *n = cnt + b * P;
+        float *me = mean + b * P, *m = mx + b * P;
         float *g = malloc(sizeof(float) * C);
         for (int64_t c = 0; c < C; c++) g[c] = gc ? gc[b * C + c] : 1.f;
-        if (cl) {
+        if (cl && C % LANES == 0) {  /* lane-wise partial sums and maxima, one horizontal step per position */
             for (int64_t p = 0; p < P; p++) {
                 const float *r = xb + p * C;
-                float s = 0.f, mv = -INFINITY, k = 0.f;
-                int nan = 0;
-#pragma omp simd reduction(+ : s) reduction(max : mv) reduction(| : nan)
+                float sl[LANES] = {0}, ml[LANES];
+                for (int64_t j = 0; j < LANES; j++) ml[j] = -INFINITY;
+                for (int64_t c0 = 0; c0 < C; c0 += LANES)
+                    for (int64_t j = 0; j < LANES; j++) {
+                        const float v = r[c0 + j] * g[c0 + j];
+                        sl[j] += v; ml[j] = v > ml[j] ? v : ml[j];
+                    }
+                float s = 0.f, mv = -INFINITY;
+                for (int64_t j = 0; j < LANES; j++) { s += sl[j]; mv = ml[j] > mv ? ml[j] : mv; }
+                if (s != s && any_nan(r, g, C, 1)) mv = NAN;
+                me[p] = s / (float)C; m[p] = mv;
+            }
+        } else if (cl) {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+                float s = 0.f, mv = -INFINITY;
+#pragma omp simd reduction(+ : s) reduction(max : mv)
                 for (int64_t c = 0; c < C; c++) {
-                    float v = r[c] * g[c];
-                    s += v; mv = v > mv ? v : mv; nan |= v != v;
+                    const float v = r[c] * g[c];
+                    s += v; mv = v > mv ? v : mv;
                 }
-                if (nan) mv = NAN;
-#pragma omp simd reduction(+ : k)
-                for (int64_t c = 0; c < C; c++) k += (r[c] * g[c] == mv) ? 1.f : 0.f;
-                me[p] = s / (float)C; m[p] = mv; n[p] = k;
+                if (s != s && any_nan(r, g, C, 1)) mv = NAN;
+                me[p] = s / (float)C; m[p] = mv;
             }
         } else {
-            float *nan = malloc(sizeof(float) * P);
-            for (int64_t p = 0; p < P; p++) { me[p] = 0.f; m[p] = -INFINITY; n[p] = 0.f; nan[p] = 0.f; }
+            for (int64_t p = 0; p < P; p++) { me[p] = 0.f; m[p] = -INFINITY; }
             for (int64_t c = 0; c < C; c++) {
                 const float *r = xb + c * P;
                 const float gv = g[c];
 #pragma omp simd
                 for (int64_t p = 0; p < P; p++) {
-                    float v = r[p] * gv;
+                    const float v = r[p] * gv;
                     me[p] += v;
                     m[p] = v > m[p] ? v : m[p];
-                    nan[p] = v != v ? 1.f : nan[p];
                 }
             }
-            for (int64_t p = 0; p < P; p++) if (nan[p] != 0.f) m[p] = NAN;
-            for (int64_t c = 0; c < C; c++) {
-                const float *r = xb + c * P;
-                const float gv = g[c];
-#pragma omp simd
-                for (int64_t p = 0; p < P; p++) n[p] += (r[p] * gv == m[p]) ? 1.f : 0.f;
+            for (int64_t p = 0; p < P; p++) {
+                if (me[p] != me[p] && any_nan(xb + p, g, C, P)) m[p] = NAN;
+                me[p] /= (float)C;
             }
-            for (int64_t p = 0; p < P; p++) me[p] /= (float)C;
-            free(nan);
         }
         free(g);
     }
@@ -144,28 +172,54 @@ void apply_gates(const float *x, const float *gc, const float *gs, int64_t B, in
     }
 }
 
-/* dgs[b, p] = sum_c dy * (x * gc): the gradient of the spatial factor. */
-void grad_spatial_factor(const float *x, const float *gc, const float *dy, int64_t B, int64_t C, int64_t P,
-                         int cl, int nt, float *dgs) {
+/* dgs[b, p] = sum_c dy * (x * gc): the gradient of the spatial factor; and cnt[b, p] = #{c : x * gc == smax},
+ * the channels tying for the maximum (the max's gradient is split among them). */
+void grad_spatial_factor(const float *x, const float *gc, const float *dy, const float *smax, int64_t B, int64_t C,
+                         int64_t P, int cl, int nt, float *dgs, float *cnt) {
     SAMPLES {
-        const float *xb = x + b * C * P, *db = dy + b * C * P;
-        float *o = dgs + b * P;
+        const float *xb = x + b * C * P, *db = dy + b * C * P, *sm = smax + b * P;
+        float *o = dgs + b * P, *n = cnt + b * P;
         float *g = malloc(sizeof(float) * C);
         for (int64_t c = 0; c < C; c++) g[c] = gc ? gc[b * C + c] : 1.f;
-        if (cl) {
+        if (cl && C % LANES == 0) {
             for (int64_t p = 0; p < P; p++) {
                 const float *r = xb + p * C, *d = db + p * C;
-                float s = 0.f;
-#pragma omp simd reduction(+ : s)
-                for (int64_t c = 0; c < C; c++) s += d[c] * (r[c] * g[c]);
-                o[p] = s;
+                const float mv = sm[p];
+                float s[LANES] = {0}, k[LANES] = {0};
+                for (int64_t c0 = 0; c0 < C; c0 += LANES)
+                    for (int64_t j = 0; j < LANES; j++) {
+                        const float v = r[c0 + j] * g[c0 + j];
+                        s[j] += d[c0 + j] * v;
+                        k[j] += v == mv ? 1.f : 0.f;
+                    }
+                float st = 0.f, kt = 0.f;
+                for (int64_t j = 0; j < LANES; j++) { st += s[j]; kt += k[j]; }
+                o[p] = st; n[p] = kt;
+            }
+        } else if (cl) {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+                const float mv = sm[p];
+                float s = 0.f, k = 0.f;
+#pragma omp simd reduction(+ : s, k)
+                for (int64_t c = 0; c < C; c++) {
+                    const float v = r[c] * g[c];
+                    s += d[c] * v;
+                    k += v == mv ? 1.f : 0.f;
+                }
+                o[p] = s; n[p] = k;
             }
         } else {
-            for (int64_t p = 0; p < P; p++) o[p] = 0.f;
+            for (int64_t p = 0; p < P; p++) { o[p] = 0.f; n[p] = 0.f; }
             for (int64_t c = 0; c < C; c++) {
                 const float *r = xb + c * P, *d = db + c * P;
                 const float gv = g[c];
-                for (int64_t p = 0; p < P; p++) o[p] += d[p] * (r[p] * gv);
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) {
+                    const float v = r[p] * gv;
+                    o[p] += d[p] * v;
+                    n[p] += v == sm[p] ? 1.f : 0.f;
+                }
             }
         }
         free(g);
@@ -377,5 +431,129 @@ void conv_small_grad_weight(const float *x, const float *dy, CONV_DIMS, float *d
         free(part); free(buf);
     }
     for (int64_t k = 0; k < nw; k++) dwt[k] = (float)total[k];
+    free(total);
+}
+
+/* Depthwise convolutions in channels_last: x (B, H, W, C), weight (C, 1, kh, kw), stride 1, zero padding,
+ * dilation; y (B, Ho, Wo, C). Each output vector of LANES channels at (ho, wo) is accumulated in registers
+ * over all taps and stored once; the channels beyond the last full LANES go through the same code with a
+ * shorter chunk. oneDNN's backward of these convolutions was the most expensive op of lka and lska on
+ * CPU. The input gradient is the same gather over a zero-padded dL/dy with the taps flipped. */
+#define DW_DIMS int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t ph, int64_t pw, \
+                int64_t dh, int64_t dw, int nt
+#define DW_SIZES const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, Ho = Hp - dh * (kh - 1), \
+                 Wo = Wp - dw * (kw - 1), T = kh * kw
+
+/* src (h, w, C) rows into a zeroed (h + top + bottom, w + left + right, C) buffer at (top, left). */
+static void pad_cl(const float *src, int64_t C, int64_t h, int64_t w, int64_t top, int64_t left, int64_t hp,
+                   int64_t wp, float *buf) {
+    memset(buf, 0, sizeof(float) * hp * wp * C);
+    for (int64_t r = 0; r < h; r++)
+        memcpy(buf + ((r + top) * wp + left) * C, src + r * w * C, sizeof(float) * w * C);
+}
+
+/* weight (C, kh * kw) -> (kh * kw, C), taps optionally flipped: one vector of channel weights per tap. */
+static float *taps_by_channel(const float *wt, int64_t C, int64_t T, int flip) {
+    float *w = malloc(sizeof(float) * T * C);
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t t = 0; t < T; t++) w[t * C + c] = wt[c * T + (flip ? T - 1 - t : t)];
+    return w;
+}
+
+/* out[ho, wo, c0 + k] = init + sum over taps (i, j) of wT[i kw + j][c0 + k] * buf[ho + i dh, wo + j dw, c0 + k]
+ * for one chunk of L channels (L == LANES after inlining, or the remainder). */
+INLINE void dw_gather_chunk(const float *buf, const float *wT, const float *init, int64_t C, int64_t c0, int64_t L,
+                            int64_t Ho, int64_t Wo, int64_t Wp, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
+                            float *out) {
+    for (int64_t ho = 0; ho < Ho; ho++)
+        for (int64_t wo = 0; wo < Wo; wo++) {
+            float acc[LANES];
+            for (int64_t k = 0; k < L; k++) acc[k] = init ? init[c0 + k] : 0.f;
+            for (int64_t i = 0; i < kh; i++)
+                for (int64_t j = 0; j < kw; j++) {
+                    const float *q = buf + ((ho + i * dh) * Wp + wo + j * dw) * C + c0;
+                    const float *wv = wT + (i * kw + j) * C + c0;
+                    for (int64_t k = 0; k < L; k++) acc[k] += wv[k] * q[k];
+                }
+            float *o = out + (ho * Wo + wo) * C + c0;
+            for (int64_t k = 0; k < L; k++) o[k] = acc[k];
+        }
+}
+
+static void dw_gather(const float *buf, const float *wT, const float *init, int64_t C, int64_t Ho, int64_t Wo,
+                      int64_t Wp, int64_t kh, int64_t kw, int64_t dh, int64_t dw, float *out) {
+    int64_t c0 = 0;
+    for (; c0 + LANES <= C; c0 += LANES) dw_gather_chunk(buf, wT, init, C, c0, LANES, Ho, Wo, Wp, kh, kw, dh, dw, out);
+    if (c0 < C) dw_gather_chunk(buf, wT, init, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, out);
+}
+
+void dw_forward_cl(const float *x, const float *wt, const float *bias, DW_DIMS, float *y) {
+    DW_SIZES;
+    float *wT = taps_by_channel(wt, C, T, 0);
+    SAMPLES {
+        float *buf = malloc(sizeof(float) * Hp * Wp * C);
+        pad_cl(x + b * H * W * C, C, H, W, ph, pw, Hp, Wp, buf);
+        dw_gather(buf, wT, bias, C, Ho, Wo, Wp, kh, kw, dh, dw, y + b * Ho * Wo * C);
+        free(buf);
+    }
+    free(wT);
+}
+
+/* dx[h, w] = sum_{i, j} weight[i, j] * dy[h + ph - i dh, w + pw - j dw]: dy zero-padded by the kernel's span
+ * (Sh = dh (kh - 1), Sw) on each side and the taps flipped, the forward's gather. */
+void dw_grad_input_cl(const float *dy, const float *wt, DW_DIMS, float *dx) {
+    DW_SIZES;
+    const int64_t Sh = dh * (kh - 1), Sw = dw * (kw - 1), Gh = Ho + 2 * Sh, Gw = Wo + 2 * Sw;
+    float *wT = taps_by_channel(wt, C, T, 1);
+    SAMPLES {
+        float *buf = malloc(sizeof(float) * Gh * Gw * C);
+        pad_cl(dy + b * Ho * Wo * C, C, Ho, Wo, Sh, Sw, Gh, Gw, buf);
+        /* flipped tap (i', j') = (kh - 1 - i, kw - 1 - j) reads row h + ph + Sh - i dh = h + ph + i' dh */
+        dw_gather(buf + (ph * Gw + pw) * C, wT, NULL, C, H, W, Gw, kh, kw, dh, dw, dx + b * H * W * C);
+        free(buf);
+    }
+    free(wT);
+}
+
+INLINE void dw_weight_chunk(const float *buf, const float *g, int64_t C, int64_t c0, int64_t L, int64_t Ho,
+                            int64_t Wo, int64_t Wp, int64_t kh, int64_t kw, int64_t dh, int64_t dw, double *part) {
+    for (int64_t i = 0; i < kh; i++)
+        for (int64_t j = 0; j < kw; j++) {
+            float acc[LANES];
+            for (int64_t k = 0; k < L; k++) acc[k] = 0.f;
+            for (int64_t ho = 0; ho < Ho; ho++)
+                for (int64_t wo = 0; wo < Wo; wo++) {
+                    const float *q = buf + ((ho + i * dh) * Wp + wo + j * dw) * C + c0;
+                    const float *d = g + (ho * Wo + wo) * C + c0;
+                    for (int64_t k = 0; k < L; k++) acc[k] += d[k] * q[k];
+                }
+            double *pt = part + (i * kw + j) * C + c0;
+            for (int64_t k = 0; k < L; k++) pt[k] += acc[k];
+        }
+}
+
+/* dweight[c, i, j] = sum over samples and output positions of dy * padded x: float per sample, double across
+ * samples and threads. */
+void dw_grad_weight_cl(const float *x, const float *dy, DW_DIMS, float *dwt) {
+    DW_SIZES;
+    double *total = calloc(T * C, sizeof(double));
+#pragma omp parallel num_threads(nt)
+    {
+        double *part = calloc(T * C, sizeof(double));
+        float *buf = malloc(sizeof(float) * Hp * Wp * C);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            pad_cl(x + b * H * W * C, C, H, W, ph, pw, Hp, Wp, buf);
+            const float *g = dy + b * Ho * Wo * C;
+            int64_t c0 = 0;
+            for (; c0 + LANES <= C; c0 += LANES) dw_weight_chunk(buf, g, C, c0, LANES, Ho, Wo, Wp, kh, kw, dh, dw, part);
+            if (c0 < C) dw_weight_chunk(buf, g, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, part);
+        }
+#pragma omp critical
+        for (int64_t k = 0; k < T * C; k++) total[k] += part[k];
+        free(part); free(buf);
+    }
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t t = 0; t < T; t++) dwt[c * T + t] = (float)total[t * C + c];
     free(total);
 }

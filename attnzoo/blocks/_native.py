@@ -38,7 +38,7 @@ __all__ = ["kernels", "native_enabled", "build_error", "cache_dir"]
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno"]
-_ABI = 1
+_ABI = 3
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -93,16 +93,20 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     shape = [i64, i64, i64, i32, i32]  # B, C, P, cl, nt
     lib.attnzoo_native_abi.restype = ctypes.c_int
     lib.channel_pool.argtypes = [p, *shape, p, p, p]
-    lib.spatial_pool.argtypes = [p, p, *shape, p, p, p]
+    lib.spatial_pool.argtypes = [p, p, *shape, p, p]
     lib.apply_gates.argtypes = [p, p, p, *shape, p]
-    lib.grad_spatial_factor.argtypes = [p, p, p, *shape, p]
+    lib.grad_spatial_factor.argtypes = [p, p, p, p, *shape, p, p]
     lib.grad_channel_factor.argtypes = [p, p, p, p, p, p, p, p, *shape, p]
     lib.grad_input.argtypes = [p, p, p, p, p, p, p, p, p, p, p, *shape, p]
     conv = [i64] * 11 + [i32]  # B, Ci, Co, H, W, kh, kw, ph, pw, dh, dw, nt
     lib.conv_small_forward.argtypes = [p, p, p, *conv, p]
     lib.conv_small_grad_input.argtypes = [p, p, *conv, p]
     lib.conv_small_grad_weight.argtypes = [p, p, *conv, p]
-    for name in ("channel_pool", "spatial_pool", "apply_gates", "grad_spatial_factor", "grad_channel_factor",
+    dw = [i64] * 10 + [i32]  # B, C, H, W, kh, kw, ph, pw, dh, dw, nt
+    lib.dw_forward_cl.argtypes = [p, p, p, *dw, p]
+    lib.dw_grad_input_cl.argtypes = [p, p, *dw, p]
+    lib.dw_grad_weight_cl.argtypes = [p, p, *dw, p]
+    for name in ("dw_forward_cl", "dw_grad_input_cl", "dw_grad_weight_cl", "channel_pool", "spatial_pool", "apply_gates", "grad_spatial_factor", "grad_channel_factor",
                  "grad_input", "conv_small_forward", "conv_small_grad_input", "conv_small_grad_weight"):
         getattr(lib, name).restype = None
     return lib

@@ -67,8 +67,7 @@ def _forward(lib, x, cl, channel_fn, spatial_fn, track: bool):
         st.update(avg=avg, cmax=cmax, carg=carg, gc_t=gc_t)
     if spatial_fn is not None:
         smean, smax = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
-        scnt = x.new_empty(b, 1, h, w)
-        lib.spatial_pool(x.data_ptr(), _native.ptr(gc), *shape, smean.data_ptr(), smax.data_ptr(), scnt.data_ptr())
+        lib.spatial_pool(x.data_ptr(), _native.ptr(gc), *shape, smean.data_ptr(), smax.data_ptr())
         smean.requires_grad_(track), smax.requires_grad_(track)
         with torch.set_grad_enabled(track):
             gs_t = spatial_fn(smean, smax)
@@ -76,7 +75,7 @@ def _forward(lib, x, cl, channel_fn, spatial_fn, track: bool):
             raise RuntimeError(f"pooled_gates: the spatial factor must be (B, 1, H, W) = {(b, 1, h, w)}, "
                                f"got {tuple(gs_t.shape)}")
         gs = gs_t.detach().to(torch.float32).contiguous()
-        st.update(smean=smean, smax=smax, scnt=scnt, gs_t=gs_t)
+        st.update(smean=smean, smax=smax, gs_t=gs_t)
     y = torch.empty_like(x)  # x's memory format
     lib.apply_gates(x.data_ptr(), _native.ptr(gc), _native.ptr(gs), *shape, y.data_ptr())
     st.update(gc=gc, gs=gs)
@@ -114,12 +113,13 @@ class _PooledGates(torch.autograd.Function):
         dmean = dsmax = smax = scnt = None
         grads_spatial: list = [None] * len(spatial_params)
         if gs is not None:
-            dgs = x.new_empty(b, 1, h, w)
-            lib.grad_spatial_factor(x.data_ptr(), _native.ptr(gc), dy.data_ptr(), *shape, dgs.data_ptr())
+            dgs, scnt = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
+            smax = st["smax"]
+            lib.grad_spatial_factor(x.data_ptr(), _native.ptr(gc), dy.data_ptr(), smax.data_ptr(), *shape, dgs.data_ptr(),
+                                    scnt.data_ptr())
             (dmean, dsmax), grads_spatial = _grads(st["gs_t"], dgs.to(st["gs_t"].dtype), [st["smean"], st["smax"]],
                                                    spatial_params)
             dmean, dsmax = dmean.float(), dsmax.float()
-            smax, scnt = st["smax"], st["scnt"]
         davg = dcmax = None
         grads_channel: list = [None] * len(channel_params)
         if gc is not None:

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
-from ._layout import like_input
+from ._layout import LayoutConv2d, like_input
 from ._pool import pool_mean
 
 __all__ = ["EfficientLocalAttn"]
@@ -80,8 +80,8 @@ class EfficientLocalAttn(nn.Module):
         conv_groups = channels // conv_group_width
 
         def conv(kernel):
-            return nn.Conv2d(channels, channels, kernel, padding=tuple(k // 2 for k in kernel),
-                             groups=conv_groups, bias=False)
+            return LayoutConv2d(channels, channels, kernel, padding=tuple(k // 2 for k in kernel),
+                                groups=conv_groups, bias=False)
 
         # Strips are (B, C, L, 1) for H and, unshared, (B, C, 1, W) for W (timm's layout, so its
         # state_dict loads); shared weights see the W strip transposed to (B, C, W, 1).

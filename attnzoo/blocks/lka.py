@@ -50,6 +50,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input
+from ._layout import LayoutConv2d
 
 __all__ = ["LargeKernelAttn", "LargeSeparableKernelAttn", "LSKA_KERNELS"]
 
@@ -67,7 +68,7 @@ LSKA_KERNELS: dict[int, tuple[int, int, int]] = {
 def _dw(channels: int, kernel: tuple[int, int], dilation: int = 1) -> nn.Conv2d:
     """Depthwise conv that keeps H x W: 'same' padding for an odd dilated span."""
     pad = tuple((k - 1) * dilation // 2 for k in kernel)
-    return nn.Conv2d(channels, channels, kernel, padding=pad, dilation=dilation, groups=channels)
+    return LayoutConv2d(channels, channels, kernel, padding=pad, dilation=dilation, groups=channels)
 
 
 @register_attn(

@@ -122,7 +122,8 @@ class SelectiveKernel(nn.Module):
         act = resolve_layer("sk", "act_layer", act_layer)
         self.paths = nn.ModuleList(
             nn.Sequential(OrderedDict(
-                conv=nn.Conv2d(channels, channels, k, padding=dl * (k - 1) // 2, dilation=dl, groups=self.groups, bias=False),
+                conv=LayoutConv2d(channels, channels, k, padding=dl * (k - 1) // 2, dilation=dl, groups=self.groups,
+                                  bias=False),
                 bn=SafeBatchNorm2d(channels),
                 act=act(inplace=True),
             ))

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
-from ._layout import combine_like
+from ._layout import LayoutConv2d, combine_like
 from ._pool import pool_mean
 
 __all__ = ["StripAttn"]
@@ -51,10 +51,10 @@ class StripAttn(nn.Module):
         self.has_skip = has_skip
         self.use_conv = use_conv
         if use_conv:
-            self.conv_h = nn.Conv2d(channels, channels, (kernel_size, 1), padding=(kernel_size // 2, 0),
-                                    groups=channels, bias=bias)
-            self.conv_w = nn.Conv2d(channels, channels, (1, kernel_size), padding=(0, kernel_size // 2),
-                                    groups=channels, bias=bias)
+            self.conv_h = LayoutConv2d(channels, channels, (kernel_size, 1), padding=(kernel_size // 2, 0),
+                                       groups=channels, bias=bias)
+            self.conv_w = LayoutConv2d(channels, channels, (1, kernel_size), padding=(0, kernel_size // 2),
+                                       groups=channels, bias=bias)
         else:
             self.conv_h = nn.Identity()
             self.conv_w = nn.Identity()
