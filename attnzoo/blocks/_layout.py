@@ -66,22 +66,19 @@ class LayoutConv2d(nn.Conv2d):
 
     def _native_ok(self, input: torch.Tensor) -> bool:
         """The native small-conv kernel applies: <= 4 channels in and out, one group, stride 1, numeric
-        padding, float32 CPU, batch >= the thread count, eager (see ``_SmallConv``)."""
-        return (not torch.compiler.is_compiling() and self.in_channels <= _SMALL and self.out_channels <= _SMALL
-                and self.groups == 1
-                and self.stride == (1, 1) and not isinstance(self.padding, str) and input.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and input.shape[2] * input.shape[3] > 1
-                and input.shape[0] >= torch.get_num_threads() and _native.kernels() is not None)
+        padding, and ``_native.applies`` (float32 CPU, eager, batch >= threads; see ``_SmallConv``)."""
+        return (self.in_channels <= _SMALL and self.out_channels <= _SMALL and self.groups == 1
+                and self.stride == (1, 1) and not isinstance(self.padding, str) and self.weight.dtype == torch.float32
+                and input.shape[2] * input.shape[3] > 1 and _native.applies(input))
 
 
     def _native_depthwise_ok(self, input: torch.Tensor) -> bool:
         """The native depthwise kernel applies: groups == channels in == out, stride 1, numeric padding,
-        float32 CPU input in channels_last, batch >= the thread count, eager (see ``_DepthwiseConv``)."""
-        return (not torch.compiler.is_compiling() and self.groups == self.in_channels == self.out_channels > 1
-                and self.stride == (1, 1) and not isinstance(self.padding, str) and input.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and not input.is_contiguous()
-                and input.is_contiguous(memory_format=torch.channels_last)
-                and input.shape[0] >= torch.get_num_threads() and _native.kernels() is not None)
+        input in channels_last, and ``_native.applies`` (see ``_DepthwiseConv``)."""
+        return (self.groups == self.in_channels == self.out_channels > 1 and self.stride == (1, 1)
+                and not isinstance(self.padding, str) and self.weight.dtype == torch.float32
+                and not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
+                and _native.applies(input))
 
 
 class _DepthwiseConv(torch.autograd.Function):
@@ -147,10 +144,11 @@ class _SmallConv(torch.autograd.Function):
         w = weight.detach().contiguous()
         dims = _conv_dims(x, w, padding, dilation)
         b, _, co, h, wd, kh, kw, ph, pw, dh, dw, _ = dims
-        y = x.new_empty(b, co, h + 2 * ph - dh * (kh - 1), wd + 2 * pw - dw * (kw - 1))
-        if y.shape[2] < 1 or y.shape[3] < 1:
+        ho, wo = h + 2 * ph - dh * (kh - 1), wd + 2 * pw - dw * (kw - 1)
+        if ho < 1 or wo < 1:
             raise RuntimeError(f"conv2d: the {kh}x{kw} kernel (dilation {dilation}) is larger than the padded "
                                f"{h}x{wd} input")
+        y = x.new_empty(b, co, ho, wo)
         _native.kernels().conv_small_forward(x.data_ptr(), w.data_ptr(), _native.ptr(None if bias is None else bias.detach().contiguous()),
                                              *dims, y.data_ptr())
         ctx.save_for_backward(x, w)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "native_enabled", "build_error", "cache_dir"]
+__all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies"]
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno"]
@@ -136,6 +136,15 @@ def kernels():
                     warnings.warn(f"attnzoo: native CPU kernels unavailable, using the PyTorch paths ({err}); "
                                   "set ATTNZOO_NATIVE=0 to skip the build", RuntimeWarning, stacklevel=3)
     return _state["lib"]
+
+
+def applies(x: torch.Tensor) -> bool:
+    """The native kernels may run on ``x``: a float32 CPU tensor in eager mode -- not while ``torch.compile``,
+    ``torch.export``, TorchScript tracing or ONNX export records the graph (they must see aten ops) -- with
+    a batch of at least the thread count (the kernels split samples over threads), and the library built."""
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing() and x.device.type == "cpu"
+            and x.dtype == torch.float32 and x.dim() == 4 and x.shape[0] >= torch.get_num_threads()
+            and kernels() is not None)
 
 
 def build_error() -> str | None:

@@ -19,8 +19,8 @@ maximum (``adaptive_max_pool2d``, ``pool_max``); the max over channels is split 
 (``amax``, ``pool_amax``).
 
 It is used on CPU, float32, 4-d input contiguous in NCHW or channels_last, batch >= the thread
-count (the kernels split samples over threads), outside ``torch.compile`` / export, when the
-kernels are built (``_native.kernels()``). Elsewhere ``pooled_gates`` returns None and the block
+count (the kernels split samples over threads), outside ``torch.compile``, export and TorchScript
+tracing, when the kernels are built (``_native.applies``). Elsewhere ``pooled_gates`` returns None and the block
 runs its plain path. Double backward is not supported (``once_differentiable``).
 """
 from __future__ import annotations
@@ -149,15 +149,12 @@ def pooled_gates(x: torch.Tensor, channel_fn: Factor | None, spatial_fn: Factor 
     ``channel_module`` / ``spatial_module``: the modules whose parameters the two functions use; their
     gradients flow through the op (a parameter used by neither function simply gets no gradient).
     """
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or torch.compiler.is_compiling()
-            or x.shape[0] < torch.get_num_threads() or x.numel() == 0 or x.shape[2] * x.shape[3] >= 2**31):
+    if not _native.applies(x) or x.numel() == 0 or x.shape[2] * x.shape[3] >= 2**31:
         return None
     cl = _layout(x)
     if cl is None:
         return None
     lib = _native.kernels()
-    if lib is None:
-        return None
     channel_params, spatial_params = _trainable(channel_module), _trainable(spatial_module)
     params = channel_params + spatial_params
     if not torch.is_grad_enabled() or not (x.requires_grad or params):

@@ -1,0 +1,287 @@
+"""The native CPU kernels (attnzoo/blocks/_native.c): built here, the same function as the PyTorch paths
+(outputs, input and parameter gradients, BatchNorm statistics, taps), and a clean fallback."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnzoo import create_attn
+from attnzoo.blocks import _native
+from attnzoo.blocks._layout import LayoutConv2d
+
+POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam"]
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _native_on(monkeypatch, on: bool):
+    monkeypatch.setenv("ATTNZOO_NATIVE", "1" if on else "0")
+
+
+def test_the_kernels_build_where_there_is_a_compiler():
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler on this machine: the PyTorch paths run (tested below)")
+    assert _native.kernels() is not None, _native.build_error()
+    assert _native.build_error() is None
+
+
+def _randomized(name, channels, seed=0):
+    torch.manual_seed(seed)
+    block = create_attn(name, channels).train()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (p[0].numel() if p.dim() > 1 else 4) ** -0.5)
+    return block
+
+
+def _train_step(name, x, monkeypatch, native, seed=0):
+    """Output, dL/dx, parameter gradients, buffers and the captured factors of one training step."""
+    _native_on(monkeypatch, native)
+    block = _randomized(name, x.shape[1], seed)
+    taps = {}
+    for mname, m in block.named_modules():
+        if type(m).__name__ == "AttnTap":
+            m.register_forward_hook(lambda mod, inp, out, k=mname: taps.__setitem__(k, out.detach().clone()))
+    x = x.clone().requires_grad_(True)
+    y = block(x)
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1)).to(memory_format=torch.channels_last)
+               if x.is_contiguous(memory_format=torch.channels_last) else
+               torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1)))
+    return dict(y=y.detach(), dx=x.grad, grad_fn=type(y.grad_fn).__name__,
+                params={k: p.grad for k, p in block.named_parameters()},
+                buffers={k: b.clone() for k, b in block.named_buffers()}, taps=taps,
+                layout=y.is_contiguous(memory_format=torch.channels_last))
+
+
+def _close(a, b, what):
+    scale = max(float(b.abs().max()), 1.0)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5 * scale, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (2, 48, 1, 7), (2, 16, 1, 1), (5, 17, 4, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", POOLED)
+def test_pooled_gates_op_is_the_plain_path(name, channels_last, shape, monkeypatch, two_threads):
+    torch.manual_seed(3)
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got, want = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
+    assert got["grad_fn"] == "_PooledGatesBackward" and want["grad_fn"] != got["grad_fn"]
+    assert got["layout"] == want["layout"]
+    _close(got["y"], want["y"], "output")
+    _close(got["dx"], want["dx"], "dL/dx")
+    assert got["params"].keys() == want["params"].keys()
+    for k in want["params"]:
+        _close(got["params"][k], want["params"][k], f"dL/d{k}")
+    for k in want["buffers"]:
+        _close(got["buffers"][k].float(), want["buffers"][k].float(), k)
+    assert got["taps"].keys() == want["taps"].keys() and got["taps"]
+    for k in want["taps"]:
+        _close(got["taps"][k], want["taps"][k], f"tap {k}")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", POOLED)
+def test_pooled_gates_split_ties_as_pytorch_does(name, channels_last, monkeypatch, two_threads):
+    """Integer-valued maps tie everywhere: the max over positions gives the gradient to the first maximum
+    (adaptive_max_pool2d), the max over channels splits it among the tied channels (amax)."""
+    x = torch.randint(-2, 3, (4, 16, 5, 6), generator=torch.Generator().manual_seed(0)).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got, want = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
+    _close(got["y"], want["y"], "output")
+    _close(got["dx"], want["dx"], "dL/dx")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pooled_gates_propagate_nan_as_the_plain_path(channels_last, monkeypatch, two_threads):
+    x = torch.randn(4, 16, 5, 6)
+    x[1, 3, 2, 2] = float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    for name in ("cbam_channel", "cbam"):
+        got, want = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
+        assert torch.equal(got["y"].isnan(), want["y"].isnan()) and got["y"].isnan().any()
+        assert torch.equal(got["dx"].isnan(), want["dx"].isnan())
+
+
+def test_pooled_gates_are_accurate_against_float64(monkeypatch, two_threads):
+    """The float32 kernels against the plain path in float64 (not only against another float32 sum)."""
+    x = torch.randn(4, 32, 12, 10).contiguous(memory_format=torch.channels_last)
+    got = _train_step("cbam", x, monkeypatch, True)
+    _native_on(monkeypatch, True)
+    block = _randomized("cbam", 32).double()
+    x64 = x.double().requires_grad_(True)
+    y = block(x64)
+    assert type(y.grad_fn).__name__ != "_PooledGatesBackward"  # float64 runs the plain path
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).double())
+    torch.testing.assert_close(got["y"].double(), y.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got["dx"].double(), x64.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_pooled_gates_support_a_second_backward_and_frozen_parameters(monkeypatch, two_threads):
+    _native_on(monkeypatch, True)
+    block = _randomized("cbam", 16)
+    x = torch.randn(4, 16, 6, 6, requires_grad=True)
+    y = block(x)
+    y.sum().backward(retain_graph=True)
+    first = (x.grad.clone(), block.channel.fc1.weight.grad.clone())
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * first[0])
+    torch.testing.assert_close(block.channel.fc1.weight.grad, 2 * first[1])
+
+    block.requires_grad_(False)  # frozen block, input still needs its gradient
+    x.grad = None
+    block(x).sum().backward()
+    assert x.grad is not None and block.channel.fc1.weight.grad is not None  # unchanged from before
+    torch.testing.assert_close(block.channel.fc1.weight.grad, 2 * first[1])
+
+
+def test_pooled_gates_leave_other_inputs_to_the_plain_path(monkeypatch, two_threads):
+    _native_on(monkeypatch, True)
+    block = _randomized("cbam", 16)
+
+    def fn(x):
+        return type(block(x.requires_grad_(True)).grad_fn).__name__
+
+    assert fn(torch.randn(4, 16, 5, 5)) == "_PooledGatesBackward"
+    assert fn(torch.randn(1, 16, 5, 5)) != "_PooledGatesBackward"  # batch below the thread count
+    block.double()
+    assert fn(torch.randn(4, 16, 5, 5).double()) != "_PooledGatesBackward"
+    block.float()
+    assert fn(torch.randn(4, 5, 5, 16).permute(0, 3, 2, 1)) != "_PooledGatesBackward"  # neither layout
+    with torch.no_grad():  # inference: the forward kernels, same values
+        x = torch.randn(4, 16, 5, 5)
+        y = block(x)
+        _native_on(monkeypatch, False)
+        torch.testing.assert_close(y, block(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_failed_build_warns_once_and_keeps_the_pytorch_paths(monkeypatch, tmp_path, two_threads):
+    monkeypatch.setenv("ATTNZOO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setattr(_native, "_state", {})
+    with pytest.warns(RuntimeWarning, match="native CPU kernels unavailable"):
+        assert _native.kernels() is None
+    assert "false exited with 1" in _native.build_error()
+    block = _randomized("cbam", 16)
+    x = torch.randn(4, 16, 5, 5, requires_grad=True)
+    y = block(x)
+    assert type(y.grad_fn).__name__ != "_PooledGatesBackward"
+    y.sum().backward()
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    monkeypatch.setattr(_native, "_state", {})
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        assert _native.kernels() is None
+
+
+def test_the_build_is_cached_by_source_and_compiler(monkeypatch, tmp_path):
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler on this machine")
+    monkeypatch.setenv("ATTNZOO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_native, "_state", {})
+    assert _native.kernels() is not None
+    built = list((tmp_path / "kernels").glob("*.so"))
+    assert len(built) == 1 and not list((tmp_path / "kernels").glob("tmp*"))
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(_native, "_state", {})
+    assert _native.kernels() is not None
+    assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+
+_SMALL_CASES = [  # (C_in, C_out, kernel, padding, dilation, (H, W), bias)
+    (2, 1, 7, 3, 1, (28, 28), False),  # CBAM / triplet
+    (2, 1, 7, 3, 1, (5, 3), True),  # kernel wider than the map
+    (1, 1, 3, 4, 4, (14, 14), True),  # BAM's dilated 3x3 at C/r = 1
+    (2, 2, 3, 1, 1, (9, 7), True),  # EMA's groups
+    (3, 4, (1, 5), (0, 2), 1, (6, 8), False),
+    (4, 3, 3, 2, 2, (5, 5), True),
+    (2, 1, 7, 0, 1, (9, 9), False),  # no padding: smaller output
+    (2, 3, 3, 3, 1, (4, 4), True),  # padding beyond the kernel's reach: larger output
+]
+
+
+def _conv_parity(conv, x, groups=1):
+    y = conv(x)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(memory_format=torch.channels_last) \
+        if y.is_contiguous(memory_format=torch.channels_last) else torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    y.backward(g)
+    got = (y.detach(), x.grad.clone(), conv.weight.grad.clone(), None if conv.bias is None else conv.bias.grad.clone())
+    x64 = x.detach().double().requires_grad_(True)
+    w64 = conv.weight.detach().double().requires_grad_(True)
+    b64 = None if conv.bias is None else conv.bias.detach().double().requires_grad_(True)
+    y64 = F.conv2d(x64, w64, b64, 1, conv.padding, conv.dilation, groups)
+    y64.backward(g.double())
+    want = (y64, x64.grad, w64.grad, None if b64 is None else b64.grad)
+    for a, b, what in zip(got, want, ("output", "dL/dx", "dL/dweight", "dL/dbias")):
+        if b is not None:
+            torch.testing.assert_close(a.double(), b.detach(), rtol=1e-5, atol=1e-5 * max(float(b.detach().abs().max()), 1.0),
+                                       msg=lambda m, w=what: f"{w}: {m}")
+    return type(y.grad_fn).__name__
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("cin,cout,k,pad,dil,hw,bias", _SMALL_CASES)
+def test_small_conv_kernel_is_conv2d(cin, cout, k, pad, dil, hw, bias, channels_last, monkeypatch, two_threads):
+    _native_on(monkeypatch, True)
+    torch.manual_seed(0)
+    conv = LayoutConv2d(cin, cout, k, padding=pad, dilation=dil, bias=bias)
+    x = torch.randn(4, cin, *hw)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert _conv_parity(conv, x.requires_grad_(True)) == "_SmallConvBackward"
+
+
+_DEPTHWISE_CASES = [  # (C, kernel, padding, dilation, (H, W), bias)
+    (16, 5, 2, 1, (28, 28), True),  # lka's first conv
+    (16, 7, 9, 3, (14, 14), True),  # lka's dilated conv
+    (64, (1, 11), (0, 5), 1, (7, 7), False),  # lska
+    (32, (7, 1), (3, 0), 1, (14, 1), False),  # ela's strips
+    (20, 3, (2, 0), (1, 2), (6, 9), True),  # channels beyond the last full lane chunk
+    (5, 3, 0, 2, (9, 9), True),
+]
+
+
+@pytest.mark.parametrize("c,k,pad,dil,hw,bias", _DEPTHWISE_CASES)
+def test_depthwise_kernel_is_conv2d(c, k, pad, dil, hw, bias, monkeypatch, two_threads):
+    _native_on(monkeypatch, True)
+    torch.manual_seed(0)
+    conv = LayoutConv2d(c, c, k, padding=pad, dilation=dil, groups=c, bias=bias)
+    x = torch.randn(4, c, *hw).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    assert _conv_parity(conv, x, groups=c) == "_DepthwiseConvBackward"
+    nchw = torch.randn(4, c, *hw, requires_grad=True)  # NCHW input stays with oneDNN
+    assert type(conv(nchw).grad_fn).__name__ == "ConvolutionBackward0"
+
+
+def test_native_convs_reject_a_kernel_larger_than_the_padded_input(monkeypatch, two_threads):
+    _native_on(monkeypatch, True)
+    for conv, x in ((LayoutConv2d(2, 1, 7), torch.randn(4, 2, 4, 4)),
+                    (LayoutConv2d(8, 8, 7, groups=8), torch.randn(4, 8, 4, 4).contiguous(memory_format=torch.channels_last))):
+        with pytest.raises(RuntimeError, match="larger than the padded 4x4 input"):
+            conv(x)
+        with pytest.raises(RuntimeError):  # as PyTorch's own conv2d
+            F.conv2d(x, conv.weight, conv.bias, groups=conv.groups)
+
+
+@pytest.mark.parametrize("name", ["cbam", "lka", "triplet"])
+def test_tracing_records_aten_ops_not_the_kernels(name, monkeypatch, two_threads):
+    """torch.jit.trace (and the ONNX exporter built on it) must see the plain ops: a traced kernel call
+    would replay nothing."""
+    _native_on(monkeypatch, True)
+    block = _randomized(name, 16).eval()
+    x = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    traced = torch.jit.trace(block, x)
+    x2 = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(traced(x2), block(x2), rtol=1e-5, atol=1e-6)
+    assert "_PooledGates" not in str(traced.inlined_graph) and "_SmallConv" not in str(traced.inlined_graph)
