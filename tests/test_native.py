@@ -281,7 +281,7 @@ def test_tracing_records_aten_ops_not_the_kernels(name, monkeypatch, two_threads
     _native_on(monkeypatch, True)
     block = _randomized(name, 16).eval()
     x = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
-    traced = torch.jit.trace(block, x)
+    traced = torch.jit.trace(block, x, check_trace=False)  # its re-trace check trips on value numbering alone
     x2 = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(traced(x2), block(x2), rtol=1e-5, atol=1e-6)
     assert "_PooledGates" not in str(traced.inlined_graph) and "_SmallConv" not in str(traced.inlined_graph)
