@@ -12,7 +12,8 @@ from attnzoo import create_attn
 from attnzoo.blocks import _native
 from attnzoo.blocks._layout import LayoutConv2d
 
-POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam"]
+POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet"]
+NATIVE_OPS = {"_PooledGatesBackward", "_TripletGatesBackward"}
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def test_pooled_gates_op_is_the_plain_path(name, channels_last, shape, monkeypat
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     got, want = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
-    assert got["grad_fn"] == "_PooledGatesBackward" and want["grad_fn"] != got["grad_fn"]
+    assert got["grad_fn"] in NATIVE_OPS and want["grad_fn"] not in NATIVE_OPS
     assert got["layout"] == want["layout"]
     _close(got["y"], want["y"], "output")
     _close(got["dx"], want["dx"], "dL/dx")
@@ -110,7 +111,7 @@ def test_pooled_gates_propagate_nan_as_the_plain_path(channels_last, monkeypatch
     x[1, 3, 2, 2] = float("nan")
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    for name in ("cbam_channel", "cbam"):
+    for name in ("cbam_channel", "cbam", "triplet"):
         got, want = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
         assert torch.equal(got["y"].isnan(), want["y"].isnan()) and got["y"].isnan().any()
         assert torch.equal(got["dx"].isnan(), want["dx"].isnan())

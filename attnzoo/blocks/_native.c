@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 3; }
+int attnzoo_native_abi(void) { return 4; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -556,4 +556,246 @@ void dw_grad_weight_cl(const float *x, const float *dy, DW_DIMS, float *dwt) {
     for (int64_t c = 0; c < C; c++)
         for (int64_t t = 0; t < T; t++) dwt[c * T + t] = (float)total[t * C + c];
     free(total);
+}
+
+/* Triplet attention (Misra et al., WACV 2021) without the rotations: y = x * (a_hc[c, h] + a_cw[c, w]
+ * + a_hw[h, w]) * k, k = 1/3, where each factor comes from [max; mean] of x over one axis (W, H, C).
+ * triplet_pool computes all six pooled maps in one pass over x; the maxima over W and H keep their first
+ * position (adaptive_max_pool2d's gradient), the max over C counts its ties in backward (amax's). */
+#define TRIP_DIMS int64_t B, int64_t C, int64_t H, int64_t W, int cl, int nt
+
+/* After a pass: a line whose sum came out NaN is rescanned for a NaN, which is then its maximum. */
+static void nan_line(const float *x, int64_t n, int64_t step, float sum, float *mx, int32_t *arg) {
+    if (sum == sum) return;
+    for (int64_t k = 0; k < n; k++)
+        if (x[k * step] != x[k * step]) { *mx = NAN; if (arg) *arg = (int32_t)k; return; }
+}
+
+void triplet_pool(const float *x, TRIP_DIMS, float *mw, float *sw, int32_t *aw, float *mh, float *sh,
+                  int32_t *ah, float *mc, float *sc) {
+    const int64_t sC = cl ? 1 : H * W, sH = cl ? W * C : W, sW = cl ? C : 1;
+    SAMPLES {
+        const float *xb = x + b * C * H * W;
+        float *Mw = mw + b * C * H, *Sw = sw + b * C * H, *Mh = mh + b * C * W, *Sh = sh + b * C * W;
+        float *Mc = mc + b * H * W, *Sc = sc + b * H * W;
+        int32_t *Aw = aw + b * C * H, *Ah = ah + b * C * W;
+        for (int64_t k = 0; k < C * W; k++) { Mh[k] = -INFINITY; Sh[k] = 0.f; Ah[k] = 0; }
+        for (int64_t k = 0; k < H * W; k++) { Mc[k] = -INFINITY; Sc[k] = 0.f; }
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *r = xb + c * sC + h * sH;
+                    float *mhr = Mh + c * W, *shr = Sh + c * W, *mcr = Mc + h * W, *scr = Sc + h * W;
+                    int32_t *ahr = Ah + c * W;
+                    float s = 0.f, m = -INFINITY;
+                    int32_t a = 0;
+                    for (int64_t w = 0; w < W; w++) {
+                        const float v = r[w];
+                        s += v;
+                        if (v > m) { m = v; a = (int32_t)w; }
+                        const int gt = v > mhr[w];
+                        mhr[w] = gt ? v : mhr[w]; ahr[w] = gt ? (int32_t)h : ahr[w]; shr[w] += v;
+                        mcr[w] = v > mcr[w] ? v : mcr[w]; scr[w] += v;
+                    }
+                    nan_line(r, W, 1, s, &m, &a);
+                    Mw[c * H + h] = m; Sw[c * H + h] = s; Aw[c * H + h] = a;
+                }
+        } else {
+            float *tw = malloc(sizeof(float) * C * 2);  /* per row h: max and sum over w, channel-contiguous */
+            int32_t *ta = malloc(sizeof(int32_t) * C);
+            float *thm = malloc(sizeof(float) * W * C * 2);  /* over h, (w, c)-contiguous */
+            int32_t *tha = malloc(sizeof(int32_t) * W * C);
+            float *ths = thm + W * C, *tws = tw + C;
+            for (int64_t k = 0; k < W * C; k++) { thm[k] = -INFINITY; ths[k] = 0.f; tha[k] = 0; }
+            for (int64_t h = 0; h < H; h++) {
+                for (int64_t c = 0; c < C; c++) { tw[c] = -INFINITY; tws[c] = 0.f; ta[c] = 0; }
+                for (int64_t w = 0; w < W; w++) {
+                    const float *r = xb + h * sH + w * sW;
+                    float *hm = thm + w * C, *hs = ths + w * C;
+                    int32_t *ha = tha + w * C;
+                    float s = 0.f, m = -INFINITY;
+#pragma omp simd reduction(+ : s) reduction(max : m)
+                    for (int64_t c = 0; c < C; c++) {
+                        const float v = r[c];
+                        const int gw = v > tw[c], gh = v > hm[c];
+                        tw[c] = gw ? v : tw[c]; ta[c] = gw ? (int32_t)w : ta[c]; tws[c] += v;
+                        hm[c] = gh ? v : hm[c]; ha[c] = gh ? (int32_t)h : ha[c]; hs[c] += v;
+                        s += v; m = v > m ? v : m;
+                    }
+                    nan_line(r, C, 1, s, &m, NULL);
+                    Mc[h * W + w] = m; Sc[h * W + w] = s;
+                }
+                for (int64_t c = 0; c < C; c++) {
+                    float m = tw[c];
+                    int32_t a = ta[c];
+                    nan_line(xb + h * sH + c, W, sW, tws[c], &m, &a);
+                    Mw[c * H + h] = m; Sw[c * H + h] = tws[c]; Aw[c * H + h] = a;
+                }
+            }
+            for (int64_t w = 0; w < W; w++)
+                for (int64_t c = 0; c < C; c++) {
+                    Mh[c * W + w] = thm[w * C + c]; Sh[c * W + w] = ths[w * C + c]; Ah[c * W + w] = tha[w * C + c];
+                }
+            free(tw); free(ta); free(thm); free(tha);
+        }
+        /* the maxima over H in NCHW: a NaN in a column */
+        if (!cl)
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t w = 0; w < W; w++) nan_line(xb + c * sC + w, H, sH, Sh[c * W + w], Mh + c * W + w, Ah + c * W + w);
+        else
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t w = 0; w < W; w++) nan_line(xb + c + w * sW, H, sH, Sh[c * W + w], Mh + c * W + w, Ah + c * W + w);
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t w = 0; w < W; w++)
+                if (!cl) nan_line(xb + h * sH + w, C, sC, Sc[h * W + w], Mc + h * W + w, NULL);
+        /* sums -> means */
+        for (int64_t k = 0; k < C * H; k++) Sw[k] /= (float)W;
+        for (int64_t k = 0; k < C * W; k++) Sh[k] /= (float)H;
+        for (int64_t k = 0; k < H * W; k++) Sc[k] /= (float)C;
+    }
+}
+
+/* The factors of one sample in the loop order of the layout: a_hc (C, H) and a_cw (C, W) transposed to
+ * (H, C) and (W, C) in channels_last. */
+static void trip_factors(const float *ahc, const float *acw, int64_t C, int64_t H, int64_t W, int cl, float *thc,
+                         float *tcw) {
+    for (int64_t c = 0; c < C; c++) {
+        for (int64_t h = 0; h < H; h++) thc[cl ? h * C + c : c * H + h] = ahc[c * H + h];
+        for (int64_t w = 0; w < W; w++) tcw[cl ? w * C + c : c * W + w] = acw[c * W + w];
+    }
+}
+
+/* y = (x * ((a_hc + a_cw) + a_hw)) * k, the order of the PyTorch expression. */
+void triplet_apply(const float *x, const float *ahc, const float *acw, const float *ahw, float k, TRIP_DIMS,
+                   float *y) {
+    SAMPLES {
+        const float *xb = x + b * C * H * W, *hw = ahw + b * H * W;
+        float *yb = y + b * C * H * W;
+        float *thc = malloc(sizeof(float) * C * (H + W)), *tcw = thc + C * H;
+        trip_factors(ahc + b * C * H, acw + b * C * W, C, H, W, cl, thc, tcw);
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *r = xb + (c * H + h) * W, *cw = tcw + c * W, *hwr = hw + h * W;
+                    float *o = yb + (c * H + h) * W;
+                    const float hc = thc[c * H + h];
+#pragma omp simd
+                    for (int64_t w = 0; w < W; w++) o[w] = (r[w] * ((hc + cw[w]) + hwr[w])) * k;
+                }
+        } else {
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t w = 0; w < W; w++) {
+                    const float *r = xb + (h * W + w) * C, *hc = thc + h * C, *cw = tcw + w * C;
+                    float *o = yb + (h * W + w) * C;
+                    const float s = hw[h * W + w];
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] = (r[c] * ((hc[c] + cw[c]) + s)) * k;
+                }
+        }
+        free(thc);
+    }
+}
+
+/* With t = dy * x * k: d_ahc[c, h] = sum_w t, d_acw[c, w] = sum_h t, d_ahw[h, w] = sum_c t; and
+ * cnt[h, w] = #{c : x == mc[h, w]} (ties of the max over channels). */
+void triplet_grad_factors(const float *x, const float *dy, const float *mc, float k, TRIP_DIMS, float *dhc,
+                          float *dcw, float *dhw, float *cnt) {
+    SAMPLES {
+        const float *xb = x + b * C * H * W, *db = dy + b * C * H * W, *M = mc + b * H * W;
+        float *Dhc = dhc + b * C * H, *Dcw = dcw + b * C * W, *Dhw = dhw + b * H * W, *N = cnt + b * H * W;
+        for (int64_t q = 0; q < C * W; q++) Dcw[q] = 0.f;
+        for (int64_t q = 0; q < H * W; q++) { Dhw[q] = 0.f; N[q] = 0.f; }
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *r = xb + (c * H + h) * W, *d = db + (c * H + h) * W, *m = M + h * W;
+                    float *cw = Dcw + c * W, *hw = Dhw + h * W, *n = N + h * W;
+                    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+                    for (int64_t w = 0; w < W; w++) {
+                        const float t = d[w] * r[w] * k;
+                        s += t; cw[w] += t; hw[w] += t; n[w] += r[w] == m[w] ? 1.f : 0.f;
+                    }
+                    Dhc[c * H + h] = s;
+                }
+        } else {
+            float *thc = calloc(C, sizeof(float)), *tcw = calloc(W * C, sizeof(float));
+            for (int64_t h = 0; h < H; h++) {
+                for (int64_t c = 0; c < C; c++) thc[c] = 0.f;
+                for (int64_t w = 0; w < W; w++) {
+                    const float *r = xb + (h * W + w) * C, *d = db + (h * W + w) * C;
+                    float *cw = tcw + w * C;
+                    const float m = M[h * W + w];
+                    float s = 0.f, n = 0.f;
+#pragma omp simd reduction(+ : s, n)
+                    for (int64_t c = 0; c < C; c++) {
+                        const float t = d[c] * r[c] * k;
+                        thc[c] += t; cw[c] += t; s += t; n += r[c] == m ? 1.f : 0.f;
+                    }
+                    Dhw[h * W + w] = s; N[h * W + w] = n;
+                }
+                for (int64_t c = 0; c < C; c++) Dhc[c * H + h] = thc[c];
+            }
+            for (int64_t w = 0; w < W; w++)
+                for (int64_t c = 0; c < C; c++) Dcw[c * W + w] = tcw[w * C + c];
+            free(thc); free(tcw);
+        }
+    }
+}
+
+/* dx = dy * ((a_hc + a_cw) + a_hw) * k + the pooled maps' gradients: dmean / n spread over the pooled axis,
+ * the max over C's split among its ties (dmax_c / cnt), and the maxima over W and H at their positions. */
+void triplet_grad_input(const float *x, const float *dy, const float *ahc, const float *acw, const float *ahw,
+                        float k, const float *dmw, const float *dsw, const int32_t *aw, const float *dmh,
+                        const float *dsh, const int32_t *ah, const float *dmc, const float *dsc, const float *mc,
+                        const float *cnt, TRIP_DIMS, float *dx) {
+    SAMPLES {
+        const float *xb = x + b * C * H * W, *db = dy + b * C * H * W, *hw = ahw + b * H * W;
+        float *ob = dx + b * C * H * W;
+        float *thc = malloc(sizeof(float) * 2 * C * (H + W)), *tcw = thc + C * H;
+        float *ehc = tcw + C * W, *ecw = ehc + C * H;  /* dmean / n per line, in the layout's order */
+        float *ehw = malloc(sizeof(float) * 2 * H * W), *qhw = ehw + H * W;
+        trip_factors(ahc + b * C * H, acw + b * C * W, C, H, W, cl, thc, tcw);
+        for (int64_t c = 0; c < C; c++) {
+            for (int64_t h = 0; h < H; h++) ehc[cl ? h * C + c : c * H + h] = dsw[b * C * H + c * H + h] / (float)W;
+            for (int64_t w = 0; w < W; w++) ecw[cl ? w * C + c : c * W + w] = dsh[b * C * W + c * W + w] / (float)H;
+        }
+        for (int64_t q = 0; q < H * W; q++) {
+            ehw[q] = dsc[b * H * W + q] / (float)C;
+            qhw[q] = dmc[b * H * W + q] / cnt[b * H * W + q];
+        }
+        const float *M = mc + b * H * W;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *r = xb + (c * H + h) * W, *d = db + (c * H + h) * W;
+                    const float *cw = tcw + c * W, *hwr = hw + h * W, *e2 = ecw + c * W, *e3 = ehw + h * W;
+                    const float *q3 = qhw + h * W, *m = M + h * W;
+                    float *o = ob + (c * H + h) * W;
+                    const float hc = thc[c * H + h], e1 = ehc[c * H + h];
+#pragma omp simd
+                    for (int64_t w = 0; w < W; w++)
+                        o[w] = d[w] * ((hc + cw[w]) + hwr[w]) * k + e1 + e2[w] + e3[w] + (r[w] == m[w] ? q3[w] : 0.f);
+                }
+        } else {
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t w = 0; w < W; w++) {
+                    const float *r = xb + (h * W + w) * C, *d = db + (h * W + w) * C;
+                    const float *hc = thc + h * C, *cw = tcw + w * C, *e1 = ehc + h * C, *e2 = ecw + w * C;
+                    const float s = hw[h * W + w], e3 = ehw[h * W + w], q3 = qhw[h * W + w], m = M[h * W + w];
+                    float *o = ob + (h * W + w) * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++)
+                        o[c] = d[c] * ((hc[c] + cw[c]) + s) * k + e1[c] + e2[c] + e3 + (r[c] == m ? q3 : 0.f);
+                }
+        }
+        const int64_t sC = cl ? 1 : H * W, sH = cl ? W * C : W, sW = cl ? C : 1;
+        for (int64_t c = 0; c < C; c++) {
+            for (int64_t h = 0; h < H; h++)
+                ob[c * sC + h * sH + (int64_t)aw[b * C * H + c * H + h] * sW] += dmw[b * C * H + c * H + h];
+            for (int64_t w = 0; w < W; w++)
+                ob[c * sC + (int64_t)ah[b * C * W + c * W + w] * sH + w * sW] += dmh[b * C * W + c * W + w];
+        }
+        free(thc); free(ehw);
+    }
 }

@@ -32,7 +32,7 @@ from torch import nn
 
 from . import _native
 
-__all__ = ["pooled_gates"]
+__all__ = ["pooled_gates", "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -82,12 +82,14 @@ def _forward(lib, x, cl, channel_fn, spatial_fn, track: bool):
     return y, st
 
 
-def _grads(out: torch.Tensor, grad: torch.Tensor, leaves: list[torch.Tensor], params: list[torch.Tensor]):
-    """Gradients of the small graph ``out`` for its two pooled leaves and the parameters (zeros / None
-    where unused). The graph is retained: a second backward through the outer graph still works."""
+def _grads(out, grad, leaves: list[torch.Tensor], params: list[torch.Tensor]):
+    """Gradients of the small graph ``out`` (a tensor or a list) for its pooled leaves (zeros where unused,
+    float32, contiguous) and the parameters (None where unused). The graph is retained: a second
+    backward through the outer graph still works."""
     got = torch.autograd.grad(out, leaves + params, grad, retain_graph=True, allow_unused=True)
-    pooled = [torch.zeros_like(t) if g is None else g.contiguous() for t, g in zip(leaves, got[:2])]
-    return pooled, list(got[2:])
+    n = len(leaves)
+    pooled = [torch.zeros_like(t) if g is None else g.float().contiguous() for t, g in zip(leaves, got[:n])]
+    return pooled, list(got[n:])
 
 
 class _PooledGates(torch.autograd.Function):
@@ -119,7 +121,6 @@ class _PooledGates(torch.autograd.Function):
                                     scnt.data_ptr())
             (dmean, dsmax), grads_spatial = _grads(st["gs_t"], dgs.to(st["gs_t"].dtype), [st["smean"], st["smax"]],
                                                    spatial_params)
-            dmean, dsmax = dmean.float(), dsmax.float()
         davg = dcmax = None
         grads_channel: list = [None] * len(channel_params)
         if gc is not None:
@@ -128,7 +129,6 @@ class _PooledGates(torch.autograd.Function):
                                     _native.ptr(dsmax), _native.ptr(smax), _native.ptr(scnt), *shape, dgc.data_ptr())
             (davg, dcmax), grads_channel = _grads(st["gc_t"], dgc.to(st["gc_t"].dtype), [st["avg"], st["cmax"]],
                                                   channel_params)
-            davg, dcmax = davg.float(), dcmax.float()
         dx = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty_like(x)
@@ -136,6 +136,85 @@ class _PooledGates(torch.autograd.Function):
                            _native.ptr(dsmax), _native.ptr(smax), _native.ptr(scnt), _native.ptr(davg),
                            _native.ptr(dcmax), _native.ptr(st.get("carg")), *shape, dx.data_ptr())
         return (dx, None, None, None, None, None, *grads_channel, *grads_spatial)
+
+
+class _TripletGates(torch.autograd.Function):
+    """Triplet attention's ``y = x * (a_hc + a_cw + a_hw) / 3`` (``triplet.py``), factors from ``factor_fn``."""
+
+    @staticmethod
+    def forward(ctx, x, lib, cl, factor_fn, *params):
+        y, st = _triplet_forward(lib, x, cl, factor_fn, track=True)
+        ctx.save_for_backward(x)
+        ctx.st, ctx.lib, ctx.cl, ctx.params = st, lib, cl, list(params)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        st, lib, cl = ctx.st, ctx.lib, ctx.cl
+        b, c, h, w = x.shape
+        dims = (b, c, h, w, cl, torch.get_num_threads())
+        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        dhc, dcw, dhw, cnt = x.new_empty(b, c, h), x.new_empty(b, c, w), x.new_empty(b, h, w), x.new_empty(b, h, w)
+        lib.triplet_grad_factors(x.data_ptr(), dy.data_ptr(), st["mc"].data_ptr(), _THIRD, *dims, dhc.data_ptr(),
+                                 dcw.data_ptr(), dhw.data_ptr(), cnt.data_ptr())
+        outs = st["factors"]
+        grads = [g.view(o.shape).to(o.dtype) for g, o in zip((dhc, dcw, dhw), outs)]
+        (dmw, dsw, dmh, dsh, dmc, dsc), grads_params = _grads(list(outs), grads, st["leaves"], ctx.params)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x)
+            ahc, acw, ahw = st["flat"]
+            lib.triplet_grad_input(x.data_ptr(), dy.data_ptr(), ahc.data_ptr(), acw.data_ptr(), ahw.data_ptr(), _THIRD,
+                                   dmw.data_ptr(), dsw.data_ptr(), st["aw"].data_ptr(), dmh.data_ptr(), dsh.data_ptr(),
+                                   st["ah"].data_ptr(), dmc.data_ptr(), dsc.data_ptr(), st["mc"].data_ptr(),
+                                   cnt.data_ptr(), *dims, dx.data_ptr())
+        return (dx, None, None, None, *grads_params)
+
+
+_THIRD = 1.0 / 3.0
+
+
+def _triplet_forward(lib, x, cl, factor_fn, track: bool):
+    b, c, h, w = x.shape
+    dims = (b, c, h, w, cl, torch.get_num_threads())
+    mw, sw, mh, sh = x.new_empty(b, c, h), x.new_empty(b, c, h), x.new_empty(b, c, w), x.new_empty(b, c, w)
+    mc, sc = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
+    aw, ah = torch.empty(b, c, h, dtype=torch.int32), torch.empty(b, c, w, dtype=torch.int32)
+    lib.triplet_pool(x.data_ptr(), *dims, mw.data_ptr(), sw.data_ptr(), aw.data_ptr(), mh.data_ptr(), sh.data_ptr(),
+                     ah.data_ptr(), mc.data_ptr(), sc.data_ptr())
+    leaves = [mw, sw, mh, sh, mc, sc]
+    for t in leaves:
+        t.requires_grad_(track)
+    with torch.set_grad_enabled(track):
+        factors = factor_fn(*leaves)
+    shapes = ((b, c, h, 1), (b, c, 1, w), (b, 1, h, w))
+    if tuple(tuple(f.shape) for f in factors) != shapes:
+        raise RuntimeError(f"triplet_gates: the factors must be {shapes}, got {[tuple(f.shape) for f in factors]}")
+    flat = [f.detach().to(torch.float32).contiguous() for f in factors]  # (B, C, H), (B, C, W), (B, H, W) in memory
+    y = torch.empty_like(x)
+    lib.triplet_apply(x.data_ptr(), flat[0].data_ptr(), flat[1].data_ptr(), flat[2].data_ptr(), _THIRD, *dims, y.data_ptr())
+    return y, dict(leaves=leaves, factors=factors, flat=flat, mc=mc.detach(), aw=aw, ah=ah)
+
+
+def triplet_gates(x: torch.Tensor, factor_fn, module: nn.Module) -> torch.Tensor | None:
+    """Triplet attention on the native kernels, or None where they do not apply (as ``pooled_gates``).
+
+    ``factor_fn(max_w, mean_w, max_h, mean_h, max_c, mean_c)`` -- pooled maps (B, C, H), (B, C, H),
+    (B, C, W), (B, C, W), (B, 1, H, W), (B, 1, H, W) -- returns the three factors (B, C, H, 1),
+    (B, C, 1, W), (B, 1, H, W); ``module`` owns the parameters it uses."""
+    if not _native.applies(x) or x.numel() == 0:
+        return None
+    cl = _layout(x)
+    if cl is None:
+        return None
+    lib = _native.kernels()
+    params = _trainable(module)
+    if not torch.is_grad_enabled() or not (x.requires_grad or params):
+        with torch.no_grad():
+            return _triplet_forward(lib, x, cl, factor_fn, track=False)[0]
+    return _TripletGates.apply(x, lib, cl, factor_fn, *params)
 
 
 def _trainable(module: nn.Module | None) -> list[torch.Tensor]:

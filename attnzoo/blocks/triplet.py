@@ -32,6 +32,7 @@ from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
 from ._layout import LayoutConv2d, like_input
 from ._pool import pool_amax, pool_max_along, pool_mean
+from ._pooled_gates import triplet_gates
 
 __all__ = ["TripletAttn"]
 
@@ -78,17 +79,24 @@ class TripletAttn(nn.Module):
         self.tap_cw = AttnTap("spatial")
         self.tap_hw = AttnTap("spatial")
 
+    def factors(self, mx_w, mean_w, mx_h, mean_h, mx_c, mean_c):
+        """The three factors from the pooled maps: over W (B, C, H) x 2, over H (B, C, W) x 2, over C
+        (B, 1, H, W) x 2; returns (B, C, H, 1), (B, C, 1, W) and (B, 1, H, W), through their taps."""
+        b, c, h = mx_w.shape
+        w = mx_h.shape[2]
+        z_hc = torch.stack([mx_w, mean_w], dim=1).transpose(2, 3)  # (B, 2, H, C), the paper's rotated layout
+        a_hc = self.gate_hc(z_hc).transpose(2, 3).reshape(b, c, h, 1)
+        a_cw = self.gate_cw(torch.stack([mx_h, mean_h], dim=1)).reshape(b, c, 1, w)  # (B, 2, C, W) -> (B, C, 1, W)
+        a_hw = self.gate_hw(torch.cat([mx_c, mean_c], dim=1))  # (B, 2, H, W) -> (B, 1, H, W)
+        return self.tap_hc(a_hc), self.tap_cw(a_cw), self.tap_hw(a_hw)
+
     def forward(self, x):
         check_input(self, x)
-        b, c, h, w = x.shape
-        # pool over W: (B, 2, C, H) -> laid out (B, 2, H, C) as the rotated tensor of the paper
-        z_hc = torch.stack([pool_max_along(x, 3, keepdim=False), pool_mean(x, 3, keepdim=False)], dim=1).transpose(2, 3)  # (B, 2, H, C)
-        a_hc = self.gate_hc(z_hc).transpose(2, 3).reshape(b, c, h, 1)  # (B, C, H, 1)
-        # pool over H
-        z_cw = torch.stack([pool_max_along(x, 2, keepdim=False), pool_mean(x, 2, keepdim=False)], dim=1)  # (B, 2, C, W)
-        a_cw = self.gate_cw(z_cw).reshape(b, c, 1, w)  # (B, C, 1, W)
-        # pool over C
-        z_hw = torch.cat([pool_amax(x, 1), pool_mean(x, 1)], dim=1)  # (B, 2, H, W)
-        a_hw = self.gate_hw(z_hw)  # (B, 1, H, W)
-        a = self.tap_hc(like_input(a_hc, x)) + self.tap_cw(like_input(a_cw, x)) + self.tap_hw(a_hw)  # (B, C, H, W)
+        y = triplet_gates(x, self.factors, self)  # the native CPU kernels (_pooled_gates.py) where they apply
+        if y is not None:
+            return y
+        a_hc, a_cw, a_hw = self.factors(pool_max_along(x, 3, keepdim=False), pool_mean(x, 3, keepdim=False),
+                                        pool_max_along(x, 2, keepdim=False), pool_mean(x, 2, keepdim=False),
+                                        pool_amax(x, 1), pool_mean(x, 1))
+        a = like_input(a_hc, x) + like_input(a_cw, x) + a_hw  # (B, C, H, W)
         return x * a * (1.0 / 3.0)
