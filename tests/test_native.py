@@ -12,8 +12,8 @@ from attnzoo import create_attn
 from attnzoo.blocks import _native
 from attnzoo.blocks._layout import LayoutConv2d
 
-POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet"]
-NATIVE_OPS = {"_PooledGatesBackward", "_TripletGatesBackward"}
+POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"]
+NATIVE_OPS = {"_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward"}
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 4; }
+int attnzoo_native_abi(void) { return 5; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -797,5 +797,146 @@ void triplet_grad_input(const float *x, const float *dy, const float *ahc, const
                 ob[c * sC + (int64_t)ah[b * C * W + c * W + w] * sH + w * sW] += dmh[b * C * W + c * W + w];
         }
         free(thc); free(ehw);
+    }
+}
+
+/* Strip gates (coordinate attention, Hou et al., CVPR 2021; ELA): y = (x * gh[c, h]) * gw[c, w], gh from the
+ * mean over W, gw from the mean over H. strip_pool computes both means in one pass. */
+void strip_pool(const float *x, TRIP_DIMS, float *mw, float *mh) {
+    SAMPLES {
+        const float *xb = x + b * C * H * W;
+        float *Mw = mw + b * C * H, *Mh = mh + b * C * W;
+        for (int64_t k = 0; k < C * W; k++) Mh[k] = 0.f;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *r = xb + (c * H + h) * W;
+                    float *mh_ = Mh + c * W;
+                    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+                    for (int64_t w = 0; w < W; w++) { s += r[w]; mh_[w] += r[w]; }
+                    Mw[c * H + h] = s / (float)W;
+                }
+            for (int64_t k = 0; k < C * W; k++) Mh[k] /= (float)H;
+        } else {
+            float *tw = malloc(sizeof(float) * C), *th = calloc(W * C, sizeof(float));
+            for (int64_t h = 0; h < H; h++) {
+                for (int64_t c = 0; c < C; c++) tw[c] = 0.f;
+                for (int64_t w = 0; w < W; w++) {
+                    const float *r = xb + (h * W + w) * C;
+                    float *t = th + w * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) { tw[c] += r[c]; t[c] += r[c]; }
+                }
+                for (int64_t c = 0; c < C; c++) Mw[c * H + h] = tw[c] / (float)W;
+            }
+            for (int64_t w = 0; w < W; w++)
+                for (int64_t c = 0; c < C; c++) Mh[c * W + w] = th[w * C + c] / (float)H;
+            free(tw); free(th);
+        }
+    }
+}
+
+/* y = (x * gh) * gw. */
+void strip_apply(const float *x, const float *gh, const float *gw, TRIP_DIMS, float *y) {
+    SAMPLES {
+        const float *xb = x + b * C * H * W;
+        float *yb = y + b * C * H * W;
+        float *th = malloc(sizeof(float) * C * (H + W)), *tw = th + C * H;
+        trip_factors(gh + b * C * H, gw + b * C * W, C, H, W, cl, th, tw);
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *r = xb + (c * H + h) * W, *g = tw + c * W;
+                    float *o = yb + (c * H + h) * W;
+                    const float a = th[c * H + h];
+#pragma omp simd
+                    for (int64_t w = 0; w < W; w++) o[w] = (r[w] * a) * g[w];
+                }
+        } else {
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t w = 0; w < W; w++) {
+                    const float *r = xb + (h * W + w) * C, *a = th + h * C, *g = tw + w * C;
+                    float *o = yb + (h * W + w) * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] = (r[c] * a[c]) * g[c];
+                }
+        }
+        free(th);
+    }
+}
+
+/* dgh[c, h] = sum_w (dy * gw) * x; dgw[c, w] = sum_h dy * (x * gh). */
+void strip_grad_factors(const float *x, const float *dy, const float *gh, const float *gw, TRIP_DIMS, float *dgh,
+                        float *dgw) {
+    SAMPLES {
+        const float *xb = x + b * C * H * W, *db = dy + b * C * H * W;
+        float *Dh = dgh + b * C * H, *Dw = dgw + b * C * W;
+        float *th = malloc(sizeof(float) * C * (H + W)), *tw = th + C * H;
+        trip_factors(gh + b * C * H, gw + b * C * W, C, H, W, cl, th, tw);
+        if (!cl) {
+            for (int64_t k = 0; k < C * W; k++) Dw[k] = 0.f;
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *r = xb + (c * H + h) * W, *d = db + (c * H + h) * W, *g = tw + c * W;
+                    float *dw_ = Dw + c * W;
+                    const float a = th[c * H + h];
+                    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+                    for (int64_t w = 0; w < W; w++) { s += (d[w] * g[w]) * r[w]; dw_[w] += d[w] * (r[w] * a); }
+                    Dh[c * H + h] = s;
+                }
+        } else {
+            float *sh = malloc(sizeof(float) * C), *sw = calloc(W * C, sizeof(float));
+            for (int64_t h = 0; h < H; h++) {
+                for (int64_t c = 0; c < C; c++) sh[c] = 0.f;
+                for (int64_t w = 0; w < W; w++) {
+                    const float *r = xb + (h * W + w) * C, *d = db + (h * W + w) * C, *a = th + h * C, *g = tw + w * C;
+                    float *t = sw + w * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) { sh[c] += (d[c] * g[c]) * r[c]; t[c] += d[c] * (r[c] * a[c]); }
+                }
+                for (int64_t c = 0; c < C; c++) Dh[c * H + h] = sh[c];
+            }
+            for (int64_t w = 0; w < W; w++)
+                for (int64_t c = 0; c < C; c++) Dw[c * W + w] = sw[w * C + c];
+            free(sh); free(sw);
+        }
+        free(th);
+    }
+}
+
+/* dx = (dy * gw) * gh + dmean_w[c, h] / W + dmean_h[c, w] / H. */
+void strip_grad_input(const float *dy, const float *gh, const float *gw, const float *dmw, const float *dmh, TRIP_DIMS,
+                      float *dx) {
+    SAMPLES {
+        const float *db = dy + b * C * H * W;
+        float *ob = dx + b * C * H * W;
+        float *th = malloc(sizeof(float) * 2 * C * (H + W)), *tw = th + C * H, *eh = tw + C * W, *ew = eh + C * H;
+        trip_factors(gh + b * C * H, gw + b * C * W, C, H, W, cl, th, tw);
+        for (int64_t c = 0; c < C; c++) {
+            for (int64_t h = 0; h < H; h++) eh[cl ? h * C + c : c * H + h] = dmw[b * C * H + c * H + h] / (float)W;
+            for (int64_t w = 0; w < W; w++) ew[cl ? w * C + c : c * W + w] = dmh[b * C * W + c * W + w] / (float)H;
+        }
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *d = db + (c * H + h) * W, *g = tw + c * W, *e = ew + c * W;
+                    float *o = ob + (c * H + h) * W;
+                    const float a = th[c * H + h], ea = eh[c * H + h];
+#pragma omp simd
+                    for (int64_t w = 0; w < W; w++) o[w] = (d[w] * g[w]) * a + ea + e[w];
+                }
+        } else {
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t w = 0; w < W; w++) {
+                    const float *d = db + (h * W + w) * C, *a = th + h * C, *g = tw + w * C;
+                    const float *ea = eh + h * C, *e = ew + w * C;
+                    float *o = ob + (h * W + w) * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] = (d[c] * g[c]) * a[c] + ea[c] + e[c];
+                }
+        }
+        free(th);
     }
 }

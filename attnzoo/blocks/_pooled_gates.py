@@ -32,7 +32,7 @@ from torch import nn
 
 from . import _native
 
-__all__ = ["pooled_gates", "triplet_gates"]
+__all__ = ["pooled_gates", "strip_gates", "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -215,6 +215,75 @@ def triplet_gates(x: torch.Tensor, factor_fn, module: nn.Module) -> torch.Tensor
         with torch.no_grad():
             return _triplet_forward(lib, x, cl, factor_fn, track=False)[0]
     return _TripletGates.apply(x, lib, cl, factor_fn, *params)
+
+
+class _StripGates(torch.autograd.Function):
+    """``y = (x * gh) * gw`` with gh (B, C, H, 1), gw (B, C, 1, W) from ``factor_fn(mean_w, mean_h)``."""
+
+    @staticmethod
+    def forward(ctx, x, lib, cl, factor_fn, *params):
+        y, st = _strip_forward(lib, x, cl, factor_fn, track=True)
+        ctx.save_for_backward(x)
+        ctx.st, ctx.lib, ctx.cl, ctx.params = st, lib, cl, list(params)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        st, lib, cl = ctx.st, ctx.lib, ctx.cl
+        b, c, h, w = x.shape
+        dims = (b, c, h, w, cl, torch.get_num_threads())
+        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        gh, gw = st["flat"]
+        dgh, dgw = x.new_empty(b, c, h), x.new_empty(b, c, w)
+        lib.strip_grad_factors(x.data_ptr(), dy.data_ptr(), gh.data_ptr(), gw.data_ptr(), *dims, dgh.data_ptr(),
+                               dgw.data_ptr())
+        outs = st["factors"]
+        grads = [g.view(o.shape).to(o.dtype) for g, o in zip((dgh, dgw), outs)]
+        (dmw, dmh), grads_params = _grads(list(outs), grads, st["leaves"], ctx.params)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x)
+            lib.strip_grad_input(dy.data_ptr(), gh.data_ptr(), gw.data_ptr(), dmw.data_ptr(), dmh.data_ptr(), *dims,
+                                 dx.data_ptr())
+        return (dx, None, None, None, *grads_params)
+
+
+def _strip_forward(lib, x, cl, factor_fn, track: bool):
+    b, c, h, w = x.shape
+    dims = (b, c, h, w, cl, torch.get_num_threads())
+    mw, mh = x.new_empty(b, c, h, 1), x.new_empty(b, c, 1, w)
+    lib.strip_pool(x.data_ptr(), *dims, mw.data_ptr(), mh.data_ptr())
+    leaves = [mw, mh]
+    for t in leaves:
+        t.requires_grad_(track)
+    with torch.set_grad_enabled(track):
+        factors = factor_fn(mw, mh)
+    shapes = ((b, c, h, 1), (b, c, 1, w))
+    if tuple(tuple(f.shape) for f in factors) != shapes:
+        raise RuntimeError(f"strip_gates: the factors must be {shapes}, got {[tuple(f.shape) for f in factors]}")
+    flat = [f.detach().to(torch.float32).contiguous() for f in factors]
+    y = torch.empty_like(x)
+    lib.strip_apply(x.data_ptr(), flat[0].data_ptr(), flat[1].data_ptr(), *dims, y.data_ptr())
+    return y, dict(leaves=leaves, factors=factors, flat=flat)
+
+
+def strip_gates(x: torch.Tensor, factor_fn, module: nn.Module) -> torch.Tensor | None:
+    """Strip gates ``y = (x * gh) * gw`` (coordinate attention, ELA) on the native kernels, or None where
+    they do not apply (as ``pooled_gates``). ``factor_fn(mean_w, mean_h)`` -- the means over W
+    (B, C, H, 1) and over H (B, C, 1, W) -- returns gh (B, C, H, 1) and gw (B, C, 1, W)."""
+    if not _native.applies(x) or x.numel() == 0:
+        return None
+    cl = _layout(x)
+    if cl is None:
+        return None
+    lib = _native.kernels()
+    params = _trainable(module)
+    if not torch.is_grad_enabled() or not (x.requires_grad or params):
+        with torch.no_grad():
+            return _strip_forward(lib, x, cl, factor_fn, track=False)[0]
+    return _StripGates.apply(x, lib, cl, factor_fn, *params)
 
 
 def _trainable(module: nn.Module | None) -> list[torch.Tensor]:

@@ -34,6 +34,7 @@ from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
 from ._layout import like_input
 from ._pool import pool_mean
+from ._pooled_gates import strip_gates
 
 __all__ = ["CoordAttn"]
 
@@ -86,13 +87,20 @@ class CoordAttn(nn.Module):
         self.tap_h = AttnTap("spatial")
         self.tap_w = AttnTap("spatial")
 
-    def forward(self, x):
-        check_input(self, x)
-        h, w = x.shape[2:]
-        z_h = pool_mean(x, 3)  # (B, C, H, 1)
-        z_w = pool_mean(x, 2).transpose(2, 3)  # (B, C, W, 1)
-        f = self.act(self.bn1(self.conv1(torch.cat([z_h, z_w], dim=2))))  # (B, mip, H+W, 1)
+    def factors(self, z_h, z_w):
+        """g_h (B, C, H, 1) and g_w (B, C, 1, W), through their taps, from the means over W (B, C, H, 1)
+        and over H (B, C, 1, W)."""
+        h, w = z_h.shape[2], z_w.shape[3]
+        f = self.act(self.bn1(self.conv1(torch.cat([z_h, z_w.transpose(2, 3)], dim=2))))  # (B, mip, H+W, 1)
         f_h, f_w = torch.split(f, [h, w], dim=2)  # (B, mip, H, 1), (B, mip, W, 1)
         g_h = self.gate(self.conv_h(f_h))  # (B, C, H, 1)
         g_w = self.gate(self.conv_w(f_w.transpose(2, 3)))  # (B, C, 1, W)
-        return x * self.tap_h(like_input(g_h, x)) * self.tap_w(like_input(g_w, x))
+        return self.tap_h(g_h), self.tap_w(g_w)
+
+    def forward(self, x):
+        check_input(self, x)
+        y = strip_gates(x, self.factors, self)  # the native CPU kernels (_pooled_gates.py) where they apply
+        if y is not None:
+            return y
+        g_h, g_w = self.factors(pool_mean(x, 3), pool_mean(x, 2))
+        return x * like_input(g_h, x) * like_input(g_w, x)

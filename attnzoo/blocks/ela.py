@@ -38,6 +38,7 @@ from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from ._layout import LayoutConv2d, like_input
 from ._pool import pool_mean
+from ._pooled_gates import strip_gates
 
 __all__ = ["EfficientLocalAttn"]
 
@@ -98,14 +99,20 @@ class EfficientLocalAttn(nn.Module):
         self.tap_h = AttnTap("spatial")
         self.tap_w = AttnTap("spatial")
 
-    def forward(self, x):
-        check_input(self, x)
-        z_h = pool_mean(x, 3)  # (B, C, H, 1)
-        z_w = pool_mean(x, 2)  # (B, C, 1, W)
+    def factors(self, z_h, z_w):
+        """a_h (B, C, H, 1) and a_w (B, C, 1, W), through their taps, from the means over W and over H."""
         if self.shared:
             a_h = self.gate(self.act(self.norm(self.conv(z_h))))  # (B, C, H, 1)
             a_w = self.gate(self.act(self.norm(self.conv(z_w.transpose(2, 3))))).transpose(2, 3)  # (B, C, 1, W)
         else:
             a_h = self.gate(self.act(self.norm_h(self.conv_h(z_h))))  # (B, C, H, 1)
             a_w = self.gate(self.act(self.norm_w(self.conv_w(z_w))))  # (B, C, 1, W)
-        return x * self.tap_h(like_input(a_h, x)) * self.tap_w(like_input(a_w, x))
+        return self.tap_h(a_h), self.tap_w(a_w)
+
+    def forward(self, x):
+        check_input(self, x)
+        y = strip_gates(x, self.factors, self)  # the native CPU kernels (_pooled_gates.py) where they apply
+        if y is not None:
+            return y
+        a_h, a_w = self.factors(pool_mean(x, 3), pool_mean(x, 2))
+        return x * like_input(a_h, x) * like_input(a_w, x)
