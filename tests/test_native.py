@@ -13,7 +13,8 @@ from attnzoo.blocks import _native
 from attnzoo.blocks._layout import LayoutConv2d
 
 POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"]
-NATIVE_OPS = {"_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward"}
+NATIVE_OPS = {"_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward", "_GroupGatesBackward",
+              "_SgeGatesBackward"}
 
 
 @pytest.fixture
@@ -45,13 +46,13 @@ def _randomized(name, channels, seed=0):
     return block
 
 
-def _train_step(name, x, monkeypatch, native, seed=0):
+def _train_step(name, x, monkeypatch, native, seed=0, capture=True):
     """Output, dL/dx, parameter gradients, buffers and the captured factors of one training step."""
     _native_on(monkeypatch, native)
     block = _randomized(name, x.shape[1], seed)
     taps = {}
     for mname, m in block.named_modules():
-        if type(m).__name__ == "AttnTap":
+        if capture and type(m).__name__ == "AttnTap":
             m.register_forward_hook(lambda mod, inp, out, k=mname: taps.__setitem__(k, out.detach().clone()))
     x = x.clone().requires_grad_(True)
     y = block(x)
@@ -90,6 +91,46 @@ def test_pooled_gates_op_is_the_plain_path(name, channels_last, shape, monkeypat
     assert got["taps"].keys() == want["taps"].keys() and got["taps"]
     for k in want["taps"]:
         _close(got["taps"][k], want["taps"][k], f"tap {k}")
+
+
+@pytest.mark.parametrize("spread", ["std", "unbiased_std", "sqrt_var"])
+@pytest.mark.parametrize("groups", [None, 4, 1])
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 48, 6, 5), (2, 16, 1, 7), (4, 64, 7, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sge_group_gates_are_the_plain_path(channels_last, shape, groups, spread, monkeypatch, two_threads):
+    """SGE's op (its tap is left uncaptured: a captured tap needs the full factor, so it runs the plain path)."""
+    import attnzoo
+    # + 1: channel means away from 0, so no group's similarities have a near-zero spread, where the
+    # normalisation's 1 / (std + eps) makes float32 itself (either path) disagree with float64
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2)) + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for native in (True, False):
+        _native_on(monkeypatch, native)
+        torch.manual_seed(0)
+        block = attnzoo.create_attn("sge", shape[1], spread=spread, **({} if groups is None else {"groups": groups})).train()
+        with torch.no_grad():
+            block.weight.normal_()
+            block.bias.normal_()
+        xi = x.clone().requires_grad_(True)
+        y = block(xi)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format))
+        results.append((y.detach(), xi.grad, block.weight.grad, block.bias.grad, type(y.grad_fn).__name__))
+    got, want = results
+    assert got[4] == ("_GroupGatesBackward" if spread == "sqrt_var" else "_SgeGatesBackward") and want[4] != got[4]
+    for a, b, what in zip(got[:4], want[:4], ("output", "dL/dx", "dL/dgamma", "dL/dbeta")):
+        _close(a, b, what)
+
+
+def test_a_captured_sge_tap_sees_the_full_factor(monkeypatch, two_threads):
+    _native_on(monkeypatch, True)
+    block = _randomized("sge", 32)
+    seen = []
+    block.tap.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    y = block(torch.randn(4, 32, 5, 5, requires_grad=True))
+    assert seen == [(4, 32, 5, 5)] and type(y.grad_fn).__name__ not in NATIVE_OPS
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 5; }
+int attnzoo_native_abi(void) { return 8; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -938,5 +938,296 @@ void strip_grad_input(const float *dy, const float *gh, const float *gw, const f
                 }
         }
         free(th);
+    }
+}
+
+/* Spatial group-wise enhance (Li et al., 2019): G groups of Cg = C / G channels; mean[c] = mean_p x;
+ * sim[g, p] = sum_{c in g} mean[c] * x[c, p]; y[c, p] = x[c, p] * a[g(c), p], a computed from sim.
+ * The group maps (sim, a and their gradients) are laid out like x: (B, G, P) for NCHW, (B, P, G) for
+ * channels_last, so that no kernel transposes. */
+#define GROUP_DIMS int64_t B, int64_t C, int64_t P, int64_t G, int cl, int nt
+
+/* sum over each group's channels of v[c] (contiguous), into out[g] (contiguous) */
+INLINE void group_reduce(const float *v, int64_t G, int64_t Cg, float *out) {
+    if (Cg == 1) { for (int64_t g = 0; g < G; g++) out[g] = v[g]; return; }
+    for (int64_t g = 0; g < G; g++) {
+        float t = 0.f;
+        for (int64_t k = 0; k < Cg; k++) t += v[g * Cg + k];
+        out[g] = t;
+    }
+}
+
+/* mean[b, c] and sim (one pass over the sample for the means, one for the similarities, the sample
+ * still in cache). */
+void group_sim(const float *x, GROUP_DIMS, float *mean, float *sim) {
+    const int64_t Cg = C / G;
+    SAMPLES {
+        const float *xb = x + b * C * P;
+        float *m = mean + b * C, *s = sim + b * G * P;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                float t = 0.f;
+#pragma omp simd reduction(+ : t)
+                for (int64_t p = 0; p < P; p++) t += r[p];
+                m[c] = t / (float)P;
+            }
+            for (int64_t q = 0; q < G * P; q++) s[q] = 0.f;
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                float *sr = s + (c / Cg) * P;
+                const float mv = m[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) sr[p] += mv * r[p];
+            }
+        } else {
+            float *v = malloc(sizeof(float) * C);
+            for (int64_t c = 0; c < C; c++) m[c] = 0.f;
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) m[c] += r[c];
+            }
+            for (int64_t c = 0; c < C; c++) m[c] /= (float)P;
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) v[c] = m[c] * r[c];
+                group_reduce(v, G, Cg, s + p * G);
+            }
+            free(v);
+        }
+    }
+}
+
+/* y[c, p] = x[c, p] * a[g(c), p]. */
+void group_apply(const float *x, const float *a, GROUP_DIMS, float *y) {
+    const int64_t Cg = C / G;
+    SAMPLES {
+        const float *xb = x + b * C * P, *ab = a + b * G * P;
+        float *yb = y + b * C * P;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *ar = ab + (c / Cg) * P;
+                float *o = yb + c * P;
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) o[p] = r[p] * ar[p];
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *ar = ab + p * G;
+                float *o = yb + p * C;
+                if (Cg == 1) {
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] = r[c] * ar[c];
+                } else {
+                    for (int64_t g = 0; g < G; g++)
+                        for (int64_t k = 0; k < Cg; k++) o[g * Cg + k] = r[g * Cg + k] * ar[g];
+                }
+            }
+        }
+    }
+}
+
+/* da[b, g, p] = sum_{c in g} dy * x. */
+void group_grad_factor(const float *x, const float *dy, GROUP_DIMS, float *da) {
+    const int64_t Cg = C / G;
+    SAMPLES {
+        const float *xb = x + b * C * P, *db = dy + b * C * P;
+        float *o = da + b * G * P;
+        if (!cl) {
+            for (int64_t q = 0; q < G * P; q++) o[q] = 0.f;
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *d = db + c * P;
+                float *orow = o + (c / Cg) * P;
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) orow[p] += d[p] * r[p];
+            }
+        } else {
+            float *v = malloc(sizeof(float) * C);
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) v[c] = d[c] * r[c];
+                group_reduce(v, G, Cg, o + p * G);
+            }
+            free(v);
+        }
+    }
+}
+
+/* dmean[b, c] = sum_p dsim[g(c), p] * x[c, p] (the similarity's gradient for the mean vector), then
+ * dx = dy * a[g, p] + dsim[g, p] * mean[c] + dmean[c] / P, both for one sample while it is in cache. */
+void group_grad_input(const float *x, const float *dy, const float *a, const float *dsim, const float *mean,
+                      GROUP_DIMS, float *dx) {
+    const int64_t Cg = C / G;
+    SAMPLES {
+        const float *xb = x + b * C * P, *db = dy + b * C * P, *ab = a + b * G * P, *sb = dsim + b * G * P;
+        const float *m = mean + b * C;
+        float *ob = dx + b * C * P;
+        float *dm = malloc(sizeof(float) * C * 3), *ae = dm + C, *se = ae + C;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *sr = sb + (c / Cg) * P;
+                float t = 0.f;
+#pragma omp simd reduction(+ : t)
+                for (int64_t p = 0; p < P; p++) t += sr[p] * r[p];
+                dm[c] = t / (float)P;
+            }
+            for (int64_t c = 0; c < C; c++) {
+                const float *d = db + c * P, *ar = ab + (c / Cg) * P, *sr = sb + (c / Cg) * P;
+                float *o = ob + c * P;
+                const float mv = m[c], e = dm[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) o[p] = d[p] * ar[p] + sr[p] * mv + e;
+            }
+        } else {
+            int32_t *gi = malloc(sizeof(int32_t) * C);
+            for (int64_t c = 0; c < C; c++) { dm[c] = 0.f; gi[c] = (int32_t)(c / Cg); }
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *sr = sb + p * G;
+                if (Cg == 1) {
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) dm[c] += sr[c] * r[c];
+                } else {
+                    for (int64_t c = 0; c < C; c++) dm[c] += sr[gi[c]] * r[c];
+                }
+            }
+            for (int64_t c = 0; c < C; c++) dm[c] /= (float)P;
+            for (int64_t p = 0; p < P; p++) {
+                const float *d = db + p * C, *ar = ab + p * G, *sr = sb + p * G;
+                float *o = ob + p * C;
+                if (Cg == 1) {
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] = d[c] * ar[c] + sr[c] * m[c] + dm[c];
+                } else {
+                    for (int64_t c = 0; c < C; c++) { ae[c] = ar[gi[c]]; se[c] = sr[gi[c]]; }
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] = d[c] * ae[c] + se[c] * m[c] + dm[c];
+                }
+            }
+            free(gi);
+        }
+        free(dm);
+    }
+}
+
+/* SGE's factor from the similarities, per (sample, group) over its P positions (Eq. 4 with the spread
+ * sqrt(max(var, 1e-24)) + eps, var = sum (c - mean)^2 / dof): n = (c - mean) / (sd + eps);
+ * a = n * gamma[g] + beta[g], to which the caller applies the sigmoid (torch's is vectorised; a scalar
+ * expf per element here took most of the block's time). Saves mean and sd + eps per (sample, group).
+ * Element (g, p) of a sample's map is at g * P + p (cl == 0) or p * G + g (cl == 1). */
+void sge_factor(const float *sim, const float *gamma, const float *beta, float eps, float dof, int64_t B, int64_t G,
+                int64_t P, int cl, int nt, float *a, float *mu, float *den) {
+    SAMPLES {
+        const float *cb = sim + b * G * P;
+        float *ob = a + b * G * P, *m = mu + b * G, *d = den + b * G;
+        if (!cl) {
+            for (int64_t g = 0; g < G; g++) {
+                const float *c = cb + g * P;
+                float *o = ob + g * P;
+                float s1 = 0.f, q = 0.f;
+#pragma omp simd reduction(+ : s1)
+                for (int64_t p = 0; p < P; p++) s1 += c[p];
+                const float mv = s1 / (float)P;
+#pragma omp simd reduction(+ : q)
+                for (int64_t p = 0; p < P; p++) q += (c[p] - mv) * (c[p] - mv);
+                float var = q / dof;
+                var = var < 1e-24f ? 1e-24f : var;
+                const float dv = sqrtf(var) + eps, w = gamma[g], t = beta[g];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) o[p] = ((c[p] - mv) / dv) * w + t;
+                m[g] = mv; d[g] = dv;
+            }
+        } else {
+            float *q = malloc(sizeof(float) * G);
+            for (int64_t g = 0; g < G; g++) { m[g] = 0.f; q[g] = 0.f; }
+            for (int64_t p = 0; p < P; p++)
+#pragma omp simd
+                for (int64_t g = 0; g < G; g++) m[g] += cb[p * G + g];
+            for (int64_t g = 0; g < G; g++) m[g] /= (float)P;
+            for (int64_t p = 0; p < P; p++)
+#pragma omp simd
+                for (int64_t g = 0; g < G; g++) { const float e = cb[p * G + g] - m[g]; q[g] += e * e; }
+            for (int64_t g = 0; g < G; g++) {
+                float var = q[g] / dof;
+                var = var < 1e-24f ? 1e-24f : var;
+                d[g] = sqrtf(var) + eps;
+            }
+            for (int64_t p = 0; p < P; p++)
+#pragma omp simd
+                for (int64_t g = 0; g < G; g++) ob[p * G + g] = ((cb[p * G + g] - m[g]) / d[g]) * gamma[g] + beta[g];
+            free(q);
+        }
+    }
+}
+
+/* Backward of sge_factor and the sigmoid: dsim, and per sample and group the sums for dgamma (sum dz * n)
+ * and dbeta (sum dz), dz = da * a * (1 - a); the caller sums them over the batch. */
+void sge_factor_backward(const float *da, const float *a, const float *sim, const float *gamma, const float *mu,
+                         const float *den, float eps, float dof, int64_t B, int64_t G, int64_t P, int cl, int nt,
+                         float *dsim, float *dgamma, float *dbeta) {
+    SAMPLES {
+        const float *cb = sim + b * G * P, *dAb = da + b * G * P, *Ab = a + b * G * P, *m = mu + b * G, *d = den + b * G;
+        float *ob = dsim + b * G * P, *dg = dgamma + b * G, *db = dbeta + b * G;
+        float *acc = malloc(sizeof(float) * G * 4), *sdn = acc + G, *k1 = sdn + G, *k2 = k1 + G;
+        for (int64_t g = 0; g < G; g++) { dg[g] = 0.f; db[g] = 0.f; sdn[g] = 0.f; acc[g] = 0.f; }
+        if (!cl) {
+            for (int64_t g = 0; g < G; g++) {
+                const float *c = cb + g * P, *dA = dAb + g * P, *A = Ab + g * P;
+                const float mv = m[g], dv = d[g], w = gamma[g];
+                float sz = 0.f, szn = 0.f, sd_ = 0.f;
+#pragma omp simd reduction(+ : sz, szn, sd_)
+                for (int64_t p = 0; p < P; p++) {
+                    const float dz = dA[p] * A[p] * (1.f - A[p]), cen = c[p] - mv;
+                    sz += dz; szn += dz * (cen / dv); sd_ += dz * w * cen;
+                }
+                db[g] = sz; dg[g] = szn; sdn[g] = sd_;
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++)
+#pragma omp simd
+                for (int64_t g = 0; g < G; g++) {
+                    const int64_t i = p * G + g;
+                    const float dz = dAb[i] * Ab[i] * (1.f - Ab[i]), cen = cb[i] - m[g];
+                    db[g] += dz; dg[g] += dz * (cen / d[g]); sdn[g] += dz * gamma[g] * cen;
+                }
+        }
+        /* n = cen / d, d = sd + eps, sd = sqrt(max(var, 1e-24)), var = sum cen^2 / dof:
+         * dL/dcen[p] = dz w / d + dvar * 2 cen / dof, then minus its mean over p (cen = c - mean c) */
+        for (int64_t g = 0; g < G; g++) {
+            const float sd = d[g] - eps, dd = -sdn[g] / (d[g] * d[g]);
+            const float dvar = sd * sd > 1e-24f ? dd * 0.5f / sd : 0.f;  /* clamp_min passes it above 1e-24 */
+            k1[g] = gamma[g] / d[g]; k2[g] = dvar * 2.f / dof;
+        }
+        if (!cl) {
+            for (int64_t g = 0; g < G; g++) {
+                const float *c = cb + g * P, *dA = dAb + g * P, *A = Ab + g * P;
+                float *o = ob + g * P;
+                const float mv = m[g], u = k1[g], v = k2[g];
+                float t = 0.f;
+#pragma omp simd reduction(+ : t)
+                for (int64_t p = 0; p < P; p++) {
+                    const float gp = dA[p] * A[p] * (1.f - A[p]) * u + v * (c[p] - mv);
+                    o[p] = gp; t += gp;
+                }
+                t /= (float)P;
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) o[p] -= t;
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++)
+#pragma omp simd
+                for (int64_t g = 0; g < G; g++) {
+                    const int64_t i = p * G + g;
+                    const float gp = dAb[i] * Ab[i] * (1.f - Ab[i]) * k1[g] + k2[g] * (cb[i] - m[g]);
+                    ob[i] = gp; acc[g] += gp;
+                }
+            for (int64_t g = 0; g < G; g++) acc[g] /= (float)P;
+            for (int64_t p = 0; p < P; p++)
+#pragma omp simd
+                for (int64_t g = 0; g < G; g++) ob[p * G + g] -= acc[g];
+        }
+        free(acc);
     }
 }

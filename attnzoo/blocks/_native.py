@@ -38,7 +38,7 @@ __all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies"]
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno"]
-_ABI = 5
+_ABI = 8
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -116,7 +116,14 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.strip_apply.argtypes = [p, p, p, *trip, p]
     lib.strip_grad_factors.argtypes = [p, p, p, p, *trip, p, p]
     lib.strip_grad_input.argtypes = [p, p, p, p, p, *trip, p]
-    for name in ("strip_pool", "strip_apply", "strip_grad_factors", "strip_grad_input", "triplet_pool", "triplet_apply", "triplet_grad_factors", "triplet_grad_input", "dw_forward_cl", "dw_grad_input_cl", "dw_grad_weight_cl", "channel_pool", "spatial_pool", "apply_gates", "grad_spatial_factor", "grad_channel_factor",
+    grp = [i64, i64, i64, i64, i32, i32]  # B, C, P, G, cl, nt
+    lib.group_sim.argtypes = [p, *grp, p, p]
+    lib.group_apply.argtypes = [p, p, *grp, p]
+    lib.group_grad_factor.argtypes = [p, p, *grp, p]
+    lib.group_grad_input.argtypes = [p, p, p, p, p, *grp, p]
+    lib.sge_factor.argtypes = [p, p, p, f32, f32, i64, i64, i64, i32, i32, p, p, p]
+    lib.sge_factor_backward.argtypes = [p, p, p, p, p, p, f32, f32, i64, i64, i64, i32, i32, p, p, p]
+    for name in ("sge_factor", "sge_factor_backward", "group_sim", "group_apply", "group_grad_factor", "group_grad_input", "strip_pool", "strip_apply", "strip_grad_factors", "strip_grad_input", "triplet_pool", "triplet_apply", "triplet_grad_factors", "triplet_grad_input", "dw_forward_cl", "dw_grad_input_cl", "dw_grad_weight_cl", "channel_pool", "spatial_pool", "apply_gates", "grad_spatial_factor", "grad_channel_factor",
                  "grad_input", "conv_small_forward", "conv_small_grad_input", "conv_small_grad_weight"):
         getattr(lib, name).restype = None
     return lib

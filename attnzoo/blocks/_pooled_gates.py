@@ -32,7 +32,7 @@ from torch import nn
 
 from . import _native
 
-__all__ = ["pooled_gates", "strip_gates", "triplet_gates"]
+__all__ = ["group_gates", "pooled_gates", "strip_gates", "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -284,6 +284,132 @@ def strip_gates(x: torch.Tensor, factor_fn, module: nn.Module) -> torch.Tensor |
         with torch.no_grad():
             return _strip_forward(lib, x, cl, factor_fn, track=False)[0]
     return _StripGates.apply(x, lib, cl, factor_fn, *params)
+
+
+def _group_format(cl: int):
+    return torch.channels_last if cl else torch.contiguous_format
+
+
+def _group_map(x: torch.Tensor, groups: int, cl: int) -> torch.Tensor:
+    """A (B, G, H, W) map in x's layout (the kernels index it as (B, G, P) or (B, P, G))."""
+    b, _, h, w = x.shape
+    return torch.empty(b, groups, h, w, dtype=x.dtype, memory_format=_group_format(cl))
+
+
+class _GroupGates(torch.autograd.Function):
+    """SGE's ``y[c, p] = x[c, p] * a[g(c), p]``, a = ``factor_fn(sim)`` from sim[g, p] = mean_c . x_p."""
+
+    @staticmethod
+    def forward(ctx, x, lib, cl, groups, factor_fn, *params):
+        y, st = _group_forward(lib, x, cl, groups, factor_fn, track=True)
+        ctx.save_for_backward(x)
+        ctx.st, ctx.lib, ctx.cl, ctx.groups, ctx.params = st, lib, cl, groups, list(params)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        st, lib, cl, g = ctx.st, ctx.lib, ctx.cl, ctx.groups
+        b, c, h, w = x.shape
+        dims = (b, c, h * w, g, cl, torch.get_num_threads())
+        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        da = _group_map(x, g, cl)
+        lib.group_grad_factor(x.data_ptr(), dy.data_ptr(), *dims, da.data_ptr())
+        a_t = st["a_t"]
+        (dsim,), grads_params = _grads(a_t, da.to(a_t.dtype), [st["sim"]], ctx.params)
+        dsim = dsim.contiguous(memory_format=_group_format(cl))
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x)
+            lib.group_grad_input(x.data_ptr(), dy.data_ptr(), st["a"].data_ptr(), dsim.data_ptr(), st["mean"].data_ptr(),
+                                 *dims, dx.data_ptr())
+        return (dx, None, None, None, None, *grads_params)
+
+
+def _group_forward(lib, x, cl, groups, factor_fn, track: bool):
+    b, c, h, w = x.shape
+    dims = (b, c, h * w, groups, cl, torch.get_num_threads())
+    mean, sim = x.new_empty(b, c), _group_map(x, groups, cl)
+    lib.group_sim(x.data_ptr(), *dims, mean.data_ptr(), sim.data_ptr())
+    sim.requires_grad_(track)
+    with torch.set_grad_enabled(track):
+        a_t = factor_fn(sim)
+    if tuple(a_t.shape) != (b, groups, h, w):
+        raise RuntimeError(f"group_gates: the factor must be {(b, groups, h, w)}, got {tuple(a_t.shape)}")
+    a = a_t.detach().to(torch.float32).contiguous(memory_format=_group_format(cl))
+    y = torch.empty_like(x)
+    lib.group_apply(x.data_ptr(), a.data_ptr(), *dims, y.data_ptr())
+    return y, dict(sim=sim, a_t=a_t, a=a, mean=mean)
+
+
+class _SgeGates(torch.autograd.Function):
+    """SGE with its factor in the kernels too (``sge_factor``): a = sigmoid(gamma * n + beta), n the
+    similarities normalised over the positions by sqrt(max(var, 1e-24)) + eps. At C = G (one channel per
+    group) the factor is as large as x, and its dozen PyTorch ops cost more than everything else."""
+
+    @staticmethod
+    def forward(ctx, x, lib, cl, groups, eps, dof, gamma, beta):
+        b, c, h, w = x.shape
+        p = h * w
+        nt = torch.get_num_threads()
+        dims = (b, c, p, groups, cl, nt)
+        mean, sim = x.new_empty(b, c), _group_map(x, groups, cl)
+        lib.group_sim(x.data_ptr(), *dims, mean.data_ptr(), sim.data_ptr())
+        a, mu, den = torch.empty_like(sim), x.new_empty(b, groups), x.new_empty(b, groups)
+        g32, b32 = gamma.detach().float().contiguous(), beta.detach().float().contiguous()
+        lib.sge_factor(sim.data_ptr(), g32.data_ptr(), b32.data_ptr(), eps, dof, b, groups, p, cl, nt, a.data_ptr(),
+                       mu.data_ptr(), den.data_ptr())
+        a.sigmoid_()
+        y = torch.empty_like(x)
+        lib.group_apply(x.data_ptr(), a.data_ptr(), *dims, y.data_ptr())
+        ctx.save_for_backward(x, mean, sim, a, mu, den, g32)
+        ctx.lib, ctx.cl, ctx.groups, ctx.eps, ctx.dof = lib, cl, groups, eps, dof
+        ctx.shapes = (gamma.shape, beta.shape)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, mean, sim, a, mu, den, g32 = ctx.saved_tensors
+        lib, cl, g = ctx.lib, ctx.cl, ctx.groups
+        b, c, h, w = x.shape
+        p, nt = h * w, torch.get_num_threads()
+        dims = (b, c, p, g, cl, nt)
+        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        da = torch.empty_like(a)
+        lib.group_grad_factor(x.data_ptr(), dy.data_ptr(), *dims, da.data_ptr())
+        dsim, dgamma, dbeta = torch.empty_like(sim), x.new_empty(b, g), x.new_empty(b, g)
+        lib.sge_factor_backward(da.data_ptr(), a.data_ptr(), sim.data_ptr(), g32.data_ptr(), mu.data_ptr(), den.data_ptr(),
+                                ctx.eps, ctx.dof, b, g, p, cl, nt, dsim.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr())
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x)
+            lib.group_grad_input(x.data_ptr(), dy.data_ptr(), a.data_ptr(), dsim.data_ptr(), mean.data_ptr(), *dims,
+                                 dx.data_ptr())
+        gshape, bshape = ctx.shapes
+        return (dx, None, None, None, None, None, dgamma.sum(0).view(gshape), dbeta.sum(0).view(bshape))
+
+
+def group_gates(x: torch.Tensor, groups: int, factor_fn, module: nn.Module, *, sge=None) -> torch.Tensor | None:
+    """SGE's gate on the native kernels, or None where they do not apply (as ``pooled_gates``):
+    ``factor_fn(sim)`` maps the similarities (B, G, H, W) to the factor a (B, G, H, W), which multiplies
+    each group's channels. ``sge=(gamma, beta, eps, dof)`` computes that factor in the kernels instead
+    (SGE's sigmoid gate and its spread sqrt(max(var, 1e-24)) + eps)."""
+    if not _native.applies(x) or x.numel() == 0 or x.shape[1] % groups:
+        return None
+    cl = _layout(x)
+    if cl is None:
+        return None
+    lib = _native.kernels()
+    if sge is not None:
+        gamma, beta, eps, dof = sge
+        return _SgeGates.apply(x, lib, cl, groups, float(eps), float(dof), gamma, beta)
+    params = _trainable(module)
+    if not torch.is_grad_enabled() or not (x.requires_grad or params):
+        with torch.no_grad():
+            return _group_forward(lib, x, cl, groups, factor_fn, track=False)[0]
+    return _GroupGates.apply(x, lib, cl, groups, factor_fn, *params)
 
 
 def _trainable(module: nn.Module | None) -> list[torch.Tensor]:

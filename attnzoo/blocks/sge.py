@@ -45,7 +45,9 @@ from torch import nn
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from ._layout import like_input
+from ._fused import is_sigmoid
 from ._pool import pool_mean
+from ._pooled_gates import group_gates
 
 __all__ = ["SpatialGroupEnhance", "resolve_groups"]
 
@@ -115,13 +117,12 @@ class SpatialGroupEnhance(nn.Module):
         self.gate = resolve_layer("sge", "gate_layer", gate_layer)()
         self.tap = AttnTap("spatial")
 
-    def forward(self, x):
-        check_input(self, x)
-        b, c, h, w = x.shape
-        g = self.groups
-        xg = x.reshape(b, g, c // g, h, w)  # (B, G, C/G, H, W)
-        mean = pool_mean(xg, (3, 4), keepdim=False).unsqueeze(2)  # (B, G, 1, C/G): the group mean vectors
-        sim = (mean @ xg.flatten(3)).view(b, g, h, w).float()  # (B, G, H, W): g . x_i, a GEMV (no full temp), float32
+    def factor(self, sim, dtype=None):
+        """a (B, G, H, W) from the similarities c_i (B, G, H, W): normalised over the positions (in float32),
+        then affine and gate in ``dtype`` (default: sim's)."""
+        h, w = sim.shape[2:]
+        dtype = dtype or sim.dtype
+        sim = sim.float()
         dof = h * w - 1 if self.spread == "unbiased_std" and h * w > 1 else h * w  # N - 1 or N
         centred = sim - pool_mean(sim, (2, 3))  # (B, G, H, W)
         var = centred.square().sum((2, 3), keepdim=True) / dof  # (B, G, 1, 1)
@@ -129,8 +130,23 @@ class SpatialGroupEnhance(nn.Module):
             n = centred * torch.rsqrt(var + self.eps)  # (B, G, H, W)
         else:
             n = centred / (var.clamp_min(1e-24).sqrt() + self.eps)  # (B, G, H, W)
-        n = n.to(x.dtype)
-        a = self.gate(n * self.weight + self.bias)  # (B, G, H, W)
+        return self.gate(n.to(dtype) * self.weight + self.bias)  # (B, G, H, W)
+
+    def forward(self, x):
+        check_input(self, x)
+        b, c, h, w = x.shape
+        g = self.groups
+        if not (self.tap.active or self.tap._forward_hooks):  # the tap needs the full factor: plain path
+            sge = None  # the paper's spreads with a sigmoid gate: the factor in the kernels as well
+            if self.spread in ("std", "unbiased_std") and is_sigmoid(self.gate):
+                sge = (self.weight, self.bias, self.eps, h * w - 1 if self.spread == "unbiased_std" and h * w > 1 else h * w)
+            y = group_gates(x, g, self.factor, self, sge=sge)  # the native CPU kernels (_pooled_gates.py) where they apply
+            if y is not None:
+                return y
+        xg = x.reshape(b, g, c // g, h, w)  # (B, G, C/G, H, W)
+        mean = pool_mean(xg, (3, 4), keepdim=False).unsqueeze(2)  # (B, G, 1, C/G): the group mean vectors
+        sim = (mean @ xg.flatten(3)).view(b, g, h, w).float()  # (B, G, H, W): g . x_i, a GEMV (no full temp), float32
+        a = self.factor(sim, x.dtype)  # (B, G, H, W)
         if self.tap.active or self.tap._forward_hooks:  # the full (B, C, H, W) factor only while captured
             a = a.unsqueeze(2).expand(b, g, c // g, h, w).reshape(b, c, h, w)  # (B, C, H, W)
             return x * self.tap(a)
