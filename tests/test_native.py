@@ -14,7 +14,7 @@ from attnzoo.blocks._layout import LayoutConv2d
 
 POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"]
 NATIVE_OPS = {"_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward", "_GroupGatesBackward",
-              "_SgeGatesBackward"}
+              "_SgeGatesBackward", "_SimAMGateBackward"}
 
 
 @pytest.fixture
@@ -122,6 +122,42 @@ def test_sge_group_gates_are_the_plain_path(channels_last, shape, groups, spread
     assert got[4] == ("_GroupGatesBackward" if spread == "sqrt_var" else "_SgeGatesBackward") and want[4] != got[4]
     for a, b, what in zip(got[:4], want[:4], ("output", "dL/dx", "dL/dgamma", "dL/dbeta")):
         _close(a, b, what)
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (2, 16, 1, 1), (4, 64, 7, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_simam_op_is_the_plain_path(channels_last, shape, monkeypatch, two_threads):
+    """SimAM's op (tap uncaptured, as SGE's), its sigmoid from the kernels' own exp."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2)) * 3
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got, want = (_train_step("simam", x, monkeypatch, native, capture=False) for native in (True, False))
+    assert got["grad_fn"] == "_SimAMGateBackward" and want["grad_fn"] != got["grad_fn"]
+    _close(got["y"], want["y"], "output")
+    _close(got["dx"], want["dx"], "dL/dx")
+    with torch.no_grad():  # inference: the forward kernel
+        _native_on(monkeypatch, True)
+        block = create_attn("simam", shape[1])
+        y = block(x)
+        _native_on(monkeypatch, False)
+        _close(y, block(x), "inference output")
+
+
+def test_the_kernels_sigmoid_is_torch_sigmoid_to_float_precision():
+    """The vectorised exp behind SimAM's gate: over the whole float range, +-inf and NaN."""
+    lib = _native.kernels()
+    if lib is None:
+        pytest.skip(f"kernels not built: {_native.build_error()}")
+    z = torch.cat([torch.linspace(-120, 120, 240001), torch.logspace(-30, 38, 1000), -torch.logspace(-30, 38, 1000),
+                   torch.tensor([float("inf"), -float("inf"), 0.0, -0.0, 88.72, 88.73, -87.33, -87.34])])
+    got = torch.empty_like(z)
+    lib.sigmoid_values(z.data_ptr(), z.numel(), got.data_ptr())
+    want = torch.sigmoid(z.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=2e-38)
+    assert got[z == float("inf")].item() == 1.0 and got[z == -float("inf")].item() == 0.0
+    nan = torch.tensor([float("nan")])
+    lib.sigmoid_values(nan.data_ptr(), 1, nan.data_ptr())
+    assert nan.isnan().all()
 
 
 def test_a_captured_sge_tap_sees_the_full_factor(monkeypatch, two_threads):

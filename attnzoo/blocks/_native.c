@@ -19,10 +19,42 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 8; }
+int attnzoo_native_abi(void) { return 10; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
+
+/* e^x in plain C that the compiler vectorises (a libm expf call per element does not vectorise without
+ * -ffast-math): x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-6 polynomial, 2^n by the exponent bits.
+ * The split of ln2 and the coefficients are Cephes' expf (S. L. Moshier, Cephes Math Library);
+ * relative error about 2e-7. Below -87.34 x is clamped (e^x = 1.2e-38 there, so 1 / (1 + e^-z) is
+ * exactly 1 for z > 87.34), above 88.72 e^x is inf (the sigmoid exactly 0), NaN stays NaN. The clamps
+ * work on the bits with integer compares: GCC does not vectorise a float select such as x > c ? c : x. */
+INLINE float exp_approx(float x) {
+    union { float f; int32_t i; } u = { .f = x };
+    const int32_t sign = u.i & (int32_t)0x80000000, mag = u.i & 0x7fffffff;
+    const int32_t lim = sign ? 0x42aeac50 : 0x42b0c0a5;  /* 87.3365447505531f, 88.3762626647949f */
+    const int32_t finite_or_inf = mag <= 0x7f800000;  /* not NaN; & not &&: no branch in the loop */
+    const int32_t over = (sign == 0) & (mag > 0x42b17218) & finite_or_inf;  /* x > 88.7228: e^x is inf */
+    u.i = ((mag > lim) & finite_or_inf) ? (sign | lim) : u.i;
+    x = u.f;
+    const float t = x * 1.44269504088896341f;
+    const float n = (float)(int32_t)(t + (t < 0.f ? -0.5f : 0.5f));  /* round (floorf would not vectorise) */
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    union { int32_t i; float f; } scale = { .i = ((int32_t)n + 127) << 23 };  /* 2^n */
+    union { float f; int32_t i; } v = { .f = p * scale.f };
+    v.i = (v.i & ~(-over)) | (0x7f800000 & -over);  /* a select written as a mask: vectorises */
+    return v.f;
+}
+
+INLINE float sigmoid_approx(float z) { return 1.f / (1.f + exp_approx(-z)); }
 
 /* Channels_last pooling over positions of the channels [c0, c0 + L), L <= LANES: called with L == LANES
  * (a constant after inlining: the accumulators live in registers) and once for the remainder. */
@@ -1230,4 +1262,127 @@ void sge_factor_backward(const float *da, const float *a, const float *sim, cons
         }
         free(acc);
     }
+}
+
+/* SimAM (Yang et al., ICML 2021): per (sample, channel) over the P positions, mu = mean x,
+ * k = 1 / (4 (sum (x - mu)^2 / n + lambda)), y = x * sigmoid((x - mu)^2 k + 0.5); n = P - 1 (the
+ * block passes it). The sample's statistics and output in one go while it is in cache. */
+void simam_forward(const float *x, int64_t B, int64_t C, int64_t P, int cl, int nt, float lambda, float n, float *y,
+                   float *mu, float *kk) {
+    SAMPLES {
+        const float *xb = x + b * C * P;
+        float *yb = y + b * C * P, *m = mu + b * C, *k = kk + b * C;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                float *o = yb + c * P;
+                float s1 = 0.f, q = 0.f;
+#pragma omp simd reduction(+ : s1)
+                for (int64_t p = 0; p < P; p++) s1 += r[p];
+                const float mv = s1 / (float)P;
+#pragma omp simd reduction(+ : q)
+                for (int64_t p = 0; p < P; p++) q += (r[p] - mv) * (r[p] - mv);
+                const float kv = 1.f / (4.f * (q / n + lambda));
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) {
+                    const float d = r[p] - mv;
+                    o[p] = sigmoid_approx(d * d * kv + 0.5f) * r[p];
+                }
+                m[c] = mv; k[c] = kv;
+            }
+        } else {
+            float *q = malloc(sizeof(float) * C);
+            for (int64_t c = 0; c < C; c++) { m[c] = 0.f; q[c] = 0.f; }
+            for (int64_t p = 0; p < P; p++)
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) m[c] += xb[p * C + c];
+            for (int64_t c = 0; c < C; c++) m[c] /= (float)P;
+            for (int64_t p = 0; p < P; p++)
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) { const float d = xb[p * C + c] - m[c]; q[c] += d * d; }
+            for (int64_t c = 0; c < C; c++) k[c] = 1.f / (4.f * (q[c] / n + lambda));
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+                float *o = yb + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    const float d = r[c] - m[c];
+                    o[c] = sigmoid_approx(d * d * k[c] + 0.5f) * r[c];
+                }
+            }
+            free(q);
+        }
+    }
+}
+
+/* SimAM's gradient, the statistics' terms in closed form: with c = x - mu, a the gate and
+ * gz = dy a (1 - a) x: dx = dy a + 2 k c gz + c (2 / n) dvar + dmu / P, dvar = -4 k^2 sum gz c^2,
+ * dmu = -2 k sum gz c. */
+void simam_backward(const float *x, const float *dy, const float *mu, const float *kk, int64_t B, int64_t C,
+                    int64_t P, int cl, int nt, float n, float *dx) {
+    SAMPLES {
+        const float *xb = x + b * C * P, *db = dy + b * C * P, *m = mu + b * C, *k = kk + b * C;
+        float *ob = dx + b * C * P;
+        float *s1 = malloc(sizeof(float) * C * 4), *s2 = s1 + C, *u = s2 + C, *v = u + C;
+        for (int64_t c = 0; c < C; c++) { s1[c] = 0.f; s2[c] = 0.f; }
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *d = db + c * P;
+                const float mv = m[c], kv = k[c];
+                float t1 = 0.f, t2 = 0.f;
+#pragma omp simd reduction(+ : t1, t2)
+                for (int64_t p = 0; p < P; p++) {
+                    const float cc = r[p] - mv, a = sigmoid_approx(cc * cc * kv + 0.5f);
+                    const float gz = d[p] * a * (1.f - a) * r[p];
+                    t1 += gz * cc * cc; t2 += gz * cc;
+                }
+                s1[c] = t1; s2[c] = t2;
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    const float cc = r[c] - m[c], a = sigmoid_approx(cc * cc * k[c] + 0.5f);
+                    const float gz = d[c] * a * (1.f - a) * r[c];
+                    s1[c] += gz * cc * cc; s2[c] += gz * cc;
+                }
+            }
+        }
+        for (int64_t c = 0; c < C; c++) {
+            const float dvar = -4.f * k[c] * k[c] * s1[c], dmu = -2.f * k[c] * s2[c];
+            u[c] = dvar * (2.f / n); v[c] = dmu / (float)P;
+        }
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *d = db + c * P;
+                float *o = ob + c * P;
+                const float mv = m[c], kv = k[c], uv = u[c], vv = v[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) {
+                    const float cc = r[p] - mv, a = sigmoid_approx(cc * cc * kv + 0.5f);
+                    const float ga = d[p] * a, gz = ga * (1.f - a) * r[p];
+                    o[p] = ga + 2.f * kv * cc * gz + cc * uv + vv;
+                }
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+                float *o = ob + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    const float cc = r[c] - m[c], a = sigmoid_approx(cc * cc * k[c] + 0.5f);
+                    const float ga = d[c] * a, gz = ga * (1.f - a) * r[c];
+                    o[c] = ga + 2.f * k[c] * cc * gz + cc * u[c] + v[c];
+                }
+            }
+        }
+        free(s1);
+    }
+}
+
+/* The kernels' sigmoid on n values (for the tests: its accuracy against torch.sigmoid). */
+void sigmoid_values(const float *z, int64_t n, float *out) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; i++) out[i] = sigmoid_approx(z[i]);
 }

@@ -8,7 +8,8 @@ takes about a minute on two cores and needs ninja); and they use OpenMP through 
 ``libgomp.so.1`` that torch loaded (same soname), so they share torch's thread pool instead of
 starting a second one that would compete with it.
 
-Build: ``$CC`` (default ``cc``) ``-O3 -march=native -fopenmp -shared``, into
+Build: ``$CC`` (default ``cc``) ``-O3 -march=native -fopenmp -shared -fno-math-errno -fno-trapping-math``
+(IEEE results unchanged: no -ffast-math; errno and FP traps are never used), into
 ``$ATTNZOO_CACHE_DIR`` (default ``$XDG_CACHE_HOME/attnzoo`` or ``~/.cache/attnzoo``) under
 ``kernels/<hash>.so``, the hash covering the source, the compiler command, its version and the
 CPU's flags (so a cache shared between machines never loads a library built for another CPU).
@@ -37,8 +38,8 @@ import torch
 __all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies"]
 
 _SOURCE = Path(__file__).with_name("_native.c")
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno"]
-_ABI = 8
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
+_ABI = 10
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -123,7 +124,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.group_grad_input.argtypes = [p, p, p, p, p, *grp, p]
     lib.sge_factor.argtypes = [p, p, p, f32, f32, i64, i64, i64, i32, i32, p, p, p]
     lib.sge_factor_backward.argtypes = [p, p, p, p, p, p, f32, f32, i64, i64, i64, i32, i32, p, p, p]
-    for name in ("sge_factor", "sge_factor_backward", "group_sim", "group_apply", "group_grad_factor", "group_grad_input", "strip_pool", "strip_apply", "strip_grad_factors", "strip_grad_input", "triplet_pool", "triplet_apply", "triplet_grad_factors", "triplet_grad_input", "dw_forward_cl", "dw_grad_input_cl", "dw_grad_weight_cl", "channel_pool", "spatial_pool", "apply_gates", "grad_spatial_factor", "grad_channel_factor",
+    lib.simam_forward.argtypes = [p, i64, i64, i64, i32, i32, f32, f32, p, p, p]
+    lib.simam_backward.argtypes = [p, p, p, p, i64, i64, i64, i32, i32, f32, p]
+    lib.sigmoid_values.argtypes = [p, i64, p]
+    for name in ("sigmoid_values", "simam_forward", "simam_backward", "sge_factor", "sge_factor_backward", "group_sim", "group_apply", "group_grad_factor", "group_grad_input", "strip_pool", "strip_apply", "strip_grad_factors", "strip_grad_input", "triplet_pool", "triplet_apply", "triplet_grad_factors", "triplet_grad_input", "dw_forward_cl", "dw_grad_input_cl", "dw_grad_weight_cl", "channel_pool", "spatial_pool", "apply_gates", "grad_spatial_factor", "grad_channel_factor",
                  "grad_input", "conv_small_forward", "conv_small_grad_input", "conv_small_grad_weight"):
         getattr(lib, name).restype = None
     return lib

@@ -32,7 +32,7 @@ from torch import nn
 
 from . import _native
 
-__all__ = ["group_gates", "pooled_gates", "strip_gates", "triplet_gates"]
+__all__ = ["group_gates", "pooled_gates", "simam_gate", "strip_gates", "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -410,6 +410,54 @@ def group_gates(x: torch.Tensor, groups: int, factor_fn, module: nn.Module, *, s
         with torch.no_grad():
             return _group_forward(lib, x, cl, groups, factor_fn, track=False)[0]
     return _GroupGates.apply(x, lib, cl, groups, factor_fn, *params)
+
+
+class _SimAMGate(torch.autograd.Function):
+    """SimAM's block (``simam.py``) on the native kernels: statistics, gate and output per sample in one
+    go; backward in two passes over the cached sample, the statistics' gradients in closed form."""
+
+    @staticmethod
+    def forward(ctx, x, lib, cl, e_lambda, n):
+        b, c, h, w = x.shape
+        mu, k, y = x.new_empty(b, c), x.new_empty(b, c), torch.empty_like(x)
+        lib.simam_forward(x.data_ptr(), b, c, h * w, cl, torch.get_num_threads(), e_lambda, n, y.data_ptr(),
+                          mu.data_ptr(), k.data_ptr())
+        ctx.save_for_backward(x, mu, k)
+        ctx.lib, ctx.cl, ctx.n = lib, cl, n
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, mu, k = ctx.saved_tensors
+        b, c, h, w = x.shape
+        dy = dy.contiguous(memory_format=torch.channels_last if ctx.cl else torch.contiguous_format)
+        dx = torch.empty_like(x)
+        ctx.lib.simam_backward(x.data_ptr(), dy.data_ptr(), mu.data_ptr(), k.data_ptr(), b, c, h * w, ctx.cl,
+                               torch.get_num_threads(), ctx.n, dx.data_ptr())
+        return dx, None, None, None, None
+
+
+def simam_gate(x: torch.Tensor, e_lambda: float, n: int) -> torch.Tensor | None:
+    """SimAM with the logistic gate on the native kernels, or None where they do not apply. The sigmoid
+    is computed with ``_native.c``'s vectorised exp (relative error about 2e-7 against torch's)."""
+    if not _native.applies(x) or x.numel() == 0:
+        return None
+    cl = _layout(x)
+    if cl is None:
+        return None
+    lib = _native.kernels()
+    if not torch.is_grad_enabled() or not x.requires_grad:
+        with torch.no_grad():
+            return _SimAMGate.forward(_NoCtx(), x, lib, cl, float(e_lambda), float(n))
+    return _SimAMGate.apply(x, lib, cl, float(e_lambda), float(n))
+
+
+class _NoCtx:
+    """Stands in for autograd's ctx when a Function's forward runs for inference."""
+
+    def save_for_backward(self, *tensors):
+        pass
 
 
 def _trainable(module: nn.Module | None) -> list[torch.Tensor]:

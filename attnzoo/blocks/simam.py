@@ -30,6 +30,7 @@ from ..factory import register_attn
 from ._fused import is_sigmoid, simam_fused, use_fused
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from ._pool import pool_mean
+from ._pooled_gates import simam_gate
 
 __all__ = ["SimAM"]
 
@@ -61,8 +62,12 @@ class SimAM(nn.Module):
     def forward(self, x):
         check_input(self, x)
         n = max(x.shape[2] * x.shape[3] - 1, 1)  # M - 1 neighbours; 1 on a 1x1 map (see NOTE)
-        if use_fused(x) and is_sigmoid(self.gate) and not (self.tap.active or self.tap._forward_hooks):
-            return simam_fused(x, self.e_lambda, n)  # eager training: one custom op, saves only x
+        if is_sigmoid(self.gate) and not (self.tap.active or self.tap._forward_hooks):
+            y = simam_gate(x, self.e_lambda, n)  # the native CPU kernels (_pooled_gates.py) where they apply
+            if y is not None:
+                return y
+            if use_fused(x):
+                return simam_fused(x, self.e_lambda, n)  # eager training elsewhere: one custom op, saves only x
         d = (x - pool_mean(x, (2, 3))).pow(2)  # (B, C, H, W): (t - mu)^2
         var = d.sum((2, 3), keepdim=True) / n  # (B, C, 1, 1): sigma^2
         e_inv = d / (4 * (var + self.e_lambda)) + 0.5  # (B, C, H, W): 1 / e_t*
