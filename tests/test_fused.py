@@ -58,7 +58,9 @@ def test_the_blocks_with_a_fast_path_are_the_expected_ones():
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("name", _SWITCHED)
 def test_fast_path_matches_the_plain_path_in_training(name, channels_last, monkeypatch):
-    """Output, input gradient and every parameter gradient equal with the fast path off."""
+    """Output, input gradient and every parameter gradient equal with the fast path off (the native
+    kernels off as well: they take precedence where built, tests/test_native.py covers them)."""
+    monkeypatch.setenv("ATTNZOO_NATIVE", "0")
     block = _randomized(name).train()
     module = sys.modules[type(block).__module__]  # the block's module bound use_fused by name: switch it there
     x = torch.randn(2, 32, 7, 6)

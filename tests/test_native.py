@@ -160,6 +160,32 @@ def test_the_kernels_sigmoid_is_torch_sigmoid_to_float_precision():
     assert nan.isnan().all()
 
 
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 64, 6, 5), (2, 32, 1, 1), (4, 128, 7, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_shuffle_attention_on_the_kernels_is_the_pytorch_op(channels_last, shape, monkeypatch, two_threads):
+    """SA-Net's op with its statistics, gate, product and shuffle in the kernels, against the same op
+    on PyTorch ops (ATTNZOO_NATIVE=0); its tap uncaptured (a captured tap runs the plain path)."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    runs = []
+    for native in (True, False):
+        _native_on(monkeypatch, native)
+        block = _randomized("shuffle", shape[1])
+        xi = x.clone().requires_grad_(True)
+        y = block(xi)
+        runs.append((y.grad_fn.lib is not None, y.detach(), y.is_contiguous(memory_format=torch.channels_last)))
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format))
+        runs[-1] += (xi.grad, {k: q.grad for k, q in block.named_parameters()})
+    (on, y1, l1, g1, p1), (off, y0, l0, g0, p0) = runs
+    assert on and not off and l1 == l0
+    _close(y1, y0, "output")
+    _close(g1, g0, "dL/dx")
+    for k in p0:
+        _close(p1[k], p0[k], f"dL/d{k}")
+
+
 def test_a_captured_sge_tap_sees_the_full_factor(monkeypatch, two_threads):
     _native_on(monkeypatch, True)
     block = _randomized("sge", 32)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _native
 from ._pool import pool_mean
 
 __all__ = ["use_fused", "is_sigmoid", "shuffle_attention", "simam_fused", "conv1x1_cat", "conv1x1_fused", "affine_sigmoid_gate",
@@ -78,6 +79,17 @@ def _gate_backward(x, s, t, grad_out, shuffle):
     return grad_x, grad_s, grad_t
 
 
+def _native_gate(x: torch.Tensor):
+    """(the native kernel library, x's layout flag) where the kernels apply to x, else (None, None)."""
+    if not _native.applies(x):
+        return None, None
+    if x.is_contiguous():
+        return _native.kernels(), 0
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return _native.kernels(), 1
+    return None, None
+
+
 def channel_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(sample, channel) mean and 1 / sqrt(biased var + eps) over H x W, each (B, C).
 
@@ -110,7 +122,13 @@ class _ShuffleAttn(torch.autograd.Function):
     def forward(ctx, x, cw, cb, sw, sb, groups, eps):
         b, c, h, w = x.shape
         half = c // (2 * groups)
-        mu, rstd = channel_stats(x, eps)  # (B, C) each
+        lib, cl = _native_gate(x)
+        if lib is not None:  # the native kernels (_native.c): statistics, gate, product and shuffle in C
+            mu, var = x.new_empty(b, c), x.new_empty(b, c)
+            lib.channel_moments(x.data_ptr(), b, c, h * w, cl, torch.get_num_threads(), mu.data_ptr(), var.data_ptr())
+            rstd = (var + eps).rsqrt_()
+        else:
+            mu, rstd = channel_stats(x, eps)  # (B, C) each
         mu = mu.view(b, c, 1, 1)
         mu4 = mu.view(b, groups, 2, half)
         rstd = rstd.view(b, groups, 2, half)[:, :, 1]  # (B, G, C/2G), spatial halves
@@ -118,15 +136,27 @@ class _ShuffleAttn(torch.autograd.Function):
         s = torch.stack([torch.zeros_like(s_sp), s_sp], 2).view(b, c, 1, 1)
         t = torch.stack([cw * mu4[:, :, 0] + cb, sb - s_sp * mu4[:, :, 1]], 2).view(b, c, 1, 1)
         ctx.save_for_backward(x, mu, rstd, s, t, cw, sw)
-        ctx.groups = groups
-        return _gate_forward(x, s, t, True)
+        ctx.groups, ctx.lib, ctx.cl = groups, lib, cl
+        if lib is None:
+            return _gate_forward(x, s, t, True)
+        y = torch.empty_like(x)
+        lib.affine_gate_forward(x.data_ptr(), s.data_ptr(), t.data_ptr(), 1, b, c, h * w, cl, torch.get_num_threads(),
+                                y.data_ptr())
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):
         x, mu, rstd, s, t, cw, sw = ctx.saved_tensors
         b, c, h, w = x.shape
         g, half, n = ctx.groups, c // (2 * ctx.groups), h * w
-        grad_x, grad_s, grad_t = _gate_backward(x, s, t, grad_out, True)
+        lib, cl = ctx.lib, ctx.cl
+        if lib is None:
+            grad_x, grad_s, grad_t = _gate_backward(x, s, t, grad_out, True)
+        else:
+            grad_out = grad_out.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            grad_s, grad_t = x.new_empty(b, c, 1, 1), x.new_empty(b, c, 1, 1)
+            lib.affine_gate_reduce(x.data_ptr(), grad_out.data_ptr(), s.data_ptr(), t.data_ptr(), 1, b, c, n, cl,
+                                   torch.get_num_threads(), grad_s.data_ptr(), grad_t.data_ptr())
         gs, gt, mu4 = grad_s.view(b, g, 2, half), grad_t.view(b, g, 2, half), mu.view(b, g, 2, half)
         # channel half: t = cw * mu + cb (s = 0)
         grad_cw = (gt[:, :, 0] * mu4[:, :, 0]).sum((0, 1))
@@ -144,7 +174,13 @@ class _ShuffleAttn(torch.autograd.Function):
         # d mean / dx = 1/N; d var / dx = 2 (x - mu) / N: dL/dx += x * beta + alpha
         beta = gvar * (2.0 / n)
         alpha = gmu / n - beta * mu
-        grad_x.add_((x * beta).add_(alpha))
+        if lib is None:
+            grad_x.add_((x * beta).add_(alpha))
+        else:  # the direct terms and x * beta + alpha in one pass
+            grad_x = torch.empty_like(x)
+            beta, alpha = beta.contiguous(), alpha.contiguous()
+            lib.affine_gate_grad_input(x.data_ptr(), grad_out.data_ptr(), s.data_ptr(), t.data_ptr(), beta.data_ptr(),
+                                       alpha.data_ptr(), 1, b, c, n, cl, torch.get_num_threads(), grad_x.data_ptr())
         return grad_x, grad_cw, grad_cb, grad_sw, grad_sb, None, None
 
 

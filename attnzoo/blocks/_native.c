@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 10; }
+int attnzoo_native_abi(void) { return 11; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -1385,4 +1385,146 @@ void simam_backward(const float *x, const float *dy, const float *mu, const floa
 void sigmoid_values(const float *z, int64_t n, float *out) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) out[i] = sigmoid_approx(z[i]);
+}
+
+/* Affine sigmoid gates (SA-Net's shuffle attention, Zhang & Yang, ICASSP 2021): per (sample, channel)
+ * s, t; y = x * sigmoid(x * s + t), written to channel perm(c) = 2 (c mod C/2) + c div (C/2) when
+ * shuffle (ShuffleNet's channel shuffle by 2), else to c. channel_moments gives the statistics. */
+static int32_t *shuffle_perm(int64_t C, int shuffle) {
+    int32_t *pm = malloc(sizeof(int32_t) * C);
+    for (int64_t c = 0; c < C; c++) pm[c] = (int32_t)(shuffle ? 2 * (c % (C / 2)) + c / (C / 2) : c);
+    return pm;
+}
+
+/* mean[b, c] and the biased variance var[b, c] over positions (two passes over the cached sample). */
+void channel_moments(const float *x, int64_t B, int64_t C, int64_t P, int cl, int nt, float *mean, float *var) {
+    SAMPLES {
+        const float *xb = x + b * C * P;
+        float *m = mean + b * C, *v = var + b * C;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                float s = 0.f, q = 0.f;
+#pragma omp simd reduction(+ : s)
+                for (int64_t p = 0; p < P; p++) s += r[p];
+                const float mv = s / (float)P;
+#pragma omp simd reduction(+ : q)
+                for (int64_t p = 0; p < P; p++) q += (r[p] - mv) * (r[p] - mv);
+                m[c] = mv; v[c] = q / (float)P;
+            }
+        } else {
+            for (int64_t c = 0; c < C; c++) { m[c] = 0.f; v[c] = 0.f; }
+            for (int64_t p = 0; p < P; p++)
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) m[c] += xb[p * C + c];
+            for (int64_t c = 0; c < C; c++) m[c] /= (float)P;
+            for (int64_t p = 0; p < P; p++)
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) { const float d = xb[p * C + c] - m[c]; v[c] += d * d; }
+            for (int64_t c = 0; c < C; c++) v[c] /= (float)P;
+        }
+    }
+}
+
+void affine_gate_forward(const float *x, const float *s, const float *t, int shuffle, int64_t B, int64_t C, int64_t P,
+                         int cl, int nt, float *y) {
+    int32_t *pm = shuffle_perm(C, shuffle);
+    SAMPLES {
+        const float *xb = x + b * C * P, *S = s + b * C, *T = t + b * C;
+        float *yb = y + b * C * P;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                float *o = yb + (int64_t)pm[c] * P;
+                const float sv = S[c], tv = T[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) o[p] = r[p] * sigmoid_approx(r[p] * sv + tv);
+            }
+        } else {
+            float *v = malloc(sizeof(float) * C);
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+                float *o = yb + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) v[c] = r[c] * sigmoid_approx(r[c] * S[c] + T[c]);
+                for (int64_t c = 0; c < C; c++) o[pm[c]] = v[c];
+            }
+            free(v);
+        }
+    }
+    free(pm);
+}
+
+/* With g = dL/dy at perm(c), a the gate and gz = g a (1 - a) x: gs[b, c] = sum_p gz x, gt[b, c] = sum_p gz. */
+void affine_gate_reduce(const float *x, const float *dy, const float *s, const float *t, int shuffle, int64_t B,
+                        int64_t C, int64_t P, int cl, int nt, float *gs, float *gt) {
+    int32_t *pm = shuffle_perm(C, shuffle);
+    SAMPLES {
+        const float *xb = x + b * C * P, *db = dy + b * C * P, *S = s + b * C, *T = t + b * C;
+        float *GS = gs + b * C, *GT = gt + b * C;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *d = db + (int64_t)pm[c] * P;
+                const float sv = S[c], tv = T[c];
+                float u = 0.f, w = 0.f;
+#pragma omp simd reduction(+ : u, w)
+                for (int64_t p = 0; p < P; p++) {
+                    const float a = sigmoid_approx(r[p] * sv + tv), gz = d[p] * a * (1.f - a) * r[p];
+                    u += gz * r[p]; w += gz;
+                }
+                GS[c] = u; GT[c] = w;
+            }
+        } else {
+            float *g = malloc(sizeof(float) * C);
+            for (int64_t c = 0; c < C; c++) { GS[c] = 0.f; GT[c] = 0.f; }
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+                for (int64_t c = 0; c < C; c++) g[c] = d[pm[c]];
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    const float a = sigmoid_approx(r[c] * S[c] + T[c]), gz = g[c] * a * (1.f - a) * r[c];
+                    GS[c] += gz * r[c]; GT[c] += gz;
+                }
+            }
+            free(g);
+        }
+    }
+    free(pm);
+}
+
+/* dx = g a + gz s + x beta[b, c] + alpha[b, c] (the statistics' gradients folded into beta, alpha). */
+void affine_gate_grad_input(const float *x, const float *dy, const float *s, const float *t, const float *beta,
+                            const float *alpha, int shuffle, int64_t B, int64_t C, int64_t P, int cl, int nt, float *dx) {
+    int32_t *pm = shuffle_perm(C, shuffle);
+    SAMPLES {
+        const float *xb = x + b * C * P, *db = dy + b * C * P, *S = s + b * C, *T = t + b * C;
+        const float *Be = beta + b * C, *Al = alpha + b * C;
+        float *ob = dx + b * C * P;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *d = db + (int64_t)pm[c] * P;
+                float *o = ob + c * P;
+                const float sv = S[c], tv = T[c], be = Be[c], al = Al[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) {
+                    const float a = sigmoid_approx(r[p] * sv + tv), ga = d[p] * a;
+                    o[p] = ga + ga * (1.f - a) * r[p] * sv + r[p] * be + al;
+                }
+            }
+        } else {
+            float *g = malloc(sizeof(float) * C);
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+                float *o = ob + p * C;
+                for (int64_t c = 0; c < C; c++) g[c] = d[pm[c]];
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    const float a = sigmoid_approx(r[c] * S[c] + T[c]), ga = g[c] * a;
+                    o[c] = ga + ga * (1.f - a) * r[c] * S[c] + r[c] * Be[c] + Al[c];
+                }
+            }
+            free(g);
+        }
+    }
+    free(pm);
 }

@@ -39,7 +39,7 @@ __all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies"]
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
-_ABI = 10
+_ABI = 11
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -127,7 +127,13 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.simam_forward.argtypes = [p, i64, i64, i64, i32, i32, f32, f32, p, p, p]
     lib.simam_backward.argtypes = [p, p, p, p, i64, i64, i64, i32, i32, f32, p]
     lib.sigmoid_values.argtypes = [p, i64, p]
-    for name in ("sigmoid_values", "simam_forward", "simam_backward", "sge_factor", "sge_factor_backward", "group_sim", "group_apply", "group_grad_factor", "group_grad_input", "strip_pool", "strip_apply", "strip_grad_factors", "strip_grad_input", "triplet_pool", "triplet_apply", "triplet_grad_factors", "triplet_grad_input", "dw_forward_cl", "dw_grad_input_cl", "dw_grad_weight_cl", "channel_pool", "spatial_pool", "apply_gates", "grad_spatial_factor", "grad_channel_factor",
+    shp = [i64, i64, i64, i32, i32]  # B, C, P, cl, nt
+    lib.channel_moments.argtypes = [p, *shp, p, p]
+    lib.affine_gate_forward.argtypes = [p, p, p, i32, *shp, p]
+    lib.affine_gate_reduce.argtypes = [p, p, p, p, i32, *shp, p, p]
+    lib.affine_gate_grad_input.argtypes = [p, p, p, p, p, p, i32, *shp, p]
+    for name in ("channel_moments", "affine_gate_forward", "affine_gate_reduce", "affine_gate_grad_input",
+                 "sigmoid_values", "simam_forward", "simam_backward", "sge_factor", "sge_factor_backward", "group_sim", "group_apply", "group_grad_factor", "group_grad_input", "strip_pool", "strip_apply", "strip_grad_factors", "strip_grad_input", "triplet_pool", "triplet_apply", "triplet_grad_factors", "triplet_grad_input", "dw_forward_cl", "dw_grad_input_cl", "dw_grad_weight_cl", "channel_pool", "spatial_pool", "apply_gates", "grad_spatial_factor", "grad_channel_factor",
                  "grad_input", "conv_small_forward", "conv_small_grad_input", "conv_small_grad_weight"):
         getattr(lib, name).restype = None
     return lib
