@@ -186,6 +186,33 @@ def test_shuffle_attention_on_the_kernels_is_the_pytorch_op(channels_last, shape
         _close(p1[k], p0[k], f"dL/d{k}")
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"has_skip": True}])
+@pytest.mark.parametrize("name", ["strip", "scoord"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_strip_sigmoid_gates_are_the_plain_path(name, kwargs, channels_last, monkeypatch, two_threads):
+    """y = x * sigmoid(z_h + z_w) (+ x): the kernels' sigmoid and both strip gradients (tap uncaptured)."""
+    import attnzoo
+    x = torch.randn(3, 32, 9, 7, generator=torch.Generator().manual_seed(2)) * 2
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    runs = []
+    for native in (True, False):
+        _native_on(monkeypatch, native)
+        torch.manual_seed(0)
+        block = attnzoo.create_attn(name, 32, **kwargs).train()
+        xi = x.clone().requires_grad_(True)
+        y = block(xi)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format))
+        runs.append((type(y.grad_fn).__name__, y.detach(), xi.grad, {k: q.grad for k, q in block.named_parameters()}))
+    (op1, y1, g1, p1), (op0, y0, g0, p0) = runs
+    assert op1 == "_StripGatesBackward" and op0 != op1
+    _close(y1, y0, "output")
+    _close(g1, g0, "dL/dx")
+    for k in p0:
+        _close(p1[k], p0[k], f"dL/d{k}")
+
+
 def test_a_captured_sge_tap_sees_the_full_factor(monkeypatch, two_threads):
     _native_on(monkeypatch, True)
     block = _randomized("sge", 32)
@@ -389,3 +416,19 @@ def test_tracing_records_aten_ops_not_the_kernels(name, monkeypatch, two_threads
     x2 = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(traced(x2), block(x2), rtol=1e-5, atol=1e-6)
     assert "_PooledGates" not in str(traced.inlined_graph) and "_SmallConv" not in str(traced.inlined_graph)
+
+
+def test_the_ctypes_signatures_are_read_from_the_c_source():
+    """Every exported kernel's argument types come from its C prototype (macros expanded): a hand-kept
+    list once missed three kernels, and ctypes then passed garbage pointers."""
+    import ctypes
+
+    source = _native._SOURCE.read_text()
+    sig = _native.signatures(source)
+    assert set(sig) == set(__import__("re").findall(r"^void (\w+)\(", source, __import__("re").M))
+    p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+    assert sig["sigmoid_values"] == [p, i64, p]
+    assert sig["triplet_apply"] == [p, p, p, p, f32, i64, i64, i64, i64, i32, i32, p]
+    assert sig["conv_small_forward"] == [p, p, p] + [i64] * 11 + [i32, p]
+    with pytest.raises(RuntimeError, match="unknown type"):
+        _native.signatures("void f(const double *x, int64_t n) {}")

@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 11; }
+int attnzoo_native_abi(void) { return 12; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -1527,4 +1527,122 @@ void affine_gate_grad_input(const float *x, const float *dy, const float *s, con
         }
     }
     free(pm);
+}
+
+/* Strip sigmoid gates (strip pooling attention as in timm's StripAttention, shuffled coordinate
+ * attention): y = x * sigmoid(zh[c, h] + zw[c, w]) (+ x with the skip); zh, zw from the strip means. */
+void strip_sigmoid_apply(const float *x, const float *zh, const float *zw, int skip, TRIP_DIMS, float *y) {
+    SAMPLES {
+        const float *xb = x + b * C * H * W;
+        float *yb = y + b * C * H * W;
+        float *th = malloc(sizeof(float) * C * (H + W)), *tw = th + C * H;
+        trip_factors(zh + b * C * H, zw + b * C * W, C, H, W, cl, th, tw);
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *r = xb + (c * H + h) * W, *g = tw + c * W;
+                    float *o = yb + (c * H + h) * W;
+                    const float a = th[c * H + h];
+#pragma omp simd
+                    for (int64_t w = 0; w < W; w++) {
+                        const float v = r[w] * sigmoid_approx(a + g[w]);
+                        o[w] = skip ? v + r[w] : v;  /* not v + 0 * x: an inf x would give NaN */
+                    }
+                }
+        } else {
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t w = 0; w < W; w++) {
+                    const float *r = xb + (h * W + w) * C, *a = th + h * C, *g = tw + w * C;
+                    float *o = yb + (h * W + w) * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) {
+                        const float v = r[c] * sigmoid_approx(a[c] + g[c]);
+                        o[c] = skip ? v + r[c] : v;
+                    }
+                }
+        }
+        free(th);
+    }
+}
+
+/* dz = dy * x * a (1 - a), a = sigmoid(zh + zw): dzh[c, h] = sum_w dz, dzw[c, w] = sum_h dz. */
+void strip_sigmoid_reduce(const float *x, const float *dy, const float *zh, const float *zw, TRIP_DIMS, float *dzh,
+                          float *dzw) {
+    SAMPLES {
+        const float *xb = x + b * C * H * W, *db = dy + b * C * H * W;
+        float *Dh = dzh + b * C * H, *Dw = dzw + b * C * W;
+        float *th = malloc(sizeof(float) * C * (H + W)), *tw = th + C * H;
+        trip_factors(zh + b * C * H, zw + b * C * W, C, H, W, cl, th, tw);
+        if (!cl) {
+            for (int64_t k = 0; k < C * W; k++) Dw[k] = 0.f;
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *r = xb + (c * H + h) * W, *d = db + (c * H + h) * W, *g = tw + c * W;
+                    float *dw_ = Dw + c * W;
+                    const float a0 = th[c * H + h];
+                    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+                    for (int64_t w = 0; w < W; w++) {
+                        const float a = sigmoid_approx(a0 + g[w]), dz = d[w] * r[w] * a * (1.f - a);
+                        s += dz; dw_[w] += dz;
+                    }
+                    Dh[c * H + h] = s;
+                }
+        } else {
+            float *sh = malloc(sizeof(float) * C), *sw = calloc(W * C, sizeof(float));
+            for (int64_t h = 0; h < H; h++) {
+                for (int64_t c = 0; c < C; c++) sh[c] = 0.f;
+                for (int64_t w = 0; w < W; w++) {
+                    const float *r = xb + (h * W + w) * C, *d = db + (h * W + w) * C, *a0 = th + h * C, *g = tw + w * C;
+                    float *t = sw + w * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) {
+                        const float a = sigmoid_approx(a0[c] + g[c]), dz = d[c] * r[c] * a * (1.f - a);
+                        sh[c] += dz; t[c] += dz;
+                    }
+                }
+                for (int64_t c = 0; c < C; c++) Dh[c * H + h] = sh[c];
+            }
+            for (int64_t w = 0; w < W; w++)
+                for (int64_t c = 0; c < C; c++) Dw[c * W + w] = sw[w * C + c];
+            free(sh); free(sw);
+        }
+        free(th);
+    }
+}
+
+/* dx = dy * (a + skip) + dmean_w[c, h] / W + dmean_h[c, w] / H. */
+void strip_sigmoid_grad_input(const float *dy, const float *zh, const float *zw, const float *dmw, const float *dmh,
+                              int skip, TRIP_DIMS, float *dx) {
+    const float k0 = skip ? 1.f : 0.f;
+    SAMPLES {
+        const float *db = dy + b * C * H * W;
+        float *ob = dx + b * C * H * W;
+        float *th = malloc(sizeof(float) * 2 * C * (H + W)), *tw = th + C * H, *eh = tw + C * W, *ew = eh + C * H;
+        trip_factors(zh + b * C * H, zw + b * C * W, C, H, W, cl, th, tw);
+        for (int64_t c = 0; c < C; c++) {
+            for (int64_t h = 0; h < H; h++) eh[cl ? h * C + c : c * H + h] = dmw[b * C * H + c * H + h] / (float)W;
+            for (int64_t w = 0; w < W; w++) ew[cl ? w * C + c : c * W + w] = dmh[b * C * W + c * W + w] / (float)H;
+        }
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *d = db + (c * H + h) * W, *g = tw + c * W, *e = ew + c * W;
+                    float *o = ob + (c * H + h) * W;
+                    const float a0 = th[c * H + h], ea = eh[c * H + h];
+#pragma omp simd
+                    for (int64_t w = 0; w < W; w++) o[w] = d[w] * (sigmoid_approx(a0 + g[w]) + k0) + ea + e[w];
+                }
+        } else {
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t w = 0; w < W; w++) {
+                    const float *d = db + (h * W + w) * C, *a0 = th + h * C, *g = tw + w * C;
+                    const float *ea = eh + h * C, *e = ew + w * C;
+                    float *o = ob + (h * W + w) * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] = d[c] * (sigmoid_approx(a0[c] + g[c]) + k0) + ea[c] + e[c];
+                }
+        }
+        free(th);
+    }
 }

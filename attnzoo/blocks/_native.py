@@ -25,6 +25,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -35,11 +36,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies"]
+__all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies", "signatures"]
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
-_ABI = 11
+_ABI = 12
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -89,53 +90,37 @@ def _build(cc: list[str]) -> Path:
     return out
 
 
+_CTYPES = {"float*": ctypes.c_void_p, "int32_t*": ctypes.c_void_p, "int64_t": ctypes.c_int64, "int": ctypes.c_int,
+           "float": ctypes.c_float}
+
+
+def signatures(source: str) -> dict[str, list]:
+    """ctypes argument types of every exported ``void f(...)`` in the C source, read from the source itself
+    (with its ``#define X_DIMS ...`` parameter macros expanded), so Python and C cannot disagree on a
+    signature: a mismatch would pass garbage pointers."""
+    macros = {m.group(1): m.group(2).replace("\\\n", " ")
+              for m in re.finditer(r"^#define (\w+_DIMS) ((?:.*\\\n)*.*)$", source, re.M)}
+    out = {}
+    for m in re.finditer(r"^void (\w+)\(([^)]*)\)", source, re.M):
+        params = m.group(2)
+        for name, body in macros.items():
+            params = re.sub(rf"\b{name}\b", body, params)
+        types = []
+        for param in params.split(","):
+            words = param.replace("const", " ").replace("*", " * ").split()
+            key = words[0] + ("*" if "*" in words else "")
+            if key not in _CTYPES:
+                raise RuntimeError(f"_native.c: {m.group(1)} has a parameter of unknown type {param.strip()!r}")
+            types.append(_CTYPES[key])
+        out[m.group(1)] = types
+    return out
+
+
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    shape = [i64, i64, i64, i32, i32]  # B, C, P, cl, nt
     lib.attnzoo_native_abi.restype = ctypes.c_int
-    lib.channel_pool.argtypes = [p, *shape, p, p, p]
-    lib.spatial_pool.argtypes = [p, p, *shape, p, p]
-    lib.apply_gates.argtypes = [p, p, p, *shape, p]
-    lib.grad_spatial_factor.argtypes = [p, p, p, p, *shape, p, p]
-    lib.grad_channel_factor.argtypes = [p, p, p, p, p, p, p, p, *shape, p]
-    lib.grad_input.argtypes = [p, p, p, p, p, p, p, p, p, p, p, *shape, p]
-    conv = [i64] * 11 + [i32]  # B, Ci, Co, H, W, kh, kw, ph, pw, dh, dw, nt
-    lib.conv_small_forward.argtypes = [p, p, p, *conv, p]
-    lib.conv_small_grad_input.argtypes = [p, p, *conv, p]
-    lib.conv_small_grad_weight.argtypes = [p, p, *conv, p]
-    dw = [i64] * 10 + [i32]  # B, C, H, W, kh, kw, ph, pw, dh, dw, nt
-    lib.dw_forward_cl.argtypes = [p, p, p, *dw, p]
-    lib.dw_grad_input_cl.argtypes = [p, p, *dw, p]
-    lib.dw_grad_weight_cl.argtypes = [p, p, *dw, p]
-    trip = [i64, i64, i64, i64, i32, i32]  # B, C, H, W, cl, nt
-    f32 = ctypes.c_float
-    lib.triplet_pool.argtypes = [p, *trip, p, p, p, p, p, p, p, p]
-    lib.triplet_apply.argtypes = [p, p, p, p, f32, *trip, p]
-    lib.triplet_grad_factors.argtypes = [p, p, p, f32, *trip, p, p, p, p]
-    lib.triplet_grad_input.argtypes = [p, p, p, p, p, f32, p, p, p, p, p, p, p, p, p, p, *trip, p]
-    lib.strip_pool.argtypes = [p, *trip, p, p]
-    lib.strip_apply.argtypes = [p, p, p, *trip, p]
-    lib.strip_grad_factors.argtypes = [p, p, p, p, *trip, p, p]
-    lib.strip_grad_input.argtypes = [p, p, p, p, p, *trip, p]
-    grp = [i64, i64, i64, i64, i32, i32]  # B, C, P, G, cl, nt
-    lib.group_sim.argtypes = [p, *grp, p, p]
-    lib.group_apply.argtypes = [p, p, *grp, p]
-    lib.group_grad_factor.argtypes = [p, p, *grp, p]
-    lib.group_grad_input.argtypes = [p, p, p, p, p, *grp, p]
-    lib.sge_factor.argtypes = [p, p, p, f32, f32, i64, i64, i64, i32, i32, p, p, p]
-    lib.sge_factor_backward.argtypes = [p, p, p, p, p, p, f32, f32, i64, i64, i64, i32, i32, p, p, p]
-    lib.simam_forward.argtypes = [p, i64, i64, i64, i32, i32, f32, f32, p, p, p]
-    lib.simam_backward.argtypes = [p, p, p, p, i64, i64, i64, i32, i32, f32, p]
-    lib.sigmoid_values.argtypes = [p, i64, p]
-    shp = [i64, i64, i64, i32, i32]  # B, C, P, cl, nt
-    lib.channel_moments.argtypes = [p, *shp, p, p]
-    lib.affine_gate_forward.argtypes = [p, p, p, i32, *shp, p]
-    lib.affine_gate_reduce.argtypes = [p, p, p, p, i32, *shp, p, p]
-    lib.affine_gate_grad_input.argtypes = [p, p, p, p, p, p, i32, *shp, p]
-    for name in ("channel_moments", "affine_gate_forward", "affine_gate_reduce", "affine_gate_grad_input",
-                 "sigmoid_values", "simam_forward", "simam_backward", "sge_factor", "sge_factor_backward", "group_sim", "group_apply", "group_grad_factor", "group_grad_input", "strip_pool", "strip_apply", "strip_grad_factors", "strip_grad_input", "triplet_pool", "triplet_apply", "triplet_grad_factors", "triplet_grad_input", "dw_forward_cl", "dw_grad_input_cl", "dw_grad_weight_cl", "channel_pool", "spatial_pool", "apply_gates", "grad_spatial_factor", "grad_channel_factor",
-                 "grad_input", "conv_small_forward", "conv_small_grad_input", "conv_small_grad_weight"):
-        getattr(lib, name).restype = None
+    for name, types in signatures(_SOURCE.read_text()).items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = types, None
     return lib
 
 

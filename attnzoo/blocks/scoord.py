@@ -23,7 +23,9 @@ from torch import nn
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from ._layout import combine_like
+from ._fused import is_sigmoid
 from ._pool import pool_mean
+from ._pooled_gates import strip_gates
 
 __all__ = ["SimpleCoordAttn"]
 
@@ -67,11 +69,20 @@ class SimpleCoordAttn(nn.Module):
         self.gate = resolve_layer("scoord", "gate_layer", gate_layer)()
         self.tap = AttnTap("spatial")
 
-    def forward(self, x):
-        check_input(self, x)
-        f_h = self.act(self.fc1(pool_mean(x, 3, keepdim=False).transpose(1, 2)))  # (B, H, r)
-        f_w = self.act(self.fc1(pool_mean(x, 2, keepdim=False).transpose(1, 2)))  # (B, W, r)
+    def factors(self, mean_w, mean_h):
+        """a_h (B, C, H, 1) and a_w (B, C, 1, W) from the means over W and over H (before the gate)."""
+        f_h = self.act(self.fc1(mean_w.squeeze(3).transpose(1, 2)))  # (B, H, r)
+        f_w = self.act(self.fc1(mean_h.squeeze(2).transpose(1, 2)))  # (B, W, r)
         a_h = self.fc_h(f_h).transpose(1, 2).unsqueeze(-1)  # (B, C, H, 1)
         a_w = self.fc_w(f_w).transpose(1, 2).unsqueeze(-2)  # (B, C, 1, W)
+        return a_h, a_w
+
+    def forward(self, x):
+        check_input(self, x)
+        if is_sigmoid(self.gate) and not (self.tap.active or self.tap._forward_hooks):  # the tap needs the full map
+            y = strip_gates(x, self.factors, self, sigmoid="skip" if self.has_skip else "gate")  # native kernels
+            if y is not None:
+                return y
+        a_h, a_w = self.factors(pool_mean(x, 3), pool_mean(x, 2))
         y = x * self.tap(self.gate(combine_like(a_h, a_w, x)))  # (B, C, H, W)
         return y + x if self.has_skip else y

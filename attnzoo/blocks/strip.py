@@ -20,7 +20,9 @@ from torch import nn
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from ._layout import LayoutConv2d, combine_like
+from ._fused import is_sigmoid
 from ._pool import pool_mean
+from ._pooled_gates import strip_gates
 
 __all__ = ["StripAttn"]
 
@@ -61,9 +63,16 @@ class StripAttn(nn.Module):
         self.gate = resolve_layer("strip", "gate_layer", gate_layer)()
         self.tap = AttnTap("spatial")
 
+    def factors(self, mean_w, mean_h):
+        """z_h (B, C, H, 1) and z_w (B, C, 1, W) from the means over W and over H (before the gate)."""
+        return self.conv_h(mean_w), self.conv_w(mean_h)
+
     def forward(self, x):
         check_input(self, x)
-        z_h = self.conv_h(pool_mean(x, 3))  # (B, C, H, 1)
-        z_w = self.conv_w(pool_mean(x, 2))  # (B, C, 1, W)
+        if is_sigmoid(self.gate) and not (self.tap.active or self.tap._forward_hooks):  # the tap needs the full map
+            y = strip_gates(x, self.factors, self, sigmoid="skip" if self.has_skip else "gate")  # native kernels
+            if y is not None:
+                return y
+        z_h, z_w = self.factors(pool_mean(x, 3), pool_mean(x, 2))  # (B, C, H, 1), (B, C, 1, W)
         y = x * self.tap(self.gate(combine_like(z_h, z_w, x)))  # (B, C, H, W)
         return y + x if self.has_skip else y
