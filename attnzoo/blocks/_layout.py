@@ -98,9 +98,8 @@ class _DepthwiseConv(torch.autograd.Function):
             raise RuntimeError(f"conv2d: the {kh}x{kw} kernel (dilation {dilation}) is larger than the padded "
                                f"{h}x{w} input")
         y = x.new_empty(b, ho, wo, c).permute(0, 3, 1, 2)  # (B, C, Ho, Wo) in channels_last
-        _native.kernels().dw_forward_cl(x.data_ptr(), wt.data_ptr(),
-                                        _native.ptr(None if bias is None else bias.detach().contiguous()), *dims,
-                                        y.data_ptr())
+        b32 = None if bias is None else bias.detach().contiguous()  # named: a temporary could be freed first
+        _native.kernels().dw_forward_cl(x.data_ptr(), wt.data_ptr(), _native.ptr(b32), *dims, y.data_ptr())
         ctx.save_for_backward(x, wt)
         ctx.dims, ctx.has_bias = dims, bias is not None
         return y
@@ -149,8 +148,8 @@ class _SmallConv(torch.autograd.Function):
             raise RuntimeError(f"conv2d: the {kh}x{kw} kernel (dilation {dilation}) is larger than the padded "
                                f"{h}x{wd} input")
         y = x.new_empty(b, co, ho, wo)
-        _native.kernels().conv_small_forward(x.data_ptr(), w.data_ptr(), _native.ptr(None if bias is None else bias.detach().contiguous()),
-                                             *dims, y.data_ptr())
+        b32 = None if bias is None else bias.detach().contiguous()  # named: a temporary could be freed first
+        _native.kernels().conv_small_forward(x.data_ptr(), w.data_ptr(), _native.ptr(b32), *dims, y.data_ptr())
         ctx.save_for_backward(x, w)
         ctx.padding, ctx.dilation, ctx.has_bias = padding, dilation, bias is not None
         return y

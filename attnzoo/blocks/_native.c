@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 12; }
+int attnzoo_native_abi(void) { return 13; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -1644,5 +1644,154 @@ void strip_sigmoid_grad_input(const float *dy, const float *zh, const float *zw,
                 }
         }
         free(th);
+    }
+}
+
+/* Global context blocks (GCNet, Cao et al., 2019): logits[p] = sum_c w[b, c] x[c, p] (the 1x1 conv to one
+ * channel; also dL/dattn with w = dL/dcontext), context[c] = sum_p q[b, p] x[c, p] (attention pooling;
+ * also the conv's weight gradient with q = dL/dlogits), y = x * s[b, c] + t[b, c]. */
+void channel_weighted_sum(const float *x, const float *w, int64_t B, int64_t C, int64_t P, int cl, int nt, float *out) {
+    SAMPLES {
+        const float *xb = x + b * C * P, *wb = w + b * C;
+        float *o = out + b * P;
+        if (!cl) {
+            for (int64_t p = 0; p < P; p++) o[p] = 0.f;
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                const float wv = wb[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) o[p] += wv * r[p];
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+                float s[LANES] = {0}, t = 0.f;
+                int64_t c = 0;
+                for (; c + LANES <= C; c += LANES)
+                    for (int64_t j = 0; j < LANES; j++) s[j] += wb[c + j] * r[c + j];
+                for (; c < C; c++) t += wb[c] * r[c];
+                for (int64_t j = 0; j < LANES; j++) t += s[j];
+                o[p] = t;
+            }
+        }
+    }
+}
+
+void position_weighted_pool(const float *x, const float *q, int64_t B, int64_t C, int64_t P, int cl, int nt,
+                            float *out) {
+    SAMPLES {
+        const float *xb = x + b * C * P, *qb = q + b * P;
+        float *o = out + b * C;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                float s = 0.f;
+#pragma omp simd reduction(+ : s)
+                for (int64_t p = 0; p < P; p++) s += qb[p] * r[p];
+                o[c] = s;
+            }
+        } else {
+            for (int64_t c = 0; c < C; c++) o[c] = 0.f;
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+                const float qv = qb[p];
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) o[c] += qv * r[c];
+            }
+        }
+    }
+}
+
+/* y = x * s[b, c] + t[b, c]; s == NULL: 1 (y = x + t), t == NULL: 0. */
+void scale_shift(const float *x, const float *s, const float *t, int64_t B, int64_t C, int64_t P, int cl, int nt,
+                 float *y) {
+    SAMPLES {
+        const float *xb = x + b * C * P;
+        float *yb = y + b * C * P;
+        float *S = malloc(sizeof(float) * 2 * C), *T = S + C;
+        for (int64_t c = 0; c < C; c++) { S[c] = s ? s[b * C + c] : 1.f; T[c] = t ? t[b * C + c] : 0.f; }
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                float *o = yb + c * P;
+                const float sv = S[c], tv = T[c];
+                if (s) {
+#pragma omp simd
+                    for (int64_t p = 0; p < P; p++) o[p] = r[p] * sv + tv;
+                } else {
+#pragma omp simd
+                    for (int64_t p = 0; p < P; p++) o[p] = r[p] + tv;
+                }
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+                float *o = yb + p * C;
+                if (s) {
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] = r[c] * S[c] + T[c];
+                } else {
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] = r[c] + T[c];
+                }
+            }
+        }
+        free(S);
+    }
+}
+
+/* ds[b, c] = sum_p dy * x (when ds != NULL), dt[b, c] = sum_p dy. */
+void scale_shift_reduce(const float *x, const float *dy, int64_t B, int64_t C, int64_t P, int cl, int nt, float *ds,
+                        float *dt) {
+    SAMPLES {
+        const float *xb = x + b * C * P, *db = dy + b * C * P;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *d = db + c * P;
+                float u = 0.f, v = 0.f;
+#pragma omp simd reduction(+ : u, v)
+                for (int64_t p = 0; p < P; p++) { u += d[p] * r[p]; v += d[p]; }
+                if (ds) ds[b * C + c] = u;
+                dt[b * C + c] = v;
+            }
+        } else {
+            float *u = calloc(2 * C, sizeof(float)), *v = u + C;
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) { u[c] += d[c] * r[c]; v[c] += d[c]; }
+            }
+            for (int64_t c = 0; c < C; c++) { if (ds) ds[b * C + c] = u[c]; dt[b * C + c] = v[c]; }
+            free(u);
+        }
+    }
+}
+
+/* GCNet's input gradient: dx = dy * s[c] + dctx[c] * attn[p] + dlogits[p] * w[c] (s == NULL: 1). */
+void gc_grad_input(const float *dy, const float *s, const float *dctx, const float *attn, const float *dlog,
+                   const float *w, int64_t B, int64_t C, int64_t P, int cl, int nt, float *dx) {
+    SAMPLES {
+        const float *db = dy + b * C * P, *K = dctx + b * C, *A = attn + b * P, *L = dlog + b * P;
+        float *ob = dx + b * C * P;
+        float *S = malloc(sizeof(float) * C);
+        for (int64_t c = 0; c < C; c++) S[c] = s ? s[b * C + c] : 1.f;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *d = db + c * P;
+                float *o = ob + c * P;
+                const float sv = S[c], kv = K[c], wv = w[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) o[p] = d[p] * sv + kv * A[p] + L[p] * wv;
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++) {
+                const float *d = db + p * C;
+                float *o = ob + p * C;
+                const float av = A[p], lv = L[p];
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) o[c] = d[c] * S[c] + K[c] * av + lv * w[c];
+            }
+        }
+        free(S);
     }
 }

@@ -32,7 +32,7 @@ from torch import nn
 
 from . import _native
 
-__all__ = ["group_gates", "pooled_gates", "simam_gate", "strip_gates", "triplet_gates"]
+__all__ = ["context_gates", "group_gates", "pooled_gates", "simam_gate", "strip_gates", "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -472,6 +472,92 @@ class _NoCtx:
 
     def save_for_backward(self, *tensors):
         pass
+
+
+class _ContextGates(torch.autograd.Function):
+    """GCNet's block (``gc.py``): attention pooling of x into a context vector, y = x * scale + add."""
+
+    @staticmethod
+    def forward(ctx, x, lib, cl, block, weight, *params):
+        y, st = _context_forward(lib, x, cl, block, weight, track=True)
+        ctx.save_for_backward(x)
+        ctx.st, ctx.lib, ctx.cl, ctx.params = st, lib, cl, list(params)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        st, lib, cl = ctx.st, ctx.lib, ctx.cl
+        b, c, h, w = x.shape
+        dims = (b, c, h * w, cl, torch.get_num_threads())
+        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        s_t, t_t = st["scale"], st["add"]
+        ds = x.new_empty(b, c, 1, 1) if s_t is not None else None
+        dt = x.new_empty(b, c, 1, 1)
+        lib.scale_shift_reduce(x.data_ptr(), dy.data_ptr(), *dims, _native.ptr(ds), dt.data_ptr())
+        outs = [o for o in (s_t, t_t) if o is not None]
+        grads = [g.to(o.dtype) for g, o in zip([g for g, o in ((ds, s_t), (dt, t_t)) if o is not None], outs)]
+        (dctx,), grads_params = _grads(outs, grads, [st["context"]], ctx.params)
+        dattn = x.new_empty(b, 1, h, w)
+        lib.channel_weighted_sum(x.data_ptr(), dctx.data_ptr(), *dims, dattn.data_ptr())
+        (dlog,), _ = _grads(st["attn_t"], dattn.to(st["attn_t"].dtype), [st["logits"]], [])
+        dweight = None
+        if ctx.needs_input_grad[4]:
+            part = x.new_empty(b, c)
+            lib.position_weighted_pool(x.data_ptr(), dlog.data_ptr(), *dims, part.data_ptr())
+            dweight = part.sum(0).view(st["wshape"])
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.empty_like(x)
+            lib.gc_grad_input(dy.data_ptr(), _native.ptr(st["s"]), dctx.data_ptr(), st["attn"].data_ptr(), dlog.data_ptr(),
+                              st["w"].data_ptr(), *dims, dx.data_ptr())
+        return (dx, None, None, None, dweight, *grads_params)
+
+
+def _context_forward(lib, x, cl, block, weight, track: bool):
+    b, c, h, w = x.shape
+    dims = (b, c, h * w, cl, torch.get_num_threads())
+    wv = weight.detach().to(torch.float32).reshape(1, c)
+    logits = x.new_empty(b, 1, h, w)
+    wb = wv.expand(b, c).contiguous()  # kept in a name: a temporary would be freed before the kernel reads it
+    lib.channel_weighted_sum(x.data_ptr(), wb.data_ptr(), *dims, logits.data_ptr())
+    logits.requires_grad_(track)
+    with torch.set_grad_enabled(track):
+        attn_t = block.attention(logits)  # (B, 1, H, W)
+    attn = attn_t.detach().to(torch.float32).contiguous()
+    context = x.new_empty(b, c, 1, 1)
+    lib.position_weighted_pool(x.data_ptr(), attn.data_ptr(), *dims, context.data_ptr())
+    context.requires_grad_(track)
+    with torch.set_grad_enabled(track):
+        s_t, t_t = block.context_factors(context)  # (B, C, 1, 1) each, or None
+    s = None if s_t is None else s_t.detach().to(torch.float32).contiguous()
+    t = None if t_t is None else t_t.detach().to(torch.float32).contiguous()
+    y = torch.empty_like(x)
+    lib.scale_shift(x.data_ptr(), _native.ptr(s), _native.ptr(t), *dims, y.data_ptr())
+    return y, dict(logits=logits, attn_t=attn_t, attn=attn, context=context, scale=s_t, add=t_t, s=s,
+                   w=wv.reshape(c).contiguous(), wshape=weight.shape)
+
+
+def context_gates(x: torch.Tensor, block: nn.Module) -> torch.Tensor | None:
+    """GCNet's block on the native kernels, or None where they do not apply (as ``pooled_gates``).
+
+    ``block.conv_attn`` (C -> 1, 1x1, no bias) gives the logits; ``block.attention(logits)`` the
+    softmax weights (B, 1, H, W); ``block.context_factors(context)`` the (scale, add) factors, each
+    (B, C, 1, 1) or None: y = x * scale + add."""
+    conv = block.conv_attn
+    if (not _native.applies(x) or x.numel() == 0 or conv.bias is not None or conv.kernel_size != (1, 1)
+            or conv.weight.dtype != torch.float32):
+        return None
+    cl = _layout(x)
+    if cl is None:
+        return None
+    lib = _native.kernels()
+    params = [q for n, q in block.named_parameters() if q.requires_grad and not n.startswith("conv_attn.")]
+    if not torch.is_grad_enabled() or not (x.requires_grad or params or conv.weight.requires_grad):
+        with torch.no_grad():
+            return _context_forward(lib, x, cl, block, conv.weight, track=False)[0]
+    return _ContextGates.apply(x, lib, cl, block, conv.weight, *params)
 
 
 def _trainable(module: nn.Module | None) -> list[torch.Tensor]:

@@ -42,6 +42,7 @@ from torch.nn import functional as F
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, reduced_channels, resolve_layer
 from ._layout import LayoutConv2d
+from ._pooled_gates import context_gates
 
 __all__ = ["GlobalContext"]
 
@@ -104,15 +105,29 @@ class GlobalContext(nn.Module):
             nn.init.zeros_(self.mlp_add.fc2.weight)
             nn.init.zeros_(self.mlp_add.fc2.bias)
 
+    def attention(self, logits):
+        """The softmax over positions of the (B, 1, H, W) logits, through the tap."""
+        b, _, h, w = logits.shape
+        return self.tap(F.softmax(logits.reshape(b, 1, h * w), dim=-1).reshape(b, 1, h, w))
+
+    def context_factors(self, context):
+        """(scale, add) from the (B, C, 1, 1) context, each (B, C, 1, 1) or None where not fused."""
+        scale = None if self.mlp_scale is None else self.tap_channel(self.gate(self.mlp_scale(context)))
+        add = None if self.mlp_add is None else self.mlp_add(context)
+        return scale, add
+
     def forward(self, x):
         check_input(self, x)
+        y = context_gates(x, self)  # the native CPU kernels (_pooled_gates.py) where they apply
+        if y is not None:
+            return y
         b, c, h, w = x.shape
-        attn = F.softmax(self.conv_attn(x).reshape(b, 1, h * w), dim=-1)  # (B, 1, H*W)
-        attn = self.tap(attn.reshape(b, 1, h, w)).reshape(b, h * w, 1)  # (B, H*W, 1)
+        attn = self.attention(self.conv_attn(x)).reshape(b, h * w, 1)  # (B, H*W, 1)
         context = torch.bmm(x.reshape(b, c, h * w), attn.to(x.dtype)).reshape(b, c, 1, 1)  # (B, C, 1, 1)
+        scale, add = self.context_factors(context)
         out = x
-        if self.mlp_scale is not None:
-            out = out * self.tap_channel(self.gate(self.mlp_scale(context)))
-        if self.mlp_add is not None:
-            out = out + self.mlp_add(context)
+        if scale is not None:
+            out = out * scale
+        if add is not None:
+            out = out + add
         return out
