@@ -196,6 +196,38 @@ class Job:
                 x.grad = None
 
 
+def refloor(path: Path) -> int:
+    """Recount each row's forward FLOPs (``forward_flops``, on the aten ops) and redo the floor fields."""
+    data = json.loads(path.read_text())
+    bandwidth, rate = data["copy_bandwidth_gbs"] * 1e9, data["matmul_gflops"] * 1e9
+    flops: dict = {}
+    for row in data["rows"]:
+        if row["mode"] == "break_even" or row.get("block") in (None, "(none)"):
+            continue
+        key = (row["host"], row["block"])
+        if key not in flops:
+            job = Job(row["host"], row["block"], "eager", data["batch"])
+            flops[key] = job.flops
+        mem_floor = row["memory_floor_ms"] / 1e3
+        flop_floor = 3 * flops[key] / rate
+        floor = max(mem_floor, flop_floor)
+        over, alone = row["overhead_ms"] / 1e3, row.get("alone_ms")
+        ratio = over / floor if floor else None
+        alone_ratio = alone / 1e3 / floor if alone is not None and floor else None
+        before = row["forward_flops"]
+        row.update(forward_flops=flops[key], compute_floor_ms=flop_floor * 1e3, floor_ms=floor * 1e3,
+                   floor_bound="compute" if flop_floor > mem_floor else "memory", ratio_to_floor=ratio,
+                   alone_ratio_to_floor=alone_ratio,
+                   alone_target_met=None if alone_ratio is None else alone_ratio <= row["target"],
+                   target_met=None if ratio is None or over < 0 else ratio <= row["target"])
+        if before != flops[key]:
+            print(f"{row['host']} {row['mode']} {row['block']}: forward FLOPs {before} -> {flops[key]}")
+    data["refloored"] = "compute floors recounted on the aten ops (overhead_floor.py --refloor)"
+    path.write_text(json.dumps(data, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--blocks", nargs="*", default=None, help="default: every channel/spatial block")
@@ -214,7 +246,12 @@ def main(argv=None) -> int:
     p.add_argument("--allocator", choices=["keep", "system"], default="keep",
                    help="keep (default): freed memory stays in the process, as in CPU fits "
                         "(attnzoo.training.allocator); system: the C allocator as it is")
+    p.add_argument("--refloor", type=Path, default=None, metavar="JSON",
+                   help="recompute the compute floors (FLOPs) of an existing results file from the current code, "
+                        "keeping its timings, bandwidth and matmul rate; rewrites the file; no timing")
     args = p.parse_args(argv)
+    if args.refloor:
+        return refloor(args.refloor)
     alloc = use_allocator(args.allocator)
     if args.threads:
         torch.set_num_threads(args.threads)

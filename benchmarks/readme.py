@@ -12,6 +12,7 @@
     python benchmarks/pooling.py --json benchmarks/results/pooling_cpu.json
     python benchmarks/layouts.py --json benchmarks/results/layouts_cpu.json
     python benchmarks/allocator.py --json benchmarks/results/allocator_cpu.json
+    python benchmarks/native.py --json benchmarks/results/native_cpu.json
     python benchmarks/readme.py                                                        # rewrite README parts
 
 Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
@@ -198,8 +199,56 @@ def layouts_line(lay: dict | None) -> str:
         return "- `benchmarks/layouts.py`: not measured yet."
     cells = "; ".join(f"{r['case']} {r['ratio']:.2f}" for r in lay["rows"])
     return (f"- `benchmarks/layouts.py` (forward+backward, float32, {lay['threads']} CPU threads, min of {lay['repeats']} "
-            "interleaved rounds): the blocks' CPU fast paths (`attnzoo/blocks/_layout.py`, `_fused.py`) against the "
+            "interleaved rounds): the blocks' CPU fast paths (`attnzoo/blocks/_layout.py` with the native small and "
+            "depthwise convolutions, `_fused.py`) against the "
             f"plain PyTorch calls that compute the same, time ratio (< 1: faster): {cells}.")
+
+
+def native_line(nat: dict | None) -> str:
+    if not nat:
+        return "- `benchmarks/native.py`: not measured yet."
+    by: dict = {}
+    for r in nat["rows"]:
+        if r["ops"]:
+            by.setdefault(r["block"], []).append(r["ratio"])
+    cells = ", ".join(f"`{b}` {min(v):.2f}-{max(v):.2f}" for b, v in sorted(by.items()))
+    shapes = ", ".join("x".join(map(str, s)) for s in nat["shapes"])
+    return (f"- `benchmarks/native.py` (forward+backward in train mode, channels_last float32, {nat['threads']} CPU threads, "
+            f"min of {nat['repeats']} interleaved rounds, at {shapes}): each block with the native CPU kernels / the same "
+            f"block on its PyTorch paths (`ATTNZOO_NATIVE=0`), range over the shapes (< 1: the kernels are faster): "
+            f"{cells}. The other channel/spatial blocks run no native op.")
+
+
+def native_table(before: dict | None, after: dict | None, nat: dict | None) -> str:
+    """Blocks alone and step overhead, the run before the native kernels against the current one."""
+    if not (before and after and nat):
+        return "(not measured yet)"
+
+    def index(d):
+        return {(r["host"], r["block"]): r for r in d["rows"] if r["mode"] == "eager" and r.get("alone_ms") is not None}
+
+    b, a = index(before), index(after)
+    changed = sorted({r["block"] for r in nat["rows"] if r["ops"]})
+    out = ["| block | ResNet-20 alone (ms) | ResNet-56 alone (ms) | ResNet-20 step overhead | ResNet-56 step overhead |",
+           "|---|---:|---:|---:|---:|"]
+    for blk in changed:
+        if not all((h, blk) in b and (h, blk) in a for h in ("resnet20", "resnet56")):
+            continue
+        r20, r56 = (b[("resnet20", blk)], a[("resnet20", blk)]), (b[("resnet56", blk)], a[("resnet56", blk)])
+        out.append(f"| `{blk}` | {r20[0]['alone_ms']:.1f} → {r20[1]['alone_ms']:.1f} | {r56[0]['alone_ms']:.1f} → "
+                   f"{r56[1]['alone_ms']:.1f} | {r20[0]['overhead_pct']:+.0f}% → {r20[1]['overhead_pct']:+.0f}% | "
+                   f"{r56[0]['overhead_pct']:+.0f}% → {r56[1]['overhead_pct']:+.0f}% |")
+    base = {h: next(r["base_ms"] for r in d["rows"] if r["host"] == h and r["mode"] == "eager")
+            for h, d in (("resnet20", before), ("resnet56", before))}
+    base_now = {h: next(r["base_ms"] for r in after["rows"] if r["host"] == h and r["mode"] == "eager")
+                for h in ("resnet20", "resnet56")}
+    out.append("")
+    out.append(f"The plain hosts' steps took {base['resnet20']:.0f} → {base_now['resnet20']:.0f} ms (ResNet-20) and "
+               f"{base['resnet56']:.0f} → {base_now['resnet56']:.0f} ms (ResNet-56) in the two runs "
+               "(`benchmarks/results/overhead_floor_cpu_before_native.json` → `overhead_floor_cpu.json`). The step "
+               "overhead is the difference of two whole steps and carries their noise, a few points; the alone times "
+               "do not.")
+    return "\n".join(out)
 
 
 def allocator_line(alloc: dict | None) -> str:
@@ -416,11 +465,14 @@ def main(argv=None) -> int:
     text = splice(text, "fit-numbers", fit_numbers(_load("readme_commands_cpu.json"), _load("fmnist_resnet20_cpu.json")))
     text = splice(text, "ablation-results", ablation_results())
     text = splice(text, "timm-slots", timm_slots_table())
+    text = splice(text, "native-table", native_table(_load("overhead_floor_cpu_before_native.json"),
+                                                     _load("overhead_floor_cpu.json"), _load("native_cpu.json")))
     text = splice(text, "benchmarks", benchmark_lines(vs_timm, _load("harness_overhead_cpu.json"),
                                                       _load("data_inmemory_cpu.json"))
                   + "\n" + speed_lines(_load("blocks_vs_reference_cpu.json"), _load("overhead_floor_cpu.json"))
                   + "\n" + pooling_line(_load("pooling_cpu.json"))
                   + "\n" + layouts_line(_load("layouts_cpu.json"))
+                  + "\n" + native_line(_load("native_cpu.json"))
                   + "\n" + allocator_line(_load("allocator_cpu.json")))
     args.readme.write_text(text)
     print(f"wrote the generated sections of {args.readme} ({len(list_attn())} blocks)")

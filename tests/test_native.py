@@ -469,3 +469,68 @@ def test_the_ctypes_signatures_are_read_from_the_c_source():
     assert sig["conv_small_forward"] == [p, p, p] + [i64] * 11 + [i32, p]
     with pytest.raises(RuntimeError, match="unknown type"):
         _native.signatures("void f(const double *x, int64_t n) {}")
+
+
+def test_the_kernel_source_ships_with_the_package():
+    """A wheel must carry _native.c (it is built on the user's machine): pyproject's package-data names it."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["attnzoo"]
+    assert any((root / "attnzoo").glob(pattern) for pattern in data)
+    assert "blocks/_native.c" in data and _native._SOURCE.is_file()
+
+
+def test_native_status_says_what_runs_and_run_records_keep_it(monkeypatch, tmp_path):
+    from attnzoo.ablation.runner import environment
+    from attnzoo.blocks import native_status
+
+    _native_on(monkeypatch, False)
+    assert native_status() == "off (ATTNZOO_NATIVE=0)"
+    assert environment()["native_kernels"] == "off (ATTNZOO_NATIVE=0)"
+    _native_on(monkeypatch, True)
+    if shutil.which("cc") is not None:
+        assert native_status().startswith("on (") and native_status().endswith(".so)")
+    monkeypatch.setenv("ATTNZOO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.setattr(_native, "_state", {})
+    with pytest.warns(RuntimeWarning):
+        assert native_status().startswith("unavailable: false exited with 1")
+
+
+@pytest.mark.parametrize("name", ["lka", "cbam", "triplet", "sge"])
+def test_flops_are_counted_on_the_aten_ops(name, monkeypatch, two_threads):
+    """Under FlopCounterMode the blocks run their PyTorch paths, so the count is the same with the kernels
+    on and off (a kernel call is invisible to the counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(4, 32, 8, 8).contiguous(memory_format=torch.channels_last)
+    counts = []
+    for native in (True, False):
+        _native_on(monkeypatch, native)
+        block = _randomized(name, 32)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            block(x)
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] > 0
+
+
+@pytest.mark.parametrize("shape", [(4, 12, 9, 1), (4, 12, 1, 7)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_1x1_conv_of_a_strip_is_a_matmul_with_conv2ds_values(shape, bias):
+    """Coordinate attention's 1x1 convs of (B, C, L, 1) / (B, C, 1, L) strips (also non-contiguous
+    slices of them) run as one batched matmul: the same values and gradients as conv2d."""
+    torch.manual_seed(0)
+    conv = LayoutConv2d(12, 5, 1, bias=bias)
+    full = torch.randn(shape[0], shape[1], shape[2] * 2, shape[3], requires_grad=True)
+    x = full[:, :, : shape[2]] if shape[3] == 1 else full.transpose(2, 3)[:, :, :, : shape[2] * 2][..., : shape[3]]
+    y = conv(x)
+    want = F.conv2d(x, conv.weight, conv.bias)
+    torch.testing.assert_close(y, want)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, [full, conv.weight], g)
+    ref = torch.autograd.grad(want, [full, conv.weight], g)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert type(y.grad_fn).__name__ != "ConvolutionBackward0"

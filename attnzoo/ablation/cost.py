@@ -179,6 +179,7 @@ def measure_costs(grid: Any, rounds: int = 5, train_steps: int = 10, infer_batch
             per[lab]["infer"].append(infer_tp)
         log(f"cost round {r + 1}/{rounds} done ({time.perf_counter() - t_start:.0f} s)")
     load_after = _load()
+    from ..blocks import native_status
     from .runner import cpu_model
 
     variants = {}
@@ -199,7 +200,8 @@ def measure_costs(grid: Any, rounds: int = 5, train_steps: int = 10, infer_batch
                      "batch_size": "/".join(map(str, sorted(batch_sizes))),
                      "infer_batch_size": infer_batch_size or "/".join(map(str, sorted(batch_sizes)))},
         "env": {"device": "cpu", "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": threads,
-                "torch": torch.__version__, "python": platform.python_version(), "allocator": alloc},
+                "torch": torch.__version__, "python": platform.python_version(), "allocator": alloc,
+                "native_kernels": native_status()},
         "load_average": None if load_before is None else [load_before, load_after],
         "seconds": time.perf_counter() - t_start,
         "variants": variants,

@@ -495,6 +495,7 @@ def _cost_text(cost_info: dict[str, Any] | None) -> str:
             f"median of {st.get('rounds', '?')} interleaved rounds of {st.get('train_steps', '?')} training steps "
             f"(forward, backward, SGD step) at batch {st.get('batch_size', '?')} and {st.get('infer_batches', '?')} "
             f"no-grad forward passes at batch {st.get('infer_batch_size', '?')}"
+            + (f"; native CPU kernels {env['native_kernels'].split(' (')[0]}" if env.get("native_kernels") else "")
             + (f"; 1-min load average {load[0]:.2f} before, {load[1]:.2f} after" if load else ""))
 
 

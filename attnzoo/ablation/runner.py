@@ -102,6 +102,8 @@ def environment() -> dict[str, Any]:
 
     import torch
 
+    from ..blocks import native_status
+
     versions = {}
     for pkg in ("torch", "torchvision", "timm", "lightning", "torchmetrics", "attnzoo"):
         try:
@@ -119,6 +121,7 @@ def environment() -> dict[str, Any]:
         "device": "cuda" if gpu else "cpu",
         "gpu": gpu,
         "cuda": torch.version.cuda if gpu else None,
+        "native_kernels": native_status(),
         **_git_commit(),
     }
 

@@ -6,28 +6,34 @@ It is an ``nn.Conv2d`` (same parameters, state_dict keys, hooks and ``isinstance
 the convolution is called on CPU differs, never what it computes.
 
 Many gates convolve maps built inside the block -- CBAM's [mean_c; max_c] pair, BAM's C/r-wide
-dilated branch, EMA's per-group maps -- and those maps come out in the contiguous (NCHW) layout even
-when the host runs channels_last. On CPU (oneDNN) such convolutions are slow in three ways.
-``benchmarks/layouts.py`` (-> ``benchmarks/results/layouts_cpu.json``; torch 2.14, 2 threads,
-forward + backward) times each with the shapes the blocks produce in a ResNet-20 on Fashion-MNIST
-(batch 128, 28x28) and at 56x56; the ratios below are LayoutConv2d / nn.Conv2d:
+dilated branch, EMA's per-group maps -- with a few channels, and several blocks use depthwise
+convolutions (LKA, LSKA, SK's branches at C <= 32, strip and ELA). oneDNN spends most of such a call
+on set-up and layout while the arithmetic is small. On CPU, in this order:
 
-* **Few channels in NCHW.** A 7x7 conv 2 -> 1 over (128, 2, 28, 28): 0.42, over (32, 2, 56, 56):
-  0.38; a 3x3 conv 2 -> 2 over EMA's (1024, 2, 28, 28) groups: 0.51. Converting the small input to
-  channels_last costs one copy of a map with <= 4 channels, so an input with 2 <= C_in <= 4 and
-  C_out <= 4 is converted first.
-* **One channel in, one out.** A 1 -> 1 conv is slow in either layout. The batch is folded into the
-  channels instead and run as a depthwise conv over one image with the weight shared by every
-  channel (``weight.expand``, so its gradient is the sum over the batch, as before): 0.58 for BAM's
-  dilated 3x3 over (128, 1, 28, 28), 0.06 for EMA's 3x3 over (2048, 1, 28, 28).
 * **A 1x1 conv of a pooled (B, C, 1, 1) vector** (SE's and CBAM's MLPs, SK's and ResNeSt's
-  attention FCs, ...) goes through oneDNN's convolution, with a fixed cost per call. It is run as
-  ``F.linear`` of the (B, C) vector with the weight viewed as (C_out, C_in): 0.77 for 64 -> 4 and
-  0.28 for 4 -> 64 at batch 128.
+  attention FCs, ...) runs as ``F.linear`` of the (B, C) vector with the weight viewed as
+  (C_out, C_in); **of a strip** (B, C, L, 1) or (B, C, 1, L) (coordinate attention's convs) as one
+  batched ``torch.matmul`` over the channels.
+* **<= 4 channels in and out** (one group, stride 1), where the native kernels apply
+  (``_native.applies``: eager float32, batch >= threads, built): ``_SmallConv``, a direct convolution
+  over a zero-padded copy of each sample, one long vectorised loop per tap.
+* **Depthwise** (groups = C_in = C_out, stride 1) on a channels_last input, where the native kernels
+  apply: ``_DepthwiseConv``, each output vector of 16 channels accumulated over the taps in registers.
+* Otherwise, without the kernels: a 1 -> 1 conv runs depthwise over the batch folded into the
+  channels (``weight.expand``, so its gradient is the sum over the batch), and a small NCHW input
+  (2 <= C_in <= 4, C_out <= 4) is converted to channels_last first (a copy of a tiny map).
 
-All three are exact reformulations (the same products, summed in a possibly different order). On other
-devices, with padding modes other than zeros, and for unbatched input the module is a plain
-``nn.Conv2d``.
+``benchmarks/layouts.py`` (-> ``benchmarks/results/layouts_cpu.json``; torch 2.14, 2 threads, forward +
+backward, with the kernels built) times them with the shapes the blocks produce in a ResNet-20 on
+Fashion-MNIST (batch 128, 28x28) and at 56x56; LayoutConv2d / nn.Conv2d: a 7x7 conv 2 -> 1 over
+(128, 2, 28, 28) 0.15, over (32, 2, 56, 56) 0.14; BAM's dilated 3x3 1 -> 1 over (128, 1, 28, 28) 0.14;
+EMA's 3x3 1 -> 1 over (2048, 1, 28, 28) 0.07 and 2 -> 2 over (1024, 2, 28, 28) 0.18; the pooled-vector
+1x1 convs 64 -> 4 0.92 and 4 -> 64 0.37 at batch 128. ``benchmarks/native.py`` times the depthwise
+kernel inside its blocks (lka 0.16-0.65, lska 0.24-0.53 of the oneDNN path's time).
+
+All are the same function (the same products, summed in a possibly different order; the kernels'
+weight gradients are summed in double). On other devices, with padding modes other than zeros, and for
+unbatched input the module is a plain ``nn.Conv2d``.
 """
 from __future__ import annotations
 
@@ -52,6 +58,14 @@ class LayoutConv2d(nn.Conv2d):
         n, c, h, w = input.shape
         if h == w == 1 and self.kernel_size == (1, 1) and self.groups == 1 and self.stride == (1, 1) and self.padding in ((0, 0), "valid"):
             return F.linear(input.reshape(n, c), weight.view(self.out_channels, c), bias).view(n, self.out_channels, 1, 1)
+        if (self.kernel_size == (1, 1) and self.groups == 1 and self.stride == (1, 1) and (h == 1 or w == 1)
+                and self.padding in ((0, 0), "valid")):
+            # a 1x1 conv of a strip (B, C, L, 1) / (B, C, 1, L) -- coordinate attention's and ELA's pooled
+            # strips -- as one batched matmul over the channels: oneDNN's convolution call costs more
+            y = torch.matmul(weight.view(self.out_channels, c), input.reshape(n, c, h * w))  # a strip: a copy at most
+            if bias is not None:
+                y = y + bias.view(1, -1, 1)
+            return y.view(n, self.out_channels, h, w)
         if self._native_ok(input):
             return _SmallConv.apply(input, weight, bias, self.padding, self.dilation)
         if self._native_depthwise_ok(input):

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies", "signatures"]
+__all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies", "signatures", "status"]
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
@@ -152,11 +152,23 @@ def kernels():
 
 def applies(x: torch.Tensor) -> bool:
     """The native kernels may run on ``x``: a float32 CPU tensor in eager mode -- not while ``torch.compile``,
-    ``torch.export``, TorchScript tracing or ONNX export records the graph (they must see aten ops) -- with
-    a batch of at least the thread count (the kernels split samples over threads), and the library built."""
-    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing() and x.device.type == "cpu"
+    ``torch.export``, TorchScript tracing or ONNX export records the graph, nor under a dispatch mode such
+    as ``FlopCounterMode`` (all of them must see the aten ops: a kernel call is invisible to them, and
+    FLOPs counted around one would be too few) -- with a batch of at least the thread count (the kernels
+    split samples over threads), and the library built."""
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and torch._C._len_torch_dispatch_stack() == 0 and x.device.type == "cpu"
             and x.dtype == torch.float32 and x.dim() == 4 and x.shape[0] >= torch.get_num_threads()
             and kernels() is not None)
+
+
+def status() -> str:
+    """One line for logs and run records: "on (<library>)", "off (ATTNZOO_NATIVE=0)" or "unavailable: <why>".
+    Builds the kernels if they were not asked for yet."""
+    if not native_enabled():
+        return f"off (ATTNZOO_NATIVE={os.environ.get('ATTNZOO_NATIVE')})"
+    lib = kernels()
+    return f"on ({lib._name})" if lib is not None else f"unavailable: {build_error()}"
 
 
 def build_error() -> str | None:

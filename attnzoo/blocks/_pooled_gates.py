@@ -1,31 +1,38 @@
-"""CBAM-type pooled gates in one op on the native CPU kernels: ``x1 = x * gc; y = x1 * gs``.
+"""Gates as single autograd ops on the native CPU kernels (``_native.c``): the full-size work in C, the
+small parts in PyTorch.
 
 Not a block module (the leading underscore keeps ``attnzoo.blocks`` discovery from importing it).
 
-    gc = channel_fn(mean_hw(x), max_hw(x))        (B, C, 1, 1) from two (B, C, 1, 1) descriptors
-    gs = spatial_fn(mean_c(x1), max_c(x1))        (B, 1, H, W) from two (B, 1, H, W) maps
-
-Either function may be None (the factor is then 1): cbam has both, cbam_channel only the first,
-cbam_spatial only the second, lcbam both. The functions are the blocks' own small parts (MLP, conv,
-BatchNorm, gate, AttnTap) and run as ordinary autograd on the small pooled tensors: hooks, taps,
+Each op takes the block's own small parts (MLPs, convs, BatchNorm, softmax, gates, AttnTaps) as
+functions of pooled tensors and runs them as ordinary autograd on those small tensors, inside its
+forward (the graph is kept on ctx) and through ``torch.autograd.grad`` in its backward: hooks, taps,
 BatchNorm statistics and parameter gradients behave as in the plain path, and any gate module works.
+The full-size work -- pooling, applying the factors, the reductions of backward, dL/dx -- is a few
+kernel passes per sample while it is in cache, and backward keeps only x (the plain expressions run
+16-40 full-size passes and keep several full-size intermediates).
 
-What the op saves: the plain expression runs 16-40 full-size passes (pools, products, masks of the
-maxima, their backward) and keeps x, x1 and the masks for backward. Here the full-size work is six
-kernels in ``_native.c`` -- forward: pool over positions, pool over channels of x * gc (x1 is never
-written), apply both factors; backward: reduce for dL/dgs, reduce for dL/dgc, write dL/dx -- and
-only x is kept. Gradients of the maxima follow PyTorch: the max over positions goes to the first
-maximum (``adaptive_max_pool2d``, ``pool_max``); the max over channels is split evenly among ties
-(``amax``, ``pool_amax``).
+* ``pooled_gates`` (cbam, cbam_channel, cbam_spatial, lcbam): ``x1 = x * gc; y = x1 * gs``,
+  gc = channel_fn(mean_hw(x), max_hw(x)) (B, C, 1, 1), gs = spatial_fn(mean_c(x1), max_c(x1))
+  (B, 1, H, W); either may be None. x1 is never written.
+* ``triplet_gates``: y = x * (a_hc + a_cw + a_hw) / 3, the six pooled maps in one pass.
+* ``strip_gates`` (coord, ela: y = (x * gh) * gw; strip, scoord: y = x * sigmoid(gh + gw) (+ x)).
+* ``group_gates`` (sge): y[c, p] = x[c, p] * a[g(c), p], the normalisation in the kernels too.
+* ``simam_gate``, ``context_gates`` (gc): the whole block.
 
-It is used on CPU, float32, 4-d input contiguous in NCHW or channels_last, batch >= the thread
-count (the kernels split samples over threads), outside ``torch.compile``, export and TorchScript
-tracing, when the kernels are built (``_native.applies``). Elsewhere ``pooled_gates`` returns None and the block
-runs its plain path. Double backward is not supported (``once_differentiable``).
+Gradients of the maxima follow PyTorch: the max over positions goes to the first maximum
+(``adaptive_max_pool2d``, ``pool_max``); the max over channels is split evenly among ties (``amax``,
+``pool_amax``). The kernels compute the same functions up to float32 rounding (sums in another order;
+the full-map sigmoid of strip, scoord and simam is the kernels' own, relative error <= 1e-6), not bit
+for bit: ``tests/test_native.py`` compares each with its plain path and with float64.
+
+Each is used on CPU, float32, 4-d input contiguous in NCHW or channels_last, batch >= the thread
+count, outside ``torch.compile``, export, tracing and dispatch modes, when the kernels are built
+(``_native.applies``). Elsewhere the function returns None and the block runs its plain path. Double
+backward is not supported (``once_differentiable``).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -21,6 +21,11 @@ NOTE (readings of the authors' released code, Jongchan/attention-module, where t
   [max; mean]. That only permutes the two input channels of the 7x7 conv's weight (same function
   with ``conv.weight[:, [1, 0]]``).
 * The spatial BatchNorm also runs at batch 1 on a 1x1 map in training mode (``SafeBatchNorm2d``).
+
+Speed (CPU): cbam, cbam_channel and cbam_spatial run as one native op in eager float32 with a batch of
+at least the thread count (``_pooled_gates.pooled_gates``: F' is never written, backward keeps only
+x); their small parts (MLP, 7x7 conv, BatchNorm, gate, taps) stay ordinary modules. Elsewhere the
+PyTorch expression below runs.
 """
 from __future__ import annotations
 

@@ -27,6 +27,10 @@ num_groups=1, act_layer='silu')`` is timm's block exactly, state_dict keys inclu
 NOTE (groups): if ``num_groups`` does not divide ``channels`` the GroupNorm uses gcd(channels,
 num_groups) groups (kept on ``self.num_groups``), so the paper's 16 works at any width
 (C=24 -> 8 groups). The conv has no bias: the GroupNorm that follows removes it, so it would never learn.
+
+Speed (CPU): in eager float32 with a batch of at least the thread count the block is one native op
+(``_pooled_gates.strip_gates``, as coord), its depthwise 1-D convs on the native depthwise kernel
+(``LayoutConv2d``, channels_last); elsewhere the PyTorch expression runs.
 """
 from __future__ import annotations
 

@@ -18,6 +18,9 @@ NOTE: timm's LightChannelAttn gates with a fixed sigmoid whatever ``gate_layer``
 spatial half always uses sigmoid; here ``gate_layer`` sets both gates (the default, sigmoid, is
 timm's computation). Parity under copied weights is tested (tests/test_zoo_timm_extra.py); the
 state_dict keys are timm's.
+
+Speed (CPU): in eager float32 with a batch of at least the thread count the block is one native op
+(``_pooled_gates.pooled_gates``, as cbam); elsewhere the PyTorch expression runs.
 """
 from __future__ import annotations
 

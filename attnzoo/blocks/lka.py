@@ -41,6 +41,9 @@ NOTE: the attention is not squashed by a gate (no sigmoid), as in the paper: it 
 exceed one. The receptive field of LKA's 5x5 + 7x7(d=3) is 23, which the VAN paper calls K = 21
 (its ceil(K/d) rule); the default here reproduces the paper's layers exactly. The convs keep their
 biases, as in both papers' code.
+
+Speed (CPU): the depthwise convolutions run on the native depthwise kernel for channels_last float32
+input (``LayoutConv2d``; oneDNN's backward of them dominated the block's training step).
 """
 from __future__ import annotations
 

@@ -27,7 +27,9 @@ Implementation: both gates are x * sigmoid(x * s + t) with per-(sample, channel)
 channel half; s = W2 * rstd, t = b2 - s * mu on the spatial half), so one ``var_mean`` pass gives
 every statistic. In eager training (sigmoid gate, tap not captured) the whole block is one custom
 autograd op, ``_fused.shuffle_attention``: the shuffle is folded into the product's output strides
-and only x is kept for backward. ``torch.compile`` and ONNX export see the plain expression.
+and only x is kept for backward; on CPU float32 with a batch of at least the thread count its
+statistics, gate, product, shuffle and backward passes run on the native kernels (``_native.c``).
+``torch.compile`` and ONNX export see the plain expression.
 """
 from __future__ import annotations
 

@@ -32,6 +32,9 @@ NOTE (departures, and why):
 * timm's own defaults differ from the paper: ``split_input=True`` (each branch sees C/M inputs),
   ``groups=1``, ``d = make_divisible(C/16, 8)`` with no L; this block follows the paper.
 * Taps: ``taps[m]`` receives a_m, the (B, C, 1, 1) weight multiplied into branch m.
+
+Speed (CPU): a branch whose convolution is depthwise (groups = C, e.g. C <= 32 at the default 32
+groups) runs on the native depthwise kernel for channels_last float32 input (``LayoutConv2d``).
 """
 from __future__ import annotations
 

@@ -18,10 +18,13 @@ The convolutions have no bias (BatchNorm follows). BatchNorm uses torch's defaul
 (the authors' code: 0.01). A training batch with a single value per channel (batch 1 and a 1x1 map)
 is normalized with the running statistics (``SafeBatchNorm2d``) instead of raising.
 
-Speed (CPU; ``_pool`` and ``_layout`` give the measurements): the max over W and over H is
-``adaptive_max_pool2d`` (several times faster than ``amax`` in channels_last; where positions tie for
-the maximum, the gradient goes to one of them instead of being split), the max over C is
-``pool_amax``, and the 2 -> 1 convolutions run in channels_last (``LayoutConv2d``).
+Speed (CPU): in eager float32 training and inference with a batch of at least the thread count, the
+block is one native op (``_pooled_gates.triplet_gates`` on ``_native.c``): one pass over x gives all
+six pooled maps, one pass applies the three factors, and backward takes two passes; the 2 -> 1
+convolutions run on the native small-conv kernel (``LayoutConv2d``). Elsewhere (other dtypes and
+devices, ``torch.compile``, export, tracing) it runs the PyTorch expression: the max over W and over H
+is ``adaptive_max_pool2d`` (where positions tie for the maximum, the gradient goes to one of them
+instead of being split; the native op does the same, to the first), the max over C is ``pool_amax``.
 """
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..backbones import create_backbone
+from ..blocks import native_status
 from .allocator import ALLOCATOR_CHOICES, keep_freed_memory
 from .complexity import normalize_input_size
 
@@ -261,6 +262,7 @@ class AttnClassifier(LightningModule):
             how = ("glibc keeps freed memory (mmap and trim thresholds 1 GiB)" if state.get("tuned")
                    else f"left as it is ({state.get('why')})")
             print(f"model.cpu_allocator: keep -> {how}", flush=True)
+            print(f"native CPU kernels: {native_status()}", flush=True)
         self.__dict__["_allocator_said"] = True
 
     def on_test_start(self) -> None:
