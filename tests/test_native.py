@@ -516,21 +516,20 @@ def test_flops_are_counted_on_the_aten_ops(name, monkeypatch, two_threads):
     assert counts[0] == counts[1] > 0
 
 
-@pytest.mark.parametrize("shape", [(4, 12, 9, 1), (4, 12, 1, 7)])
+@pytest.mark.parametrize("vertical", [True, False])
 @pytest.mark.parametrize("bias", [True, False])
-def test_a_1x1_conv_of_a_strip_is_a_matmul_with_conv2ds_values(shape, bias):
-    """Coordinate attention's 1x1 convs of (B, C, L, 1) / (B, C, 1, L) strips (also non-contiguous
-    slices of them) run as one batched matmul: the same values and gradients as conv2d."""
+def test_a_1x1_conv_of_a_strip_is_a_matmul_with_conv2ds_values(vertical, bias):
+    """Coordinate attention's 1x1 convs of (B, C, L, 1) / (B, C, 1, L) strips (here non-contiguous views,
+    as its split and transpose give) run as one batched matmul: the same values and gradients as conv2d."""
     torch.manual_seed(0)
     conv = LayoutConv2d(12, 5, 1, bias=bias)
-    full = torch.randn(shape[0], shape[1], shape[2] * 2, shape[3], requires_grad=True)
-    x = full[:, :, : shape[2]] if shape[3] == 1 else full.transpose(2, 3)[:, :, :, : shape[2] * 2][..., : shape[3]]
+    base = torch.randn(4, 12, 9, 2, requires_grad=True)
+    x = base[..., :1] if vertical else base[..., :1].transpose(2, 3)  # (4, 12, 9, 1) or (4, 12, 1, 9)
+    assert not x.is_contiguous()
     y = conv(x)
     want = F.conv2d(x, conv.weight, conv.bias)
     torch.testing.assert_close(y, want)
     g = torch.randn_like(y)
-    got = torch.autograd.grad(y, [full, conv.weight], g)
-    ref = torch.autograd.grad(want, [full, conv.weight], g)
-    for a, b in zip(got, ref):
+    for a, b in zip(torch.autograd.grad(y, [base, conv.weight], g), torch.autograd.grad(want, [base, conv.weight], g)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert type(y.grad_fn).__name__ != "ConvolutionBackward0"
