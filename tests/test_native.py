@@ -2,6 +2,7 @@
 (outputs, input and parameter gradients, BatchNorm statistics, taps), and a clean fallback."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -11,6 +12,30 @@ import torch.nn.functional as F
 from attnzoo import create_attn
 from attnzoo.blocks import _native
 from attnzoo.blocks._layout import LayoutConv2d
+
+# tests that hold without a C compiler (the fallbacks, the parsing, the packaging); every other test here
+# needs the kernels, and is skipped, saying so, on a machine without a compiler
+_WITHOUT_COMPILER = {
+    "test_the_kernels_build_where_there_is_a_compiler", "test_a_failed_build_warns_once_and_keeps_the_pytorch_paths",
+    "test_the_build_is_cached_by_source_and_compiler", "test_the_ctypes_signatures_are_read_from_the_c_source",
+    "test_the_kernel_source_ships_with_the_package", "test_native_status_says_what_runs_and_run_records_keep_it",
+    "test_tracing_records_aten_ops_not_the_kernels", "test_flops_are_counted_on_the_aten_ops",
+}
+
+
+def _cc() -> str:
+    """The compiler the kernels would be built with ($CC or cc), as _native resolves it."""
+    return (os.environ.get("CC") or "cc").split()[0]
+
+
+@pytest.fixture(autouse=True)
+def _kernels_or_skip(request):
+    if request.node.originalname in _WITHOUT_COMPILER:
+        return
+    cc = _cc()
+    if shutil.which(cc) is None:
+        pytest.skip(f"no C compiler ({cc!r} not on PATH): the native kernels cannot be built here, the PyTorch paths run")
+
 
 POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"]
 NATIVE_OPS = {"_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward", "_GroupGatesBackward",
@@ -30,7 +55,7 @@ def _native_on(monkeypatch, on: bool):
 
 
 def test_the_kernels_build_where_there_is_a_compiler():
-    if shutil.which("cc") is None:
+    if shutil.which(_cc()) is None:
         pytest.skip("no C compiler on this machine: the PyTorch paths run (tested below)")
     assert _native.kernels() is not None, _native.build_error()
     assert _native.build_error() is None
@@ -355,7 +380,7 @@ def test_a_failed_build_warns_once_and_keeps_the_pytorch_paths(monkeypatch, tmp_
 
 
 def test_the_build_is_cached_by_source_and_compiler(monkeypatch, tmp_path):
-    if shutil.which("cc") is None:
+    if shutil.which(_cc()) is None:
         pytest.skip("no C compiler on this machine")
     monkeypatch.setenv("ATTNZOO_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(_native, "_state", {})
@@ -490,7 +515,7 @@ def test_native_status_says_what_runs_and_run_records_keep_it(monkeypatch, tmp_p
     assert native_status() == "off (ATTNZOO_NATIVE=0)"
     assert environment()["native_kernels"] == "off (ATTNZOO_NATIVE=0)"
     _native_on(monkeypatch, True)
-    if shutil.which("cc") is not None:
+    if shutil.which(_cc()) is not None:
         assert native_status().startswith("on (") and native_status().endswith(".so)")
     monkeypatch.setenv("ATTNZOO_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", "false")
