@@ -79,17 +79,6 @@ def _gate_backward(x, s, t, grad_out, shuffle):
     return grad_x, grad_s, grad_t
 
 
-def _native_gate(x: torch.Tensor):
-    """(the native kernel library, x's layout flag) where the kernels apply to x, else (None, None)."""
-    if not _native.applies(x):
-        return None, None
-    if x.is_contiguous():
-        return _native.kernels(), 0
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return _native.kernels(), 1
-    return None, None
-
-
 def channel_stats(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-(sample, channel) mean and 1 / sqrt(biased var + eps) over H x W, each (B, C).
 
@@ -122,7 +111,7 @@ class _ShuffleAttn(torch.autograd.Function):
     def forward(ctx, x, cw, cb, sw, sb, groups, eps):
         b, c, h, w = x.shape
         half = c // (2 * groups)
-        lib, cl = _native_gate(x)
+        lib, cl = _native.target(x) or (None, None)
         if lib is not None:  # the native kernels (_native.c): statistics, gate, product and shuffle in C
             mu, var = x.new_empty(b, c), x.new_empty(b, c)
             lib.channel_moments(x.data_ptr(), b, c, h * w, cl, torch.get_num_threads(), mu.data_ptr(), var.data_ptr())

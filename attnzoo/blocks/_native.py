@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies", "signatures", "status"]
+__all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies", "signatures", "status", "target"]
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
@@ -169,6 +169,18 @@ def status() -> str:
         return f"off (ATTNZOO_NATIVE={os.environ.get('ATTNZOO_NATIVE')})"
     lib = kernels()
     return f"on ({lib._name})" if lib is not None else f"unavailable: {build_error()}"
+
+
+def target(x: torch.Tensor):
+    """(library, layout flag) where the kernels run on ``x`` -- ``applies(x)``, non-empty, contiguous in NCHW
+    (flag 0) or channels_last (flag 1) -- else None. The one entry check of every native op."""
+    if not applies(x) or x.numel() == 0:
+        return None
+    if x.is_contiguous():
+        return kernels(), 0
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return kernels(), 1
+    return None
 
 
 def build_error() -> str | None:

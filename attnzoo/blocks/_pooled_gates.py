@@ -44,15 +44,6 @@ __all__ = ["context_gates", "group_gates", "pooled_gates", "simam_gate", "strip_
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _layout(x: torch.Tensor) -> int | None:
-    """0 for NCHW-contiguous, 1 for channels_last-contiguous, None otherwise."""
-    if x.is_contiguous():
-        return 0
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return 1
-    return None
-
-
 def _forward(lib, x, cl, channel_fn, spatial_fn, track: bool):
     """Run the forward kernels; returns y and what backward needs (the small graphs when ``track``)."""
     b, c, h, w = x.shape
@@ -211,12 +202,10 @@ def triplet_gates(x: torch.Tensor, factor_fn, module: nn.Module) -> torch.Tensor
     ``factor_fn(max_w, mean_w, max_h, mean_h, max_c, mean_c)`` -- pooled maps (B, C, H), (B, C, H),
     (B, C, W), (B, C, W), (B, 1, H, W), (B, 1, H, W) -- returns the three factors (B, C, H, 1),
     (B, C, 1, W), (B, 1, H, W); ``module`` owns the parameters it uses."""
-    if not _native.applies(x) or x.numel() == 0:
+    found = _native.target(x)
+    if found is None:
         return None
-    cl = _layout(x)
-    if cl is None:
-        return None
-    lib = _native.kernels()
+    lib, cl = found
     params = _trainable(module)
     if not torch.is_grad_enabled() or not (x.requires_grad or params):
         with torch.no_grad():
@@ -294,12 +283,10 @@ def strip_gates(x: torch.Tensor, factor_fn, module: nn.Module, *, sigmoid: str |
     that + x. The full-size sigmoid is the kernels' own (relative error about 2e-7 against torch's)."""
     if sigmoid not in (None, "gate", "skip"):
         raise ValueError(f"strip_gates: sigmoid must be None, 'gate' or 'skip', got {sigmoid!r}")
-    if not _native.applies(x) or x.numel() == 0:
+    found = _native.target(x)
+    if found is None:
         return None
-    cl = _layout(x)
-    if cl is None:
-        return None
-    lib = _native.kernels()
+    lib, cl = found
     params = _trainable(module)
     if not torch.is_grad_enabled() or not (x.requires_grad or params):
         with torch.no_grad():
@@ -417,12 +404,10 @@ def group_gates(x: torch.Tensor, groups: int, factor_fn, module: nn.Module, *, s
     ``factor_fn(sim)`` maps the similarities (B, G, H, W) to the factor a (B, G, H, W), which multiplies
     each group's channels. ``sge=(gamma, beta, eps, dof)`` computes that factor in the kernels instead
     (SGE's sigmoid gate and its spread sqrt(max(var, 1e-24)) + eps)."""
-    if not _native.applies(x) or x.numel() == 0 or x.shape[1] % groups:
+    found = _native.target(x)
+    if found is None or x.shape[1] % groups:
         return None
-    cl = _layout(x)
-    if cl is None:
-        return None
-    lib = _native.kernels()
+    lib, cl = found
     if sge is not None:
         gamma, beta, eps, dof = sge
         return _SgeGates.apply(x, lib, cl, groups, float(eps), float(dof), gamma, beta)
@@ -433,16 +418,22 @@ def group_gates(x: torch.Tensor, groups: int, factor_fn, module: nn.Module, *, s
     return _GroupGates.apply(x, lib, cl, groups, factor_fn, *params)
 
 
+def _simam_forward(lib, x, cl, e_lambda, n):
+    """y and the per-(sample, channel) mean and k of SimAM, from the forward kernel."""
+    b, c, h, w = x.shape
+    mu, k, y = x.new_empty(b, c), x.new_empty(b, c), torch.empty_like(x)
+    lib.simam_forward(x.data_ptr(), b, c, h * w, cl, torch.get_num_threads(), e_lambda, n, y.data_ptr(),
+                      mu.data_ptr(), k.data_ptr())
+    return y, mu, k
+
+
 class _SimAMGate(torch.autograd.Function):
     """SimAM's block (``simam.py``) on the native kernels: statistics, gate and output per sample in one
     go; backward in two passes over the cached sample, the statistics' gradients in closed form."""
 
     @staticmethod
     def forward(ctx, x, lib, cl, e_lambda, n):
-        b, c, h, w = x.shape
-        mu, k, y = x.new_empty(b, c), x.new_empty(b, c), torch.empty_like(x)
-        lib.simam_forward(x.data_ptr(), b, c, h * w, cl, torch.get_num_threads(), e_lambda, n, y.data_ptr(),
-                          mu.data_ptr(), k.data_ptr())
+        y, mu, k = _simam_forward(lib, x, cl, e_lambda, n)
         ctx.save_for_backward(x, mu, k)
         ctx.lib, ctx.cl, ctx.n = lib, cl, n
         return y
@@ -462,23 +453,14 @@ class _SimAMGate(torch.autograd.Function):
 def simam_gate(x: torch.Tensor, e_lambda: float, n: int) -> torch.Tensor | None:
     """SimAM with the logistic gate on the native kernels, or None where they do not apply. The sigmoid
     is computed with ``_native.c``'s vectorised exp (relative error about 2e-7 against torch's)."""
-    if not _native.applies(x) or x.numel() == 0:
+    found = _native.target(x)
+    if found is None:
         return None
-    cl = _layout(x)
-    if cl is None:
-        return None
-    lib = _native.kernels()
+    lib, cl = found
     if not torch.is_grad_enabled() or not x.requires_grad:
         with torch.no_grad():
-            return _SimAMGate.forward(_NoCtx(), x, lib, cl, float(e_lambda), float(n))
+            return _simam_forward(lib, x, cl, float(e_lambda), float(n))[0]
     return _SimAMGate.apply(x, lib, cl, float(e_lambda), float(n))
-
-
-class _NoCtx:
-    """Stands in for autograd's ctx when a Function's forward runs for inference."""
-
-    def save_for_backward(self, *tensors):
-        pass
 
 
 class _ContextGates(torch.autograd.Function):
@@ -553,13 +535,10 @@ def context_gates(x: torch.Tensor, block: nn.Module) -> torch.Tensor | None:
     softmax weights (B, 1, H, W); ``block.context_factors(context)`` the (scale, add) factors, each
     (B, C, 1, 1) or None: y = x * scale + add."""
     conv = block.conv_attn
-    if (not _native.applies(x) or x.numel() == 0 or conv.bias is not None or conv.kernel_size != (1, 1)
-            or conv.weight.dtype != torch.float32):
+    found = _native.target(x)
+    if found is None or conv.bias is not None or conv.kernel_size != (1, 1) or conv.weight.dtype != torch.float32:
         return None
-    cl = _layout(x)
-    if cl is None:
-        return None
-    lib = _native.kernels()
+    lib, cl = found
     params = [q for n, q in block.named_parameters() if q.requires_grad and not n.startswith("conv_attn.")]
     if not torch.is_grad_enabled() or not (x.requires_grad or params or conv.weight.requires_grad):
         with torch.no_grad():
@@ -578,12 +557,10 @@ def pooled_gates(x: torch.Tensor, channel_fn: Factor | None, spatial_fn: Factor 
     ``channel_module`` / ``spatial_module``: the modules whose parameters the two functions use; their
     gradients flow through the op (a parameter used by neither function simply gets no gradient).
     """
-    if not _native.applies(x) or x.numel() == 0 or x.shape[2] * x.shape[3] >= 2**31:
+    found = _native.target(x)
+    if found is None or x.shape[2] * x.shape[3] >= 2**31:
         return None
-    cl = _layout(x)
-    if cl is None:
-        return None
-    lib = _native.kernels()
+    lib, cl = found
     channel_params, spatial_params = _trainable(channel_module), _trainable(spatial_module)
     params = channel_params + spatial_params
     if not torch.is_grad_enabled() or not (x.requires_grad or params):
