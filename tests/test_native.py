@@ -38,7 +38,8 @@ def _kernels_or_skip(request):
 
 
 POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"]
-NATIVE_OPS = {"_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward", "_GroupGatesBackward",
+MOMENT = ["se", "ese", "eca", "ecam", "ceca", "ge", "srm", "gct"]
+NATIVE_OPS = {"_MomentGatesBackward", "_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward", "_GroupGatesBackward",
               "_SgeGatesBackward", "_SimAMGateBackward", "_ContextGatesBackward"}
 
 
@@ -95,16 +96,8 @@ def _close(a, b, what):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5 * scale, msg=lambda m: f"{what}: {m}")
 
 
-@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (2, 48, 1, 7), (2, 16, 1, 1), (5, 17, 4, 4)])
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("name", POOLED)
-def test_pooled_gates_op_is_the_plain_path(name, channels_last, shape, monkeypatch, two_threads):
-    torch.manual_seed(3)
-    x = torch.randn(shape)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    got, want = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
-    assert got["grad_fn"] in NATIVE_OPS and want["grad_fn"] not in NATIVE_OPS
+def _same_step(got, want):
+    """Two training steps (``_train_step``) agree: layout, output, dL/dx, parameter gradients, buffers, taps."""
     assert got["layout"] == want["layout"]
     _close(got["y"], want["y"], "output")
     _close(got["dx"], want["dx"], "dL/dx")
@@ -116,6 +109,82 @@ def test_pooled_gates_op_is_the_plain_path(name, channels_last, shape, monkeypat
     assert got["taps"].keys() == want["taps"].keys() and got["taps"]
     for k in want["taps"]:
         _close(got["taps"][k], want["taps"][k], f"tap {k}")
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (2, 48, 1, 7), (2, 16, 1, 1), (5, 17, 4, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", POOLED)
+def test_pooled_gates_op_is_the_plain_path(name, channels_last, shape, monkeypatch, two_threads):
+    torch.manual_seed(3)
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got, want = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
+    assert got["grad_fn"] in NATIVE_OPS and want["grad_fn"] not in NATIVE_OPS
+    _same_step(got, want)
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (3, 48, 1, 7), (3, 16, 1, 1), (5, 17, 4, 4),
+                                   (4, 64, 7, 7)])  # batch >= 3: srm's BatchNorm over 2 samples is ill-conditioned
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", MOMENT)
+def test_moment_gates_op_is_the_plain_path(name, channels_last, shape, monkeypatch, two_threads):
+    """The channel gates on the mean (and variance) over positions: the one native op against each block's
+    plain path -- output, dL/dx, parameter gradients, BatchNorm statistics (srm), taps."""
+    torch.manual_seed(3)
+    x = torch.randn(shape) * 2 + 0.5  # a non-zero mean: the variance term of dL/dx matters
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got, want = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
+    assert got["grad_fn"] == "_MomentGatesBackward" and want["grad_fn"] not in NATIVE_OPS
+    _same_step(got, want)
+
+
+@pytest.mark.parametrize("name", ["srm", "gct"])
+def test_moment_gates_with_the_variance_are_as_accurate_as_the_plain_path(name, monkeypatch, two_threads):
+    """Both float32 paths against float64, on a map whose mean is large next to its spread (where a
+    one-pass E[x^2] - E[x]^2 would lose the variance to cancellation; the kernels take two passes)."""
+    torch.manual_seed(0)  # means of 3 +- 1 per (sample, channel): srm's BatchNorm over the batch stays well-conditioned
+    x = (torch.randn(4, 32, 12, 10) * 0.05 + 3.0 + torch.randn(4, 32, 1, 1)).contiguous(memory_format=torch.channels_last)
+    got, plain = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
+    assert got["grad_fn"] == "_MomentGatesBackward"
+    block = _randomized(name, 32).double()
+    x64 = x.double().requires_grad_(True)
+    y = block(x64)
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).double())
+    for key, want in (("y", y.detach()), ("dx", x64.grad)):
+        err_native = float((got[key].double() - want).abs().max())
+        err_plain = float((plain[key].double() - want).abs().max())
+        assert err_native <= 2 * err_plain + 1e-6 * float(want.abs().max()), (key, err_native, err_plain)
+
+
+@pytest.mark.parametrize("name,kwargs", [("gct", {"mode": "l1"}), ("ge", {"extent": 2}), ("ge", {"extent": 4, "extra_params": True})])
+def test_moment_gates_leave_other_variants_to_the_plain_path(name, kwargs, monkeypatch, two_threads):
+    _native_on(monkeypatch, True)
+    block = create_attn(name, 16, **kwargs)
+    x = torch.randn(4, 16, 8, 8, requires_grad=True)
+    assert type(block(x).grad_fn).__name__ not in NATIVE_OPS
+
+
+def test_moment_gates_support_a_second_backward_frozen_parameters_and_inference(monkeypatch, two_threads):
+    _native_on(monkeypatch, True)
+    block = _randomized("se", 16)
+    x = torch.randn(4, 16, 6, 6, requires_grad=True)
+    y = block(x)
+    assert type(y.grad_fn).__name__ == "_MomentGatesBackward"
+    y.sum().backward(retain_graph=True)
+    first = (x.grad.clone(), block.fc1.weight.grad.clone())
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * first[0])
+    torch.testing.assert_close(block.fc1.weight.grad, 2 * first[1])
+    block.requires_grad_(False)
+    x.grad = None
+    block(x).sum().backward()
+    torch.testing.assert_close(x.grad, first[0])
+    with torch.no_grad():  # inference: the forward kernels, same values
+        got = block(x)
+        _native_on(monkeypatch, False)
+        torch.testing.assert_close(got, block(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("spread", ["std", "unbiased_std", "sqrt_var"])

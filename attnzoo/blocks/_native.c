@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 13; }
+int attnzoo_native_abi(void) { return 14; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -1396,11 +1396,50 @@ static int32_t *shuffle_perm(int64_t C, int shuffle) {
     return pm;
 }
 
-/* mean[b, c] and the biased variance var[b, c] over positions (two passes over the cached sample). */
+/* Channels_last sums over positions of the channels [c0, c0 + LANES) (C a multiple of LANES), of x
+ * (cl_chunk_sum) or of (x - m)^2 (cl_chunk_sqdev). The accumulators are doubles in registers, over
+ * alternate rows: one row of C = 16 channels is a single vector, a sum kept in memory would wait on a
+ * store every row, and a float32 running sum over hundreds of positions would lose several bits of the
+ * mean -- which (x - mean) in the variance's gradient then magnifies where the spread is small. */
+INLINE void cl_chunk_sum(const float *restrict xb, int64_t C, int64_t P, int64_t c0, float *restrict out) {
+    double s0[LANES], s1[LANES];
+    for (int64_t j = 0; j < LANES; j++) { s0[j] = 0.; s1[j] = 0.; }
+    int64_t p = 0;
+    for (; p + 1 < P; p += 2) {
+        const float *restrict r0 = xb + p * C + c0, *restrict r1 = r0 + C;
+#pragma omp simd
+        for (int64_t j = 0; j < LANES; j++) { s0[j] += (double)r0[j]; s1[j] += (double)r1[j]; }
+    }
+    if (p < P)
+        for (int64_t j = 0; j < LANES; j++) s0[j] += (double)xb[p * C + c0 + j];
+    for (int64_t j = 0; j < LANES; j++) out[c0 + j] = (float)((s0[j] + s1[j]) / (double)P);
+}
+
+INLINE void cl_chunk_sqdev(const float *restrict xb, int64_t C, int64_t P, int64_t c0, const float *restrict m,
+                           float *restrict out) {
+    float mv[LANES];
+    double s0[LANES], s1[LANES];
+    for (int64_t j = 0; j < LANES; j++) { s0[j] = 0.; s1[j] = 0.; mv[j] = m[c0 + j]; }
+    int64_t p = 0;
+    for (; p + 1 < P; p += 2) {
+        const float *restrict r0 = xb + p * C + c0, *restrict r1 = r0 + C;
+#pragma omp simd
+        for (int64_t j = 0; j < LANES; j++) {
+            const float d0 = r0[j] - mv[j], d1 = r1[j] - mv[j];
+            s0[j] += (double)(d0 * d0); s1[j] += (double)(d1 * d1);
+        }
+    }
+    if (p < P)
+        for (int64_t j = 0; j < LANES; j++) { const float d = xb[p * C + c0 + j] - mv[j]; s0[j] += (double)(d * d); }
+    for (int64_t j = 0; j < LANES; j++) out[c0 + j] = (float)((s0[j] + s1[j]) / (double)P);
+}
+
+/* mean[b, c] and the biased variance var[b, c] over positions (two passes over the cached sample);
+ * var == NULL: the mean alone (one pass). */
 void channel_moments(const float *x, int64_t B, int64_t C, int64_t P, int cl, int nt, float *mean, float *var) {
     SAMPLES {
         const float *xb = x + b * C * P;
-        float *m = mean + b * C, *v = var + b * C;
+        float *m = mean + b * C, *v = var ? var + b * C : NULL;
         if (!cl) {
             for (int64_t c = 0; c < C; c++) {
                 const float *r = xb + c * P;
@@ -1408,16 +1447,25 @@ void channel_moments(const float *x, int64_t B, int64_t C, int64_t P, int cl, in
 #pragma omp simd reduction(+ : s)
                 for (int64_t p = 0; p < P; p++) s += r[p];
                 const float mv = s / (float)P;
+                m[c] = mv;
+                if (!v) continue;
 #pragma omp simd reduction(+ : q)
                 for (int64_t p = 0; p < P; p++) q += (r[p] - mv) * (r[p] - mv);
-                m[c] = mv; v[c] = q / (float)P;
+                v[c] = q / (float)P;
+            }
+        } else if (C % LANES == 0) {
+            for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                cl_chunk_sum(xb, C, P, c0, m);
+                if (v) cl_chunk_sqdev(xb, C, P, c0, m, v);
             }
         } else {
-            for (int64_t c = 0; c < C; c++) { m[c] = 0.f; v[c] = 0.f; }
+            for (int64_t c = 0; c < C; c++) m[c] = 0.f;
             for (int64_t p = 0; p < P; p++)
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) m[c] += xb[p * C + c];
             for (int64_t c = 0; c < C; c++) m[c] /= (float)P;
+            if (!v) continue;
+            for (int64_t c = 0; c < C; c++) v[c] = 0.f;
             for (int64_t p = 0; p < P; p++)
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) { const float d = xb[p * C + c] - m[c]; v[c] += d * d; }
@@ -1723,6 +1771,13 @@ void scale_shift(const float *x, const float *s, const float *t, int64_t B, int6
                     for (int64_t p = 0; p < P; p++) o[p] = r[p] + tv;
                 }
             }
+        } else if (C % LANES == 0) {  /* whole vectors per row (see cl_chunk_sum) */
+            for (int64_t p = 0; p < P; p++) {
+                const float *restrict r = xb + p * C;
+                float *restrict o = yb + p * C;
+                for (int64_t c0 = 0; c0 < C; c0 += LANES)
+                    for (int64_t j = 0; j < LANES; j++) o[c0 + j] = r[c0 + j] * S[c0 + j] + T[c0 + j];
+            }
         } else {
             for (int64_t p = 0; p < P; p++) {
                 const float *r = xb + p * C;
@@ -1740,7 +1795,7 @@ void scale_shift(const float *x, const float *s, const float *t, int64_t B, int6
     }
 }
 
-/* ds[b, c] = sum_p dy * x (when ds != NULL), dt[b, c] = sum_p dy. */
+/* ds[b, c] = sum_p dy * x, dt[b, c] = sum_p dy (each where not NULL). */
 void scale_shift_reduce(const float *x, const float *dy, int64_t B, int64_t C, int64_t P, int cl, int nt, float *ds,
                         float *dt) {
     SAMPLES {
@@ -1752,7 +1807,30 @@ void scale_shift_reduce(const float *x, const float *dy, int64_t B, int64_t C, i
 #pragma omp simd reduction(+ : u, v)
                 for (int64_t p = 0; p < P; p++) { u += d[p] * r[p]; v += d[p]; }
                 if (ds) ds[b * C + c] = u;
-                dt[b * C + c] = v;
+                if (dt) dt[b * C + c] = v;
+            }
+        } else if (C % LANES == 0) {  /* double accumulators in registers over alternate rows (see cl_chunk_sum) */
+            for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                double u0[LANES], u1[LANES], v0[LANES], v1[LANES];
+                for (int64_t j = 0; j < LANES; j++) { u0[j] = 0.; u1[j] = 0.; v0[j] = 0.; v1[j] = 0.; }
+                int64_t p = 0;
+                for (; p + 1 < P; p += 2) {
+                    const float *restrict r0 = xb + p * C + c0, *restrict d0 = db + p * C + c0;
+                    const float *restrict r1 = r0 + C, *restrict d1 = d0 + C;
+#pragma omp simd
+                    for (int64_t j = 0; j < LANES; j++) {
+                        u0[j] += (double)(d0[j] * r0[j]); v0[j] += (double)d0[j];
+                        u1[j] += (double)(d1[j] * r1[j]); v1[j] += (double)d1[j];
+                    }
+                }
+                if (p < P)
+                    for (int64_t j = 0; j < LANES; j++) {
+                        u0[j] += (double)(db[p * C + c0 + j] * xb[p * C + c0 + j]); v0[j] += (double)db[p * C + c0 + j];
+                    }
+                for (int64_t j = 0; j < LANES; j++) {
+                    if (ds) ds[b * C + c0 + j] = (float)(u0[j] + u1[j]);
+                    if (dt) dt[b * C + c0 + j] = (float)(v0[j] + v1[j]);
+                }
             }
         } else {
             float *u = calloc(2 * C, sizeof(float)), *v = u + C;
@@ -1761,7 +1839,7 @@ void scale_shift_reduce(const float *x, const float *dy, int64_t B, int64_t C, i
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) { u[c] += d[c] * r[c]; v[c] += d[c]; }
             }
-            for (int64_t c = 0; c < C; c++) { if (ds) ds[b * C + c] = u[c]; dt[b * C + c] = v[c]; }
+            for (int64_t c = 0; c < C; c++) { if (ds) ds[b * C + c] = u[c]; if (dt) dt[b * C + c] = v[c]; }
             free(u);
         }
     }
@@ -1793,5 +1871,43 @@ void gc_grad_input(const float *dy, const float *s, const float *dctx, const flo
             }
         }
         free(S);
+    }
+}
+
+/* The input gradient of a channel gate on moments, y = x * g[b, c] with g a function of the mean m and the
+ * variance over positions: dx = dy * g[c] + (x - m[c]) * f[c] + e[c] (f == NULL: no x term; x, m unused).
+ * x - m first: x * f - m * f would cancel where the mean is large next to the spread. */
+void moment_grad_input(const float *dy, const float *g, const float *x, const float *m, const float *f, const float *e,
+                       int64_t B, int64_t C, int64_t P, int cl, int nt, float *dx) {
+    if (!f) { scale_shift(dy, g, e, B, C, P, cl, nt, dx); return; }
+    SAMPLES {
+        const float *db = dy + b * C * P, *xb = x + b * C * P;
+        const float *G = g + b * C, *M = m + b * C, *F = f + b * C, *E = e + b * C;
+        float *ob = dx + b * C * P;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *restrict d = db + c * P, *restrict r = xb + c * P;
+                float *restrict o = ob + c * P;
+                const float gv = G[c], mv = M[c], fv = F[c], ev = E[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) o[p] = d[p] * gv + (r[p] - mv) * fv + ev;
+            }
+        } else if (C % LANES == 0) {
+            for (int64_t p = 0; p < P; p++) {
+                const float *restrict d = db + p * C, *restrict r = xb + p * C;
+                float *restrict o = ob + p * C;
+                for (int64_t c0 = 0; c0 < C; c0 += LANES)
+#pragma omp simd
+                    for (int64_t j = 0; j < LANES; j++)
+                        o[c0 + j] = d[c0 + j] * G[c0 + j] + (r[c0 + j] - M[c0 + j]) * F[c0 + j] + E[c0 + j];
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++) {
+                const float *d = db + p * C, *r = xb + p * C;
+                float *o = ob + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) o[c] = d[c] * G[c] + (r[c] - M[c]) * F[c] + E[c];
+            }
+        }
     }
 }

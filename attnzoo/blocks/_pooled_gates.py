@@ -17,6 +17,8 @@ kernel passes per sample while it is in cache, and backward keeps only x (the pl
 * ``triplet_gates``: y = x * (a_hc + a_cw + a_hw) / 3, the six pooled maps in one pass.
 * ``strip_gates`` (coord, ela: y = (x * gh) * gw; strip, scoord: y = x * sigmoid(gh + gw) (+ x)).
 * ``group_gates`` (sge): y[c, p] = x[c, p] * a[g(c), p], the normalisation in the kernels too.
+* ``moment_gates`` (se, ese, eca, ecam, ceca, ge, srm, gct): ``y = x * g``, g = factor_fn(mean) or
+  factor_fn(mean, var) (B, C, 1, 1) from the mean and biased variance over positions.
 * ``simam_gate``, ``context_gates`` (gc): the whole block.
 
 Gradients of the maxima follow PyTorch: the max over positions goes to the first maximum
@@ -39,7 +41,7 @@ from torch import nn
 
 from . import _native
 
-__all__ = ["context_gates", "group_gates", "pooled_gates", "simam_gate", "strip_gates", "triplet_gates"]
+__all__ = ["context_gates", "group_gates", "moment_gates", "pooled_gates", "simam_gate", "strip_gates", "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -567,3 +569,78 @@ def pooled_gates(x: torch.Tensor, channel_fn: Factor | None, spatial_fn: Factor 
         with torch.no_grad():
             return _forward(lib, x, cl, channel_fn, spatial_fn, track=False)[0]
     return _PooledGates.apply(x, lib, cl, channel_fn, spatial_fn, len(channel_params), *params)
+
+
+def _moment_forward(lib, x, cl, factor_fn, variance: bool, track: bool):
+    b, c, h, w = x.shape
+    dims = (b, c, h * w, cl, torch.get_num_threads())
+    mean = x.new_empty(b, c, 1, 1)
+    var = x.new_empty(b, c, 1, 1) if variance else None
+    lib.channel_moments(x.data_ptr(), *dims, mean.data_ptr(), _native.ptr(var))
+    pooled = [mean] if var is None else [mean, var]
+    for t in pooled:
+        t.requires_grad_(track)
+    with torch.set_grad_enabled(track):
+        g_t = factor_fn(*pooled)
+    if g_t.shape != (b, c, 1, 1):
+        raise RuntimeError(f"moment_gates: the factor must be (B, C, 1, 1) = {(b, c, 1, 1)}, got {tuple(g_t.shape)}")
+    g = g_t.detach().to(torch.float32).contiguous()
+    y = torch.empty_like(x)
+    lib.scale_shift(x.data_ptr(), g.data_ptr(), None, *dims, y.data_ptr())
+    return y, dict(pooled=pooled, g_t=g_t, g=g)
+
+
+class _MomentGates(torch.autograd.Function):
+    """``y = x * factor_fn(mean[, var])`` (see ``moment_gates``)."""
+
+    @staticmethod
+    def forward(ctx, x, lib, cl, factor_fn, variance, *params):
+        y, st = _moment_forward(lib, x, cl, factor_fn, variance, track=True)
+        ctx.save_for_backward(x)
+        ctx.st, ctx.lib, ctx.cl, ctx.params = st, lib, cl, list(params)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        st, lib, cl = ctx.st, ctx.lib, ctx.cl
+        b, c, h, w = x.shape
+        p = h * w
+        dims = (b, c, p, cl, torch.get_num_threads())
+        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        dg = x.new_empty(b, c, 1, 1)
+        lib.scale_shift_reduce(x.data_ptr(), dy.data_ptr(), *dims, dg.data_ptr(), None)  # sum_p dy * x
+        pooled, grads_params = _grads(st["g_t"], dg.to(st["g_t"].dtype), st["pooled"], ctx.params)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            # d mean / dx = 1 / P; d var / dx = 2 (x - mean) / P: dx = dy * g + (x - mean) * f + e
+            e = pooled[0] / p
+            mean = f = None
+            if len(pooled) == 2:
+                mean, f = st["pooled"][0].detach(), pooled[1] * (2.0 / p)
+            dx = torch.empty_like(x)
+            lib.moment_grad_input(dy.data_ptr(), st["g"].data_ptr(), x.data_ptr(), _native.ptr(mean), _native.ptr(f),
+                                  e.data_ptr(), *dims, dx.data_ptr())
+        return (dx, None, None, None, None, *grads_params)
+
+
+def moment_gates(x: torch.Tensor, factor_fn, module: nn.Module, *, variance: bool = False) -> torch.Tensor | None:
+    """``y = x * factor_fn(mean)`` -- or ``factor_fn(mean, var)`` with ``variance`` -- on the native kernels,
+    or None where they do not apply (as ``pooled_gates``). mean and var (biased: divided by H * W) are over
+    the positions, (B, C, 1, 1); the factor is (B, C, 1, 1). ``module``'s trainable parameters get their
+    gradients through the op.
+
+    Full-size traffic of a training step: 7 |x| -- forward reads x for the moments and reads x and writes
+    y = x * g; backward reads dy and x for sum_p dy * x, then reads dy and writes dL/dx = dy * g + dmean / P.
+    With ``variance`` 9 |x|: the variance is a second pass over each cached sample and dL/dx adds
+    2 dvar (x - mean) / P, reading x. Plain autograd of ``x * g(mean(x))`` moves about 11 |x|."""
+    found = _native.target(x)
+    if found is None:
+        return None
+    lib, cl = found
+    params = _trainable(module)
+    if not torch.is_grad_enabled() or not (x.requires_grad or params):
+        with torch.no_grad():
+            return _moment_forward(lib, x, cl, factor_fn, variance, track=False)[0]
+    return _MomentGates.apply(x, lib, cl, factor_fn, variance, *params)

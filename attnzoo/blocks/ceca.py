@@ -28,6 +28,7 @@ from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from .eca import checked_kernel_size, eca_kernel_size
 from ._pool import pool_mean
+from ._pooled_gates import moment_gates
 
 __all__ = ["CircularEfficientChannelAttn", "timm_eca_kernel_size"]
 
@@ -69,10 +70,14 @@ class CircularEfficientChannelAttn(nn.Module):
         self.gate = resolve_layer("ceca", "gate_layer", gate_layer)()
         self.tap = AttnTap("channel")
 
+    def from_pooled(self, mean):
+        """The channel factor from the mean over positions, (B, C, 1, 1)."""
+        b, c = mean.shape[:2]
+        s = F.pad(mean.view(b, 1, c), (self.padding, self.padding), mode="circular")  # (B, 1, C + k - 1), wrapped
+        s = self.gate(self.conv(s)).view(b, c, 1, 1)  # (B, C, 1, 1)
+        return self.tap(s)
+
     def forward(self, x):
         check_input(self, x)
-        b, c = x.shape[:2]
-        s = pool_mean(x, (2, 3), keepdim=False).view(b, 1, c)  # (B, 1, C)
-        s = F.pad(s, (self.padding, self.padding), mode="circular")  # (B, 1, C + k - 1), wrapped
-        s = self.gate(self.conv(s)).view(b, c, 1, 1)  # (B, C, 1, 1)
-        return x * self.tap(s)
+        y = moment_gates(x, self.from_pooled, self)  # native CPU kernels where they apply
+        return x * self.from_pooled(pool_mean(x, (2, 3))) if y is None else y

@@ -25,6 +25,7 @@ from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from .ceca import timm_eca_kernel_size
 from ._pool import pool_mean
+from ._pooled_gates import moment_gates
 
 __all__ = ["EcaMlp"]
 
@@ -67,10 +68,14 @@ class EcaMlp(nn.Module):
         self.gate = resolve_layer("ecam", "gate_layer", gate_layer)()
         self.tap = AttnTap("channel")
 
+    def from_pooled(self, mean):
+        """The channel factor from the mean over positions, (B, C, 1, 1)."""
+        b, c = mean.shape[:2]
+        s = self.act(self.conv(mean.view(b, 1, c)))  # (B, r, C)
+        s = self.gate(self.conv2(s)).view(b, c, 1, 1)  # (B, C, 1, 1)
+        return self.tap(s)
+
     def forward(self, x):
         check_input(self, x)
-        b, c = x.shape[:2]
-        s = pool_mean(x, (2, 3), keepdim=False).view(b, 1, c)  # (B, 1, C)
-        s = self.act(self.conv(s))  # (B, r, C)
-        s = self.gate(self.conv2(s)).view(b, c, 1, 1)  # (B, C, 1, 1)
-        return x * self.tap(s)
+        y = moment_gates(x, self.from_pooled, self)  # native CPU kernels where they apply
+        return x * self.from_pooled(pool_mean(x, (2, 3))) if y is None else y

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input
+from ._pooled_gates import moment_gates
 
 __all__ = ["GatedChannelTransform"]
 
@@ -56,16 +57,29 @@ class GatedChannelTransform(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))  # gating bias
         self.tap = AttnTap("channel")
 
+    def from_embedding(self, s):
+        """The gate from the embedding s = alpha * ||x_c|| (B, C, 1, 1): normalisation across channels, tanh."""
+        if self.mode == "l2":
+            s_hat = s / (s.pow(2).mean(1, keepdim=True) + self.eps).sqrt()  # (B, C, 1, 1)
+        else:
+            s_hat = s / (s.abs().mean(1, keepdim=True) + self.eps)  # (B, C, 1, 1)
+        return self.tap(1.0 + torch.tanh(self.gamma * s_hat + self.beta))  # (B, C, 1, 1)
+
     def forward(self, x):
         check_input(self, x)
         if self.mode == "l2":
+            n = x.shape[2] * x.shape[3]
+
+            def from_moments(mean, var):  # sum_p x^2 = P (var + mean^2)
+                return self.from_embedding(self.alpha * ((var + mean.square()) * n + self.eps).sqrt())
+
+            y = moment_gates(x, from_moments, self, variance=True)  # native CPU kernels where they apply
+            if y is not None:
+                return y
             s = self.alpha * (x.pow(2).sum((2, 3), keepdim=True) + self.eps).sqrt()  # (B, C, 1, 1)
-            s_hat = s / (s.pow(2).mean(1, keepdim=True) + self.eps).sqrt()  # (B, C, 1, 1)
         else:
             s = self.alpha * x.abs().sum((2, 3), keepdim=True)  # (B, C, 1, 1)
-            s_hat = s / (s.abs().mean(1, keepdim=True) + self.eps)  # (B, C, 1, 1)
-        gate = 1.0 + torch.tanh(self.gamma * s_hat + self.beta)  # (B, C, 1, 1)
-        return x * self.tap(gate)
+        return x * self.from_embedding(s)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, mode={self.mode!r}, eps={self.eps:g}"

@@ -45,6 +45,7 @@ from torch.nn import functional as F
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
 from ._pool import pool_mean
+from ._pooled_gates import moment_gates
 
 __all__ = ["GatherExcite"]
 
@@ -115,8 +116,16 @@ class GatherExcite(nn.Module):
         self.gate = resolve_layer("ge", "gate_layer", gate_layer)()
         self.tap = AttnTap("channel" if extent == 0 else "spatial")
 
+    def from_pooled(self, mean):
+        """The global (extent 0, no gather convs) factor from the mean over positions, (B, C, 1, 1)."""
+        return self.tap(self.gate(self.mlp(mean)))
+
     def forward(self, x):
         check_input(self, x)
+        if self.gather is None and self.extent == 0:
+            y = moment_gates(x, self.from_pooled, self)  # native CPU kernels where they apply
+            if y is not None:
+                return y
         if self.gather is not None:
             g = self.gather(x)  # (B, C, ceil(H/e), ceil(W/e))
         elif self.extent == 0:

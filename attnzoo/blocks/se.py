@@ -20,6 +20,7 @@ from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
 from ._layout import LayoutConv2d
 from ._pool import pool_mean
+from ._pooled_gates import moment_gates
 
 __all__ = ["SqueezeExcite"]
 
@@ -52,8 +53,11 @@ class SqueezeExcite(nn.Module):
         self.gate = resolve_layer("se", "gate_layer", gate_layer)()
         self.tap = AttnTap("channel")
 
+    def from_pooled(self, mean):
+        """The channel factor from the mean over positions, (B, C, 1, 1)."""
+        return self.tap(self.gate(self.fc2(self.act(self.fc1(mean)))))
+
     def forward(self, x):
         check_input(self, x)
-        s = pool_mean(x, (2, 3))  # (B, C, 1, 1)
-        s = self.fc2(self.act(self.fc1(s)))  # (B, C, 1, 1)
-        return x * self.tap(self.gate(s))
+        y = moment_gates(x, self.from_pooled, self)  # native CPU kernels where they apply
+        return x * self.from_pooled(pool_mean(x, (2, 3))) if y is None else y

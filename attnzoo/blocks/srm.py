@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
 from ._pool import pool_mean
+from ._pooled_gates import moment_gates
 
 __all__ = ["StyleRecalibration"]
 
@@ -64,10 +65,17 @@ class StyleRecalibration(nn.Module):
         self.gate = resolve_layer("srm", "gate_layer", gate_layer)()
         self.tap = AttnTap("channel")
 
-    def forward(self, x):
-        check_input(self, x)
-        mu = pool_mean(x, (2, 3))  # (B, C, 1, 1)
-        sigma = (pool_mean((x - mu).pow(2), (2, 3)) + self.eps).sqrt()  # (B, C, 1, 1)
+    def from_moments(self, mu, var):
+        """The channel factor from the mean and the biased variance over positions, each (B, C, 1, 1)."""
+        sigma = (var + self.eps).sqrt()  # (B, C, 1, 1)
         w = self.cfc.view(1, self.channels, 2, 1)  # (1, C, 2, 1)
         z = mu * w[:, :, 0:1] + sigma * w[:, :, 1:2]  # (B, C, 1, 1)
-        return x * self.tap(self.gate(self.bn(z)))
+        return self.tap(self.gate(self.bn(z)))
+
+    def forward(self, x):
+        check_input(self, x)
+        y = moment_gates(x, self.from_moments, self, variance=True)  # native CPU kernels where they apply
+        if y is not None:
+            return y
+        mu = pool_mean(x, (2, 3))  # (B, C, 1, 1)
+        return x * self.from_moments(mu, pool_mean((x - mu).pow(2), (2, 3)))
