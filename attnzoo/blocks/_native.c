@@ -56,6 +56,25 @@ INLINE float exp_approx(float x) {
 
 INLINE float sigmoid_approx(float z) { return 1.f / (1.f + exp_approx(-z)); }
 
+/* The sum and the maximum of LANES lanes as a tree (8 + 4 + 2 + 1 pairs): four dependent steps where a
+ * running sum takes sixteen, each step one vector operation. The order is fixed here, so results do not
+ * depend on the compiler. Where a row of C channels is one or two vectors, a sequential horizontal step
+ * per position cost more than the whole pass over the row. */
+INLINE float tree_sum(const float *v) {
+    float a[8], b[4];
+    for (int j = 0; j < 8; j++) a[j] = v[j] + v[j + 8];
+    for (int j = 0; j < 4; j++) b[j] = a[j] + a[j + 4];
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+INLINE float tree_max(const float *v) {
+    float a[8], b[4];
+    for (int j = 0; j < 8; j++) a[j] = v[j] > v[j + 8] ? v[j] : v[j + 8];
+    for (int j = 0; j < 4; j++) b[j] = a[j] > a[j + 4] ? a[j] : a[j + 4];
+    const float c0 = b[0] > b[2] ? b[0] : b[2], c1 = b[1] > b[3] ? b[1] : b[3];
+    return c0 > c1 ? c0 : c1;
+}
+
 /* Channels_last pooling over positions of the channels [c0, c0 + L), L <= LANES: called with L == LANES
  * (a constant after inlining: the accumulators live in registers) and once for the remainder. */
 INLINE void cl_channel_pool(const float *xb, int64_t C, int64_t P, int64_t c0, int64_t L, float *av, float *mx,
@@ -129,17 +148,23 @@ void spatial_pool(const float *x, const float *gc, int64_t B, int64_t C, int64_t
         float *g = malloc(sizeof(float) * C);
         for (int64_t c = 0; c < C; c++) g[c] = gc ? gc[b * C + c] : 1.f;
         if (cl && C % LANES == 0) {  /* lane-wise partial sums and maxima, one horizontal step per position */
+            const float *restrict gr = g;
             for (int64_t p = 0; p < P; p++) {
-                const float *r = xb + p * C;
-                float sl[LANES] = {0}, ml[LANES];
-                for (int64_t j = 0; j < LANES; j++) ml[j] = -INFINITY;
-                for (int64_t c0 = 0; c0 < C; c0 += LANES)
+                const float *restrict r = xb + p * C;
+                float sl[LANES], ml[LANES];
+#pragma omp simd
+                for (int64_t j = 0; j < LANES; j++) {
+                    const float v = r[j] * gr[j];
+                    sl[j] = v; ml[j] = v;
+                }
+                for (int64_t c0 = LANES; c0 < C; c0 += LANES)
+#pragma omp simd
                     for (int64_t j = 0; j < LANES; j++) {
-                        const float v = r[c0 + j] * g[c0 + j];
+                        const float v = r[c0 + j] * gr[c0 + j];
                         sl[j] += v; ml[j] = v > ml[j] ? v : ml[j];
                     }
-                float s = 0.f, mv = -INFINITY;
-                for (int64_t j = 0; j < LANES; j++) { s += sl[j]; mv = ml[j] > mv ? ml[j] : mv; }
+                const float s = tree_sum(sl);
+                float mv = tree_max(ml);
                 if (s != s && any_nan(r, g, C, 1)) mv = NAN;
                 me[p] = s / (float)C; m[p] = mv;
             }
@@ -186,11 +211,18 @@ void apply_gates(const float *x, const float *gc, const float *gs, int64_t B, in
         for (int64_t c = 0; c < C; c++) g[c] = gc ? gc[b * C + c] : 1.f;
         for (int64_t p = 0; p < P; p++) s[p] = gs ? gs[b * P + p] : 1.f;
         if (cl) {
+            const float *restrict G = g;
             for (int64_t p = 0; p < P; p++) {
-                const float *r = xb + p * C;
-                float *o = yb + p * C;
+                const float *restrict r = xb + p * C;
+                float *restrict o = yb + p * C;
                 const float sv = s[p];
-                for (int64_t c = 0; c < C; c++) o[c] = (r[c] * g[c]) * sv;
+                if (C % LANES == 0) {  /* whole vectors per row (see cl_chunk_sum) */
+                    for (int64_t c0 = 0; c0 < C; c0 += LANES)
+#pragma omp simd
+                        for (int64_t j = 0; j < LANES; j++) o[c0 + j] = (r[c0 + j] * G[c0 + j]) * sv;
+                    continue;
+                }
+                for (int64_t c = 0; c < C; c++) o[c] = (r[c] * G[c]) * sv;
             }
         } else {
             for (int64_t c = 0; c < C; c++) {
@@ -224,9 +256,7 @@ void grad_spatial_factor(const float *x, const float *gc, const float *dy, const
                         s[j] += d[c0 + j] * v;
                         k[j] += v == mv ? 1.f : 0.f;
                     }
-                float st = 0.f, kt = 0.f;
-                for (int64_t j = 0; j < LANES; j++) { st += s[j]; kt += k[j]; }
-                o[p] = st; n[p] = kt;
+                o[p] = tree_sum(s); n[p] = tree_sum(k);
             }
         } else if (cl) {
             for (int64_t p = 0; p < P; p++) {
@@ -282,7 +312,23 @@ void grad_channel_factor(const float *x, const float *gc, const float *gs, const
         for (int64_t c = 0; c < C; c++) g[c] = gc ? gc[b * C + c] : 1.f;
         position_terms(gs, dmean, dsmax, scnt, b, C, P, s, a, q);
         for (int64_t p = 0; p < P; p++) sm[p] = gs ? smax[b * P + p] : big;  /* +inf: no tie term */
-        if (cl) {
+        if (cl && C % LANES == 0) {  /* double accumulators in registers, chunk by chunk (see cl_chunk_sum) */
+            for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                double acc[LANES];
+                float gv[LANES];
+                for (int64_t j = 0; j < LANES; j++) { acc[j] = 0.; gv[j] = g[c0 + j]; }
+                for (int64_t p = 0; p < P; p++) {
+                    const float *restrict r = xb + p * C + c0, *restrict d = db + p * C + c0;
+                    const float sv = s[p], av = a[p], qv = q[p], mv = sm[p];
+#pragma omp simd
+                    for (int64_t j = 0; j < LANES; j++) {
+                        const float d1 = d[j] * sv + av + ((r[j] * gv[j] == mv) ? qv : 0.f);
+                        acc[j] += (double)(r[j] * d1);
+                    }
+                }
+                for (int64_t j = 0; j < LANES; j++) o[c0 + j] = (float)acc[j];
+            }
+        } else if (cl) {
             for (int64_t c = 0; c < C; c++) o[c] = 0.f;
             for (int64_t p = 0; p < P; p++) {
                 const float *r = xb + p * C, *d = db + p * C;
@@ -327,14 +373,25 @@ void grad_input(const float *x, const float *gc, const float *gs, const float *d
         position_terms(gs, dmean, dsmax, scnt, b, C, P, s, a, q);
         for (int64_t p = 0; p < P; p++) sm[p] = gs ? smax[b * P + p] : big;
         if (cl) {
+            const float *restrict G = g, *restrict E = e;
             for (int64_t p = 0; p < P; p++) {
-                const float *r = xb + p * C, *d = db + p * C;
-                float *w = o + p * C;
+                const float *restrict r = xb + p * C, *restrict d = db + p * C;
+                float *restrict w = o + p * C;
                 const float sv = s[p], av = a[p], qv = q[p], mv = sm[p];
+                if (C % LANES == 0) {  /* whole vectors per row (see cl_chunk_sum) */
+                    for (int64_t c0 = 0; c0 < C; c0 += LANES)
+#pragma omp simd
+                        for (int64_t j = 0; j < LANES; j++) {
+                            const float x1 = r[c0 + j] * G[c0 + j];
+                            const float d1 = d[c0 + j] * sv + av + ((x1 == mv) ? qv : 0.f);
+                            w[c0 + j] = d1 * G[c0 + j] + E[c0 + j];
+                        }
+                    continue;
+                }
                 for (int64_t c = 0; c < C; c++) {
-                    const float x1 = r[c] * g[c];
+                    const float x1 = r[c] * G[c];
                     float d1 = d[c] * sv + av + ((x1 == mv) ? qv : 0.f);
-                    w[c] = d1 * g[c] + e[c];
+                    w[c] = d1 * G[c] + E[c];
                 }
             }
             if (gc)
