@@ -301,6 +301,8 @@ def speed_lines(reference: dict | None, floor: dict | None) -> str:
 
         def cell(r: dict) -> str:
             alone = (f", alone {r['alone_ratio_to_floor']:.1f}x" if r.get("alone_ratio_to_floor") is not None else "")
+            if alone and r.get("alone_ratio_to_cache_floor") is not None:
+                alone += f" / {r['alone_ratio_to_cache_floor']:.1f}x cache floor"
             bound = "; compute-bound floor" if r.get("floor_bound") == "compute" else ""
             if r.get("target_met") is None:
                 return f"`{r['block']}` {r['overhead_pct']:+.0f}% (below timing noise{alone}{bound})"
@@ -323,7 +325,11 @@ def speed_lines(reference: dict | None, floor: dict | None) -> str:
             f"{floor['copy_bandwidth_gbs']:.1f} GB/s (median of {len(bws)} readings, {min(bws):.0f}-{max(bws):.0f}){rate}; per block: "
             "step-time overhead over the host without attention, in brackets that overhead / the floor (the larger of "
             "8 |x| bytes per inserted block at that bandwidth and 3x the blocks' forward FLOPs at that matmul rate), and "
-            "'alone': the inserted blocks' own forward+backward on their sites' inputs / the floor):")
+            "'alone': the inserted blocks' own forward+backward on their sites' inputs / the floor"
+            + (" and / the cache floor (the same bytes at the copy rate of a map of each site's size, which stays in "
+               "cache: " + ", ".join(f"{int(n) / 2**20:.1f} MiB {v:.0f} GB/s"
+                                     for n, v in sorted(floor["cached_copy_bandwidth_gbs"].items(), key=lambda kv: int(kv[0])))
+               + ")" if floor.get("cached_copy_bandwidth_gbs") else "") + "):")
         out += [f"  - {p}." for p in parts]
         even = [r for r in floor["rows"] if r.get("mode") == "break_even"]
         if even:
