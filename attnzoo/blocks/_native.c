@@ -418,9 +418,10 @@ void grad_input(const float *x, const float *gc, const float *gs, const float *d
  * and layout, while the arithmetic is a few MFLOP.
  *
  * Each sample is copied into a zero-padded buffer (rows of Wp = W + 2 pw). The output is computed in the
- * same row pitch Wp, so that one tap (ci, i, j) is a single long axpy over the whole plane,
+ * same row pitch Wp, so that one tap (ci, i, j) reads the padded plane at a fixed offset,
  * out[t] += w * pad[ci][i dh Wp + j dw + t], t < Ho Wp; the Wp - Wo columns past each output row are
- * computed and dropped. The gradients use the same flat form (with those columns of dL/dy zero). */
+ * computed and dropped. Blocks of CONV_TB consecutive t stay in registers over all the taps
+ * (conv_block). The gradients use the same flat form (with those columns of dL/dy zero). */
 static void pad_sample(const float *x, int64_t Ci, int64_t H, int64_t W, int64_t ph, int64_t pw, float *buf) {
     const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
     memset(buf, 0, sizeof(float) * (Ci * Hp * Wp + Wp));  /* + one row of slack for the flat taps */
@@ -429,98 +430,136 @@ static void pad_sample(const float *x, int64_t Ci, int64_t H, int64_t W, int64_t
             memcpy(buf + (ci * Hp + h + ph) * Wp + pw, x + (ci * H + h) * W, sizeof(float) * W);
 }
 
-/* dy of one output channel in row pitch Wp, zero past column Wo. */
-static void pitch_grad(const float *g, int64_t Ho, int64_t Wo, int64_t Wp, float *buf) {
-    memset(buf, 0, sizeof(float) * Ho * Wp);
-    for (int64_t h = 0; h < Ho; h++) memcpy(buf + h * Wp, g + h * Wo, sizeof(float) * Wo);
-}
-
 #define CONV_DIMS int64_t B, int64_t Ci, int64_t Co, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t ph, \
                   int64_t pw, int64_t dh, int64_t dw, int nt
 #define CONV_SIZES const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, Ho = Hp - dh * (kh - 1), \
                    Wo = Wp - dw * (kw - 1), N = Ho * Wp, padded = Ci * Hp * Wp + Wp
 
+/* Blocks of CONV_TB outputs kept in four vector registers over all the taps (GCC/Clang vector extensions:
+ * 16 floats each, lowered to narrower vectors where the CPU has none that wide), stored once: an axpy per
+ * tap over the whole plane loads and stores the output for each of the 2 * 49 taps. */
+typedef float vec16 __attribute__((vector_size(64)));
+#define CONV_TB 64
+
+INLINE vec16 load16(const float *p) { vec16 v; memcpy(&v, p, sizeof v); return v; }
+INLINE void store16(float *p, vec16 v) { memcpy(p, &v, sizeof v); }
+
+/* out[t0 + u] = init + sum over the taps (k < nk) of wv[k] * src[off[k] + t0 + u], u < CONV_TB. */
+INLINE void conv_block(const float *src, const int64_t *off, const float *wv, int64_t nk, int64_t t0, float init,
+                       float *out) {
+    vec16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    a0 += init; a1 += init; a2 += init; a3 += init;
+    for (int64_t k = 0; k < nk; k++) {
+        const float *q = src + off[k] + t0;
+        const float w = wv[k];
+        a0 += w * load16(q); a1 += w * load16(q + 16); a2 += w * load16(q + 32); a3 += w * load16(q + 48);
+    }
+    store16(out + t0, a0); store16(out + t0 + 16, a1); store16(out + t0 + 32, a2); store16(out + t0 + 48, a3);
+}
+
 void conv_small_forward(const float *x, const float *wt, const float *bias, CONV_DIMS, float *y) {
     CONV_SIZES;
+    const int64_t NB = (N + CONV_TB - 1) / CONV_TB * CONV_TB, nk = Ci * kh * kw;
+    int64_t *off = malloc(sizeof(int64_t) * nk);  /* tap (ci, i, j) -> its offset in the padded sample */
+    for (int64_t ci = 0; ci < Ci; ci++)
+        for (int64_t i = 0; i < kh; i++)
+            for (int64_t j = 0; j < kw; j++) off[(ci * kh + i) * kw + j] = (ci * Hp + i * dh) * Wp + j * dw;
     SAMPLES {
-        float *buf = malloc(sizeof(float) * (padded + N));
-        float *acc = buf + padded;
+        /* the blocks past N read up to NB - N floats beyond the padded sample: zeros */
+        float *buf = malloc(sizeof(float) * (padded + CONV_TB + NB));
+        float *acc = buf + padded + CONV_TB;
         pad_sample(x + b * Ci * H * W, Ci, H, W, ph, pw, buf);
+        memset(buf + padded, 0, sizeof(float) * CONV_TB);
         for (int64_t co = 0; co < Co; co++) {
             const float bv = bias ? bias[co] : 0.f;
-            for (int64_t t = 0; t < N; t++) acc[t] = bv;
-            for (int64_t ci = 0; ci < Ci; ci++)
-                for (int64_t i = 0; i < kh; i++)
-                    for (int64_t j = 0; j < kw; j++) {
-                        const float wv = wt[((co * Ci + ci) * kh + i) * kw + j];
-                        const float *q = buf + (ci * Hp + i * dh) * Wp + j * dw;
-#pragma omp simd
-                        for (int64_t t = 0; t < N; t++) acc[t] += wv * q[t];
-                    }
+            for (int64_t t0 = 0; t0 < NB; t0 += CONV_TB) conv_block(buf, off, wt + co * nk, nk, t0, bv, acc);
             float *o = y + (b * Co + co) * Ho * Wo;
             for (int64_t h = 0; h < Ho; h++) memcpy(o + h * Wo, acc + h * Wp, sizeof(float) * Wo);
         }
         free(buf);
     }
+    free(off);
 }
 
+/* dL/dx as a gather: dxp[ci][s] = sum_co sum_(i, j) w[co, ci, i, j] * g_co[s - i dh Wp - j dw] over the padded
+ * plane s < Hp Wp, with g_co = dL/dy in row pitch Wp (zero past column Wo, before 0 and past N). Each g_co
+ * sits OFF = (kh - 1) dh Wp + (kw - 1) dw zeros into its buffer, so every read is in bounds. */
 void conv_small_grad_input(const float *dy, const float *wt, CONV_DIMS, float *dx) {
     CONV_SIZES;
+    (void)padded; (void)N;
+    const int64_t OFF = (kh - 1) * dh * Wp + (kw - 1) * dw, S = Hp * Wp;
+    const int64_t SB = (S + CONV_TB - 1) / CONV_TB * CONV_TB, glen = OFF + SB + CONV_TB, nk = Co * kh * kw;
+    int64_t *off = malloc(sizeof(int64_t) * nk);
+    float *wv = malloc(sizeof(float) * Ci * nk);  /* per ci, its taps over (co, i, j) */
+    for (int64_t co = 0; co < Co; co++)
+        for (int64_t i = 0; i < kh; i++)
+            for (int64_t j = 0; j < kw; j++) {
+                const int64_t k = (co * kh + i) * kw + j;
+                off[k] = co * glen + OFF - (i * dh * Wp + j * dw);
+                for (int64_t ci = 0; ci < Ci; ci++) wv[ci * nk + k] = wt[((co * Ci + ci) * kh + i) * kw + j];
+            }
     SAMPLES {
-        float *buf = calloc(padded + N, sizeof(float));
-        float *g = buf + padded;
-        for (int64_t co = 0; co < Co; co++) {
-            pitch_grad(dy + (b * Co + co) * Ho * Wo, Ho, Wo, Wp, g);
-            for (int64_t ci = 0; ci < Ci; ci++)
-                for (int64_t i = 0; i < kh; i++)
-                    for (int64_t j = 0; j < kw; j++) {
-                        const float wv = wt[((co * Ci + ci) * kh + i) * kw + j];
-                        float *q = buf + (ci * Hp + i * dh) * Wp + j * dw;
-#pragma omp simd
-                        for (int64_t t = 0; t < N; t++) q[t] += wv * g[t];
-                    }
-        }
+        float *g = calloc(Co * glen + SB, sizeof(float));
+        float *acc = g + Co * glen;
+        for (int64_t co = 0; co < Co; co++)
+            for (int64_t h = 0; h < Ho; h++)
+                memcpy(g + co * glen + OFF + h * Wp, dy + ((b * Co + co) * Ho + h) * Wo, sizeof(float) * Wo);
         float *o = dx + b * Ci * H * W;
-        for (int64_t ci = 0; ci < Ci; ci++)
-            for (int64_t h = 0; h < H; h++)
-                memcpy(o + (ci * H + h) * W, buf + (ci * Hp + h + ph) * Wp + pw, sizeof(float) * W);
-        free(buf);
+        for (int64_t ci = 0; ci < Ci; ci++) {
+            for (int64_t s0 = 0; s0 < SB; s0 += CONV_TB) conv_block(g, off, wv + ci * nk, nk, s0, 0.f, acc);
+            for (int64_t h = 0; h < H; h++) memcpy(o + (ci * H + h) * W, acc + (h + ph) * Wp + pw, sizeof(float) * W);
+        }
+        free(g);
     }
+    free(off); free(wv);
 }
 
-/* dweight[co, ci, i, j] = sum_b sum_t dy * x_padded: one float dot product per sample and tap, summed in
- * double across samples and threads. */
+/* dweight[co, ci, i, j] = sum_b sum_t dy * x_padded: per sample, blocks of CONV_TB of dL/dy held in
+ * registers against every tap, each tap's 16 partial sums kept as one vector; summed in double across
+ * samples and threads. */
 void conv_small_grad_weight(const float *x, const float *dy, CONV_DIMS, float *dwt) {
     CONV_SIZES;
-    const int64_t nw = Co * Ci * kh * kw;
+    const int64_t NB = (N + CONV_TB - 1) / CONV_TB * CONV_TB, nk = Ci * kh * kw, nw = Co * nk;
+    int64_t *off = malloc(sizeof(int64_t) * nk);
+    for (int64_t ci = 0; ci < Ci; ci++)
+        for (int64_t i = 0; i < kh; i++)
+            for (int64_t j = 0; j < kw; j++) off[(ci * kh + i) * kw + j] = (ci * Hp + i * dh) * Wp + j * dw;
     double *total = calloc(nw, sizeof(double));
 #pragma omp parallel num_threads(nt)
     {
         double *part = calloc(nw, sizeof(double));
-        float *buf = malloc(sizeof(float) * (padded + N));
-        float *g = buf + padded;
+        vec16 *lanes = aligned_alloc(sizeof(vec16), sizeof(vec16) * nk);  /* vec16 is 64-byte aligned */
+        float *buf = malloc(sizeof(float) * (padded + CONV_TB + NB));
+        float *g = buf + padded + CONV_TB;
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             pad_sample(x + b * Ci * H * W, Ci, H, W, ph, pw, buf);
+            memset(buf + padded, 0, sizeof(float) * CONV_TB);
             for (int64_t co = 0; co < Co; co++) {
-                pitch_grad(dy + (b * Co + co) * Ho * Wo, Ho, Wo, Wp, g);
-                for (int64_t ci = 0; ci < Ci; ci++)
-                    for (int64_t i = 0; i < kh; i++)
-                        for (int64_t j = 0; j < kw; j++) {
-                            const float *q = buf + (ci * Hp + i * dh) * Wp + j * dw;
-                            float s = 0.f;
-#pragma omp simd reduction(+ : s)
-                            for (int64_t t = 0; t < N; t++) s += g[t] * q[t];
-                            part[((co * Ci + ci) * kh + i) * kw + j] += s;
-                        }
+                memset(g, 0, sizeof(float) * NB);
+                for (int64_t h = 0; h < Ho; h++) memcpy(g + h * Wp, dy + ((b * Co + co) * Ho + h) * Wo, sizeof(float) * Wo);
+                for (int64_t k = 0; k < nk; k++) { vec16 z = {0}; lanes[k] = z; }
+                for (int64_t t0 = 0; t0 < NB; t0 += CONV_TB) {
+                    const vec16 g0 = load16(g + t0), g1 = load16(g + t0 + 16), g2 = load16(g + t0 + 32),
+                                g3 = load16(g + t0 + 48);
+                    for (int64_t k = 0; k < nk; k++) {
+                        const float *q = buf + off[k] + t0;
+                        lanes[k] += (g0 * load16(q) + g1 * load16(q + 16)) + (g2 * load16(q + 32) + g3 * load16(q + 48));
+                    }
+                }
+                for (int64_t k = 0; k < nk; k++) {
+                    float l[16];
+                    store16(l, lanes[k]);
+                    part[co * nk + k] += (double)tree_sum(l);
+                }
             }
         }
 #pragma omp critical
         for (int64_t k = 0; k < nw; k++) total[k] += part[k];
-        free(part); free(buf);
+        free(part); free(lanes); free(buf);
     }
     for (int64_t k = 0; k < nw; k++) dwt[k] = (float)total[k];
-    free(total);
+    free(total); free(off);
 }
 
 /* Depthwise convolutions in channels_last: x (B, H, W, C), weight (C, 1, kh, kw), stride 1, zero padding,
