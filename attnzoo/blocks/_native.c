@@ -75,6 +75,51 @@ INLINE float tree_max(const float *v) {
     return c0 > c1 ? c0 : c1;
 }
 
+/* 16 floats as one value (GCC/Clang vector extensions; lowered to narrower vectors where the CPU has none
+ * that wide). Loads and stores through memcpy: no alignment assumed. */
+typedef float vec16 __attribute__((vector_size(64)));
+typedef int32_t ivec16 __attribute__((vector_size(64)));
+
+INLINE vec16 load16(const float *p) { vec16 v; memcpy(&v, p, sizeof v); return v; }
+INLINE void store16(float *p, vec16 v) { memcpy(p, &v, sizeof v); }
+INLINE vec16 vmax16(vec16 a, vec16 b) {  /* a > b ? a : b lane-wise, as a bit select (C has no vector ?:) */
+    const ivec16 m = a > b;
+    return (vec16)(((ivec16)a & m) | ((ivec16)b & ~m));
+}
+
+#if defined(__clang__)
+#define SHUFFLE16(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE16(a, b, ...) __builtin_shuffle(a, b, (ivec16){__VA_ARGS__})
+#endif
+
+/* One reduction step of the transposing tree: from vectors a, b each holding n groups of w lanes, the sums
+ * (or maxima) of the two halves of every group, a's groups then b's, in groups of w / 2. */
+#define HALVES(op, a, b, lo, hi) op(SHUFFLE16(a, b, lo), SHUFFLE16(a, b, hi))
+#define ADD16(x, y) ((x) + (y))
+#define LO8 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23
+#define HI8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define LO4 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27
+#define HI4 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31
+#define LO2 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29
+#define HI2 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31
+#define LO1 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#define HI1 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
+
+/* Lane k of the result = the sum (reduce16_sum) or the maximum (reduce16_max) of the 16 lanes of v[k]:
+ * sixteen horizontal reductions in 15 shuffle pairs, where one at a time costs a chain of steps each.
+ * Where a row of C channels is one or two vectors (channels_last, C = 16 or 32), reducing each position
+ * on its own cost more than the whole pass over the row. v is overwritten. */
+#define REDUCE16(name, op)                                                                              \
+    INLINE vec16 name(vec16 *v) {                                                                       \
+        for (int k = 0; k < 8; k++) v[k] = HALVES(op, v[2 * k], v[2 * k + 1], LO8, HI8);                \
+        for (int k = 0; k < 4; k++) v[k] = HALVES(op, v[2 * k], v[2 * k + 1], LO4, HI4);                \
+        for (int k = 0; k < 2; k++) v[k] = HALVES(op, v[2 * k], v[2 * k + 1], LO2, HI2);                \
+        return HALVES(op, v[0], v[1], LO1, HI1);                                                        \
+    }
+REDUCE16(reduce16_sum, ADD16)
+REDUCE16(reduce16_max, vmax16)
+
 /* Channels_last pooling over positions of the channels [c0, c0 + L), L <= LANES: called with L == LANES
  * (a constant after inlining: the accumulators live in registers) and once for the remainder. */
 INLINE void cl_channel_pool(const float *xb, int64_t C, int64_t P, int64_t c0, int64_t L, float *av, float *mx,
@@ -103,6 +148,52 @@ INLINE void cl_channel_pool(const float *xb, int64_t C, int64_t P, int64_t c0, i
     }
 }
 
+/* cl_channel_pool for one whole vector of channels (vec16): the sum, the maximum and its first position as
+ * lane-wise selects, and NaN flags; a lane that saw a NaN is rescanned as in cl_channel_pool. */
+INLINE void cl_channel_pool16(const float *xb, int64_t C, int64_t P, int64_t c0, float *av, float *mx, int32_t *arg) {
+    const vec16 zero = {0};
+    const ivec16 izero = {0};
+    /* two chains, even and odd positions, so that consecutive adds and selects do not wait on each other */
+    vec16 s = zero, s1 = zero, m = zero - INFINITY, m1 = zero - INFINITY;
+    ivec16 a = izero, a1 = izero, nan = izero;
+    int64_t p = 0;
+    for (; p + 1 < P; p += 2) {
+        const vec16 v = load16(xb + p * C + c0), w = load16(xb + (p + 1) * C + c0);
+        const ivec16 gt = v > m, gt1 = w > m1;  /* strictly greater: the first maximum of each chain */
+        s += v; s1 += w;
+        m = (vec16)(((ivec16)v & gt) | ((ivec16)m & ~gt));
+        m1 = (vec16)(((ivec16)w & gt1) | ((ivec16)m1 & ~gt1));
+        a = ((izero + (int32_t)p) & gt) | (a & ~gt);
+        a1 = ((izero + (int32_t)(p + 1)) & gt1) | (a1 & ~gt1);
+        nan |= (v != v) | (w != w);
+    }
+    if (p < P) {
+        const vec16 v = load16(xb + p * C + c0);
+        const ivec16 gt = v > m;
+        s += v;
+        m = (vec16)(((ivec16)v & gt) | ((ivec16)m & ~gt));
+        a = ((izero + (int32_t)p) & gt) | (a & ~gt);
+        nan |= v != v;
+    }
+    /* the odd chain wins where it is greater, or equal at an earlier position */
+    const ivec16 take = (m1 > m) | ((m1 == m) & (a1 < a));
+    m = (vec16)(((ivec16)m1 & take) | ((ivec16)m & ~take));
+    a = (a1 & take) | (a & ~take);
+    s += s1;
+    float sl[16], ml[16];
+    int32_t al[16], nl[16];
+    store16(sl, s); store16(ml, m);
+    memcpy(al, &a, sizeof al); memcpy(nl, &nan, sizeof nl);
+    for (int64_t k = 0; k < LANES; k++) {
+        av[c0 + k] = sl[k] / (float)P; mx[c0 + k] = ml[k]; arg[c0 + k] = al[k];
+        if (nl[k]) {  /* NaN is the maximum; its first position */
+            int64_t q = 0;
+            while (xb[q * C + c0 + k] == xb[q * C + c0 + k]) q++;
+            mx[c0 + k] = NAN; arg[c0 + k] = (int32_t)q;
+        }
+    }
+}
+
 /* avg[b, c] = mean_p x; mx[b, c] = max_p x; arg[b, c] = its first position (the first NaN if any). */
 void channel_pool(const float *x, int64_t B, int64_t C, int64_t P, int cl, int nt,
                   float *avg, float *mx, int32_t *arg) {
@@ -127,7 +218,7 @@ void channel_pool(const float *x, int64_t B, int64_t C, int64_t P, int cl, int n
             }
         } else {
             int64_t c0 = 0;
-            for (; c0 + LANES <= C; c0 += LANES) cl_channel_pool(xb, C, P, c0, LANES, av, m, a);
+            for (; c0 + LANES <= C; c0 += LANES) cl_channel_pool16(xb, C, P, c0, av, m, a);
             if (c0 < C) cl_channel_pool(xb, C, P, c0, C - c0, av, m, a);
         }
     }
@@ -147,26 +238,27 @@ void spatial_pool(const float *x, const float *gc, int64_t B, int64_t C, int64_t
         float *me = mean + b * P, *m = mx + b * P;
         float *g = malloc(sizeof(float) * C);
         for (int64_t c = 0; c < C; c++) g[c] = gc ? gc[b * C + c] : 1.f;
-        if (cl && C % LANES == 0) {  /* lane-wise partial sums and maxima, one horizontal step per position */
-            const float *restrict gr = g;
-            for (int64_t p = 0; p < P; p++) {
-                const float *restrict r = xb + p * C;
-                float sl[LANES], ml[LANES];
-#pragma omp simd
-                for (int64_t j = 0; j < LANES; j++) {
-                    const float v = r[j] * gr[j];
-                    sl[j] = v; ml[j] = v;
-                }
-                for (int64_t c0 = LANES; c0 < C; c0 += LANES)
-#pragma omp simd
-                    for (int64_t j = 0; j < LANES; j++) {
-                        const float v = r[c0 + j] * gr[c0 + j];
-                        sl[j] += v; ml[j] = v > ml[j] ? v : ml[j];
+        if (cl && C % LANES == 0) {  /* lane-wise partial sums and maxima, 16 positions reduced at once */
+            for (int64_t p0 = 0; p0 < P; p0 += 16) {
+                const int64_t np = P - p0 < 16 ? P - p0 : 16;
+                vec16 S[16], M[16];
+                for (int64_t k = 0; k < 16; k++) {
+                    if (k >= np) { const vec16 z = {0}; S[k] = z; M[k] = z; continue; }
+                    const float *r = xb + (p0 + k) * C;
+                    vec16 v = load16(r) * load16(g);
+                    S[k] = v; M[k] = v;
+                    for (int64_t c0 = LANES; c0 < C; c0 += LANES) {
+                        v = load16(r + c0) * load16(g + c0);
+                        S[k] += v; M[k] = vmax16(M[k], v);
                     }
-                const float s = tree_sum(sl);
-                float mv = tree_max(ml);
-                if (s != s && any_nan(r, g, C, 1)) mv = NAN;
-                me[p] = s / (float)C; m[p] = mv;
+                }
+                float sa[16], ma[16];
+                store16(sa, reduce16_sum(S)); store16(ma, reduce16_max(M));
+                for (int64_t k = 0; k < np; k++) {
+                    float mv = ma[k];
+                    if (sa[k] != sa[k] && any_nan(xb + (p0 + k) * C, g, C, 1)) mv = NAN;
+                    me[p0 + k] = sa[k] / (float)C; m[p0 + k] = mv;
+                }
             }
         } else if (cl) {
             for (int64_t p = 0; p < P; p++) {
@@ -245,18 +337,26 @@ void grad_spatial_factor(const float *x, const float *gc, const float *dy, const
         float *o = dgs + b * P, *n = cnt + b * P;
         float *g = malloc(sizeof(float) * C);
         for (int64_t c = 0; c < C; c++) g[c] = gc ? gc[b * C + c] : 1.f;
-        if (cl && C % LANES == 0) {
-            for (int64_t p = 0; p < P; p++) {
-                const float *r = xb + p * C, *d = db + p * C;
-                const float mv = sm[p];
-                float s[LANES] = {0}, k[LANES] = {0};
-                for (int64_t c0 = 0; c0 < C; c0 += LANES)
-                    for (int64_t j = 0; j < LANES; j++) {
-                        const float v = r[c0 + j] * g[c0 + j];
-                        s[j] += d[c0 + j] * v;
-                        k[j] += v == mv ? 1.f : 0.f;
+        if (cl && C % LANES == 0) {  /* 16 positions reduced at once (reduce16_sum) */
+            const vec16 one = {0};
+            for (int64_t p0 = 0; p0 < P; p0 += 16) {
+                const int64_t np = P - p0 < 16 ? P - p0 : 16;
+                vec16 S[16], K[16];
+                for (int64_t q = 0; q < 16; q++) {
+                    const vec16 z = {0};
+                    S[q] = z; K[q] = z;
+                    if (q >= np) continue;
+                    const float *r = xb + (p0 + q) * C, *d = db + (p0 + q) * C;
+                    const vec16 mv = one + sm[p0 + q];
+                    for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                        const vec16 v = load16(r + c0) * load16(g + c0);
+                        S[q] += load16(d + c0) * v;
+                        K[q] += (vec16)((ivec16)(one + 1.f) & (v == mv));  /* 1 where tied with the maximum */
                     }
-                o[p] = tree_sum(s); n[p] = tree_sum(k);
+                }
+                float sa[16], ka[16];
+                store16(sa, reduce16_sum(S)); store16(ka, reduce16_sum(K));
+                for (int64_t q = 0; q < np; q++) { o[p0 + q] = sa[q]; n[p0 + q] = ka[q]; }
             }
         } else if (cl) {
             for (int64_t p = 0; p < P; p++) {
@@ -435,14 +535,9 @@ static void pad_sample(const float *x, int64_t Ci, int64_t H, int64_t W, int64_t
 #define CONV_SIZES const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, Ho = Hp - dh * (kh - 1), \
                    Wo = Wp - dw * (kw - 1), N = Ho * Wp, padded = Ci * Hp * Wp + Wp
 
-/* Blocks of CONV_TB outputs kept in four vector registers over all the taps (GCC/Clang vector extensions:
- * 16 floats each, lowered to narrower vectors where the CPU has none that wide), stored once: an axpy per
- * tap over the whole plane loads and stores the output for each of the 2 * 49 taps. */
-typedef float vec16 __attribute__((vector_size(64)));
+/* Blocks of CONV_TB outputs kept in four vector registers (vec16) over all the taps, stored once: an axpy
+ * per tap over the whole plane loads and stores the output for each of the 2 * 49 taps. */
 #define CONV_TB 64
-
-INLINE vec16 load16(const float *p) { vec16 v; memcpy(&v, p, sizeof v); return v; }
-INLINE void store16(float *p, vec16 v) { memcpy(p, &v, sizeof v); }
 
 /* out[t0 + u] = init + sum over the taps (k < nk) of wv[k] * src[off[k] + t0 + u], u < CONV_TB. */
 INLINE void conv_block(const float *src, const int64_t *off, const float *wv, int64_t nk, int64_t t0, float init,
@@ -741,6 +836,27 @@ void triplet_pool(const float *x, TRIP_DIMS, float *mw, float *sw, int32_t *aw, 
                     const float *r = xb + h * sH + w * sW;
                     float *hm = thm + w * C, *hs = ths + w * C;
                     int32_t *ha = tha + w * C;
+                    if (C % LANES == 0) {  /* whole vectors per row, tree reductions over the lanes (see tree_sum) */
+                        float *restrict Tw = tw, *restrict Tws = tws, *restrict Hm = hm, *restrict Hs = hs;
+                        int32_t *restrict Ta = ta, *restrict Ha = ha;
+                        const float *restrict R = r;
+                        float sl[LANES], ml[LANES];
+                        for (int64_t j = 0; j < LANES; j++) { sl[j] = 0.f; ml[j] = -INFINITY; }
+                        for (int64_t c0 = 0; c0 < C; c0 += LANES)
+#pragma omp simd
+                            for (int64_t j = 0; j < LANES; j++) {
+                                const int64_t c = c0 + j;
+                                const float v = R[c];
+                                const int32_t gw = v > Tw[c], gh = v > Hm[c];
+                                Tw[c] = gw ? v : Tw[c]; Ta[c] = gw ? (int32_t)w : Ta[c]; Tws[c] += v;
+                                Hm[c] = gh ? v : Hm[c]; Ha[c] = gh ? (int32_t)h : Ha[c]; Hs[c] += v;
+                                sl[j] += v; ml[j] = v > ml[j] ? v : ml[j];
+                            }
+                        float s = tree_sum(sl), m = tree_max(ml);
+                        nan_line(r, C, 1, s, &m, NULL);
+                        Mc[h * W + w] = m; Sc[h * W + w] = s;
+                        continue;
+                    }
                     float s = 0.f, m = -INFINITY;
 #pragma omp simd reduction(+ : s) reduction(max : m)
                     for (int64_t c = 0; c < C; c++) {
