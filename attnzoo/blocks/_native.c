@@ -478,14 +478,13 @@ void grad_input(const float *x, const float *gc, const float *gs, const float *d
                 const float *restrict r = xb + p * C, *restrict d = db + p * C;
                 float *restrict w = o + p * C;
                 const float sv = s[p], av = a[p], qv = q[p], mv = sm[p];
-                if (C % LANES == 0) {  /* whole vectors per row (see cl_chunk_sum) */
-                    for (int64_t c0 = 0; c0 < C; c0 += LANES)
-#pragma omp simd
-                        for (int64_t j = 0; j < LANES; j++) {
-                            const float x1 = r[c0 + j] * G[c0 + j];
-                            const float d1 = d[c0 + j] * sv + av + ((x1 == mv) ? qv : 0.f);
-                            w[c0 + j] = d1 * G[c0 + j] + E[c0 + j];
-                        }
+                if (C % LANES == 0) {  /* whole vectors per row */
+                    const vec16 zero = {0}, svv = zero + sv, avv = zero + av, qvv = zero + qv, mvv = zero + mv;
+                    for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                        const vec16 gv = load16(G + c0), x1 = load16(r + c0) * gv;
+                        const vec16 d1 = load16(d + c0) * svv + avv + (vec16)((ivec16)qvv & (x1 == mvv));
+                        store16(w + c0, d1 * gv + load16(E + c0));
+                    }
                     continue;
                 }
                 for (int64_t c = 0; c < C; c++) {
