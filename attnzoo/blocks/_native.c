@@ -831,31 +831,49 @@ void triplet_pool(const float *x, TRIP_DIMS, float *mw, float *sw, int32_t *aw, 
             for (int64_t k = 0; k < W * C; k++) { thm[k] = -INFINITY; ths[k] = 0.f; tha[k] = 0; }
             for (int64_t h = 0; h < H; h++) {
                 for (int64_t c = 0; c < C; c++) { tw[c] = -INFINITY; tws[c] = 0.f; ta[c] = 0; }
-                for (int64_t w = 0; w < W; w++) {
+                if (C % LANES == 0) {  /* whole vectors; 16 positions' sums and maxima over C at once (reduce16_*) */
+                    const vec16 zero = {0};
+                    const ivec16 izero = {0};
+                    for (int64_t w0 = 0; w0 < W; w0 += 16) {
+                        const int64_t nw = W - w0 < 16 ? W - w0 : 16;
+                        vec16 S[16], Mx[16];
+                        for (int64_t q = 0; q < 16; q++) {
+                            S[q] = zero; Mx[q] = zero;
+                            if (q >= nw) continue;
+                            const int64_t w = w0 + q;
+                            const float *r = xb + h * sH + w * sW;
+                            float *hm = thm + w * C, *hs = ths + w * C;
+                            int32_t *ha = tha + w * C;
+                            vec16 ml = zero - INFINITY;
+                            for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                                const vec16 v = load16(r + c0), twv = load16(tw + c0), hmv = load16(hm + c0);
+                                ivec16 tav, hav;
+                                memcpy(&tav, ta + c0, sizeof tav); memcpy(&hav, ha + c0, sizeof hav);
+                                const ivec16 gw = v > twv, gh = v > hmv;
+                                store16(tw + c0, (vec16)(((ivec16)v & gw) | ((ivec16)twv & ~gw)));
+                                tav = ((izero + (int32_t)w) & gw) | (tav & ~gw);
+                                store16(tws + c0, load16(tws + c0) + v);
+                                store16(hm + c0, (vec16)(((ivec16)v & gh) | ((ivec16)hmv & ~gh)));
+                                hav = ((izero + (int32_t)h) & gh) | (hav & ~gh);
+                                store16(hs + c0, load16(hs + c0) + v);
+                                memcpy(ta + c0, &tav, sizeof tav); memcpy(ha + c0, &hav, sizeof hav);
+                                S[q] += v; ml = vmax16(ml, v);
+                            }
+                            Mx[q] = ml;
+                        }
+                        float sa[16], ma[16];
+                        store16(sa, reduce16_sum(S)); store16(ma, reduce16_max(Mx));
+                        for (int64_t q = 0; q < nw; q++) {
+                            float m = ma[q];
+                            nan_line(xb + h * sH + (w0 + q) * sW, C, 1, sa[q], &m, NULL);
+                            Mc[h * W + w0 + q] = m; Sc[h * W + w0 + q] = sa[q];
+                        }
+                    }
+                }
+                for (int64_t w = 0; w < W && C % LANES != 0; w++) {
                     const float *r = xb + h * sH + w * sW;
                     float *hm = thm + w * C, *hs = ths + w * C;
                     int32_t *ha = tha + w * C;
-                    if (C % LANES == 0) {  /* whole vectors per row, tree reductions over the lanes (see tree_sum) */
-                        float *restrict Tw = tw, *restrict Tws = tws, *restrict Hm = hm, *restrict Hs = hs;
-                        int32_t *restrict Ta = ta, *restrict Ha = ha;
-                        const float *restrict R = r;
-                        float sl[LANES], ml[LANES];
-                        for (int64_t j = 0; j < LANES; j++) { sl[j] = 0.f; ml[j] = -INFINITY; }
-                        for (int64_t c0 = 0; c0 < C; c0 += LANES)
-#pragma omp simd
-                            for (int64_t j = 0; j < LANES; j++) {
-                                const int64_t c = c0 + j;
-                                const float v = R[c];
-                                const int32_t gw = v > Tw[c], gh = v > Hm[c];
-                                Tw[c] = gw ? v : Tw[c]; Ta[c] = gw ? (int32_t)w : Ta[c]; Tws[c] += v;
-                                Hm[c] = gh ? v : Hm[c]; Ha[c] = gh ? (int32_t)h : Ha[c]; Hs[c] += v;
-                                sl[j] += v; ml[j] = v > ml[j] ? v : ml[j];
-                            }
-                        float s = tree_sum(sl), m = tree_max(ml);
-                        nan_line(r, C, 1, s, &m, NULL);
-                        Mc[h * W + w] = m; Sc[h * W + w] = s;
-                        continue;
-                    }
                     float s = 0.f, m = -INFINITY;
 #pragma omp simd reduction(+ : s) reduction(max : m)
                     for (int64_t c = 0; c < C; c++) {
@@ -965,6 +983,33 @@ void triplet_grad_factors(const float *x, const float *dy, const float *mc, floa
             float *thc = calloc(C, sizeof(float)), *tcw = calloc(W * C, sizeof(float));
             for (int64_t h = 0; h < H; h++) {
                 for (int64_t c = 0; c < C; c++) thc[c] = 0.f;
+                if (C % LANES == 0) {  /* whole vectors; 16 positions' sums over C at once (reduce16_sum) */
+                    const vec16 zero = {0}, kv = zero + k, one = zero + 1.f;
+                    for (int64_t w0 = 0; w0 < W; w0 += 16) {
+                        const int64_t nw = W - w0 < 16 ? W - w0 : 16;
+                        vec16 S[16], Nc[16];
+                        for (int64_t q = 0; q < 16; q++) {
+                            S[q] = zero; Nc[q] = zero;
+                            if (q >= nw) continue;
+                            const int64_t w = w0 + q;
+                            const float *r = xb + (h * W + w) * C, *d = db + (h * W + w) * C;
+                            float *cw = tcw + w * C;
+                            const vec16 m = zero + M[h * W + w];
+                            for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                                const vec16 rv = load16(r + c0), t = load16(d + c0) * rv * kv;
+                                store16(thc + c0, load16(thc + c0) + t);
+                                store16(cw + c0, load16(cw + c0) + t);
+                                S[q] += t;
+                                Nc[q] += (vec16)((ivec16)one & (rv == m));
+                            }
+                        }
+                        float sa[16], na[16];
+                        store16(sa, reduce16_sum(S)); store16(na, reduce16_sum(Nc));
+                        for (int64_t q = 0; q < nw; q++) { Dhw[h * W + w0 + q] = sa[q]; N[h * W + w0 + q] = na[q]; }
+                    }
+                    for (int64_t c = 0; c < C; c++) Dhc[c * H + h] = thc[c];
+                    continue;
+                }
                 for (int64_t w = 0; w < W; w++) {
                     const float *r = xb + (h * W + w) * C, *d = db + (h * W + w) * C;
                     float *cw = tcw + w * C;
@@ -1027,6 +1072,15 @@ void triplet_grad_input(const float *x, const float *dy, const float *ahc, const
                     const float *hc = thc + h * C, *cw = tcw + w * C, *e1 = ehc + h * C, *e2 = ecw + w * C;
                     const float s = hw[h * W + w], e3 = ehw[h * W + w], q3 = qhw[h * W + w], m = M[h * W + w];
                     float *o = ob + (h * W + w) * C;
+                    if (C % LANES == 0) {  /* whole vectors per row */
+                        const vec16 zero = {0}, sv = zero + s, kv = zero + k, e3v = zero + e3, q3v = zero + q3,
+                                    mv = zero + m;
+                        for (int64_t c0 = 0; c0 < C; c0 += LANES)
+                            store16(o + c0, load16(d + c0) * ((load16(hc + c0) + load16(cw + c0)) + sv) * kv
+                                                + load16(e1 + c0) + load16(e2 + c0) + e3v
+                                                + (vec16)((ivec16)q3v & (load16(r + c0) == mv)));
+                        continue;
+                    }
 #pragma omp simd
                     for (int64_t c = 0; c < C; c++)
                         o[c] = d[c] * ((hc[c] + cw[c]) + s) * k + e1[c] + e2[c] + e3 + (r[c] == m ? q3 : 0.f);
