@@ -38,7 +38,7 @@ def _kernels_or_skip(request):
 
 
 POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"]
-MOMENT = ["se", "ese", "eca", "ecam", "ceca", "ge", "srm", "gct"]
+MOMENT = ["se", "ese", "eca", "ecam", "ceca", "ge", "srm", "gct", "fca"]
 NATIVE_OPS = {"_MomentGatesBackward", "_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward", "_GroupGatesBackward",
               "_SgeGatesBackward", "_SimAMGateBackward", "_ContextGatesBackward"}
 

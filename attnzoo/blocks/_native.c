@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 14; }
+int attnzoo_native_abi(void) { return 15; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -2172,6 +2172,71 @@ void moment_grad_input(const float *dy, const float *g, const float *x, const fl
                 float *o = ob + p * C;
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) o[c] = d[c] * G[c] + (r[c] - M[c]) * F[c] + E[c];
+            }
+        }
+    }
+}
+
+/* A channel gate on a weighted sum over positions (FcaNet's DCT coefficient per channel): s[b, c] = sum_p
+ * x[b, c, p] * wt[c, p], with wt laid out as the map (NCHW: (C, P); channels_last: (P, C)). */
+void channel_weighted_pool(const float *x, const float *wt, int64_t B, int64_t C, int64_t P, int cl, int nt,
+                           float *out) {
+    SAMPLES {
+        const float *xb = x + b * C * P;
+        float *o = out + b * C;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *q = wt + c * P;
+                float s = 0.f;
+#pragma omp simd reduction(+ : s)
+                for (int64_t p = 0; p < P; p++) s += r[p] * q[p];
+                o[c] = s;
+            }
+        } else if (C % LANES == 0) {  /* whole vectors, two chains over alternate rows */
+            for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                vec16 s0 = {0}, s1 = {0};
+                int64_t p = 0;
+                for (; p + 1 < P; p += 2) {
+                    s0 += load16(xb + p * C + c0) * load16(wt + p * C + c0);
+                    s1 += load16(xb + (p + 1) * C + c0) * load16(wt + (p + 1) * C + c0);
+                }
+                if (p < P) s0 += load16(xb + p * C + c0) * load16(wt + p * C + c0);
+                store16(o + c0, s0 + s1);
+            }
+        } else {
+            for (int64_t c = 0; c < C; c++) o[c] = 0.f;
+            for (int64_t p = 0; p < P; p++)
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) o[c] += xb[p * C + c] * wt[p * C + c];
+        }
+    }
+}
+
+/* Its input gradient: dx = dy * g[b, c] + e[b, c] * wt[c, p] (wt laid out as in channel_weighted_pool). */
+void weighted_grad_input(const float *dy, const float *g, const float *wt, const float *e, int64_t B, int64_t C,
+                         int64_t P, int cl, int nt, float *dx) {
+    SAMPLES {
+        const float *db = dy + b * C * P, *G = g + b * C, *E = e + b * C;
+        float *ob = dx + b * C * P;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *restrict d = db + c * P, *restrict q = wt + c * P;
+                float *restrict o = ob + c * P;
+                const float gv = G[c], ev = E[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) o[p] = d[p] * gv + ev * q[p];
+            }
+        } else if (C % LANES == 0) {
+            for (int64_t p = 0; p < P; p++)
+                for (int64_t c0 = 0; c0 < C; c0 += LANES)
+                    store16(ob + p * C + c0, load16(db + p * C + c0) * load16(G + c0)
+                                                 + load16(E + c0) * load16(wt + p * C + c0));
+        } else {
+            for (int64_t p = 0; p < P; p++) {
+                const float *d = db + p * C, *q = wt + p * C;
+                float *o = ob + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) o[c] = d[c] * G[c] + E[c] * q[c];
             }
         }
     }

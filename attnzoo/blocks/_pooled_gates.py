@@ -17,8 +17,9 @@ kernel passes per sample while it is in cache, and backward keeps only x (the pl
 * ``triplet_gates``: y = x * (a_hc + a_cw + a_hw) / 3, the six pooled maps in one pass.
 * ``strip_gates`` (coord, ela: y = (x * gh) * gw; strip, scoord: y = x * sigmoid(gh + gw) (+ x)).
 * ``group_gates`` (sge): y[c, p] = x[c, p] * a[g(c), p], the normalisation in the kernels too.
-* ``moment_gates`` (se, ese, eca, ecam, ceca, ge, srm, gct): ``y = x * g``, g = factor_fn(mean) or
-  factor_fn(mean, var) (B, C, 1, 1) from the mean and biased variance over positions.
+* ``moment_gates`` (se, ese, eca, ecam, ceca, ge, srm, gct, fca): ``y = x * g``, g = factor_fn(mean) or
+  factor_fn(mean, var) (B, C, 1, 1) from the mean and biased variance over positions, or factor_fn(s)
+  of a weighted sum over positions (fca's DCT coefficients).
 * ``simam_gate``, ``context_gates`` (gc): the whole block.
 
 Gradients of the maxima follow PyTorch: the max over positions goes to the first maximum
@@ -571,12 +572,15 @@ def pooled_gates(x: torch.Tensor, channel_fn: Factor | None, spatial_fn: Factor 
     return _PooledGates.apply(x, lib, cl, channel_fn, spatial_fn, len(channel_params), *params)
 
 
-def _moment_forward(lib, x, cl, factor_fn, variance: bool, track: bool):
+def _moment_forward(lib, x, cl, factor_fn, variance: bool, weights, track: bool):
     b, c, h, w = x.shape
     dims = (b, c, h * w, cl, torch.get_num_threads())
     mean = x.new_empty(b, c, 1, 1)
     var = x.new_empty(b, c, 1, 1) if variance else None
-    lib.channel_moments(x.data_ptr(), *dims, mean.data_ptr(), _native.ptr(var))
+    if weights is not None:
+        lib.channel_weighted_pool(x.data_ptr(), weights.data_ptr(), *dims, mean.data_ptr())
+    else:
+        lib.channel_moments(x.data_ptr(), *dims, mean.data_ptr(), _native.ptr(var))
     pooled = [mean] if var is None else [mean, var]
     for t in pooled:
         t.requires_grad_(track)
@@ -587,15 +591,15 @@ def _moment_forward(lib, x, cl, factor_fn, variance: bool, track: bool):
     g = g_t.detach().to(torch.float32).contiguous()
     y = torch.empty_like(x)
     lib.scale_shift(x.data_ptr(), g.data_ptr(), None, *dims, y.data_ptr())
-    return y, dict(pooled=pooled, g_t=g_t, g=g)
+    return y, dict(pooled=pooled, g_t=g_t, g=g, weights=weights)
 
 
 class _MomentGates(torch.autograd.Function):
-    """``y = x * factor_fn(mean[, var])`` (see ``moment_gates``)."""
+    """``y = x * factor_fn(mean[, var])`` or ``x * factor_fn(sum_p x * weights)`` (see ``moment_gates``)."""
 
     @staticmethod
-    def forward(ctx, x, lib, cl, factor_fn, variance, *params):
-        y, st = _moment_forward(lib, x, cl, factor_fn, variance, track=True)
+    def forward(ctx, x, lib, cl, factor_fn, variance, weights, *params):
+        y, st = _moment_forward(lib, x, cl, factor_fn, variance, weights, track=True)
         ctx.save_for_backward(x)
         ctx.st, ctx.lib, ctx.cl, ctx.params = st, lib, cl, list(params)
         return y
@@ -613,7 +617,11 @@ class _MomentGates(torch.autograd.Function):
         lib.scale_shift_reduce(x.data_ptr(), dy.data_ptr(), *dims, dg.data_ptr(), None)  # sum_p dy * x
         pooled, grads_params = _grads(st["g_t"], dg.to(st["g_t"].dtype), st["pooled"], ctx.params)
         dx = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and st["weights"] is not None:  # d s / dx = weights: dx = dy * g + ds * weights
+            dx = torch.empty_like(x)
+            lib.weighted_grad_input(dy.data_ptr(), st["g"].data_ptr(), st["weights"].data_ptr(), pooled[0].data_ptr(),
+                                    *dims, dx.data_ptr())
+        elif ctx.needs_input_grad[0]:
             # d mean / dx = 1 / P; d var / dx = 2 (x - mean) / P: dx = dy * g + (x - mean) * f + e
             e = pooled[0] / p
             mean = f = None
@@ -622,14 +630,16 @@ class _MomentGates(torch.autograd.Function):
             dx = torch.empty_like(x)
             lib.moment_grad_input(dy.data_ptr(), st["g"].data_ptr(), x.data_ptr(), _native.ptr(mean), _native.ptr(f),
                                   e.data_ptr(), *dims, dx.data_ptr())
-        return (dx, None, None, None, None, *grads_params)
+        return (dx, None, None, None, None, None, *grads_params)
 
 
-def moment_gates(x: torch.Tensor, factor_fn, module: nn.Module, *, variance: bool = False) -> torch.Tensor | None:
-    """``y = x * factor_fn(mean)`` -- or ``factor_fn(mean, var)`` with ``variance`` -- on the native kernels,
-    or None where they do not apply (as ``pooled_gates``). mean and var (biased: divided by H * W) are over
+def moment_gates(x: torch.Tensor, factor_fn, module: nn.Module, *, variance: bool = False,
+                 weights: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``y = x * factor_fn(mean)`` -- or ``factor_fn(mean, var)`` with ``variance``, or ``factor_fn(s)`` with
+    ``weights`` (C, H, W), s = sum_p x * weights (FcaNet's DCT coefficients) -- on the native kernels, or
+    None where they do not apply (as ``pooled_gates``). mean and var (biased: divided by H * W) are over
     the positions, (B, C, 1, 1); the factor is (B, C, 1, 1). ``module``'s trainable parameters get their
-    gradients through the op.
+    gradients through the op; ``weights`` gets none (a fixed filter).
 
     Full-size traffic of a training step: 7 |x| -- forward reads x for the moments and reads x and writes
     y = x * g; backward reads dy and x for sum_p dy * x, then reads dy and writes dL/dx = dy * g + dmean / P.
@@ -639,8 +649,14 @@ def moment_gates(x: torch.Tensor, factor_fn, module: nn.Module, *, variance: boo
     if found is None:
         return None
     lib, cl = found
+    if weights is not None:
+        if variance or weights.shape != x.shape[1:] or weights.requires_grad:
+            raise ValueError(f"moment_gates: weights must be a fixed (C, H, W) = {tuple(x.shape[1:])} filter without "
+                             f"variance; got {tuple(weights.shape)}, variance={variance}")
+        weights = weights.detach().to(torch.float32)
+        weights = (weights.permute(1, 2, 0) if cl else weights).contiguous()  # laid out as the map: (P, C) or (C, P)
     params = _trainable(module)
     if not torch.is_grad_enabled() or not (x.requires_grad or params):
         with torch.no_grad():
-            return _moment_forward(lib, x, cl, factor_fn, variance, track=False)[0]
-    return _MomentGates.apply(x, lib, cl, factor_fn, variance, *params)
+            return _moment_forward(lib, x, cl, factor_fn, variance, weights, track=False)[0]
+    return _MomentGates.apply(x, lib, cl, factor_fn, variance, weights, *params)

@@ -42,6 +42,7 @@ from torch import nn
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, reduced_channels, resolve_layer
 from ._layout import LayoutConv2d
+from ._pooled_gates import moment_gates
 
 __all__ = ["MultiSpectralAttn", "fca_frequencies"]
 
@@ -128,12 +129,18 @@ class MultiSpectralAttn(nn.Module):
         """The (C, H, W) DCT filters this block applies to an H x W input."""
         return self._axis_basis(self.freq_u, height)[:, :, None] * self._axis_basis(self.freq_v, width)[:, None, :]
 
+    def from_pooled(self, s):
+        """The channel factor from the DCT coefficients s (B, C, 1, 1)."""
+        return self.tap(self.gate(self.fc2(self.act(self.fc1(s)))))
+
     def forward(self, x):
         check_input(self, x)
         filters = self.dct_filters(x.shape[2], x.shape[3]).to(x.dtype)  # (C, H, W)
+        y = moment_gates(x, self.from_pooled, self, weights=filters)  # native CPU kernels where they apply
+        if y is not None:
+            return y
         s = (x * filters).sum((2, 3), keepdim=True)  # (B, C, 1, 1): one DCT coefficient per channel
-        s = self.fc2(self.act(self.fc1(s)))  # (B, C, 1, 1)
-        return x * self.tap(self.gate(s))
+        return x * self.from_pooled(s)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, freq_sel={self.freq_sel!r}, dct_norm={self.dct_norm!r}"
