@@ -39,7 +39,7 @@ def _kernels_or_skip(request):
 
 POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"]
 MOMENT = ["se", "ese", "eca", "ecam", "ceca", "ge", "srm", "gct", "fca"]
-NATIVE_OPS = {"_MomentGatesBackward", "_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward", "_GroupGatesBackward",
+NATIVE_OPS = {"_MomentGatesBackward", "_ScseGatesBackward", "_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward", "_GroupGatesBackward",
               "_SgeGatesBackward", "_SimAMGateBackward", "_ContextGatesBackward"}
 
 
@@ -138,6 +138,49 @@ def test_moment_gates_op_is_the_plain_path(name, channels_last, shape, monkeypat
     got, want = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
     assert got["grad_fn"] == "_MomentGatesBackward" and want["grad_fn"] not in NATIVE_OPS
     _same_step(got, want)
+
+
+@pytest.mark.parametrize("aggregation", ["max", "add"])
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (3, 16, 1, 1), (4, 64, 7, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_scse_op_is_the_plain_path(aggregation, shape, channels_last, monkeypatch, two_threads):
+    """scSE on its native op against its plain path: output, dL/dx, every parameter gradient (the 1x1
+    conv's weight through its own reduction, its bias in the small graph), taps."""
+    import attnzoo
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    runs = {}
+    for native in (True, False):
+        _native_on(monkeypatch, native)
+        torch.manual_seed(0)
+        block = attnzoo.create_attn("scse", shape[1], aggregation=aggregation).train()
+        taps = {}
+        for mname, m in block.named_modules():
+            if type(m).__name__ == "AttnTap":
+                m.register_forward_hook(lambda mod, inp, out, k=mname: taps.__setitem__(k, out.detach().clone()))
+        xi = x.clone().requires_grad_(True)
+        y = block(xi)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format))
+        runs[native] = dict(op=type(y.grad_fn).__name__, y=y.detach(), dx=xi.grad, taps=taps,
+                            params={k: q.grad for k, q in block.named_parameters()})
+    got, want = runs[True], runs[False]
+    assert got["op"] == "_ScseGatesBackward" and want["op"] != "_ScseGatesBackward"
+    _close(got["y"], want["y"], "output")
+    _close(got["dx"], want["dx"], "dL/dx")
+    assert got["params"].keys() == want["params"].keys()
+    for k in want["params"]:
+        _close(got["params"][k], want["params"][k], f"dL/d{k}")
+    assert got["taps"].keys() == want["taps"].keys() and got["taps"]
+    for k in want["taps"]:
+        _close(got["taps"][k], want["taps"][k], f"tap {k}")
+
+
+def test_scse_mult_stays_on_the_plain_path(monkeypatch, two_threads):
+    _native_on(monkeypatch, True)
+    block = create_attn("scse", 16, aggregation="mult")
+    assert type(block(torch.randn(4, 16, 6, 6, requires_grad=True)).grad_fn).__name__ not in NATIVE_OPS
 
 
 @pytest.mark.parametrize("name", ["srm", "gct"])

@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 15; }
+int attnzoo_native_abi(void) { return 16; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -1975,6 +1975,21 @@ void channel_weighted_sum(const float *x, const float *w, int64_t B, int64_t C, 
 #pragma omp simd
                 for (int64_t p = 0; p < P; p++) o[p] += wv * r[p];
             }
+        } else if (C % LANES == 0) {  /* 16 positions' sums over C at once (reduce16_sum) */
+            for (int64_t p0 = 0; p0 < P; p0 += 16) {
+                const int64_t np = P - p0 < 16 ? P - p0 : 16;
+                vec16 S[16];
+                for (int64_t q = 0; q < 16; q++) {
+                    const vec16 z = {0};
+                    S[q] = z;
+                    if (q >= np) continue;
+                    const float *r = xb + (p0 + q) * C;
+                    for (int64_t c0 = 0; c0 < C; c0 += LANES) S[q] += load16(wb + c0) * load16(r + c0);
+                }
+                float sa[16];
+                store16(sa, reduce16_sum(S));
+                for (int64_t q = 0; q < np; q++) o[p0 + q] = sa[q];
+            }
         } else {
             for (int64_t p = 0; p < P; p++) {
                 const float *r = xb + p * C;
@@ -2002,6 +2017,17 @@ void position_weighted_pool(const float *x, const float *q, int64_t B, int64_t C
 #pragma omp simd reduction(+ : s)
                 for (int64_t p = 0; p < P; p++) s += qb[p] * r[p];
                 o[c] = s;
+            }
+        } else if (C % LANES == 0) {  /* register accumulators, two chains over alternate rows */
+            for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                vec16 s0 = {0}, s1 = {0};
+                int64_t p = 0;
+                for (; p + 1 < P; p += 2) {
+                    s0 += qb[p] * load16(xb + p * C + c0);
+                    s1 += qb[p + 1] * load16(xb + (p + 1) * C + c0);
+                }
+                if (p < P) s0 += qb[p] * load16(xb + p * C + c0);
+                store16(o + c0, s0 + s1);
             }
         } else {
             for (int64_t c = 0; c < C; c++) o[c] = 0.f;
@@ -2237,6 +2263,158 @@ void weighted_grad_input(const float *dy, const float *g, const float *wt, const
                 float *o = ob + p * C;
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) o[c] = d[c] * G[c] + E[c] * q[c];
+            }
+        }
+    }
+}
+
+/* scSE (Roy et al., MICCAI 2018): y = max(x * gc[c], x * gs[p]) (add == 0; torch.maximum, NaN propagates) or
+ * x * gc + x * gs (add == 1). The gradient splits at the selector m = 1 where the channel branch wins,
+ * 1/2 at a tie, 0 where the spatial one wins (as torch.maximum's backward); with add, m = 1 for both. */
+INLINE float scse_max(float a, float q) { return (a > q || a != a) ? a : q; }
+INLINE float scse_sel(float a, float q) { return a > q ? 1.f : (a == q ? 0.5f : 0.f); }
+
+void scse_apply(const float *x, const float *gc, const float *gs, int add, int64_t B, int64_t C, int64_t P, int cl,
+                int nt, float *y) {
+    SAMPLES {
+        const float *xb = x + b * C * P, *G = gc + b * C, *S = gs + b * P;
+        float *yb = y + b * C * P;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                float *o = yb + c * P;
+                const float gv = G[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) {
+                    const float a = r[p] * gv, q = r[p] * S[p];
+                    o[p] = add ? a + q : scse_max(a, q);
+                }
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+                float *o = yb + p * C;
+                const float sv = S[p];
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    const float a = r[c] * G[c], q = r[c] * sv;
+                    o[c] = add ? a + q : scse_max(a, q);
+                }
+            }
+        }
+    }
+}
+
+/* dgc[b, c] = sum_p dy x m; dgs[b, p] = sum_c dy x (1 - m) (add: sum_c dy x). */
+void scse_reduce(const float *x, const float *dy, const float *gc, const float *gs, int add, int64_t B, int64_t C,
+                 int64_t P, int cl, int nt, float *dgc, float *dgs) {
+    SAMPLES {
+        const float *xb = x + b * C * P, *db = dy + b * C * P, *G = gc + b * C, *S = gs + b * P;
+        float *oc = dgc + b * C, *op = dgs + b * P;
+        for (int64_t c = 0; c < C; c++) oc[c] = 0.f;
+        for (int64_t p = 0; p < P; p++) op[p] = 0.f;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *d = db + c * P;
+                const float gv = G[c];
+                float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+                for (int64_t p = 0; p < P; p++) {
+                    const float t = d[p] * r[p], m = add ? 1.f : scse_sel(r[p] * gv, r[p] * S[p]);
+                    acc += t * m;
+                    op[p] += add ? t : t - t * m;
+                }
+                oc[c] = acc;
+            }
+        } else if (C % LANES == 0) {  /* whole vectors; 16 positions' sums over C at once (reduce16_sum) */
+            const vec16 zero = {0}, one = zero + 1.f, half = zero + 0.5f;
+            for (int64_t p0 = 0; p0 < P; p0 += 16) {
+                const int64_t np = P - p0 < 16 ? P - p0 : 16;
+                vec16 T[16];
+                for (int64_t q = 0; q < 16; q++) {
+                    T[q] = zero;
+                    if (q >= np) continue;
+                    const float *r = xb + (p0 + q) * C, *d = db + (p0 + q) * C;
+                    const vec16 sv = zero + S[p0 + q];
+                    for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                        const vec16 rv = load16(r + c0), t = load16(d + c0) * rv;
+                        vec16 m = one;
+                        if (!add) {
+                            const vec16 a = rv * load16(G + c0), qv = rv * sv;
+                            m = (vec16)(((ivec16)one & (a > qv)) | ((ivec16)half & (a == qv)));
+                        }
+                        const vec16 tm = t * m;
+                        store16(oc + c0, load16(oc + c0) + tm);
+                        T[q] += add ? t : t - tm;
+                    }
+                }
+                float ta[16];
+                store16(ta, reduce16_sum(T));
+                for (int64_t q = 0; q < np; q++) op[p0 + q] = ta[q];
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+                const float sv = S[p];
+                float acc = 0.f;
+                for (int64_t c = 0; c < C; c++) {
+                    const float t = d[c] * r[c], m = add ? 1.f : scse_sel(r[c] * G[c], r[c] * sv);
+                    oc[c] += t * m;
+                    acc += add ? t : t - t * m;
+                }
+                op[p] = acc;
+            }
+        }
+    }
+}
+
+/* dx = dy * (gs + m (gc - gs)) (add: dy * (gc + gs)) + e[c] + dlog[p] * w[c]: the direct term, the channel
+ * branch's mean (e = dmean / P) and the spatial branch's 1x1 conv C -> 1 (weights w, logits' gradient dlog). */
+void scse_grad_input(const float *x, const float *dy, const float *gc, const float *gs, int add, const float *e,
+                     const float *dlog, const float *w, int64_t B, int64_t C, int64_t P, int cl, int nt, float *dx) {
+    SAMPLES {
+        const float *xb = x + b * C * P, *db = dy + b * C * P, *G = gc + b * C, *S = gs + b * P;
+        const float *E = e + b * C, *L = dlog + b * P;
+        float *ob = dx + b * C * P;
+        if (cl && C % LANES == 0) {
+            const vec16 zero = {0}, one = zero + 1.f, half = zero + 0.5f;
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+                float *o = ob + p * C;
+                const vec16 sv = zero + S[p], lv = zero + L[p];
+                for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                    const vec16 gv = load16(G + c0);
+                    vec16 f;
+                    if (add) f = gv + sv;
+                    else {
+                        const vec16 rv = load16(r + c0), a = rv * gv, qv = rv * sv;
+                        const vec16 m = (vec16)(((ivec16)one & (a > qv)) | ((ivec16)half & (a == qv)));
+                        f = sv + m * (gv - sv);
+                    }
+                    store16(o + c0, load16(d + c0) * f + load16(E + c0) + lv * load16(w + c0));
+                }
+            }
+        } else if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *d = db + c * P;
+                float *o = ob + c * P;
+                const float gv = G[c], ev = E[c], wv = w[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) {
+                    const float f = add ? gv + S[p] : S[p] + scse_sel(r[p] * gv, r[p] * S[p]) * (gv - S[p]);
+                    o[p] = d[p] * f + ev + L[p] * wv;
+                }
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+                float *o = ob + p * C;
+                const float sv = S[p], lv = L[p];
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    const float f = add ? G[c] + sv : sv + scse_sel(r[c] * G[c], r[c] * sv) * (G[c] - sv);
+                    o[c] = d[c] * f + E[c] + lv * w[c];
+                }
             }
         }
     }

@@ -20,6 +20,8 @@ kernel passes per sample while it is in cache, and backward keeps only x (the pl
 * ``moment_gates`` (se, ese, eca, ecam, ceca, ge, srm, gct, fca): ``y = x * g``, g = factor_fn(mean) or
   factor_fn(mean, var) (B, C, 1, 1) from the mean and biased variance over positions, or factor_fn(s)
   of a weighted sum over positions (fca's DCT coefficients).
+* ``scse_gates`` (scse, "max" and "add"): y = max(x * gc, x * gs) or x * gc + x * gs, gc from the mean
+  over positions, gs from the 1x1 conv C -> 1 of x.
 * ``simam_gate``, ``context_gates`` (gc): the whole block.
 
 Gradients of the maxima follow PyTorch: the max over positions goes to the first maximum
@@ -42,7 +44,8 @@ from torch import nn
 
 from . import _native
 
-__all__ = ["context_gates", "group_gates", "moment_gates", "pooled_gates", "simam_gate", "strip_gates", "triplet_gates"]
+__all__ = ["context_gates", "group_gates", "moment_gates", "pooled_gates", "scse_gates", "simam_gate", "strip_gates",
+           "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -93,24 +96,37 @@ def _grads(out, grad, leaves: list[torch.Tensor], params: list[torch.Tensor]):
     return pooled, list(got[n:])
 
 
+def _keep(ctx, x, st: dict, lib, cl: int, params, **extra) -> None:
+    """What every op's backward needs: x (the one saved tensor), the forward's state, the library, the layout
+    flag, the small graphs' parameters, and any op-specific settings as ctx attributes."""
+    ctx.save_for_backward(x)
+    ctx.st, ctx.lib, ctx.cl, ctx.params = st, lib, cl, list(params)
+    for k, v in extra.items():
+        setattr(ctx, k, v)
+
+
+def _restore(ctx, dy):
+    """(x, state, library, layout flag, dL/dy contiguous in x's layout) in an op's backward."""
+    (x,) = ctx.saved_tensors
+    cl = ctx.cl
+    return x, ctx.st, ctx.lib, cl, dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
 class _PooledGates(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lib, cl, channel_fn, spatial_fn, n_channel_params, *params):
         y, st = _forward(lib, x, cl, channel_fn, spatial_fn, track=True)
-        ctx.save_for_backward(x)
-        ctx.st, ctx.lib, ctx.cl, ctx.n_channel, ctx.params = st, lib, cl, n_channel_params, list(params)
+        _keep(ctx, x, st, lib, cl, params, n_channel=n_channel_params)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        st, lib, cl = ctx.st, ctx.lib, ctx.cl
+        x, st, lib, cl, dy = _restore(ctx, dy)
         all_params = ctx.params
         b, c, h, w = x.shape
         p = h * w
         shape = (b, c, p, cl, torch.get_num_threads())
-        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         gc, gs = st["gc"], st["gs"]
         channel_params, spatial_params = all_params[:ctx.n_channel], all_params[ctx.n_channel:]
         dmean = dsmax = smax = scnt = None
@@ -145,18 +161,15 @@ class _TripletGates(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lib, cl, factor_fn, *params):
         y, st = _triplet_forward(lib, x, cl, factor_fn, track=True)
-        ctx.save_for_backward(x)
-        ctx.st, ctx.lib, ctx.cl, ctx.params = st, lib, cl, list(params)
+        _keep(ctx, x, st, lib, cl, params)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        st, lib, cl = ctx.st, ctx.lib, ctx.cl
+        x, st, lib, cl, dy = _restore(ctx, dy)
         b, c, h, w = x.shape
         dims = (b, c, h, w, cl, torch.get_num_threads())
-        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         dhc, dcw, dhw, cnt = x.new_empty(b, c, h), x.new_empty(b, c, w), x.new_empty(b, h, w), x.new_empty(b, h, w)
         lib.triplet_grad_factors(x.data_ptr(), dy.data_ptr(), st["mc"].data_ptr(), _THIRD, *dims, dhc.data_ptr(),
                                  dcw.data_ptr(), dhw.data_ptr(), cnt.data_ptr())
@@ -223,18 +236,15 @@ class _StripGates(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lib, cl, factor_fn, sigmoid, *params):
         y, st = _strip_forward(lib, x, cl, factor_fn, sigmoid, track=True)
-        ctx.save_for_backward(x)
-        ctx.st, ctx.lib, ctx.cl, ctx.sigmoid, ctx.params = st, lib, cl, sigmoid, list(params)
+        _keep(ctx, x, st, lib, cl, params, sigmoid=sigmoid)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        st, lib, cl = ctx.st, ctx.lib, ctx.cl
+        x, st, lib, cl, dy = _restore(ctx, dy)
         b, c, h, w = x.shape
         dims = (b, c, h, w, cl, torch.get_num_threads())
-        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         gh, gw = st["flat"]
         dgh, dgw = x.new_empty(b, c, h), x.new_empty(b, c, w)
         reduce = lib.strip_grad_factors if ctx.sigmoid is None else lib.strip_sigmoid_reduce
@@ -313,18 +323,16 @@ class _GroupGates(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lib, cl, groups, factor_fn, *params):
         y, st = _group_forward(lib, x, cl, groups, factor_fn, track=True)
-        ctx.save_for_backward(x)
-        ctx.st, ctx.lib, ctx.cl, ctx.groups, ctx.params = st, lib, cl, groups, list(params)
+        _keep(ctx, x, st, lib, cl, params, groups=groups)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        st, lib, cl, g = ctx.st, ctx.lib, ctx.cl, ctx.groups
+        x, st, lib, cl, dy = _restore(ctx, dy)
+        g = ctx.groups
         b, c, h, w = x.shape
         dims = (b, c, h * w, g, cl, torch.get_num_threads())
-        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         da = _group_map(x, g, cl)
         lib.group_grad_factor(x.data_ptr(), dy.data_ptr(), *dims, da.data_ptr())
         a_t = st["a_t"]
@@ -472,18 +480,15 @@ class _ContextGates(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lib, cl, block, weight, *params):
         y, st = _context_forward(lib, x, cl, block, weight, track=True)
-        ctx.save_for_backward(x)
-        ctx.st, ctx.lib, ctx.cl, ctx.params = st, lib, cl, list(params)
+        _keep(ctx, x, st, lib, cl, params)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        st, lib, cl = ctx.st, ctx.lib, ctx.cl
+        x, st, lib, cl, dy = _restore(ctx, dy)
         b, c, h, w = x.shape
         dims = (b, c, h * w, cl, torch.get_num_threads())
-        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         s_t, t_t = st["scale"], st["add"]
         ds = x.new_empty(b, c, 1, 1) if s_t is not None else None
         dt = x.new_empty(b, c, 1, 1)
@@ -600,19 +605,16 @@ class _MomentGates(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lib, cl, factor_fn, variance, weights, *params):
         y, st = _moment_forward(lib, x, cl, factor_fn, variance, weights, track=True)
-        ctx.save_for_backward(x)
-        ctx.st, ctx.lib, ctx.cl, ctx.params = st, lib, cl, list(params)
+        _keep(ctx, x, st, lib, cl, params)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
-        st, lib, cl = ctx.st, ctx.lib, ctx.cl
+        x, st, lib, cl, dy = _restore(ctx, dy)
         b, c, h, w = x.shape
         p = h * w
         dims = (b, c, p, cl, torch.get_num_threads())
-        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
         dg = x.new_empty(b, c, 1, 1)
         lib.scale_shift_reduce(x.data_ptr(), dy.data_ptr(), *dims, dg.data_ptr(), None)  # sum_p dy * x
         pooled, grads_params = _grads(st["g_t"], dg.to(st["g_t"].dtype), st["pooled"], ctx.params)
@@ -660,3 +662,79 @@ def moment_gates(x: torch.Tensor, factor_fn, module: nn.Module, *, variance: boo
         with torch.no_grad():
             return _moment_forward(lib, x, cl, factor_fn, variance, weights, track=False)[0]
     return _MomentGates.apply(x, lib, cl, factor_fn, variance, weights, *params)
+
+
+def _scse_forward(lib, x, cl, block, add: bool, track: bool):
+    b, c, h, w = x.shape
+    dims = (b, c, h * w, cl, torch.get_num_threads())
+    conv = block.conv_spatial
+    mean = x.new_empty(b, c, 1, 1)
+    lib.channel_moments(x.data_ptr(), *dims, mean.data_ptr(), None)
+    wv = conv.weight.detach().to(torch.float32).reshape(1, c)
+    wb = wv.expand(b, c).contiguous()  # kept in a name: a temporary would be freed before the kernel reads it
+    logits = x.new_empty(b, 1, h, w)
+    lib.channel_weighted_sum(x.data_ptr(), wb.data_ptr(), *dims, logits.data_ptr())
+    mean.requires_grad_(track), logits.requires_grad_(track)
+    with torch.set_grad_enabled(track):
+        gc_t, gs_t = block.factors(mean, logits)  # (B, C, 1, 1), (B, 1, H, W)
+    if gc_t.shape != (b, c, 1, 1) or gs_t.shape != (b, 1, h, w):
+        raise RuntimeError(f"scse_gates: the factors must be (B, C, 1, 1) and (B, 1, H, W), got {tuple(gc_t.shape)} "
+                           f"and {tuple(gs_t.shape)}")
+    gc, gs = (t.detach().to(torch.float32).contiguous() for t in (gc_t, gs_t))
+    y = torch.empty_like(x)
+    lib.scse_apply(x.data_ptr(), gc.data_ptr(), gs.data_ptr(), int(add), *dims, y.data_ptr())
+    return y, dict(mean=mean, logits=logits, gc_t=gc_t, gs_t=gs_t, gc=gc, gs=gs, w=wv.reshape(c).contiguous(),
+                   wshape=conv.weight.shape)
+
+
+class _ScseGates(torch.autograd.Function):
+    """scSE's ``max(x * gc, x * gs)`` or ``x * gc + x * gs`` (``scse.py``; see ``scse_gates``)."""
+
+    @staticmethod
+    def forward(ctx, x, lib, cl, block, add, weight, *params):
+        y, st = _scse_forward(lib, x, cl, block, add, track=True)
+        _keep(ctx, x, st, lib, cl, params, add=add)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, st, lib, cl, dy = _restore(ctx, dy)
+        b, c, h, w = x.shape
+        dims = (b, c, h * w, cl, torch.get_num_threads())
+        dgc, dgs = x.new_empty(b, c, 1, 1), x.new_empty(b, 1, h, w)
+        lib.scse_reduce(x.data_ptr(), dy.data_ptr(), st["gc"].data_ptr(), st["gs"].data_ptr(), int(ctx.add), *dims,
+                        dgc.data_ptr(), dgs.data_ptr())
+        (dmean, dlog), grads_params = _grads([st["gc_t"], st["gs_t"]],
+                                             [dgc.to(st["gc_t"].dtype), dgs.to(st["gs_t"].dtype)],
+                                             [st["mean"], st["logits"]], ctx.params)
+        dweight = None
+        if ctx.needs_input_grad[5]:  # dL/dw[c] = sum_(b, p) dlogits * x
+            part = x.new_empty(b, c)
+            lib.position_weighted_pool(x.data_ptr(), dlog.data_ptr(), *dims, part.data_ptr())
+            dweight = part.sum(0).view(st["wshape"])
+        dx = None
+        if ctx.needs_input_grad[0]:
+            e = (dmean / (h * w)).contiguous()
+            dx = torch.empty_like(x)
+            lib.scse_grad_input(x.data_ptr(), dy.data_ptr(), st["gc"].data_ptr(), st["gs"].data_ptr(), int(ctx.add),
+                                e.data_ptr(), dlog.data_ptr(), st["w"].data_ptr(), *dims, dx.data_ptr())
+        return (dx, None, None, None, None, dweight, *grads_params)
+
+
+def scse_gates(x: torch.Tensor, block: nn.Module) -> torch.Tensor | None:
+    """scSE on the native kernels, or None where they do not apply (as ``pooled_gates``; also for the "mult"
+    aggregation). ``block.conv_spatial`` (C -> 1, 1x1) gives the spatial logits without its bias;
+    ``block.factors(mean, logits)`` the two gates, (B, C, 1, 1) and (B, 1, H, W), with the bias added there."""
+    conv = block.conv_spatial
+    found = _native.target(x)
+    if (found is None or block.aggregation not in ("max", "add") or conv.kernel_size != (1, 1)
+            or conv.weight.dtype != torch.float32):
+        return None
+    lib, cl = found
+    add = block.aggregation == "add"
+    params = [q for n, q in block.named_parameters() if q.requires_grad and n != "conv_spatial.weight"]
+    if not torch.is_grad_enabled() or not (x.requires_grad or params or conv.weight.requires_grad):
+        with torch.no_grad():
+            return _scse_forward(lib, x, cl, block, add, track=False)[0]
+    return _ScseGates.apply(x, lib, cl, block, add, conv.weight, *params)

@@ -30,6 +30,7 @@ from .base import AttnTap, check_input, reduced_channels, resolve_layer
 from ._fused import max_of_gates, use_fused
 from ._layout import LayoutConv2d
 from ._pool import pool_mean
+from ._pooled_gates import scse_gates
 
 __all__ = ["ConcurrentSpatialChannelSE"]
 
@@ -72,8 +73,18 @@ class ConcurrentSpatialChannelSE(nn.Module):
         self.tap_channel = AttnTap("channel")
         self.tap_spatial = AttnTap("spatial")
 
+    def factors(self, mean, logits):
+        """(gc, gs): the channel gate from the mean over positions (B, C, 1, 1) and the spatial gate from the
+        1x1 conv's logits without its bias (B, 1, H, W)."""
+        gc = self.tap_channel(self.gate(self.fc2(self.act(self.fc1(mean)))))
+        bias = self.conv_spatial.bias
+        return gc, self.tap_spatial(self.gate(logits if bias is None else logits + bias.view(1, 1, 1, 1)))
+
     def forward(self, x):
         check_input(self, x)
+        y = scse_gates(x, self)  # native CPU kernels where they apply
+        if y is not None:
+            return y
         s = self.fc2(self.act(self.fc1(pool_mean(x, (2, 3)))))  # (B, C, 1, 1)
         gc = self.tap_channel(self.gate(s))
         q = self.tap_spatial(self.gate(self.conv_spatial(x)))  # (B, 1, H, W)
