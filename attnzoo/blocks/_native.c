@@ -120,6 +120,45 @@ INLINE vec16 vmax16(vec16 a, vec16 b) {  /* a > b ? a : b lane-wise, as a bit se
 REDUCE16(reduce16_sum, ADD16)
 REDUCE16(reduce16_max, vmax16)
 
+/* Channels_last sums over positions of the channels [c0, c0 + LANES) (C a multiple of LANES), of x
+ * (cl_chunk_sum) or of (x - m)^2 (cl_chunk_sqdev). The accumulators are doubles in registers, over
+ * alternate rows: one row of C = 16 channels is a single vector, a sum kept in memory would wait on a
+ * store every row, and a float32 running sum over hundreds of positions would lose several bits of the
+ * mean -- which (x - mean) in the variance's gradient then magnifies where the spread is small. */
+INLINE void cl_chunk_sum(const float *restrict xb, int64_t C, int64_t P, int64_t c0, float *restrict out) {
+    double s0[LANES], s1[LANES];
+    for (int64_t j = 0; j < LANES; j++) { s0[j] = 0.; s1[j] = 0.; }
+    int64_t p = 0;
+    for (; p + 1 < P; p += 2) {
+        const float *restrict r0 = xb + p * C + c0, *restrict r1 = r0 + C;
+#pragma omp simd
+        for (int64_t j = 0; j < LANES; j++) { s0[j] += (double)r0[j]; s1[j] += (double)r1[j]; }
+    }
+    if (p < P)
+        for (int64_t j = 0; j < LANES; j++) s0[j] += (double)xb[p * C + c0 + j];
+    for (int64_t j = 0; j < LANES; j++) out[c0 + j] = (float)((s0[j] + s1[j]) / (double)P);
+}
+
+INLINE void cl_chunk_sqdev(const float *restrict xb, int64_t C, int64_t P, int64_t c0, const float *restrict m,
+                           float *restrict out) {
+    float mv[LANES];
+    double s0[LANES], s1[LANES];
+    for (int64_t j = 0; j < LANES; j++) { s0[j] = 0.; s1[j] = 0.; mv[j] = m[c0 + j]; }
+    int64_t p = 0;
+    for (; p + 1 < P; p += 2) {
+        const float *restrict r0 = xb + p * C + c0, *restrict r1 = r0 + C;
+#pragma omp simd
+        for (int64_t j = 0; j < LANES; j++) {
+            const float d0 = r0[j] - mv[j], d1 = r1[j] - mv[j];
+            s0[j] += (double)(d0 * d0); s1[j] += (double)(d1 * d1);
+        }
+    }
+    if (p < P)
+        for (int64_t j = 0; j < LANES; j++) { const float d = xb[p * C + c0 + j] - mv[j]; s0[j] += (double)(d * d); }
+    for (int64_t j = 0; j < LANES; j++) out[c0 + j] = (float)((s0[j] + s1[j]) / (double)P);
+}
+
+
 /* Channels_last pooling over positions of the channels [c0, c0 + L), L <= LANES: called with L == LANES
  * (a constant after inlining: the accumulators live in registers) and once for the remainder. */
 INLINE void cl_channel_pool(const float *xb, int64_t C, int64_t P, int64_t c0, int64_t L, float *av, float *mx,
@@ -1436,6 +1475,26 @@ void sge_factor(const float *sim, const float *gamma, const float *beta, float e
                 for (int64_t p = 0; p < P; p++) o[p] = ((c[p] - mv) / dv) * w + t;
                 m[g] = mv; d[g] = dv;
             }
+        } else if (G % LANES == 0) {  /* register accumulators (cl_chunk_sum), whole vectors per row */
+            float *q = malloc(sizeof(float) * G);  /* the biased variances */
+            for (int64_t g0 = 0; g0 < G; g0 += LANES) {
+                float M[LANES], R[LANES], W[LANES], T[LANES];
+                cl_chunk_sum(cb, G, P, g0, m);
+                cl_chunk_sqdev(cb, G, P, g0, m, q);
+                for (int64_t j = 0; j < LANES; j++) {
+                    float var = q[g0 + j] * (float)P / dof;
+                    var = var < 1e-24f ? 1e-24f : var;
+                    d[g0 + j] = sqrtf(var) + eps;
+                    M[j] = m[g0 + j]; R[j] = d[g0 + j]; W[j] = gamma[g0 + j]; T[j] = beta[g0 + j];
+                }
+                for (int64_t p = 0; p < P; p++) {
+                    const float *restrict c = cb + p * G + g0;
+                    float *restrict o = ob + p * G + g0;
+#pragma omp simd
+                    for (int64_t j = 0; j < LANES; j++) o[j] = ((c[j] - M[j]) / R[j]) * W[j] + T[j];
+                }
+            }
+            free(q);
         } else {
             float *q = malloc(sizeof(float) * G);
             for (int64_t g = 0; g < G; g++) { m[g] = 0.f; q[g] = 0.f; }
@@ -1481,6 +1540,22 @@ void sge_factor_backward(const float *da, const float *a, const float *sim, cons
                 }
                 db[g] = sz; dg[g] = szn; sdn[g] = sd_;
             }
+        } else if (G % LANES == 0) {  /* register accumulators, chunk by chunk */
+            for (int64_t g0 = 0; g0 < G; g0 += LANES) {
+                float s0[LANES], s1[LANES], s2[LANES], M[LANES], R[LANES], W[LANES];
+                for (int64_t j = 0; j < LANES; j++) {
+                    s0[j] = 0.f; s1[j] = 0.f; s2[j] = 0.f; M[j] = m[g0 + j]; R[j] = d[g0 + j]; W[j] = gamma[g0 + j];
+                }
+                for (int64_t p = 0; p < P; p++) {
+                    const float *restrict c = cb + p * G + g0, *restrict dA = dAb + p * G + g0, *restrict A = Ab + p * G + g0;
+#pragma omp simd
+                    for (int64_t j = 0; j < LANES; j++) {
+                        const float dz = dA[j] * A[j] * (1.f - A[j]), cen = c[j] - M[j];
+                        s0[j] += dz; s1[j] += dz * (cen / R[j]); s2[j] += dz * W[j] * cen;
+                    }
+                }
+                for (int64_t j = 0; j < LANES; j++) { db[g0 + j] = s0[j]; dg[g0 + j] = s1[j]; sdn[g0 + j] = s2[j]; }
+            }
         } else {
             for (int64_t p = 0; p < P; p++)
 #pragma omp simd
@@ -1512,6 +1587,25 @@ void sge_factor_backward(const float *da, const float *a, const float *sim, cons
 #pragma omp simd
                 for (int64_t p = 0; p < P; p++) o[p] -= t;
             }
+        } else if (G % LANES == 0) {
+            for (int64_t g0 = 0; g0 < G; g0 += LANES) {
+                float t[LANES], M[LANES], U[LANES], V[LANES];
+                for (int64_t j = 0; j < LANES; j++) { t[j] = 0.f; M[j] = m[g0 + j]; U[j] = k1[g0 + j]; V[j] = k2[g0 + j]; }
+                for (int64_t p = 0; p < P; p++) {
+                    const float *restrict c = cb + p * G + g0, *restrict dA = dAb + p * G + g0, *restrict A = Ab + p * G + g0;
+                    float *restrict o = ob + p * G + g0;
+#pragma omp simd
+                    for (int64_t j = 0; j < LANES; j++) {
+                        const float gp = dA[j] * A[j] * (1.f - A[j]) * U[j] + V[j] * (c[j] - M[j]);
+                        o[j] = gp; t[j] += gp;
+                    }
+                }
+                for (int64_t j = 0; j < LANES; j++) acc[g0 + j] = t[j];
+            }
+            for (int64_t g = 0; g < G; g++) acc[g] /= (float)P;
+            for (int64_t p = 0; p < P; p++)
+#pragma omp simd
+                for (int64_t g = 0; g < G; g++) ob[p * G + g] -= acc[g];
         } else {
             for (int64_t p = 0; p < P; p++)
 #pragma omp simd
@@ -1557,14 +1651,22 @@ void simam_forward(const float *x, int64_t B, int64_t C, int64_t P, int cl, int 
             }
         } else {
             float *q = malloc(sizeof(float) * C);
-            for (int64_t c = 0; c < C; c++) { m[c] = 0.f; q[c] = 0.f; }
-            for (int64_t p = 0; p < P; p++)
+            if (C % LANES == 0) {  /* register accumulators (cl_chunk_sum); q is the biased variance here */
+                for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                    cl_chunk_sum(xb, C, P, c0, m);
+                    cl_chunk_sqdev(xb, C, P, c0, m, q);
+                }
+                for (int64_t c = 0; c < C; c++) q[c] *= (float)P;
+            } else {
+                for (int64_t c = 0; c < C; c++) { m[c] = 0.f; q[c] = 0.f; }
+                for (int64_t p = 0; p < P; p++)
 #pragma omp simd
-                for (int64_t c = 0; c < C; c++) m[c] += xb[p * C + c];
-            for (int64_t c = 0; c < C; c++) m[c] /= (float)P;
-            for (int64_t p = 0; p < P; p++)
+                    for (int64_t c = 0; c < C; c++) m[c] += xb[p * C + c];
+                for (int64_t c = 0; c < C; c++) m[c] /= (float)P;
+                for (int64_t p = 0; p < P; p++)
 #pragma omp simd
-                for (int64_t c = 0; c < C; c++) { const float d = xb[p * C + c] - m[c]; q[c] += d * d; }
+                    for (int64_t c = 0; c < C; c++) { const float d = xb[p * C + c] - m[c]; q[c] += d * d; }
+            }
             for (int64_t c = 0; c < C; c++) k[c] = 1.f / (4.f * (q[c] / n + lambda));
             for (int64_t p = 0; p < P; p++) {
                 const float *r = xb + p * C;
@@ -1602,6 +1704,21 @@ void simam_backward(const float *x, const float *dy, const float *mu, const floa
                     t1 += gz * cc * cc; t2 += gz * cc;
                 }
                 s1[c] = t1; s2[c] = t2;
+            }
+        } else if (C % LANES == 0) {  /* register accumulators, chunk by chunk (see cl_chunk_sum) */
+            for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+                float t1[LANES], t2[LANES], M[LANES], K[LANES];
+                for (int64_t j = 0; j < LANES; j++) { t1[j] = 0.f; t2[j] = 0.f; M[j] = m[c0 + j]; K[j] = k[c0 + j]; }
+                for (int64_t p = 0; p < P; p++) {
+                    const float *restrict r = xb + p * C + c0, *restrict d = db + p * C + c0;
+#pragma omp simd
+                    for (int64_t j = 0; j < LANES; j++) {
+                        const float cc = r[j] - M[j], a = sigmoid_approx(cc * cc * K[j] + 0.5f);
+                        const float gz = d[j] * a * (1.f - a) * r[j];
+                        t1[j] += gz * cc * cc; t2[j] += gz * cc;
+                    }
+                }
+                for (int64_t j = 0; j < LANES; j++) { s1[c0 + j] = t1[j]; s2[c0 + j] = t2[j]; }
             }
         } else {
             for (int64_t p = 0; p < P; p++) {
@@ -1659,44 +1776,6 @@ static int32_t *shuffle_perm(int64_t C, int shuffle) {
     int32_t *pm = malloc(sizeof(int32_t) * C);
     for (int64_t c = 0; c < C; c++) pm[c] = (int32_t)(shuffle ? 2 * (c % (C / 2)) + c / (C / 2) : c);
     return pm;
-}
-
-/* Channels_last sums over positions of the channels [c0, c0 + LANES) (C a multiple of LANES), of x
- * (cl_chunk_sum) or of (x - m)^2 (cl_chunk_sqdev). The accumulators are doubles in registers, over
- * alternate rows: one row of C = 16 channels is a single vector, a sum kept in memory would wait on a
- * store every row, and a float32 running sum over hundreds of positions would lose several bits of the
- * mean -- which (x - mean) in the variance's gradient then magnifies where the spread is small. */
-INLINE void cl_chunk_sum(const float *restrict xb, int64_t C, int64_t P, int64_t c0, float *restrict out) {
-    double s0[LANES], s1[LANES];
-    for (int64_t j = 0; j < LANES; j++) { s0[j] = 0.; s1[j] = 0.; }
-    int64_t p = 0;
-    for (; p + 1 < P; p += 2) {
-        const float *restrict r0 = xb + p * C + c0, *restrict r1 = r0 + C;
-#pragma omp simd
-        for (int64_t j = 0; j < LANES; j++) { s0[j] += (double)r0[j]; s1[j] += (double)r1[j]; }
-    }
-    if (p < P)
-        for (int64_t j = 0; j < LANES; j++) s0[j] += (double)xb[p * C + c0 + j];
-    for (int64_t j = 0; j < LANES; j++) out[c0 + j] = (float)((s0[j] + s1[j]) / (double)P);
-}
-
-INLINE void cl_chunk_sqdev(const float *restrict xb, int64_t C, int64_t P, int64_t c0, const float *restrict m,
-                           float *restrict out) {
-    float mv[LANES];
-    double s0[LANES], s1[LANES];
-    for (int64_t j = 0; j < LANES; j++) { s0[j] = 0.; s1[j] = 0.; mv[j] = m[c0 + j]; }
-    int64_t p = 0;
-    for (; p + 1 < P; p += 2) {
-        const float *restrict r0 = xb + p * C + c0, *restrict r1 = r0 + C;
-#pragma omp simd
-        for (int64_t j = 0; j < LANES; j++) {
-            const float d0 = r0[j] - mv[j], d1 = r1[j] - mv[j];
-            s0[j] += (double)(d0 * d0); s1[j] += (double)(d1 * d1);
-        }
-    }
-    if (p < P)
-        for (int64_t j = 0; j < LANES; j++) { const float d = xb[p * C + c0 + j] - mv[j]; s0[j] += (double)(d * d); }
-    for (int64_t j = 0; j < LANES; j++) out[c0 + j] = (float)((s0[j] + s1[j]) / (double)P);
 }
 
 /* mean[b, c] and the biased variance var[b, c] over positions (two passes over the cached sample);
