@@ -1318,13 +1318,17 @@ void group_sim(const float *x, GROUP_DIMS, float *mean, float *sim) {
             }
         } else {
             float *v = malloc(sizeof(float) * C);
-            for (int64_t c = 0; c < C; c++) m[c] = 0.f;
-            for (int64_t p = 0; p < P; p++) {
-                const float *r = xb + p * C;
+            if (C % LANES == 0) {
+                for (int64_t c0 = 0; c0 < C; c0 += LANES) cl_chunk_sum(xb, C, P, c0, m);  /* the mean */
+            } else {
+                for (int64_t c = 0; c < C; c++) m[c] = 0.f;
+                for (int64_t p = 0; p < P; p++) {
+                    const float *r = xb + p * C;
 #pragma omp simd
-                for (int64_t c = 0; c < C; c++) m[c] += r[c];
+                    for (int64_t c = 0; c < C; c++) m[c] += r[c];
+                }
+                for (int64_t c = 0; c < C; c++) m[c] /= (float)P;
             }
-            for (int64_t c = 0; c < C; c++) m[c] /= (float)P;
             for (int64_t p = 0; p < P; p++) {
                 const float *r = xb + p * C;
 #pragma omp simd
@@ -1420,7 +1424,17 @@ void group_grad_input(const float *x, const float *dy, const float *a, const flo
         } else {
             int32_t *gi = malloc(sizeof(int32_t) * C);
             for (int64_t c = 0; c < C; c++) { dm[c] = 0.f; gi[c] = (int32_t)(c / Cg); }
-            for (int64_t p = 0; p < P; p++) {
+            for (int64_t c0 = 0; Cg == 1 && C % LANES == 0 && c0 < C; c0 += LANES) {  /* register accumulators */
+                vec16 t0 = {0}, t1 = {0};
+                int64_t p = 0;
+                for (; p + 1 < P; p += 2) {
+                    t0 += load16(sb + p * G + c0) * load16(xb + p * C + c0);
+                    t1 += load16(sb + (p + 1) * G + c0) * load16(xb + (p + 1) * C + c0);
+                }
+                if (p < P) t0 += load16(sb + p * G + c0) * load16(xb + p * C + c0);
+                store16(dm + c0, t0 + t1);
+            }
+            for (int64_t p = 0; p < P && !(Cg == 1 && C % LANES == 0); p++) {
                 const float *r = xb + p * C, *sr = sb + p * G;
                 if (Cg == 1) {
 #pragma omp simd
