@@ -1783,6 +1783,24 @@ void sigmoid_values(const float *z, int64_t n, float *out) {
     for (int64_t i = 0; i < n; i++) out[i] = sigmoid_approx(z[i]);
 }
 
+/* Channel shuffle by 2 of one channels_last row of C values (C a multiple of LANES), out[2j + i] =
+ * v[i C/2 + j], as vector interleaves; and its inverse (deinterleave). v needs LANES floats of slack past C. */
+INLINE void shuffle_row16(const float *v, int64_t C, float *out) {
+    for (int64_t k = 0; k < C / LANES; k++)
+        store16(out + LANES * k, SHUFFLE16(load16(v + 8 * k), load16(v + C / 2 + 8 * k),
+                                           0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23));
+}
+
+INLINE void unshuffle_row16(const float *d, int64_t C, float *g) {
+    for (int64_t k = 0; k < C / LANES; k++) {
+        float t[LANES];
+        const vec16 v = load16(d + LANES * k);
+        store16(t, SHUFFLE16(v, v, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+        memcpy(g + 8 * k, t, 8 * sizeof(float));
+        memcpy(g + C / 2 + 8 * k, t + 8, 8 * sizeof(float));
+    }
+}
+
 /* Affine sigmoid gates (SA-Net's shuffle attention, Zhang & Yang, ICASSP 2021): per (sample, channel)
  * s, t; y = x * sigmoid(x * s + t), written to channel perm(c) = 2 (c mod C/2) + c div (C/2) when
  * shuffle (ShuffleNet's channel shuffle by 2), else to c. channel_moments gives the statistics. */
@@ -1847,13 +1865,15 @@ void affine_gate_forward(const float *x, const float *s, const float *t, int shu
                 for (int64_t p = 0; p < P; p++) o[p] = r[p] * sigmoid_approx(r[p] * sv + tv);
             }
         } else {
-            float *v = malloc(sizeof(float) * C);
+            float *v = calloc(C + LANES, sizeof(float));
+            const int fast = shuffle && C % LANES == 0;
             for (int64_t p = 0; p < P; p++) {
                 const float *r = xb + p * C;
                 float *o = yb + p * C;
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) v[c] = r[c] * sigmoid_approx(r[c] * S[c] + T[c]);
-                for (int64_t c = 0; c < C; c++) o[pm[c]] = v[c];
+                if (fast) shuffle_row16(v, C, o);
+                else for (int64_t c = 0; c < C; c++) o[pm[c]] = v[c];
             }
             free(v);
         }
@@ -1883,9 +1903,11 @@ void affine_gate_reduce(const float *x, const float *dy, const float *s, const f
         } else {
             float *g = malloc(sizeof(float) * C);
             for (int64_t c = 0; c < C; c++) { GS[c] = 0.f; GT[c] = 0.f; }
+            const int fast = shuffle && C % LANES == 0;
             for (int64_t p = 0; p < P; p++) {
                 const float *r = xb + p * C, *d = db + p * C;
-                for (int64_t c = 0; c < C; c++) g[c] = d[pm[c]];
+                if (fast) unshuffle_row16(d, C, g);
+                else for (int64_t c = 0; c < C; c++) g[c] = d[pm[c]];
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) {
                     const float a = sigmoid_approx(r[c] * S[c] + T[c]), gz = g[c] * a * (1.f - a) * r[c];
@@ -1919,10 +1941,12 @@ void affine_gate_grad_input(const float *x, const float *dy, const float *s, con
             }
         } else {
             float *g = malloc(sizeof(float) * C);
+            const int fast = shuffle && C % LANES == 0;
             for (int64_t p = 0; p < P; p++) {
                 const float *r = xb + p * C, *d = db + p * C;
                 float *o = ob + p * C;
-                for (int64_t c = 0; c < C; c++) g[c] = d[pm[c]];
+                if (fast) unshuffle_row16(d, C, g);
+                else for (int64_t c = 0; c < C; c++) g[c] = d[pm[c]];
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) {
                     const float a = sigmoid_approx(r[c] * S[c] + T[c]), ga = g[c] * a;
