@@ -39,7 +39,7 @@ def _kernels_or_skip(request):
 
 POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"]
 MOMENT = ["se", "ese", "eca", "ecam", "ceca", "ge", "srm", "gct", "fca"]
-NATIVE_OPS = {"_MomentGatesBackward", "_ScseGatesBackward", "_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward", "_GroupGatesBackward",
+NATIVE_OPS = {"_MomentScaleBackward", "_ScseGatesBackward", "_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward", "_GroupGatesBackward",
               "_SgeGatesBackward", "_SimAMGateBackward", "_ContextGatesBackward"}
 
 
@@ -136,7 +136,7 @@ def test_moment_gates_op_is_the_plain_path(name, channels_last, shape, monkeypat
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     got, want = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
-    assert got["grad_fn"] == "_MomentGatesBackward" and want["grad_fn"] not in NATIVE_OPS
+    assert got["grad_fn"] == "_MomentScaleBackward" and want["grad_fn"] not in NATIVE_OPS
     _same_step(got, want)
 
 
@@ -190,7 +190,7 @@ def test_moment_gates_with_the_variance_are_as_accurate_as_the_plain_path(name, 
     torch.manual_seed(0)  # means of 3 +- 1 per (sample, channel): srm's BatchNorm over the batch stays well-conditioned
     x = (torch.randn(4, 32, 12, 10) * 0.05 + 3.0 + torch.randn(4, 32, 1, 1)).contiguous(memory_format=torch.channels_last)
     got, plain = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
-    assert got["grad_fn"] == "_MomentGatesBackward"
+    assert got["grad_fn"] == "_MomentScaleBackward"
     block = _randomized(name, 32).double()
     x64 = x.double().requires_grad_(True)
     y = block(x64)
@@ -214,7 +214,7 @@ def test_moment_gates_support_a_second_backward_frozen_parameters_and_inference(
     block = _randomized("se", 16)
     x = torch.randn(4, 16, 6, 6, requires_grad=True)
     y = block(x)
-    assert type(y.grad_fn).__name__ == "_MomentGatesBackward"
+    assert type(y.grad_fn).__name__ == "_MomentScaleBackward"
     y.sum().backward(retain_graph=True)
     first = (x.grad.clone(), block.fc1.weight.grad.clone())
     y.sum().backward()
