@@ -20,9 +20,9 @@ kernel passes per sample while it is in cache, and backward keeps only x (the pl
 * ``triplet_gates``: y = x * (a_hc + a_cw + a_hw) / 3, the six pooled maps in one pass.
 * ``strip_gates`` (coord, ela: y = (x * gh) * gw; strip, scoord: y = x * sigmoid(gh + gw) (+ x)).
 * ``group_gates`` (sge): y[c, p] = x[c, p] * a[g(c), p], the normalisation in the kernels too.
-* ``moment_gates`` (se, ese, eca, ecam, ceca, ge, srm, gct, fca): ``y = x * g``, g = factor_fn(mean) or
-  factor_fn(mean, var) (B, C, 1, 1) from the mean and biased variance over positions, or factor_fn(s)
-  of a weighted sum over positions (fca's DCT coefficients).
+* ``moment_gates`` (srm, gct, fca): ``y = x * g``, g = factor_fn(mean) or factor_fn(mean, var)
+  (B, C, 1, 1) from the mean and biased variance over positions, or factor_fn(s) of a weighted sum over
+  positions (fca's DCT coefficients). The mean-only gates (``MEAN_ONLY``) stay on their PyTorch paths.
 * ``scse_gates`` (scse, "max" and "add"): y = max(x * gc, x * gs) or x * gc + x * gs, gc from the mean
   over positions, gs from the 1x1 conv C -> 1 of x.
 * ``simam_gate``, ``context_gates`` (gc): the whole block.
@@ -46,6 +46,12 @@ import torch
 from torch import nn
 
 from . import _native
+
+# The channel gates on the mean alone: their PyTorch path is a handful of ops around two full-size passes,
+# and on moment_gates they were not reliably faster (benchmarks/native.py read 0.59-1.71 of the PyTorch
+# paths' time over four shapes; eca at 16x64x14x14 went from 0.91 to 1.03 of timm's time). They keep
+# their ``from_pooled`` factor, so moving one back onto the kernels is one line in its forward.
+MEAN_ONLY = ("se", "ese", "eca", "ecam", "ceca", "ge")
 
 __all__ = ["context_gates", "group_gates", "moment_gates", "pooled_gates", "scse_gates", "simam_gate", "strip_gates",
            "triplet_gates"]

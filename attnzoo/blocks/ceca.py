@@ -28,7 +28,6 @@ from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from .eca import checked_kernel_size, eca_kernel_size
 from ._pool import pool_mean
-from ._pooled_gates import moment_gates
 
 __all__ = ["CircularEfficientChannelAttn", "timm_eca_kernel_size"]
 
@@ -79,5 +78,4 @@ class CircularEfficientChannelAttn(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        y = moment_gates(x, self.from_pooled, self)  # native CPU kernels where they apply
-        return x * self.from_pooled(pool_mean(x, (2, 3))) if y is None else y
+        return x * self.from_pooled(pool_mean(x, (2, 3)))  # (not on moment_gates: see _pooled_gates.MEAN_ONLY)

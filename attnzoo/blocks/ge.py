@@ -45,7 +45,6 @@ from torch.nn import functional as F
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
 from ._pool import pool_mean
-from ._pooled_gates import moment_gates
 
 __all__ = ["GatherExcite"]
 
@@ -122,13 +121,9 @@ class GatherExcite(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        if self.gather is None and self.extent == 0:
-            y = moment_gates(x, self.from_pooled, self)  # native CPU kernels where they apply
-            if y is not None:
-                return y
         if self.gather is not None:
             g = self.gather(x)  # (B, C, ceil(H/e), ceil(W/e))
-        elif self.extent == 0:
+        elif self.extent == 0:  # (not on moment_gates: see _pooled_gates.MEAN_ONLY)
             g = pool_mean(x, (2, 3))  # (B, C, 1, 1)
         else:
             e = self.extent

@@ -20,7 +20,6 @@ from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
 from ._layout import LayoutConv2d
 from ._pool import pool_mean
-from ._pooled_gates import moment_gates
 
 __all__ = ["SqueezeExcite"]
 
@@ -59,5 +58,4 @@ class SqueezeExcite(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        y = moment_gates(x, self.from_pooled, self)  # native CPU kernels where they apply
-        return x * self.from_pooled(pool_mean(x, (2, 3))) if y is None else y
+        return x * self.from_pooled(pool_mean(x, (2, 3)))  # (not on moment_gates: see _pooled_gates.MEAN_ONLY)
