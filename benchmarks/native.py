@@ -8,7 +8,8 @@ Shapes: ResNet-20's three stages on Fashion-MNIST (batch 128: 16x28x28, 32x14x14
 32x64x56x56; channels_last (as the harness trains), float32, train mode, forward + backward of
 ``(y * g).sum()``. Each (block, shape, side) is built once with the same weights on both sides; the
 outputs and input gradients are checked equal first; ``--repeats`` interleaved rounds in a fresh
-random order; the minimum is reported. Printed: ms on the PyTorch paths, ms with the kernels, their
+random order, each job timing ``--steps`` passes after one untimed pass on the same input (warm, as a block
+in a network finds its input in cache); the minimum over the rounds is reported. Printed: ms on the PyTorch paths, ms with the kernels, their
 ratio (< 1: the kernels are faster), and which native ops the block ran. Blocks that run none are
 listed as such (their two sides are the same code).
 """
@@ -57,19 +58,25 @@ def _set(native: bool) -> None:
     os.environ["ATTNZOO_NATIVE"] = "1" if native else "0"
 
 
-def step(block, x, g, native: bool) -> float:
+def step(block, x, g, native: bool, steps: int = 1) -> float:
+    """Mean time of ``steps`` forward+backward passes, after one untimed pass on the same input (a block in a
+    network finds its input in cache, just written by the layer before it; the first pass after another
+    job's would not)."""
     _set(native)
-    t = time.perf_counter()
-    y = block(x)
-    (y * g).sum().backward()
-    x.grad = None
-    return time.perf_counter() - t
+    for k in range(steps + 1):
+        if k == 1:
+            t = time.perf_counter()
+        y = block(x)
+        (y * g).sum().backward()
+        x.grad = None
+    return (time.perf_counter() - t) / steps
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--blocks", nargs="*", default=None, help="default: every channel/spatial block")
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--steps", type=int, default=3, help="timed passes per job and round, after one untimed pass")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--allocator", choices=["keep", "system"], default="keep",
@@ -109,10 +116,11 @@ def main(argv=None) -> int:
         rng.shuffle(jobs)
         for name, shape, native in jobs:
             block, x, g = models[(name, shape)]
-            times[(name, shape, native)].append(step(block, x, g, native))
+            times[(name, shape, native)].append(step(block, x, g, native, args.steps))
     _set(True)
     print(f"forward+backward, float32, channels_last, {torch.get_num_threads()} threads, {cpu_model()}, "
-          f"torch {torch.__version__}, allocator {alloc.get('allocator')}, min of {args.repeats} rounds")
+          f"torch {torch.__version__}, allocator {alloc.get('allocator')}, min of {args.repeats} rounds of "
+          f"{args.steps} passes after one untimed")
     print(f"{'block':<16}{'shape':<16}{'pytorch ms':>11}{'native ms':>10}{'ratio':>7}  native ops")
     rows = []
     for name in names:
@@ -124,7 +132,8 @@ def main(argv=None) -> int:
                   f"{', '.join(o) or '(none)'}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(dict(threads=torch.get_num_threads(), repeats=args.repeats, cpu=cpu_model(),
+        args.json.write_text(json.dumps(dict(threads=torch.get_num_threads(), repeats=args.repeats, steps=args.steps,
+                                             cpu=cpu_model(),
                                              torch=torch.__version__, attnzoo=attnzoo.__version__, allocator=alloc,
                                              shapes=[list(s) for s in SHAPES], rows=rows), indent=2))
         print(f"wrote {args.json}")

@@ -292,6 +292,10 @@ def main(argv=None) -> int:
         torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit,
                                                                16 * n * len(args.hosts))
         torch._dynamo.config.fail_on_recompile_limit_hit = True
+        # static shapes, as a fit compiles one model at one input size: with automatic dynamic shapes, the
+        # second host's new map sizes made dynamo retrace coordinate attention with symbolic sizes, and
+        # inductor (torch 2.14.1) failed on it ("cannot determine truth value of Relational")
+        torch._dynamo.config.automatic_dynamic_shapes = False
         # cold compiles: inductor's and AOTAutograd's on-disk caches would make a re-run's compile time
         # that of a cache hit (about a second), not what a user's first run pays
         torch._inductor.config.fx_graph_cache = False

@@ -214,40 +214,48 @@ def native_line(nat: dict | None) -> str:
     cells = ", ".join(f"`{b}` {min(v):.2f}-{max(v):.2f}" for b, v in sorted(by.items()))
     shapes = ", ".join("x".join(map(str, s)) for s in nat["shapes"])
     return (f"- `benchmarks/native.py` (forward+backward in train mode, channels_last float32, {nat['threads']} CPU threads, "
-            f"min of {nat['repeats']} interleaved rounds, at {shapes}): each block with the native CPU kernels / the same "
+            f"min of {nat['repeats']} interleaved rounds"
+            + (f" of {nat['steps']} passes after an untimed one" if nat.get("steps") else "")
+            + f", at {shapes}): each block with the native CPU kernels / the same "
             f"block on its PyTorch paths (`ATTNZOO_NATIVE=0`), range over the shapes (< 1: the kernels are faster): "
             f"{cells}. The other channel/spatial blocks run no native op.")
 
 
-def native_table(before: dict | None, after: dict | None, nat: dict | None) -> str:
-    """Blocks alone and step overhead, the run before the native kernels against the current one."""
-    if not (before and after and nat):
+def native_table(before: dict | None, previous: dict | None, after: dict | None, nat: dict | None) -> str:
+    """Blocks alone and step overhead in three training-step runs: before the native kernels, the previous run
+    and the current one, for the blocks that run native ops now."""
+    if not (before and previous and after and nat):
         return "(not measured yet)"
 
     def index(d):
         return {(r["host"], r["block"]): r for r in d["rows"] if r["mode"] == "eager" and r.get("alone_ms") is not None}
 
-    b, a = index(before), index(after)
+    runs = [index(d) for d in (before, previous, after)]
     changed = sorted({r["block"] for r in nat["rows"] if r["ops"]})
     out = ["| block | ResNet-20 alone (ms) | ResNet-56 alone (ms) | ResNet-20 step overhead | ResNet-56 step overhead |",
            "|---|---:|---:|---:|---:|"]
     for blk in changed:
-        if not all((h, blk) in b and (h, blk) in a for h in ("resnet20", "resnet56")):
+        if not all((h, blk) in run for run in runs for h in ("resnet20", "resnet56")):
             continue
-        r20, r56 = (b[("resnet20", blk)], a[("resnet20", blk)]), (b[("resnet56", blk)], a[("resnet56", blk)])
-        out.append(f"| `{blk}` | {r20[0]['alone_ms']:.1f} → {r20[1]['alone_ms']:.1f} | {r56[0]['alone_ms']:.1f} → "
-                   f"{r56[1]['alone_ms']:.1f} | {r20[0]['overhead_pct']:+.0f}% → {r20[1]['overhead_pct']:+.0f}% | "
-                   f"{r56[0]['overhead_pct']:+.0f}% → {r56[1]['overhead_pct']:+.0f}% |")
-    base = {h: next(r["base_ms"] for r in d["rows"] if r["host"] == h and r["mode"] == "eager")
-            for h, d in (("resnet20", before), ("resnet56", before))}
-    base_now = {h: next(r["base_ms"] for r in after["rows"] if r["host"] == h and r["mode"] == "eager")
-                for h in ("resnet20", "resnet56")}
+        cells = []
+        for key, fmt in (("alone_ms", "{:.1f}"), ("overhead_pct", "{:+.0f}%")):
+            for h in ("resnet20", "resnet56"):
+                cells.append(" → ".join(fmt.format(run[(h, blk)][key]) for run in runs))
+        out.append(f"| `{blk}` | " + " | ".join(cells) + " |")
+
+    def base(d, h):
+        return next(r["base_ms"] for r in d["rows"] if r["host"] == h and r["mode"] == "eager")
+
+    steps = "; ".join(f"{h}: " + " → ".join(f"{base(d, h):.0f}" for d in (before, previous, after)) + " ms"
+                      for h in ("resnet20", "resnet56"))
+    bws = " → ".join(f"{d['copy_bandwidth_gbs']:.0f}" for d in (before, previous, after))
     out.append("")
-    out.append(f"The plain hosts' steps took {base['resnet20']:.0f} → {base_now['resnet20']:.0f} ms (ResNet-20) and "
-               f"{base['resnet56']:.0f} → {base_now['resnet56']:.0f} ms (ResNet-56) in the two runs "
-               "(`benchmarks/results/overhead_floor_cpu_before_native.json` → `overhead_floor_cpu.json`). The step "
-               "overhead is the difference of two whole steps and carries their noise, a few points; the alone times "
-               "do not.")
+    out.append(f"Each cell: before the native kernels → the previous run → this run "
+               "(`benchmarks/results/overhead_floor_cpu_before_native.json` → `overhead_floor_cpu_previous.json` → "
+               f"`overhead_floor_cpu.json`). The plain hosts' steps took {steps}, and the copy bandwidth read {bws} GB/s "
+               "(median of each run's readings): the machine was not equally fast in the three runs, so compare a "
+               "block's time with the host's step in the same run. The step overhead is the difference of two whole "
+               "steps and carries their noise, a few points; the alone times do not.")
     return "\n".join(out)
 
 
@@ -472,6 +480,7 @@ def main(argv=None) -> int:
     text = splice(text, "ablation-results", ablation_results())
     text = splice(text, "timm-slots", timm_slots_table())
     text = splice(text, "native-table", native_table(_load("overhead_floor_cpu_before_native.json"),
+                                                     _load("overhead_floor_cpu_previous.json"),
                                                      _load("overhead_floor_cpu.json"), _load("native_cpu.json")))
     text = splice(text, "benchmarks", benchmark_lines(vs_timm, _load("harness_overhead_cpu.json"),
                                                       _load("data_inmemory_cpu.json"))
