@@ -56,10 +56,9 @@ INLINE float exp_approx(float x) {
 
 INLINE float sigmoid_approx(float z) { return 1.f / (1.f + exp_approx(-z)); }
 
-/* The sum and the maximum of LANES lanes as a tree (8 + 4 + 2 + 1 pairs): four dependent steps where a
- * running sum takes sixteen, each step one vector operation. The order is fixed here, so results do not
- * depend on the compiler. Where a row of C channels is one or two vectors, a sequential horizontal step
- * per position cost more than the whole pass over the row. */
+/* The sum of LANES lanes as a tree (8 + 4 + 2 + 1 pairs): four dependent steps where a running sum takes
+ * sixteen; the order is fixed here, so results do not depend on the compiler. For one sum at a time (the
+ * small convolutions' weight gradient); many positions at once go through reduce16_sum below. */
 INLINE float tree_sum(const float *v) {
     float a[8], b[4];
     for (int j = 0; j < 8; j++) a[j] = v[j] + v[j + 8];
@@ -67,13 +66,6 @@ INLINE float tree_sum(const float *v) {
     return (b[0] + b[2]) + (b[1] + b[3]);
 }
 
-INLINE float tree_max(const float *v) {
-    float a[8], b[4];
-    for (int j = 0; j < 8; j++) a[j] = v[j] > v[j + 8] ? v[j] : v[j + 8];
-    for (int j = 0; j < 4; j++) b[j] = a[j] > a[j + 4] ? a[j] : a[j + 4];
-    const float c0 = b[0] > b[2] ? b[0] : b[2], c1 = b[1] > b[3] ? b[1] : b[3];
-    return c0 > c1 ? c0 : c1;
-}
 
 /* 16 floats as one value (GCC/Clang vector extensions; lowered to narrower vectors where the CPU has none
  * that wide). Loads and stores through memcpy: no alignment assumed. */
