@@ -282,7 +282,8 @@ def test_simam_op_is_the_plain_path(channels_last, shape, monkeypatch, two_threa
 
 
 def test_the_kernels_sigmoid_is_torch_sigmoid_to_float_precision():
-    """The vectorised exp behind SimAM's gate: over the whole float range, +-inf and NaN."""
+    """The vectorised sigmoid behind SimAM's, shuffle's and the strip gates: over the whole float range, +-inf
+    and NaN."""
     lib = _native.kernels()  # a compiler is on PATH here (the fixture skips otherwise): a failed build is a failure
     assert lib is not None, _native.build_error()
     z = torch.cat([torch.linspace(-120, 120, 240001), torch.logspace(-30, 38, 1000), -torch.logspace(-30, 38, 1000),
@@ -295,6 +296,15 @@ def test_the_kernels_sigmoid_is_torch_sigmoid_to_float_precision():
     nan = torch.tensor([float("nan")])
     lib.sigmoid_values(nan.data_ptr(), 1, nan.data_ptr())
     assert nan.isnan().all()
+    # the 16-lane form (channels_last rows of the strip gates) computes the same values
+    n = z.numel() // 16 * 16
+    wide = torch.empty(n)
+    lib.sigmoid16_values(z.data_ptr(), n, wide.data_ptr())
+    torch.testing.assert_close(wide, got[:n], rtol=0, atol=0)
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0] * 4)
+    out = torch.empty(16)
+    lib.sigmoid16_values(special.data_ptr(), 16, out.data_ptr())
+    assert out[0::4].isnan().all() and (out[1::4] == 1).all() and (out[2::4] == 0).all() and (out[3::4] == 0.5).all()
 
 
 @pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 64, 6, 5), (2, 32, 1, 1), (4, 128, 7, 7)])

@@ -24,23 +24,19 @@ int attnzoo_native_abi(void) { return 16; }
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
 
-/* e^x in plain C that the compiler vectorises (a libm expf call per element does not vectorise without
- * -ffast-math): x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-6 polynomial, 2^n by the exponent bits.
- * The split of ln2 and the coefficients are Cephes' expf (S. L. Moshier, Cephes Math Library);
- * relative error about 2e-7. Below -87.34 x is clamped (e^x = 1.2e-38 there, so 1 / (1 + e^-z) is
- * exactly 1 for z > 87.34), above 88.72 e^x is inf (the sigmoid exactly 0), NaN stays NaN. The clamps
- * work on the bits with integer compares: GCC does not vectorise a float select such as x > c ? c : x. */
-INLINE float exp_approx(float x) {
-    union { float f; int32_t i; } u = { .f = x };
-    const int32_t sign = u.i & (int32_t)0x80000000, mag = u.i & 0x7fffffff;
-    const int32_t lim = sign ? 0x42aeac50 : 0x42b0c0a5;  /* 87.3365447505531f, 88.3762626647949f */
-    const int32_t finite_or_inf = mag <= 0x7f800000;  /* not NaN; & not &&: no branch in the loop */
-    const int32_t over = (sign == 0) & (mag > 0x42b17218) & finite_or_inf;  /* x > 88.7228: e^x is inf */
-    u.i = ((mag > lim) & finite_or_inf) ? (sign | lim) : u.i;
-    x = u.f;
-    const float t = x * 1.44269504088896341f;
-    const float n = (float)(int32_t)(t + (t < 0.f ? -0.5f : 0.5f));  /* round (floorf would not vectorise) */
-    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+/* e^x for x <= 0 (or NaN) in plain C that the compiler vectorises (a libm expf call per element does not
+ * vectorise without -ffast-math): x = n ln2 + r, |r| <= ln2 / 2, e^r by a degree-6 polynomial, 2^n by the
+ * exponent bits. The split of ln2 and the coefficients are Cephes' expf (S. L. Moshier, Cephes Math
+ * Library); relative error about 2e-7. n is rounded by adding and subtracting 1.5 * 2^23, which leaves n in
+ * the low bits of the sum. Below -87.34 (e^x < 2^-126, the smallest normal float) the result is 0, so
+ * -inf gives 0; NaN stays NaN (every compare with it is false). */
+INLINE float exp_nonpositive(float x) {
+    const float xc = x < -87.33654475f ? -87.33654475f : x;
+    const float magic = 12582912.f;
+    const float nm = xc * 1.44269504088896341f + magic;
+    const float n = nm - magic;
+    union { float f; int32_t i; } ni = { .f = nm };
+    const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -48,13 +44,20 @@ INLINE float exp_approx(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.f;
-    union { int32_t i; float f; } scale = { .i = ((int32_t)n + 127) << 23 };  /* 2^n */
-    union { float f; int32_t i; } v = { .f = p * scale.f };
-    v.i = (v.i & ~(-over)) | (0x7f800000 & -over);  /* a select written as a mask: vectorises */
-    return v.f;
+    union { int32_t i; float f; } scale = { .i = (ni.i - 0x4b400000 + 127) << 23 };  /* 2^n */
+    const float e = p * scale.f;
+    return x <= -87.33654475f ? 0.f : e;
 }
 
-INLINE float sigmoid_approx(float z) { return 1.f / (1.f + exp_approx(-z)); }
+/* 1 / (1 + e^-z) from t = e^-|z| in (0, 1]: 1 / (1 + t) for z >= 0, t / (1 + t) below. Nothing overflows,
+ * so there is no inf to clamp, and it runs about 1.6x the speed of 1 / (1 + e^-z) with a clamped e^x
+ * (measured per element in a vectorised loop on Zen 4). Relative error about 2e-7 where the result is a
+ * normal float; below z = -87.34 it is 0 (the true value is under 6e-39); sigmoid(+-inf) = 1 and 0. */
+INLINE float sigmoid_approx(float z) {
+    const float t = exp_nonpositive(-fabsf(z));
+    const float s = 1.f / (1.f + t);
+    return z >= 0.f ? s : t * s;
+}
 
 /* The sum of LANES lanes as a tree (8 + 4 + 2 + 1 pairs): four dependent steps where a running sum takes
  * sixteen; the order is fixed here, so results do not depend on the compiler. For one sum at a time (the
@@ -77,6 +80,32 @@ INLINE void store16(float *p, vec16 v) { memcpy(p, &v, sizeof v); }
 INLINE vec16 vmax16(vec16 a, vec16 b) {  /* a > b ? a : b lane-wise, as a bit select (C has no vector ?:) */
     const ivec16 m = a > b;
     return (vec16)(((ivec16)a & m) | ((ivec16)b & ~m));
+}
+
+INLINE vec16 vsel16(ivec16 m, vec16 a, vec16 b) {  /* m ? a : b lane-wise */
+    return (vec16)(((ivec16)a & m) | ((ivec16)b & ~m));
+}
+INLINE vec16 splat16(float v) { return (vec16){v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v}; }
+
+/* sigmoid_approx on 16 lanes at once, the same operations in the same order (so the same results). */
+INLINE vec16 sigmoid16(vec16 z) {
+    const vec16 x = (vec16)(((ivec16)z & 0x7fffffff) ^ (int32_t)0x80000000);  /* -|z| */
+    const vec16 lo = splat16(-87.33654475f), magic = splat16(12582912.f);
+    const vec16 xc = vsel16(x < lo, lo, x);
+    const vec16 nm = xc * 1.44269504088896341f + magic;
+    const vec16 n = nm - magic;
+    const vec16 r = xc - n * 0.693359375f + n * 2.12194440e-4f;
+    vec16 p = splat16(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    const vec16 scale = (vec16)((((ivec16)nm - 0x4b400000) + 127) << 23);
+    const vec16 t = vsel16(x <= lo, splat16(0.f), p * scale);
+    const vec16 s = 1.f / (1.f + t);
+    return vsel16(z >= 0.f, s, t * s);
 }
 
 #if defined(__clang__)
@@ -1775,6 +1804,11 @@ void sigmoid_values(const float *z, int64_t n, float *out) {
     for (int64_t i = 0; i < n; i++) out[i] = sigmoid_approx(z[i]);
 }
 
+/* The same through sigmoid16, 16 values at a time (n a multiple of 16; for the tests). */
+void sigmoid16_values(const float *z, int64_t n, float *out) {
+    for (int64_t i = 0; i + LANES <= n; i += LANES) store16(out + i, sigmoid16(load16(z + i)));
+}
+
 /* Channel shuffle by 2 of one channels_last row of C values (C a multiple of LANES), out[2j + i] =
  * v[i C/2 + j], as vector interleaves; and its inverse (deinterleave). v needs LANES floats of slack past C. */
 INLINE void shuffle_row16(const float *v, int64_t C, float *out) {
@@ -1971,6 +2005,16 @@ void strip_sigmoid_apply(const float *x, const float *zh, const float *zw, int s
                         o[w] = skip ? v + r[w] : v;  /* not v + 0 * x: an inf x would give NaN */
                     }
                 }
+        } else if (0 && C % LANES == 0) {
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t w = 0; w < W; w++) {
+                    const float *r = xb + (h * W + w) * C, *a = th + h * C, *g = tw + w * C;
+                    float *o = yb + (h * W + w) * C;
+                    for (int64_t c = 0; c < C; c += LANES) {
+                        const vec16 xr = load16(r + c), v = xr * sigmoid16(load16(a + c) + load16(g + c));
+                        store16(o + c, skip ? v + xr : v);
+                    }
+                }
         } else {
             for (int64_t h = 0; h < H; h++)
                 for (int64_t w = 0; w < W; w++) {
@@ -2055,6 +2099,14 @@ void strip_sigmoid_grad_input(const float *dy, const float *zh, const float *zw,
 #pragma omp simd
                     for (int64_t w = 0; w < W; w++) o[w] = d[w] * (sigmoid_approx(a0 + g[w]) + k0) + ea + e[w];
                 }
+        } else if (C % LANES == 0) {
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t w = 0; w < W; w++)
+                    for (int64_t c = 0; c < C; c += LANES) {
+                        const int64_t q = (h * W + w) * C + c;
+                        const vec16 a = sigmoid16(load16(th + h * C + c) + load16(tw + w * C + c));
+                        store16(ob + q, load16(db + q) * (a + k0) + load16(eh + h * C + c) + load16(ew + w * C + c));
+                    }
         } else {
             for (int64_t h = 0; h < H; h++)
                 for (int64_t w = 0; w < W; w++) {
