@@ -2,14 +2,16 @@
 (outputs, input and parameter gradients, BatchNorm statistics, taps), and a clean fallback."""
 from __future__ import annotations
 
+import gc
 import os
 import shutil
+import weakref
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from attnzoo import create_attn
+from attnzoo import create_attn, list_attn
 from attnzoo.blocks import _native
 from attnzoo.blocks._layout import LayoutConv2d
 from attnzoo.blocks._pooled_gates import MEAN_ONLY
@@ -40,7 +42,7 @@ def _kernels_or_skip(request):
 
 POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"]
 MOMENT = ["srm", "gct", "fca"]
-NATIVE_OPS = {"_MomentScaleBackward", "_ScseGatesBackward", "_PooledGatesBackward", "_TripletGatesBackward", "_StripGatesBackward", "_GroupGatesBackward",
+NATIVE_OPS = {"_MomentScaleBackward", "_ScseGatesBackward", "_ApplyGatesBackward", "_TripletGatesBackward", "_StripGatesBackward", "_GroupGatesBackward",
               "_SgeGatesBackward", "_SimAMGateBackward", "_ContextGatesBackward"}
 
 
@@ -229,6 +231,83 @@ def test_moment_gates_support_a_second_backward_frozen_parameters_and_inference(
         got = block(x)
         _native_on(monkeypatch, False)
         torch.testing.assert_close(got, block(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial"])
+def test_pooled_gates_support_a_second_backward_frozen_parameters_and_a_loss_on_a_factor(name, monkeypatch,
+                                                                                          two_threads):
+    """The ops around the small graphs: a retained graph's second backward, parameters without x's gradient and
+    x's without the parameters', and a gradient that reaches x only through a factor (y itself unused)."""
+    x0 = torch.randn(4, 32, 7, 6).contiguous(memory_format=torch.channels_last)
+
+    def run(native, what):
+        _native_on(monkeypatch, native)
+        block = _randomized(name, 32)
+        x = x0.clone().requires_grad_(what != "params only")
+        if what == "x only":
+            block.requires_grad_(False)
+        if what == "factor":
+            kept = []
+            tap = [m for m in block.modules() if type(m).__name__ == "AttnTap"][-1]
+            tap.register_forward_hook(lambda mod, inp, out: kept.append(out))
+            block(x)
+            (kept[0] * torch.linspace(-1, 1, kept[0].numel()).view(kept[0].shape)).sum().backward()
+        else:
+            y = block(x)
+            if native:
+                assert type(y.grad_fn).__name__ == "_ApplyGatesBackward"
+            g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+            y.backward(g, retain_graph=True)
+            if what == "twice":
+                y.backward(g)
+        return x.grad, {k: p.grad for k, p in block.named_parameters() if p.grad is not None}
+
+    for what in ("twice", "params only", "x only", "factor"):
+        (dx, grads), (dx_plain, grads_plain) = run(True, what), run(False, what)
+        assert (dx is None) == (dx_plain is None) and grads.keys() == grads_plain.keys(), what
+        if dx is not None:
+            assert dx.abs().sum() > 0, what
+            _close(dx, dx_plain, f"{what}: dL/dx")
+        for k in grads_plain:
+            _close(grads[k], grads_plain[k], f"{what}: dL/d{k}")
+
+
+def _function_nodes(y):
+    """Weak references to the custom autograd ops (torch.autograd.Function nodes) in y's graph."""
+    refs, seen, stack = [], set(), [y.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if isinstance(fn, torch.autograd.function.BackwardCFunction):
+            refs.append((type(fn).__name__, weakref.ref(fn)))
+        stack.extend(f for f, _ in fn.next_functions)
+    return refs
+
+
+@pytest.mark.parametrize("name", list_attn())
+def test_a_training_step_leaves_no_reference_cycle(name, monkeypatch, two_threads):
+    """Once y is dropped after backward, reference counting alone frees every op of the block's graph: none is
+    tied into a cycle (node -> ctx -> a tensor whose grad_fn is the node) that would keep it, and what it
+    holds, until the garbage collector runs -- in a network such leftovers fragmented the heap enough that
+    every step page-faulted tens of MB of fresh memory."""
+    _native_on(monkeypatch, True)
+    block = create_attn(name, 32).train()
+    x = torch.randn(4, 32, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        y = block(x)
+        nodes = _function_nodes(y)
+        y.backward(torch.ones_like(y))
+        del y
+        alive = [n for n, ref in nodes if ref() is not None]
+        assert not alive, f"{name}: {alive} outlived the graph (a reference cycle)"
+    finally:
+        if was:
+            gc.enable()
 
 
 @pytest.mark.parametrize("spread", ["std", "unbiased_std", "sqrt_var"])
@@ -439,7 +518,7 @@ def test_pooled_gates_are_accurate_against_float64(monkeypatch, two_threads):
     block = _randomized("cbam", 32).double()
     x64 = x.double().requires_grad_(True)
     y = block(x64)
-    assert type(y.grad_fn).__name__ != "_PooledGatesBackward"  # float64 runs the plain path
+    assert type(y.grad_fn).__name__ != "_ApplyGatesBackward"  # float64 runs the plain path
     y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).double())
     torch.testing.assert_close(got["y"].double(), y.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got["dx"].double(), x64.grad, rtol=1e-4, atol=1e-6)
@@ -470,12 +549,12 @@ def test_pooled_gates_leave_other_inputs_to_the_plain_path(monkeypatch, two_thre
     def fn(x):
         return type(block(x.requires_grad_(True)).grad_fn).__name__
 
-    assert fn(torch.randn(4, 16, 5, 5)) == "_PooledGatesBackward"
-    assert fn(torch.randn(1, 16, 5, 5)) != "_PooledGatesBackward"  # batch below the thread count
+    assert fn(torch.randn(4, 16, 5, 5)) == "_ApplyGatesBackward"
+    assert fn(torch.randn(1, 16, 5, 5)) != "_ApplyGatesBackward"  # batch below the thread count
     block.double()
-    assert fn(torch.randn(4, 16, 5, 5).double()) != "_PooledGatesBackward"
+    assert fn(torch.randn(4, 16, 5, 5).double()) != "_ApplyGatesBackward"
     block.float()
-    assert fn(torch.randn(4, 5, 5, 16).permute(0, 3, 2, 1)) != "_PooledGatesBackward"  # neither layout
+    assert fn(torch.randn(4, 5, 5, 16).permute(0, 3, 2, 1)) != "_ApplyGatesBackward"  # neither layout
     with torch.no_grad():  # inference: the forward kernels, same values
         x = torch.randn(4, 16, 5, 5)
         y = block(x)
@@ -493,7 +572,7 @@ def test_a_failed_build_warns_once_and_keeps_the_pytorch_paths(monkeypatch, tmp_
     block = _randomized("cbam", 16)
     x = torch.randn(4, 16, 5, 5, requires_grad=True)
     y = block(x)
-    assert type(y.grad_fn).__name__ != "_PooledGatesBackward"
+    assert type(y.grad_fn).__name__ != "_ApplyGatesBackward"
     y.sum().backward()
     monkeypatch.setenv("CC", "no-such-compiler-here")
     monkeypatch.setattr(_native, "_state", {})
@@ -599,7 +678,7 @@ def test_tracing_records_aten_ops_not_the_kernels(name, monkeypatch, two_threads
     traced = torch.jit.trace(block, x, check_trace=False)  # its re-trace check trips on value numbering alone
     x2 = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(traced(x2), block(x2), rtol=1e-5, atol=1e-6)
-    assert "_PooledGates" not in str(traced.inlined_graph) and "_SmallConv" not in str(traced.inlined_graph)
+    assert "_ApplyGates" not in str(traced.inlined_graph) and "_ChannelPool" not in str(traced.inlined_graph) and "_SmallConv" not in str(traced.inlined_graph)
 
 
 def test_the_ctypes_signatures_are_read_from_the_c_source():

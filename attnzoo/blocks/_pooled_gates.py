@@ -1,15 +1,19 @@
-"""Gates as single autograd ops on the native CPU kernels (``_native.c``): the full-size work in C, the
+"""Gates as autograd ops on the native CPU kernels (``_native.c``): the full-size work in C, the
 small parts in PyTorch.
 
 Not a block module (the leading underscore keeps ``attnzoo.blocks`` discovery from importing it).
 
 Each op takes the block's own small parts (MLPs, convs, BatchNorm, softmax, gates, AttnTaps) as
-functions of pooled tensors and runs them as ordinary autograd on those small tensors, inside its
-forward (the graph is kept on ctx) and through ``torch.autograd.grad`` in its backward: hooks, taps,
+functions of pooled tensors and runs them as ordinary autograd on those small tensors: hooks, taps,
 BatchNorm statistics and parameter gradients behave as in the plain path, and any gate module works.
-``moment_gates`` is two ops instead, around the small graph, which the autograd engine then runs itself:
-the nested ``torch.autograd.grad`` call cost about as much as the kernels saved on 7x7 maps (its
-plain-path ratio went from 1.05-1.19 to 0.92-1.01 at the two smaller ResNet-20 stages for se).
+``pooled_gates`` and ``moment_gates`` are several ops around the small graphs, which the autograd engine
+then runs itself; the others run theirs inside their forward (the graph kept on ctx) and through a nested
+``torch.autograd.grad`` in their backward. That nested call cost about as much as the kernels saved on 7x7
+maps for se (its plain-path ratio went from 1.05-1.19 to 0.92-1.01 at the two smaller ResNet-20 stages
+without it). The split ops pass state between them in a shared dict; nothing in it may be an output of
+one of them (its grad_fn would close a reference cycle through the op's ctx, which only the garbage
+collector frees: ``tests/test_native.py`` checks every block for one).
+
 The full-size work -- pooling, applying the factors, the reductions of backward, dL/dx -- is a few
 kernel passes per sample while it is in cache, and backward keeps only x (the plain expressions run
 16-40 full-size passes and keep several full-size intermediates).
@@ -59,40 +63,187 @@ __all__ = ["context_gates", "group_gates", "moment_gates", "pooled_gates", "scse
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _forward(lib, x, cl, channel_fn, spatial_fn, track: bool):
-    """Run the forward kernels; returns y and what backward needs (the small graphs when ``track``)."""
+def _channel_pool(lib, x, cl):
     b, c, h, w = x.shape
-    p, nt = h * w, torch.get_num_threads()
-    shape = (b, c, p, cl, nt)
-    st: dict = {}
+    avg, cmax = x.new_empty(b, c, 1, 1), x.new_empty(b, c, 1, 1)
+    carg = torch.empty(b, c, dtype=torch.int32)
+    lib.channel_pool(x.data_ptr(), b, c, h * w, cl, torch.get_num_threads(), avg.data_ptr(), cmax.data_ptr(),
+                     carg.data_ptr())
+    return avg, cmax, carg
+
+
+def _factor(t, shape, what: str):
+    """A small graph's output as the float32 contiguous factor the kernels read."""
+    if t.shape != shape:
+        raise RuntimeError(f"pooled_gates: the {what} factor must be (B, {'C, 1, 1' if what == 'channel' else '1, H, W'})"
+                           f" = {shape}, got {tuple(t.shape)}")
+    return t.detach().to(torch.float32).contiguous()
+
+
+def _spatial_pool(lib, x, cl, gc):
+    b, c, h, w = x.shape
+    smean, smax = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
+    lib.spatial_pool(x.data_ptr(), _native.ptr(gc), b, c, h * w, cl, torch.get_num_threads(), smean.data_ptr(),
+                     smax.data_ptr())
+    return smean, smax
+
+
+def _apply(lib, x, cl, gc, gs):
+    b, c, h, w = x.shape
+    y = torch.empty_like(x)  # x's memory format
+    lib.apply_gates(x.data_ptr(), _native.ptr(gc), _native.ptr(gs), b, c, h * w, cl, torch.get_num_threads(),
+                    y.data_ptr())
+    return y
+
+
+def _forward(lib, x, cl, channel_fn, spatial_fn):
+    """``y = (x * gc) * gs`` without autograd (inference, or nothing that needs a gradient)."""
+    b, c, h, w = x.shape
     gc = gs = None
     if channel_fn is not None:
-        avg, cmax = x.new_empty(b, c, 1, 1), x.new_empty(b, c, 1, 1)
-        carg = torch.empty(b, c, dtype=torch.int32)
-        lib.channel_pool(x.data_ptr(), *shape, avg.data_ptr(), cmax.data_ptr(), carg.data_ptr())
-        avg.requires_grad_(track), cmax.requires_grad_(track)
-        with torch.set_grad_enabled(track):
-            gc_t = channel_fn(avg, cmax)
-        if gc_t.shape != (b, c, 1, 1):
-            raise RuntimeError(f"pooled_gates: the channel factor must be (B, C, 1, 1) = {(b, c, 1, 1)}, "
-                               f"got {tuple(gc_t.shape)}")
-        gc = gc_t.detach().to(torch.float32).contiguous()
-        st.update(avg=avg, cmax=cmax, carg=carg, gc_t=gc_t)
+        avg, cmax, _ = _channel_pool(lib, x, cl)
+        gc = _factor(channel_fn(avg, cmax), (b, c, 1, 1), "channel")
     if spatial_fn is not None:
-        smean, smax = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
-        lib.spatial_pool(x.data_ptr(), _native.ptr(gc), *shape, smean.data_ptr(), smax.data_ptr())
-        smean.requires_grad_(track), smax.requires_grad_(track)
-        with torch.set_grad_enabled(track):
-            gs_t = spatial_fn(smean, smax)
-        if gs_t.shape != (b, 1, h, w):
-            raise RuntimeError(f"pooled_gates: the spatial factor must be (B, 1, H, W) = {(b, 1, h, w)}, "
-                               f"got {tuple(gs_t.shape)}")
-        gs = gs_t.detach().to(torch.float32).contiguous()
-        st.update(smean=smean, smax=smax, gs_t=gs_t)
-    y = torch.empty_like(x)  # x's memory format
-    lib.apply_gates(x.data_ptr(), _native.ptr(gc), _native.ptr(gs), *shape, y.data_ptr())
-    st.update(gc=gc, gs=gs)
-    return y, st
+        gs = _factor(spatial_fn(*_spatial_pool(lib, x, cl, gc)), (b, 1, h, w), "spatial")
+    return _apply(lib, x, cl, gc, gs)
+
+
+def _in_layout(t, cl):
+    return t.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+def _pooled_grad(t, like):
+    return torch.zeros_like(like) if t is None else t.float().contiguous()
+
+
+def _incoming_dy(ctx, x, dy):
+    """dL/dy as an op's backward gets it through its alias output (zeros where y went unused)."""
+    return torch.zeros_like(x) if dy is None else _in_layout(dy, ctx.cl)
+
+
+def _grad_input(lib, x, cl, link, dy, davg, dcmax, carg):
+    """dL/dx in one pass: dy * gc * gs and the terms of both poolings (the ones present)."""
+    b, c, h, w = x.shape
+    gc, gs = link["gc"], link["gs"]
+    if gc is not None:
+        davg, dcmax = _pooled_grad(davg, gc), _pooled_grad(dcmax, gc)
+    dx = torch.empty_like(x)
+    lib.grad_input(x.data_ptr(), _native.ptr(gc), _native.ptr(gs), dy.data_ptr(), _native.ptr(link.get("dmean")),
+                   _native.ptr(link.get("dsmax")), _native.ptr(link.get("smax")), _native.ptr(link.get("scnt")),
+                   _native.ptr(davg if gc is not None else None), _native.ptr(dcmax if gc is not None else None),
+                   _native.ptr(carg), b, c, h * w, cl, torch.get_num_threads(), dx.data_ptr())
+    return dx
+
+
+# With autograd, pooled_gates is up to three ops around the block's two small graphs, which the autograd
+# engine runs as it runs any graph (no nested torch.autograd.grad call, no graph kept on ctx):
+#
+#     x -> _ChannelPool -> avg, cmax, x1;  gc = channel_fn(avg, cmax)
+#       -> _SpatialPool(x1, gc) -> smean, smax, x2;  gs = spatial_fn(smean, smax)
+#       -> _ApplyGates(x2, gc, gs) -> y
+#
+# x1 and x2 are aliases of x (x1 = x * gc is never written). Backward runs in the reverse order. Each op hands
+# dL/dy -- not a partial dL/dx -- back through its alias and leaves what the ops before it need in the
+# shared ``link``, so the first op, the last to run, writes the whole dL/dx in one pass: _ApplyGates reduces
+# dL/dgs (and the channel max's tie counts); _SpatialPool reduces dL/dgc, the product's and the spatial
+# pooling's terms in one pass; _ChannelPool writes dL/dx. Without a channel factor _SpatialPool writes dL/dx;
+# without a spatial factor _ApplyGates reduces dL/dgc.
+
+class _ChannelPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lib, cl, link):
+        avg, cmax, carg = _channel_pool(lib, x, cl)
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl, ctx.link, ctx.carg = lib, cl, link, carg
+        return avg, cmax, x.view_as(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, davg, dcmax, dy):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        (x,) = ctx.saved_tensors
+        return _grad_input(ctx.lib, x, ctx.cl, ctx.link, _incoming_dy(ctx, x, dy), davg, dcmax, ctx.carg), None, None, None
+
+
+class _SpatialPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gc_t, lib, cl, link, after_channel_pool):
+        b, c, h, w = x.shape
+        gc = None if gc_t is None else _factor(gc_t, (b, c, 1, 1), "channel")
+        smean, smax = _spatial_pool(lib, x, cl, gc)
+        # detached: smax is an output, and the output itself would tie the link to this op's node in a
+        # reference cycle (node -> ctx -> link -> smax -> node), which only the garbage collector frees
+        link["gc"], link["smax"] = gc, smax.detach()
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl, ctx.link, ctx.after = lib, cl, link, after_channel_pool
+        ctx.gc_dtype = None if gc_t is None else gc_t.dtype
+        return smean, smax, x.view_as(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dmean, dsmax, dy):
+        (x,) = ctx.saved_tensors
+        lib, cl, link = ctx.lib, ctx.cl, ctx.link
+        b, c, h, w = x.shape
+        dy = _incoming_dy(ctx, x, dy)
+        smax, gc = link["smax"], link["gc"]
+        link["dmean"], link["dsmax"] = _pooled_grad(dmean, smax), _pooled_grad(dsmax, smax)
+        if link.get("scnt") is None:  # _ApplyGates' backward never ran (y unused): count the ties here (they
+            # depend on the forward alone, so a count from an earlier backward of a retained graph holds)
+            link["scnt"], dgs = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
+            lib.grad_spatial_factor(x.data_ptr(), _native.ptr(gc), dy.data_ptr(), smax.data_ptr(), b, c, h * w, cl,
+                                    torch.get_num_threads(), dgs.data_ptr(), link["scnt"].data_ptr())
+        dgc = None
+        if gc is not None and ctx.needs_input_grad[1]:
+            dgc = x.new_empty(b, c, 1, 1)
+            lib.grad_channel_factor(x.data_ptr(), gc.data_ptr(), link["gs"].data_ptr(), dy.data_ptr(),
+                                    link["dmean"].data_ptr(), link["dsmax"].data_ptr(), smax.data_ptr(),
+                                    link["scnt"].data_ptr(), b, c, h * w, cl, torch.get_num_threads(), dgc.data_ptr())
+            dgc = dgc.to(ctx.gc_dtype)
+        if not ctx.needs_input_grad[0]:
+            dx = None
+        elif ctx.after:  # _ChannelPool writes dL/dx
+            dx = dy
+        else:
+            dx = _grad_input(lib, x, cl, link, dy, None, None, None)
+        return dx, dgc, None, None, None, None
+
+
+class _ApplyGates(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gc_t, gs_t, lib, cl, link, after_spatial_pool):
+        b, c, h, w = x.shape
+        if not after_spatial_pool:
+            link["gc"] = None if gc_t is None else _factor(gc_t, (b, c, 1, 1), "channel")
+        link["gs"] = None if gs_t is None else _factor(gs_t, (b, 1, h, w), "spatial")
+        y = _apply(lib, x, cl, link["gc"], link["gs"])
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl, ctx.link, ctx.after = lib, cl, link, after_spatial_pool
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (gc_t, gs_t))
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        lib, cl, link = ctx.lib, ctx.cl, ctx.link
+        b, c, h, w = x.shape
+        shape = (b, c, h * w, cl, torch.get_num_threads())
+        dy = _in_layout(dy, cl)
+        gc, gs = link["gc"], link["gs"]
+        dgc = dgs = None
+        if gs is not None:  # dL/dgs and the tie counts of the channel max, which _SpatialPool and dL/dx use
+            dgs, link["scnt"] = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
+            lib.grad_spatial_factor(x.data_ptr(), _native.ptr(gc), dy.data_ptr(), link["smax"].data_ptr(), *shape,
+                                    dgs.data_ptr(), link["scnt"].data_ptr())
+            dgs = dgs.to(ctx.dtypes[1])
+        elif gc is not None and ctx.needs_input_grad[1]:  # no spatial factor: dL/dgc = sum_p dy * x here
+            dgc = x.new_empty(b, c, 1, 1)
+            lib.grad_channel_factor(x.data_ptr(), gc.data_ptr(), None, dy.data_ptr(), None, None, None, None, *shape,
+                                    dgc.data_ptr())
+            dgc = dgc.to(ctx.dtypes[0])
+        return (dy if ctx.needs_input_grad[0] else None), dgc, dgs, None, None, None, None
 
 
 def _grads(out, grad, leaves: list[torch.Tensor], params: list[torch.Tensor]):
@@ -119,49 +270,6 @@ def _restore(ctx, dy):
     (x,) = ctx.saved_tensors
     cl = ctx.cl
     return x, ctx.st, ctx.lib, cl, dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-
-
-class _PooledGates(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, lib, cl, channel_fn, spatial_fn, n_channel_params, *params):
-        y, st = _forward(lib, x, cl, channel_fn, spatial_fn, track=True)
-        _keep(ctx, x, st, lib, cl, params, n_channel=n_channel_params)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, st, lib, cl, dy = _restore(ctx, dy)
-        all_params = ctx.params
-        b, c, h, w = x.shape
-        p = h * w
-        shape = (b, c, p, cl, torch.get_num_threads())
-        gc, gs = st["gc"], st["gs"]
-        channel_params, spatial_params = all_params[:ctx.n_channel], all_params[ctx.n_channel:]
-        dmean = dsmax = smax = scnt = None
-        grads_spatial: list = [None] * len(spatial_params)
-        if gs is not None:
-            dgs, scnt = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
-            smax = st["smax"]
-            lib.grad_spatial_factor(x.data_ptr(), _native.ptr(gc), dy.data_ptr(), smax.data_ptr(), *shape, dgs.data_ptr(),
-                                    scnt.data_ptr())
-            (dmean, dsmax), grads_spatial = _grads(st["gs_t"], dgs.to(st["gs_t"].dtype), [st["smean"], st["smax"]],
-                                                   spatial_params)
-        davg = dcmax = None
-        grads_channel: list = [None] * len(channel_params)
-        if gc is not None:
-            dgc = x.new_empty(b, c, 1, 1)
-            lib.grad_channel_factor(x.data_ptr(), gc.data_ptr(), _native.ptr(gs), dy.data_ptr(), _native.ptr(dmean),
-                                    _native.ptr(dsmax), _native.ptr(smax), _native.ptr(scnt), *shape, dgc.data_ptr())
-            (davg, dcmax), grads_channel = _grads(st["gc_t"], dgc.to(st["gc_t"].dtype), [st["avg"], st["cmax"]],
-                                                  channel_params)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            lib.grad_input(x.data_ptr(), _native.ptr(gc), _native.ptr(gs), dy.data_ptr(), _native.ptr(dmean),
-                           _native.ptr(dsmax), _native.ptr(smax), _native.ptr(scnt), _native.ptr(davg),
-                           _native.ptr(dcmax), _native.ptr(st.get("carg")), *shape, dx.data_ptr())
-        return (dx, None, None, None, None, None, *grads_channel, *grads_spatial)
 
 
 class _TripletGates(torch.autograd.Function):
@@ -571,19 +679,26 @@ def pooled_gates(x: torch.Tensor, channel_fn: Factor | None, spatial_fn: Factor 
                  channel_module: nn.Module | None = None, spatial_module: nn.Module | None = None) -> torch.Tensor | None:
     """``y = (x * gc) * gs`` on the native kernels, or None where they do not apply (see the module doc).
 
-    ``channel_module`` / ``spatial_module``: the modules whose parameters the two functions use; their
-    gradients flow through the op (a parameter used by neither function simply gets no gradient).
+    ``channel_module`` / ``spatial_module``: the modules whose parameters the two functions use (with none
+    trainable and x not requiring a gradient, no graph is recorded); the functions run as ordinary autograd
+    between the ops, so their parameters get gradients as anywhere else.
     """
     found = _native.target(x)
     if found is None or x.shape[2] * x.shape[3] >= 2**31:
         return None
     lib, cl = found
-    channel_params, spatial_params = _trainable(channel_module), _trainable(spatial_module)
-    params = channel_params + spatial_params
-    if not torch.is_grad_enabled() or not (x.requires_grad or params):
+    if not torch.is_grad_enabled() or not (x.requires_grad or _trainable(channel_module) or _trainable(spatial_module)):
         with torch.no_grad():
-            return _forward(lib, x, cl, channel_fn, spatial_fn, track=False)[0]
-    return _PooledGates.apply(x, lib, cl, channel_fn, spatial_fn, len(channel_params), *params)
+            return _forward(lib, x, cl, channel_fn, spatial_fn)
+    link: dict = {}
+    gc_t = gs_t = None
+    if channel_fn is not None:
+        avg, cmax, x = _ChannelPool.apply(x, lib, cl, link)
+        gc_t = channel_fn(avg, cmax)
+    if spatial_fn is not None:
+        smean, smax, x = _SpatialPool.apply(x, gc_t, lib, cl, link, channel_fn is not None)
+        gs_t = spatial_fn(smean, smax)
+    return _ApplyGates.apply(x, gc_t, gs_t, lib, cl, link, spatial_fn is not None)
 
 
 def _moment_pool(lib, x, cl, variance: bool, weights):
