@@ -272,42 +272,11 @@ def _restore(ctx, dy):
     return x, ctx.st, ctx.lib, cl, dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
-class _TripletGates(torch.autograd.Function):
-    """Triplet attention's ``y = x * (a_hc + a_cw + a_hw) / 3`` (``triplet.py``), factors from ``factor_fn``."""
-
-    @staticmethod
-    def forward(ctx, x, lib, cl, factor_fn, *params):
-        y, st = _triplet_forward(lib, x, cl, factor_fn, track=True)
-        _keep(ctx, x, st, lib, cl, params)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, st, lib, cl, dy = _restore(ctx, dy)
-        b, c, h, w = x.shape
-        dims = (b, c, h, w, cl, torch.get_num_threads())
-        dhc, dcw, dhw, cnt = x.new_empty(b, c, h), x.new_empty(b, c, w), x.new_empty(b, h, w), x.new_empty(b, h, w)
-        lib.triplet_grad_factors(x.data_ptr(), dy.data_ptr(), st["mc"].data_ptr(), _THIRD, *dims, dhc.data_ptr(),
-                                 dcw.data_ptr(), dhw.data_ptr(), cnt.data_ptr())
-        outs = st["factors"]
-        grads = [g.view(o.shape).to(o.dtype) for g, o in zip((dhc, dcw, dhw), outs)]
-        (dmw, dsw, dmh, dsh, dmc, dsc), grads_params = _grads(list(outs), grads, st["leaves"], ctx.params)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            ahc, acw, ahw = st["flat"]
-            lib.triplet_grad_input(x.data_ptr(), dy.data_ptr(), ahc.data_ptr(), acw.data_ptr(), ahw.data_ptr(), _THIRD,
-                                   dmw.data_ptr(), dsw.data_ptr(), st["aw"].data_ptr(), dmh.data_ptr(), dsh.data_ptr(),
-                                   st["ah"].data_ptr(), dmc.data_ptr(), dsc.data_ptr(), st["mc"].data_ptr(),
-                                   cnt.data_ptr(), *dims, dx.data_ptr())
-        return (dx, None, None, None, *grads_params)
-
-
 _THIRD = 1.0 / 3.0
 
 
-def _triplet_forward(lib, x, cl, factor_fn, track: bool):
+def _triplet_pool(lib, x, cl):
+    """The six pooled maps (max_w, mean_w, max_h, mean_h, max_c, mean_c) and the argmax indices over w, h."""
     b, c, h, w = x.shape
     dims = (b, c, h, w, cl, torch.get_num_threads())
     mw, sw, mh, sh = x.new_empty(b, c, h), x.new_empty(b, c, h), x.new_empty(b, c, w), x.new_empty(b, c, w)
@@ -315,18 +284,98 @@ def _triplet_forward(lib, x, cl, factor_fn, track: bool):
     aw, ah = torch.empty(b, c, h, dtype=torch.int32), torch.empty(b, c, w, dtype=torch.int32)
     lib.triplet_pool(x.data_ptr(), *dims, mw.data_ptr(), sw.data_ptr(), aw.data_ptr(), mh.data_ptr(), sh.data_ptr(),
                      ah.data_ptr(), mc.data_ptr(), sc.data_ptr())
-    leaves = [mw, sw, mh, sh, mc, sc]
-    for t in leaves:
-        t.requires_grad_(track)
-    with torch.set_grad_enabled(track):
-        factors = factor_fn(*leaves)
+    return [mw, sw, mh, sh, mc, sc], aw, ah
+
+
+def _triplet_factors(x, factors):
+    b, c, h, w = x.shape
     shapes = ((b, c, h, 1), (b, c, 1, w), (b, 1, h, w))
-    if tuple(tuple(f.shape) for f in factors) != shapes:
+    if len(factors) != 3 or tuple(tuple(f.shape) for f in factors) != shapes:
         raise RuntimeError(f"triplet_gates: the factors must be {shapes}, got {[tuple(f.shape) for f in factors]}")
-    flat = [f.detach().to(torch.float32).contiguous() for f in factors]  # (B, C, H), (B, C, W), (B, H, W) in memory
+    return [f.detach().to(torch.float32).contiguous() for f in factors]  # (B, C, H), (B, C, W), (B, H, W) in memory
+
+
+def _triplet_apply(lib, x, cl, flat):
+    b, c, h, w = x.shape
     y = torch.empty_like(x)
-    lib.triplet_apply(x.data_ptr(), flat[0].data_ptr(), flat[1].data_ptr(), flat[2].data_ptr(), _THIRD, *dims, y.data_ptr())
-    return y, dict(leaves=leaves, factors=factors, flat=flat, mc=mc.detach(), aw=aw, ah=ah)
+    lib.triplet_apply(x.data_ptr(), flat[0].data_ptr(), flat[1].data_ptr(), flat[2].data_ptr(), _THIRD, b, c, h, w, cl,
+                      torch.get_num_threads(), y.data_ptr())
+    return y
+
+
+def _triplet_forward(lib, x, cl, factor_fn):
+    """Triplet attention without autograd."""
+    pooled, _, _ = _triplet_pool(lib, x, cl)
+    return _triplet_apply(lib, x, cl, _triplet_factors(x, factor_fn(*pooled)))
+
+
+def _triplet_counts(lib, x, cl, link, dy):
+    """dL/d(a_hc, a_cw, a_hw) for dL/dy = dy, and (in the link) the tie counts of the max over channels."""
+    b, c, h, w = x.shape
+    dhc, dcw, dhw, cnt = x.new_empty(b, c, h), x.new_empty(b, c, w), x.new_empty(b, h, w), x.new_empty(b, h, w)
+    lib.triplet_grad_factors(x.data_ptr(), dy.data_ptr(), link["mc"].data_ptr(), _THIRD, b, c, h, w, cl,
+                             torch.get_num_threads(), dhc.data_ptr(), dcw.data_ptr(), dhw.data_ptr(), cnt.data_ptr())
+    link["cnt"] = cnt
+    return dhc, dcw, dhw
+
+
+# With autograd, triplet_gates is two ops around the block's small graph (the three branches' convs, norms
+# and gates), as strip_gates:
+#     x -> _TripletPool -> the six pooled maps, x1;  factors = factor_fn(...);  _TripletApply(x1, *factors) -> y
+# _TripletApply's backward reduces the factors' gradients (and the channel max's tie counts) and hands dL/dy
+# back through x1; _TripletPool's backward writes dL/dx in one pass.
+
+class _TripletPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lib, cl, link):
+        pooled, aw, ah = _triplet_pool(lib, x, cl)
+        link["mc"] = pooled[4].detach()  # detached: an output kept in the link would make a reference cycle
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl, ctx.link, ctx.aw, ctx.ah = lib, cl, link, aw, ah
+        return (*pooled, x.view_as(x))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        (x,) = ctx.saved_tensors
+        lib, cl, link = ctx.lib, ctx.cl, ctx.link
+        b, c, h, w = x.shape
+        dy = torch.zeros_like(x) if grads[6] is None else _in_layout(grads[6], cl)
+        if link.get("cnt") is None:  # _TripletApply's backward never ran (y unused): the tie counts from here
+            _triplet_counts(lib, x, cl, link, dy)
+        like = (x.new_empty(b, c, h), x.new_empty(b, c, h), x.new_empty(b, c, w), x.new_empty(b, c, w),
+                link["mc"], link["mc"])
+        dmw, dsw, dmh, dsh, dmc, dsc = (_pooled_grad(g, t) for g, t in zip(grads[:6], like))
+        ahc, acw, ahw = link["flat"]
+        dx = torch.empty_like(x)
+        lib.triplet_grad_input(x.data_ptr(), dy.data_ptr(), ahc.data_ptr(), acw.data_ptr(), ahw.data_ptr(), _THIRD,
+                               dmw.data_ptr(), dsw.data_ptr(), ctx.aw.data_ptr(), dmh.data_ptr(), dsh.data_ptr(),
+                               ctx.ah.data_ptr(), dmc.data_ptr(), dsc.data_ptr(), link["mc"].data_ptr(),
+                               link["cnt"].data_ptr(), b, c, h, w, cl, torch.get_num_threads(), dx.data_ptr())
+        return dx, None, None, None
+
+
+class _TripletApply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, a_hc, a_cw, a_hw, lib, cl, link):
+        flat = _triplet_factors(x, (a_hc, a_cw, a_hw))
+        link["flat"] = flat
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl, ctx.link = lib, cl, link
+        ctx.outs = [(t.shape, t.dtype) for t in (a_hc, a_cw, a_hw)]
+        return _triplet_apply(lib, x, cl, flat)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        dy = _in_layout(dy, ctx.cl)
+        grads = _triplet_counts(ctx.lib, x, ctx.cl, ctx.link, dy)
+        grads = [g.view(shape).to(dtype) if need else None
+                 for g, (shape, dtype), need in zip(grads, ctx.outs, ctx.needs_input_grad[1:4])]
+        return (dy if ctx.needs_input_grad[0] else None), *grads, None, None, None
 
 
 def triplet_gates(x: torch.Tensor, factor_fn, module: nn.Module) -> torch.Tensor | None:
@@ -339,69 +388,109 @@ def triplet_gates(x: torch.Tensor, factor_fn, module: nn.Module) -> torch.Tensor
     if found is None:
         return None
     lib, cl = found
-    params = _trainable(module)
-    if not torch.is_grad_enabled() or not (x.requires_grad or params):
+    if not torch.is_grad_enabled() or not (x.requires_grad or _trainable(module)):
         with torch.no_grad():
-            return _triplet_forward(lib, x, cl, factor_fn, track=False)[0]
-    return _TripletGates.apply(x, lib, cl, factor_fn, *params)
+            return _triplet_forward(lib, x, cl, factor_fn)
+    link: dict = {}
+    *pooled, x1 = _TripletPool.apply(x, lib, cl, link)
+    factors = factor_fn(*pooled)
+    if len(factors) != 3:
+        raise RuntimeError(f"triplet_gates: factor_fn must return three factors, got {len(factors)}")
+    return _TripletApply.apply(x1, *factors, lib, cl, link)
 
 
-class _StripGates(torch.autograd.Function):
-    """``y = (x * gh) * gw`` (``sigmoid=None``), or ``y = x * sigmoid(gh + gw) (+ x if sigmoid == "skip")``,
-    with gh (B, C, H, 1), gw (B, C, 1, W) from ``factor_fn(mean_w, mean_h)``."""
-
-    @staticmethod
-    def forward(ctx, x, lib, cl, factor_fn, sigmoid, *params):
-        y, st = _strip_forward(lib, x, cl, factor_fn, sigmoid, track=True)
-        _keep(ctx, x, st, lib, cl, params, sigmoid=sigmoid)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, st, lib, cl, dy = _restore(ctx, dy)
-        b, c, h, w = x.shape
-        dims = (b, c, h, w, cl, torch.get_num_threads())
-        gh, gw = st["flat"]
-        dgh, dgw = x.new_empty(b, c, h), x.new_empty(b, c, w)
-        reduce = lib.strip_grad_factors if ctx.sigmoid is None else lib.strip_sigmoid_reduce
-        reduce(x.data_ptr(), dy.data_ptr(), gh.data_ptr(), gw.data_ptr(), *dims, dgh.data_ptr(), dgw.data_ptr())
-        outs = st["factors"]
-        grads = [g.view(o.shape).to(o.dtype) for g, o in zip((dgh, dgw), outs)]
-        (dmw, dmh), grads_params = _grads(list(outs), grads, st["leaves"], ctx.params)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            if ctx.sigmoid is None:
-                lib.strip_grad_input(dy.data_ptr(), gh.data_ptr(), gw.data_ptr(), dmw.data_ptr(), dmh.data_ptr(), *dims,
-                                     dx.data_ptr())
-            else:
-                lib.strip_sigmoid_grad_input(dy.data_ptr(), gh.data_ptr(), gw.data_ptr(), dmw.data_ptr(), dmh.data_ptr(),
-                                             int(ctx.sigmoid == "skip"), *dims, dx.data_ptr())
-        return (dx, None, None, None, None, *grads_params)
+def _strip_pool(lib, x, cl):
+    b, c, h, w = x.shape
+    mw, mh = x.new_empty(b, c, h, 1), x.new_empty(b, c, 1, w)
+    lib.strip_pool(x.data_ptr(), b, c, h, w, cl, torch.get_num_threads(), mw.data_ptr(), mh.data_ptr())
+    return mw, mh
 
 
-def _strip_forward(lib, x, cl, factor_fn, sigmoid, track: bool):
+def _strip_factors(x, factors):
+    b, c, h, w = x.shape
+    shapes = ((b, c, h, 1), (b, c, 1, w))
+    if len(factors) != 2 or tuple(tuple(f.shape) for f in factors) != shapes:
+        raise RuntimeError(f"strip_gates: the factors must be {shapes}, got {[tuple(f.shape) for f in factors]}")
+    return [f.detach().to(torch.float32).contiguous() for f in factors]  # (B, C, H), (B, C, W) in memory
+
+
+def _strip_apply(lib, x, cl, flat, sigmoid):
     b, c, h, w = x.shape
     dims = (b, c, h, w, cl, torch.get_num_threads())
-    mw, mh = x.new_empty(b, c, h, 1), x.new_empty(b, c, 1, w)
-    lib.strip_pool(x.data_ptr(), *dims, mw.data_ptr(), mh.data_ptr())
-    leaves = [mw, mh]
-    for t in leaves:
-        t.requires_grad_(track)
-    with torch.set_grad_enabled(track):
-        factors = factor_fn(mw, mh)
-    shapes = ((b, c, h, 1), (b, c, 1, w))
-    if tuple(tuple(f.shape) for f in factors) != shapes:
-        raise RuntimeError(f"strip_gates: the factors must be {shapes}, got {[tuple(f.shape) for f in factors]}")
-    flat = [f.detach().to(torch.float32).contiguous() for f in factors]
     y = torch.empty_like(x)
     if sigmoid is None:
         lib.strip_apply(x.data_ptr(), flat[0].data_ptr(), flat[1].data_ptr(), *dims, y.data_ptr())
     else:
         lib.strip_sigmoid_apply(x.data_ptr(), flat[0].data_ptr(), flat[1].data_ptr(), int(sigmoid == "skip"), *dims,
                                 y.data_ptr())
-    return y, dict(leaves=leaves, factors=factors, flat=flat)
+    return y
+
+
+def _strip_forward(lib, x, cl, factor_fn, sigmoid):
+    """The strip gates without autograd."""
+    return _strip_apply(lib, x, cl, _strip_factors(x, factor_fn(*_strip_pool(lib, x, cl))), sigmoid)
+
+
+# With autograd, strip_gates is two ops around the block's small graph (as moment_gates):
+#     x -> _StripPool -> mean_w, mean_h, x1;  gh, gw = factor_fn(mean_w, mean_h);  _StripApply(x1, gh, gw) -> y
+# _StripApply's backward reduces dL/dgh, dL/dgw and hands dL/dy back through the alias x1, leaving the
+# factors in the link; _StripPool's backward writes dL/dx in one pass.
+
+class _StripPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lib, cl, link):
+        mw, mh = _strip_pool(lib, x, cl)
+        ctx.lib, ctx.cl, ctx.link, ctx.shape = lib, cl, link, x.shape
+        return mw, mh, x.view_as(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dmw, dmh, dy):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        b, c, h, w = ctx.shape
+        link, cl = ctx.link, ctx.cl
+        gh, gw = link["flat"]
+        dmw, dmh = _pooled_grad(dmw, gh), _pooled_grad(dmh, gw)
+        dx = torch.empty(ctx.shape, dtype=torch.float32, memory_format=torch.channels_last if cl else torch.contiguous_format)
+        if dy is None:  # y unused: only the pooling's terms (dL/dy = 0)
+            dy = torch.zeros_like(dx)
+        dy = _in_layout(dy, cl)
+        dims = (b, c, h, w, cl, torch.get_num_threads())
+        if link["sigmoid"] is None:
+            ctx.lib.strip_grad_input(dy.data_ptr(), gh.data_ptr(), gw.data_ptr(), dmw.data_ptr(), dmh.data_ptr(), *dims,
+                                     dx.data_ptr())
+        else:
+            ctx.lib.strip_sigmoid_grad_input(dy.data_ptr(), gh.data_ptr(), gw.data_ptr(), dmw.data_ptr(), dmh.data_ptr(),
+                                             int(link["sigmoid"] == "skip"), *dims, dx.data_ptr())
+        return dx, None, None, None
+
+
+class _StripApply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gh_t, gw_t, lib, cl, link, sigmoid):
+        flat = _strip_factors(x, (gh_t, gw_t))
+        link["flat"], link["sigmoid"] = flat, sigmoid
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl, ctx.link, ctx.dtypes = lib, cl, link, (gh_t.dtype, gw_t.dtype)
+        return _strip_apply(lib, x, cl, flat, sigmoid)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        b, c, h, w = x.shape
+        cl, link = ctx.cl, ctx.link
+        dy = _in_layout(dy, cl)
+        dgh = dgw = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            gh, gw = link["flat"]
+            dgh, dgw = x.new_empty(b, c, h), x.new_empty(b, c, w)
+            reduce = ctx.lib.strip_grad_factors if link["sigmoid"] is None else ctx.lib.strip_sigmoid_reduce
+            reduce(x.data_ptr(), dy.data_ptr(), gh.data_ptr(), gw.data_ptr(), b, c, h, w, cl, torch.get_num_threads(),
+                   dgh.data_ptr(), dgw.data_ptr())
+            dgh, dgw = dgh.view(b, c, h, 1).to(ctx.dtypes[0]), dgw.view(b, c, 1, w).to(ctx.dtypes[1])
+        return (dy if ctx.needs_input_grad[0] else None), dgh, dgw, None, None, None, None
 
 
 def strip_gates(x: torch.Tensor, factor_fn, module: nn.Module, *, sigmoid: str | None = None) -> torch.Tensor | None:
@@ -417,11 +506,15 @@ def strip_gates(x: torch.Tensor, factor_fn, module: nn.Module, *, sigmoid: str |
     if found is None:
         return None
     lib, cl = found
-    params = _trainable(module)
-    if not torch.is_grad_enabled() or not (x.requires_grad or params):
+    if not torch.is_grad_enabled() or not (x.requires_grad or _trainable(module)):
         with torch.no_grad():
-            return _strip_forward(lib, x, cl, factor_fn, sigmoid, track=False)[0]
-    return _StripGates.apply(x, lib, cl, factor_fn, sigmoid, *params)
+            return _strip_forward(lib, x, cl, factor_fn, sigmoid)
+    link: dict = {}
+    mw, mh, x1 = _StripPool.apply(x, lib, cl, link)
+    factors = factor_fn(mw, mh)
+    if len(factors) != 2:
+        raise RuntimeError(f"strip_gates: factor_fn must return (gh, gw), got {len(factors)} tensors")
+    return _StripApply.apply(x1, *factors, lib, cl, link, sigmoid)
 
 
 def _group_format(cl: int):
