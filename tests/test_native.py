@@ -42,9 +42,9 @@ def _kernels_or_skip(request):
 
 POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"]
 MOMENT = ["srm", "gct", "fca"]
-NATIVE_OPS = {"_MomentScaleBackward", "_ScseGatesBackward", "_ApplyGatesBackward", "_StripApplyBackward", "_GroupGatesBackward",
+NATIVE_OPS = {"_MomentScaleBackward", "_ScseApplyBackward", "_ApplyGatesBackward", "_StripApplyBackward", "_GroupApplyBackward",
               "_TripletApplyBackward",
-              "_SgeGatesBackward", "_SimAMGateBackward", "_ContextGatesBackward"}
+              "_SgeGatesBackward", "_SimAMGateBackward", "_GcApplyBackward"}
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_scse_op_is_the_plain_path(aggregation, shape, channels_last, monkeypatc
         runs[native] = dict(op=type(y.grad_fn).__name__, y=y.detach(), dx=xi.grad, taps=taps,
                             params={k: q.grad for k, q in block.named_parameters()})
     got, want = runs[True], runs[False]
-    assert got["op"] == "_ScseGatesBackward" and want["op"] != "_ScseGatesBackward"
+    assert got["op"] == "_ScseApplyBackward" and want["op"] != "_ScseApplyBackward"
     _close(got["y"], want["y"], "output")
     _close(got["dx"], want["dx"], "dL/dx")
     assert got["params"].keys() == want["params"].keys()
@@ -234,7 +234,8 @@ def test_moment_gates_support_a_second_backward_frozen_parameters_and_inference(
         torch.testing.assert_close(got, block(x), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "coord", "ela", "strip", "scoord", "triplet"])
+@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "coord", "ela", "strip", "scoord", "triplet", "gc",
+                                  "scse"])
 def test_split_ops_support_a_second_backward_frozen_parameters_and_a_loss_on_a_factor(name, monkeypatch,
                                                                                           two_threads):
     """The ops around the small graphs: a retained graph's second backward, parameters without x's gradient and
@@ -337,7 +338,7 @@ def test_sge_group_gates_are_the_plain_path(channels_last, shape, groups, spread
             memory_format=torch.channels_last if channels_last else torch.contiguous_format))
         results.append((y.detach(), xi.grad, block.weight.grad, block.bias.grad, type(y.grad_fn).__name__))
     got, want = results
-    assert got[4] == ("_GroupGatesBackward" if spread == "sqrt_var" else "_SgeGatesBackward") and want[4] != got[4]
+    assert got[4] == ("_GroupApplyBackward" if spread == "sqrt_var" else "_SgeGatesBackward") and want[4] != got[4]
     for a, b, what in zip(got[:4], want[:4], ("output", "dL/dx", "dL/dgamma", "dL/dbeta")):
         _close(a, b, what)
 
@@ -468,7 +469,7 @@ def test_global_context_on_the_kernels_is_as_accurate_as_the_plain_path(kwargs, 
         y.backward(g.to(dtype).contiguous(memory_format=fmt))
         runs[key] = dict(op=type(y.grad_fn).__name__, y=y.detach().double(), dx=xi.grad.double(),
                          **{k: q.grad.double() for k, q in block.named_parameters()})
-    assert runs["native"].pop("op") == "_ContextGatesBackward" and runs["plain"].pop("op") != "_ContextGatesBackward"
+    assert runs["native"].pop("op") == "_GcApplyBackward" and runs["plain"].pop("op") != "_GcApplyBackward"
     runs["exact"].pop("op")
     scale = float(runs["exact"]["dx"].abs().max())
     for k, exact in runs["exact"].items():

@@ -246,32 +246,6 @@ class _ApplyGates(torch.autograd.Function):
         return (dy if ctx.needs_input_grad[0] else None), dgc, dgs, None, None, None, None
 
 
-def _grads(out, grad, leaves: list[torch.Tensor], params: list[torch.Tensor]):
-    """Gradients of the small graph ``out`` (a tensor or a list) for its pooled leaves (zeros where unused,
-    float32, contiguous) and the parameters (None where unused). The graph is retained: a second
-    backward through the outer graph still works."""
-    got = torch.autograd.grad(out, leaves + params, grad, retain_graph=True, allow_unused=True)
-    n = len(leaves)
-    pooled = [torch.zeros_like(t) if g is None else g.float().contiguous() for t, g in zip(leaves, got[:n])]
-    return pooled, list(got[n:])
-
-
-def _keep(ctx, x, st: dict, lib, cl: int, params, **extra) -> None:
-    """What every op's backward needs: x (the one saved tensor), the forward's state, the library, the layout
-    flag, the small graphs' parameters, and any op-specific settings as ctx attributes."""
-    ctx.save_for_backward(x)
-    ctx.st, ctx.lib, ctx.cl, ctx.params = st, lib, cl, list(params)
-    for k, v in extra.items():
-        setattr(ctx, k, v)
-
-
-def _restore(ctx, dy):
-    """(x, state, library, layout flag, dL/dy contiguous in x's layout) in an op's backward."""
-    (x,) = ctx.saved_tensors
-    cl = ctx.cl
-    return x, ctx.st, ctx.lib, cl, dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-
-
 _THIRD = 1.0 / 3.0
 
 
@@ -527,49 +501,84 @@ def _group_map(x: torch.Tensor, groups: int, cl: int) -> torch.Tensor:
     return torch.empty(b, groups, h, w, dtype=x.dtype, memory_format=_group_format(cl))
 
 
-class _GroupGates(torch.autograd.Function):
-    """SGE's ``y[c, p] = x[c, p] * a[g(c), p]``, a = ``factor_fn(sim)`` from sim[g, p] = mean_c . x_p."""
+def _group_sim(lib, x, cl, groups):
+    b, c, h, w = x.shape
+    mean, sim = x.new_empty(b, c), _group_map(x, groups, cl)
+    lib.group_sim(x.data_ptr(), b, c, h * w, groups, cl, torch.get_num_threads(), mean.data_ptr(), sim.data_ptr())
+    return mean, sim
+
+
+def _group_factor(x, a_t, groups, cl):
+    b, _, h, w = x.shape
+    if tuple(a_t.shape) != (b, groups, h, w):
+        raise RuntimeError(f"group_gates: the factor must be {(b, groups, h, w)}, got {tuple(a_t.shape)}")
+    return a_t.detach().to(torch.float32).contiguous(memory_format=_group_format(cl))
+
+
+def _group_apply(lib, x, cl, groups, a):
+    b, c, h, w = x.shape
+    y = torch.empty_like(x)
+    lib.group_apply(x.data_ptr(), a.data_ptr(), b, c, h * w, groups, cl, torch.get_num_threads(), y.data_ptr())
+    return y
+
+
+def _group_forward(lib, x, cl, groups, factor_fn):
+    """SGE's gate without autograd."""
+    _, sim = _group_sim(lib, x, cl, groups)
+    return _group_apply(lib, x, cl, groups, _group_factor(x, factor_fn(sim), groups, cl))
+
+
+# With autograd, group_gates is two ops around the factor's small graph (as strip_gates):
+#     x -> _GroupSim -> sim, x1;  a = factor_fn(sim);  _GroupApply(x1, a) -> y
+# _GroupApply's backward reduces dL/da and hands dL/dy back through x1; _GroupSim's writes dL/dx.
+
+class _GroupSim(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lib, cl, groups, link):
+        mean, sim = _group_sim(lib, x, cl, groups)
+        ctx.save_for_backward(x, mean)
+        ctx.lib, ctx.cl, ctx.groups, ctx.link = lib, cl, groups, link
+        return sim, x.view_as(x)
 
     @staticmethod
-    def forward(ctx, x, lib, cl, groups, factor_fn, *params):
-        y, st = _group_forward(lib, x, cl, groups, factor_fn, track=True)
-        _keep(ctx, x, st, lib, cl, params, groups=groups)
-        return y
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dsim, dy):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None
+        x, mean = ctx.saved_tensors
+        b, c, h, w = x.shape
+        cl, g = ctx.cl, ctx.groups
+        a = ctx.link["a"]
+        dy = torch.zeros_like(x) if dy is None else _in_layout(dy, cl)
+        dsim = torch.zeros_like(a) if dsim is None else dsim.float().contiguous(memory_format=_group_format(cl))
+        dx = torch.empty_like(x)
+        ctx.lib.group_grad_input(x.data_ptr(), dy.data_ptr(), a.data_ptr(), dsim.data_ptr(), mean.data_ptr(), b, c,
+                                 h * w, g, cl, torch.get_num_threads(), dx.data_ptr())
+        return dx, None, None, None, None
+
+
+class _GroupApply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, a_t, lib, cl, groups, link):
+        a = _group_factor(x, a_t, groups, cl)
+        link["a"] = a
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl, ctx.groups, ctx.link, ctx.dtype = lib, cl, groups, link, a_t.dtype
+        return _group_apply(lib, x, cl, groups, a)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, st, lib, cl, dy = _restore(ctx, dy)
-        g = ctx.groups
+        (x,) = ctx.saved_tensors
         b, c, h, w = x.shape
-        dims = (b, c, h * w, g, cl, torch.get_num_threads())
-        da = _group_map(x, g, cl)
-        lib.group_grad_factor(x.data_ptr(), dy.data_ptr(), *dims, da.data_ptr())
-        a_t = st["a_t"]
-        (dsim,), grads_params = _grads(a_t, da.to(a_t.dtype), [st["sim"]], ctx.params)
-        dsim = dsim.contiguous(memory_format=_group_format(cl))
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            lib.group_grad_input(x.data_ptr(), dy.data_ptr(), st["a"].data_ptr(), dsim.data_ptr(), st["mean"].data_ptr(),
-                                 *dims, dx.data_ptr())
-        return (dx, None, None, None, None, *grads_params)
-
-
-def _group_forward(lib, x, cl, groups, factor_fn, track: bool):
-    b, c, h, w = x.shape
-    dims = (b, c, h * w, groups, cl, torch.get_num_threads())
-    mean, sim = x.new_empty(b, c), _group_map(x, groups, cl)
-    lib.group_sim(x.data_ptr(), *dims, mean.data_ptr(), sim.data_ptr())
-    sim.requires_grad_(track)
-    with torch.set_grad_enabled(track):
-        a_t = factor_fn(sim)
-    if tuple(a_t.shape) != (b, groups, h, w):
-        raise RuntimeError(f"group_gates: the factor must be {(b, groups, h, w)}, got {tuple(a_t.shape)}")
-    a = a_t.detach().to(torch.float32).contiguous(memory_format=_group_format(cl))
-    y = torch.empty_like(x)
-    lib.group_apply(x.data_ptr(), a.data_ptr(), *dims, y.data_ptr())
-    return y, dict(sim=sim, a_t=a_t, a=a, mean=mean)
+        dy = _in_layout(dy, ctx.cl)
+        da = None
+        if ctx.needs_input_grad[1]:
+            da = _group_map(x, ctx.groups, ctx.cl)
+            ctx.lib.group_grad_factor(x.data_ptr(), dy.data_ptr(), b, c, h * w, ctx.groups, ctx.cl,
+                                      torch.get_num_threads(), da.data_ptr())
+            da = da.to(ctx.dtype)
+        return (dy if ctx.needs_input_grad[0] else None), da, None, None, None, None
 
 
 class _SgeGates(torch.autograd.Function):
@@ -632,11 +641,12 @@ def group_gates(x: torch.Tensor, groups: int, factor_fn, module: nn.Module, *, s
     if sge is not None:
         gamma, beta, eps, dof = sge
         return _SgeGates.apply(x, lib, cl, groups, float(eps), float(dof), gamma, beta)
-    params = _trainable(module)
-    if not torch.is_grad_enabled() or not (x.requires_grad or params):
+    if not torch.is_grad_enabled() or not (x.requires_grad or _trainable(module)):
         with torch.no_grad():
-            return _group_forward(lib, x, cl, groups, factor_fn, track=False)[0]
-    return _GroupGates.apply(x, lib, cl, groups, factor_fn, *params)
+            return _group_forward(lib, x, cl, groups, factor_fn)
+    link: dict = {}
+    sim, x1 = _GroupSim.apply(x, lib, cl, groups, link)
+    return _GroupApply.apply(x1, factor_fn(sim), lib, cl, groups, link)
 
 
 def _simam_forward(lib, x, cl, e_lambda, n):
@@ -684,66 +694,137 @@ def simam_gate(x: torch.Tensor, e_lambda: float, n: int) -> torch.Tensor | None:
     return _SimAMGate.apply(x, lib, cl, float(e_lambda), float(n))
 
 
-class _ContextGates(torch.autograd.Function):
-    """GCNet's block (``gc.py``): attention pooling of x into a context vector, y = x * scale + add."""
+def _gc_logits(lib, x, cl, weight):
+    b, c, h, w = x.shape
+    wb = weight.detach().to(torch.float32).reshape(1, c).expand(b, c).contiguous()  # named: a temporary could be freed
+    logits = x.new_empty(b, 1, h, w)
+    lib.channel_weighted_sum(x.data_ptr(), wb.data_ptr(), b, c, h * w, cl, torch.get_num_threads(), logits.data_ptr())
+    return logits
+
+
+def _gc_context(lib, x, cl, attn_t):
+    b, c, h, w = x.shape
+    if attn_t.shape != (b, 1, h, w):
+        raise RuntimeError(f"context_gates: the attention must be (B, 1, H, W) = {(b, 1, h, w)}, got {tuple(attn_t.shape)}")
+    attn = attn_t.detach().to(torch.float32).contiguous()
+    context = x.new_empty(b, c, 1, 1)
+    lib.position_weighted_pool(x.data_ptr(), attn.data_ptr(), b, c, h * w, cl, torch.get_num_threads(),
+                               context.data_ptr())
+    return context, attn
+
+
+def _gc_factors(x, s_t, t_t):
+    b, c = x.shape[:2]
+    for t in (s_t, t_t):
+        if t is not None and t.shape != (b, c, 1, 1):
+            raise RuntimeError(f"context_gates: the factors must be (B, C, 1, 1) = {(b, c, 1, 1)} or None, "
+                               f"got {tuple(t.shape)}")
+    return [None if t is None else t.detach().to(torch.float32).contiguous() for t in (s_t, t_t)]
+
+
+def _gc_apply(lib, x, cl, s, t):
+    b, c, h, w = x.shape
+    y = torch.empty_like(x)
+    lib.scale_shift(x.data_ptr(), _native.ptr(s), _native.ptr(t), b, c, h * w, cl, torch.get_num_threads(), y.data_ptr())
+    return y
+
+
+def _context_forward(lib, x, cl, block):
+    """GCNet's block without autograd."""
+    context, _ = _gc_context(lib, x, cl, block.attention(_gc_logits(lib, x, cl, block.conv_attn.weight)))
+    return _gc_apply(lib, x, cl, *_gc_factors(x, *block.context_factors(context)))
+
+
+# With autograd, context_gates is three ops around the block's two small graphs (as pooled_gates):
+#     x, w -> _GcLogits -> logits, x1;  attn = block.attention(logits)
+#          -> _GcContext(x1, attn) -> context, x2;  scale, add = block.context_factors(context)
+#          -> _GcApply(x2, scale, add) -> y
+# Backward: _GcApply reduces dL/dscale, dL/dadd; _GcContext turns dL/dcontext into dL/dattn; _GcLogits reduces
+# the 1x1 conv's weight gradient and writes dL/dx in one pass (dy * scale + dcontext * attn + dlogits * w).
+# Each hands dL/dy back through its alias of x.
+
+class _GcLogits(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, lib, cl, link):
+        logits = _gc_logits(lib, x, cl, weight)
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl, ctx.link, ctx.wshape = lib, cl, link, weight.shape
+        ctx.w = weight.detach().to(torch.float32).reshape(-1).contiguous()
+        return logits, x.view_as(x)
 
     @staticmethod
-    def forward(ctx, x, lib, cl, block, weight, *params):
-        y, st = _context_forward(lib, x, cl, block, weight, track=True)
-        _keep(ctx, x, st, lib, cl, params)
-        return y
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dlog, dy):
+        (x,) = ctx.saved_tensors
+        lib, cl, link = ctx.lib, ctx.cl, ctx.link
+        b, c, h, w = x.shape
+        dims = (b, c, h * w, cl, torch.get_num_threads())
+        dlog = x.new_zeros(b, 1, h, w) if dlog is None else dlog.float().contiguous()
+        dweight = None
+        if ctx.needs_input_grad[1]:  # dL/dw[c] = sum_(b, p) dlogits * x
+            part = x.new_empty(b, c)
+            lib.position_weighted_pool(x.data_ptr(), dlog.data_ptr(), *dims, part.data_ptr())
+            dweight = part.sum(0).view(ctx.wshape)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dy = torch.zeros_like(x) if dy is None else _in_layout(dy, cl)
+            dctx = link.get("dctx")
+            if dctx is None:
+                dctx = x.new_zeros(b, c, 1, 1)
+            dx = torch.empty_like(x)
+            lib.gc_grad_input(dy.data_ptr(), _native.ptr(link["factors"][0]), dctx.data_ptr(), link["attn"].data_ptr(),
+                              dlog.data_ptr(), ctx.w.data_ptr(), *dims, dx.data_ptr())
+        return dx, dweight, None, None, None
+
+
+class _GcContext(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, attn_t, lib, cl, link):
+        context, link["attn"] = _gc_context(lib, x, cl, attn_t)
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl, ctx.link, ctx.dtype = lib, cl, link, attn_t.dtype
+        return context, x.view_as(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dctx, dy):
+        (x,) = ctx.saved_tensors
+        b, c, h, w = x.shape
+        dctx = x.new_zeros(b, c, 1, 1) if dctx is None else dctx.float().contiguous()
+        ctx.link["dctx"] = dctx
+        dattn = None
+        if ctx.needs_input_grad[1]:  # dL/dattn[p] = sum_c dcontext[c] * x[c, p]
+            dattn = x.new_empty(b, 1, h, w)
+            ctx.lib.channel_weighted_sum(x.data_ptr(), dctx.data_ptr(), b, c, h * w, ctx.cl, torch.get_num_threads(),
+                                         dattn.data_ptr())
+            dattn = dattn.to(ctx.dtype)
+        return dy, dattn, None, None, None
+
+
+class _GcApply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, s_t, t_t, lib, cl, link):
+        link["factors"] = _gc_factors(x, s_t, t_t)
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl = lib, cl
+        ctx.dtypes = tuple(None if t is None else t.dtype for t in (s_t, t_t))
+        return _gc_apply(lib, x, cl, *link["factors"])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, st, lib, cl, dy = _restore(ctx, dy)
+        (x,) = ctx.saved_tensors
         b, c, h, w = x.shape
-        dims = (b, c, h * w, cl, torch.get_num_threads())
-        s_t, t_t = st["scale"], st["add"]
-        ds = x.new_empty(b, c, 1, 1) if s_t is not None else None
-        dt = x.new_empty(b, c, 1, 1)
-        lib.scale_shift_reduce(x.data_ptr(), dy.data_ptr(), *dims, _native.ptr(ds), dt.data_ptr())
-        outs = [o for o in (s_t, t_t) if o is not None]
-        grads = [g.to(o.dtype) for g, o in zip([g for g, o in ((ds, s_t), (dt, t_t)) if o is not None], outs)]
-        (dctx,), grads_params = _grads(outs, grads, [st["context"]], ctx.params)
-        dattn = x.new_empty(b, 1, h, w)
-        lib.channel_weighted_sum(x.data_ptr(), dctx.data_ptr(), *dims, dattn.data_ptr())
-        (dlog,), _ = _grads(st["attn_t"], dattn.to(st["attn_t"].dtype), [st["logits"]], [])
-        dweight = None
-        if ctx.needs_input_grad[4]:
-            part = x.new_empty(b, c)
-            lib.position_weighted_pool(x.data_ptr(), dlog.data_ptr(), *dims, part.data_ptr())
-            dweight = part.sum(0).view(st["wshape"])
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            lib.gc_grad_input(dy.data_ptr(), _native.ptr(st["s"]), dctx.data_ptr(), st["attn"].data_ptr(), dlog.data_ptr(),
-                              st["w"].data_ptr(), *dims, dx.data_ptr())
-        return (dx, None, None, None, dweight, *grads_params)
-
-
-def _context_forward(lib, x, cl, block, weight, track: bool):
-    b, c, h, w = x.shape
-    dims = (b, c, h * w, cl, torch.get_num_threads())
-    wv = weight.detach().to(torch.float32).reshape(1, c)
-    logits = x.new_empty(b, 1, h, w)
-    wb = wv.expand(b, c).contiguous()  # kept in a name: a temporary would be freed before the kernel reads it
-    lib.channel_weighted_sum(x.data_ptr(), wb.data_ptr(), *dims, logits.data_ptr())
-    logits.requires_grad_(track)
-    with torch.set_grad_enabled(track):
-        attn_t = block.attention(logits)  # (B, 1, H, W)
-    attn = attn_t.detach().to(torch.float32).contiguous()
-    context = x.new_empty(b, c, 1, 1)
-    lib.position_weighted_pool(x.data_ptr(), attn.data_ptr(), *dims, context.data_ptr())
-    context.requires_grad_(track)
-    with torch.set_grad_enabled(track):
-        s_t, t_t = block.context_factors(context)  # (B, C, 1, 1) each, or None
-    s = None if s_t is None else s_t.detach().to(torch.float32).contiguous()
-    t = None if t_t is None else t_t.detach().to(torch.float32).contiguous()
-    y = torch.empty_like(x)
-    lib.scale_shift(x.data_ptr(), _native.ptr(s), _native.ptr(t), *dims, y.data_ptr())
-    return y, dict(logits=logits, attn_t=attn_t, attn=attn, context=context, scale=s_t, add=t_t, s=s,
-                   w=wv.reshape(c).contiguous(), wshape=weight.shape)
+        dy = _in_layout(dy, ctx.cl)
+        need_s, need_t = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        ds = x.new_empty(b, c, 1, 1) if need_s else None
+        dt = x.new_empty(b, c, 1, 1) if need_t else None
+        if need_s or need_t:  # dL/dscale = sum_p dy * x, dL/dadd = sum_p dy
+            ctx.lib.scale_shift_reduce(x.data_ptr(), dy.data_ptr(), b, c, h * w, ctx.cl, torch.get_num_threads(),
+                                       _native.ptr(ds), _native.ptr(dt))
+        ds = None if ds is None else ds.to(ctx.dtypes[0])
+        dt = None if dt is None else dt.to(ctx.dtypes[1])
+        return (dy if ctx.needs_input_grad[0] else None), ds, dt, None, None, None
 
 
 def context_gates(x: torch.Tensor, block: nn.Module) -> torch.Tensor | None:
@@ -757,11 +838,13 @@ def context_gates(x: torch.Tensor, block: nn.Module) -> torch.Tensor | None:
     if found is None or conv.bias is not None or conv.kernel_size != (1, 1) or conv.weight.dtype != torch.float32:
         return None
     lib, cl = found
-    params = [q for n, q in block.named_parameters() if q.requires_grad and not n.startswith("conv_attn.")]
-    if not torch.is_grad_enabled() or not (x.requires_grad or params or conv.weight.requires_grad):
+    if not torch.is_grad_enabled() or not (x.requires_grad or _trainable(block)):
         with torch.no_grad():
-            return _context_forward(lib, x, cl, block, conv.weight, track=False)[0]
-    return _ContextGates.apply(x, lib, cl, block, conv.weight, *params)
+            return _context_forward(lib, x, cl, block)
+    link: dict = {}
+    logits, x1 = _GcLogits.apply(x, conv.weight, lib, cl, link)
+    context, x2 = _GcContext.apply(x1, block.attention(logits), lib, cl, link)
+    return _GcApply.apply(x2, *block.context_factors(context), lib, cl, link)
 
 
 def _trainable(module: nn.Module | None) -> list[torch.Tensor]:
@@ -920,62 +1003,99 @@ def moment_gates(x: torch.Tensor, factor_fn, module: nn.Module, *, variance: boo
     return _MomentScale.apply(x_alias, factor_fn(*pooled), lib, cl, link)
 
 
-def _scse_forward(lib, x, cl, block, add: bool, track: bool):
+def _scse_pool(lib, x, cl, weight):
+    """The mean over positions (B, C, 1, 1) and the 1x1 conv's logits without bias (B, 1, H, W)."""
     b, c, h, w = x.shape
     dims = (b, c, h * w, cl, torch.get_num_threads())
-    conv = block.conv_spatial
     mean = x.new_empty(b, c, 1, 1)
     lib.channel_moments(x.data_ptr(), *dims, mean.data_ptr(), None)
-    wv = conv.weight.detach().to(torch.float32).reshape(1, c)
-    wb = wv.expand(b, c).contiguous()  # kept in a name: a temporary would be freed before the kernel reads it
+    wb = weight.detach().to(torch.float32).reshape(1, c).expand(b, c).contiguous()  # named: a temporary could be freed
     logits = x.new_empty(b, 1, h, w)
     lib.channel_weighted_sum(x.data_ptr(), wb.data_ptr(), *dims, logits.data_ptr())
-    mean.requires_grad_(track), logits.requires_grad_(track)
-    with torch.set_grad_enabled(track):
-        gc_t, gs_t = block.factors(mean, logits)  # (B, C, 1, 1), (B, 1, H, W)
+    return mean, logits
+
+
+def _scse_factors(x, gc_t, gs_t):
+    b, c, h, w = x.shape
     if gc_t.shape != (b, c, 1, 1) or gs_t.shape != (b, 1, h, w):
         raise RuntimeError(f"scse_gates: the factors must be (B, C, 1, 1) and (B, 1, H, W), got {tuple(gc_t.shape)} "
                            f"and {tuple(gs_t.shape)}")
-    gc, gs = (t.detach().to(torch.float32).contiguous() for t in (gc_t, gs_t))
+    return [t.detach().to(torch.float32).contiguous() for t in (gc_t, gs_t)]
+
+
+def _scse_apply(lib, x, cl, gc, gs, add: bool):
+    b, c, h, w = x.shape
     y = torch.empty_like(x)
-    lib.scse_apply(x.data_ptr(), gc.data_ptr(), gs.data_ptr(), int(add), *dims, y.data_ptr())
-    return y, dict(mean=mean, logits=logits, gc_t=gc_t, gs_t=gs_t, gc=gc, gs=gs, w=wv.reshape(c).contiguous(),
-                   wshape=conv.weight.shape)
+    lib.scse_apply(x.data_ptr(), gc.data_ptr(), gs.data_ptr(), int(add), b, c, h * w, cl, torch.get_num_threads(),
+                   y.data_ptr())
+    return y
 
 
-class _ScseGates(torch.autograd.Function):
-    """scSE's ``max(x * gc, x * gs)`` or ``x * gc + x * gs`` (``scse.py``; see ``scse_gates``)."""
+def _scse_forward(lib, x, cl, block, add: bool):
+    """scSE without autograd."""
+    gc, gs = _scse_factors(x, *block.factors(*_scse_pool(lib, x, cl, block.conv_spatial.weight)))
+    return _scse_apply(lib, x, cl, gc, gs, add)
+
+
+# With autograd, scse_gates is two ops around block.factors (as strip_gates):
+#     x, w -> _ScsePool -> mean, logits, x1;  gc, gs = block.factors(mean, logits);  _ScseApply(x1, gc, gs) -> y
+# _ScseApply's backward reduces dL/dgc, dL/dgs and hands dL/dy back through x1; _ScsePool's reduces the 1x1
+# conv's weight gradient and writes dL/dx in one pass.
+
+class _ScsePool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, lib, cl, link):
+        mean, logits = _scse_pool(lib, x, cl, weight)
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl, ctx.link, ctx.wshape = lib, cl, link, weight.shape
+        ctx.w = weight.detach().to(torch.float32).reshape(-1).contiguous()
+        return mean, logits, x.view_as(x)
 
     @staticmethod
-    def forward(ctx, x, lib, cl, block, add, weight, *params):
-        y, st = _scse_forward(lib, x, cl, block, add, track=True)
-        _keep(ctx, x, st, lib, cl, params, add=add)
-        return y
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dmean, dlog, dy):
+        (x,) = ctx.saved_tensors
+        lib, cl, link = ctx.lib, ctx.cl, ctx.link
+        b, c, h, w = x.shape
+        dims = (b, c, h * w, cl, torch.get_num_threads())
+        dlog = x.new_zeros(b, 1, h, w) if dlog is None else dlog.float().contiguous()
+        dweight = None
+        if ctx.needs_input_grad[1]:  # dL/dw[c] = sum_(b, p) dlogits * x
+            part = x.new_empty(b, c)
+            lib.position_weighted_pool(x.data_ptr(), dlog.data_ptr(), *dims, part.data_ptr())
+            dweight = part.sum(0).view(ctx.wshape)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dy = torch.zeros_like(x) if dy is None else _in_layout(dy, cl)
+            e = x.new_zeros(b, c, 1, 1) if dmean is None else (dmean.float() / (h * w)).contiguous()
+            gc, gs = link["factors"]
+            dx = torch.empty_like(x)
+            lib.scse_grad_input(x.data_ptr(), dy.data_ptr(), gc.data_ptr(), gs.data_ptr(), int(link["add"]), e.data_ptr(),
+                                dlog.data_ptr(), ctx.w.data_ptr(), *dims, dx.data_ptr())
+        return dx, dweight, None, None, None
+
+
+class _ScseApply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gc_t, gs_t, lib, cl, link, add):
+        gc, gs = _scse_factors(x, gc_t, gs_t)
+        link["factors"], link["add"] = (gc, gs), add
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl, ctx.link, ctx.dtypes = lib, cl, link, (gc_t.dtype, gs_t.dtype)
+        return _scse_apply(lib, x, cl, gc, gs, add)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, st, lib, cl, dy = _restore(ctx, dy)
+        (x,) = ctx.saved_tensors
         b, c, h, w = x.shape
-        dims = (b, c, h * w, cl, torch.get_num_threads())
+        dy = _in_layout(dy, ctx.cl)
+        gc, gs = ctx.link["factors"]
         dgc, dgs = x.new_empty(b, c, 1, 1), x.new_empty(b, 1, h, w)
-        lib.scse_reduce(x.data_ptr(), dy.data_ptr(), st["gc"].data_ptr(), st["gs"].data_ptr(), int(ctx.add), *dims,
-                        dgc.data_ptr(), dgs.data_ptr())
-        (dmean, dlog), grads_params = _grads([st["gc_t"], st["gs_t"]],
-                                             [dgc.to(st["gc_t"].dtype), dgs.to(st["gs_t"].dtype)],
-                                             [st["mean"], st["logits"]], ctx.params)
-        dweight = None
-        if ctx.needs_input_grad[5]:  # dL/dw[c] = sum_(b, p) dlogits * x
-            part = x.new_empty(b, c)
-            lib.position_weighted_pool(x.data_ptr(), dlog.data_ptr(), *dims, part.data_ptr())
-            dweight = part.sum(0).view(st["wshape"])
-        dx = None
-        if ctx.needs_input_grad[0]:
-            e = (dmean / (h * w)).contiguous()
-            dx = torch.empty_like(x)
-            lib.scse_grad_input(x.data_ptr(), dy.data_ptr(), st["gc"].data_ptr(), st["gs"].data_ptr(), int(ctx.add),
-                                e.data_ptr(), dlog.data_ptr(), st["w"].data_ptr(), *dims, dx.data_ptr())
-        return (dx, None, None, None, None, dweight, *grads_params)
+        ctx.lib.scse_reduce(x.data_ptr(), dy.data_ptr(), gc.data_ptr(), gs.data_ptr(), int(ctx.link["add"]), b, c, h * w,
+                            ctx.cl, torch.get_num_threads(), dgc.data_ptr(), dgs.data_ptr())
+        return ((dy if ctx.needs_input_grad[0] else None), dgc.to(ctx.dtypes[0]), dgs.to(ctx.dtypes[1]), None, None,
+                None, None)
 
 
 def scse_gates(x: torch.Tensor, block: nn.Module) -> torch.Tensor | None:
@@ -989,8 +1109,10 @@ def scse_gates(x: torch.Tensor, block: nn.Module) -> torch.Tensor | None:
         return None
     lib, cl = found
     add = block.aggregation == "add"
-    params = [q for n, q in block.named_parameters() if q.requires_grad and n != "conv_spatial.weight"]
-    if not torch.is_grad_enabled() or not (x.requires_grad or params or conv.weight.requires_grad):
+    if not torch.is_grad_enabled() or not (x.requires_grad or _trainable(block)):
         with torch.no_grad():
-            return _scse_forward(lib, x, cl, block, add, track=False)[0]
-    return _ScseGates.apply(x, lib, cl, block, add, conv.weight, *params)
+            return _scse_forward(lib, x, cl, block, add)
+    link: dict = {}
+    mean, logits, x1 = _ScsePool.apply(x, conv.weight, lib, cl, link)
+    gc_t, gs_t = block.factors(mean, logits)
+    return _ScseApply.apply(x1, gc_t, gs_t, lib, cl, link, add)
