@@ -1,0 +1,187 @@
+"""The native ops of the working tree against those of a git revision: the same blocks, same weights, same
+inputs, timed interleaved in one process.
+
+    python benchmarks/native_revision.py --rev 5c89a4a --blocks cbam simam strip
+    python benchmarks/native_revision.py --rev 5c89a4a --hosts resnet20 --blocks cbam coord
+    python benchmarks/native_revision.py --rev 5c89a4a --json benchmarks/results/native_revision_cpu.json
+
+The revision's ``attnzoo/blocks/_native.c`` is built into a temporary library (the flags of
+``_native._FLAGS``) and its ``attnzoo/blocks/_pooled_gates.py`` loaded as a module of its own; the "old"
+side points each block module's imported ops at that module and the kernel library at that build, the "new"
+side at the working tree's. Everything else (the blocks' small parts, the small convolutions' Python) is
+the working tree's on both sides.
+
+Blocks: forward + backward (``y.backward(g)``) at ResNet-20's three stages on Fashion-MNIST (batch 128:
+16x28x28, 32x14x14, 64x7x7), channels_last, float32, train mode, ``--steps`` passes per turn; ``--pairs``
+ABBA pairs (old, new, new, old), the ratio new / old of each pair's two sums; printed: the median ratio and
+its range over the pairs (< 1: the working tree is faster). The outputs and input gradients of both sides
+are checked equal first.
+
+Hosts (``--hosts``): whole training steps of ``overhead_floor.py``'s hosts with the block inserted at every
+site (SGD, batch 128, channels_last), the same ABBA pairs of ``--steps`` steps each.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import attnzoo
+from attnzoo.ablation.runner import cpu_model
+from attnzoo.blocks import _native, _pooled_gates
+from attnzoo.training.allocator import use_allocator
+
+sys.path.insert(0, str(Path(__file__).parent))
+from overhead_floor import Job  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = [(128, 16, 28, 28), (128, 32, 14, 14), (128, 64, 7, 7)]
+OPS = [name for name in _pooled_gates.__all__]
+
+
+def _git_show(rev: str, path: str) -> str:
+    proc = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"git show {rev}:{path} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def revision_side(rev: str, tmp: Path):
+    """(kernel library, _pooled_gates module) of ``rev``."""
+    source = _git_show(rev, "attnzoo/blocks/_native.c")
+    c_file, so_file = tmp / "native_rev.c", tmp / "native_rev.so"
+    c_file.write_text(source)
+    subprocess.run(["cc", *_native._FLAGS, str(c_file), "-o", str(so_file), "-lm"], check=True)
+    lib = ctypes.CDLL(str(so_file))
+    lib.attnzoo_native_abi.restype = ctypes.c_int
+    for name, types in _native.signatures(source).items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = types, None
+    spec = importlib.util.spec_from_loader("attnzoo.blocks._pooled_gates_rev", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "attnzoo.blocks"
+    exec(compile(_git_show(rev, "attnzoo/blocks/_pooled_gates.py"), f"{rev}:_pooled_gates.py", "exec"), module.__dict__)
+    return lib, module
+
+
+class Sides:
+    """Switches every loaded block module's imported native ops and the kernel library between two sides."""
+
+    def __init__(self, old_lib, old_ops) -> None:
+        self.lib = {"old": old_lib, "new": _native.kernels()}
+        self.ops = {"old": old_ops, "new": _pooled_gates}
+
+    def use(self, side: str) -> None:
+        _native._state["lib"] = self.lib[side]
+        for module in list(sys.modules.values()):
+            if getattr(module, "__name__", "").startswith("attnzoo.blocks.") and module is not _pooled_gates:
+                for op in OPS:
+                    if getattr(module, op, None) in (getattr(_pooled_gates, op), getattr(self.ops["old"], op, None)):
+                        setattr(module, op, getattr(self.ops[side], op, getattr(_pooled_gates, op)))
+
+
+def abba(sides: Sides, run, pairs: int) -> list[float]:
+    for side in ("old", "new"):
+        sides.use(side)
+        run()
+    ratios = []
+    for _ in range(pairs):
+        t = {"old": 0.0, "new": 0.0}
+        for side in ("old", "new", "new", "old"):
+            sides.use(side)
+            t0 = time.perf_counter()
+            run()
+            t[side] += time.perf_counter() - t0
+        ratios.append(t["new"] / t["old"])
+    sides.use("new")
+    return ratios
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rev", required=True, help="the git revision to compare with (e.g. the last measured commit)")
+    p.add_argument("--blocks", nargs="+", required=True)
+    p.add_argument("--hosts", nargs="*", default=[], help="also whole training steps in these hosts (resnet20, resnet56)")
+    p.add_argument("--pairs", type=int, default=11)
+    p.add_argument("--steps", type=int, default=5, help="passes (blocks) or steps (hosts) per turn")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    alloc = use_allocator("keep")
+    if _native.kernels() is None:
+        print(f"native kernels unavailable: {_native.build_error()}")
+        return 1
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "attnzoo"], capture_output=True, text=True,
+                                cwd=ROOT).stdout.strip())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = Sides(*revision_side(args.rev, Path(tmp)))
+        print(f"working tree ({head}{', modified' if dirty else ''}) / {args.rev}: forward+backward, float32, "
+              f"channels_last, {args.threads} threads, {cpu_model()}, torch {torch.__version__}, median of "
+              f"{args.pairs} ABBA pairs of {args.steps} passes (range)")
+        for shape in SHAPES:
+            for name in args.blocks:
+                torch.manual_seed(0)
+                block = attnzoo.create_attn(name, shape[1]).train()
+                x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+                g = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+                state = {k: v.clone() for k, v in block.state_dict().items()}
+                outs, fns = [], []
+                for side in ("old", "new"):
+                    sides.use(side)
+                    block.load_state_dict(state)
+                    y = block(x)
+                    y.backward(g)
+                    outs.append((y.detach(), x.grad))
+                    fns.append(type(y.grad_fn).__name__)
+                    x.grad = None
+                for a, b in zip(*outs):
+                    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * max(1.0, float(a.abs().max())))
+
+                def run(block=block, x=x, g=g):
+                    for _ in range(args.steps):
+                        block(x).backward(g)
+                        x.grad = None
+
+                r = abba(sides, run, args.pairs)
+                rows.append(dict(kind="block", block=name, shape=list(shape), ratio_median=statistics.median(r),
+                                 ratio_min=min(r), ratio_max=max(r), output_op=dict(old=fns[0], new=fns[1])))
+                print(f"  {name:<14}{'x'.join(map(str, shape)):<14}{statistics.median(r):>7.3f}  "
+                      f"({min(r):.3f}-{max(r):.3f})  {fns[0]} -> {fns[1]}", flush=True)
+        for host in args.hosts:
+            for name in args.blocks:
+                job = Job(host, name, "eager", 128)
+                job.warm()
+
+                def run(job=job):
+                    for _ in range(args.steps):
+                        job.step()
+
+                r = abba(sides, run, args.pairs)
+                rows.append(dict(kind="host", host=host, block=name, ratio_median=statistics.median(r),
+                                 ratio_min=min(r), ratio_max=max(r)))
+                print(f"  {host}+{name:<14}{'training step':<14}{statistics.median(r):>7.3f}  ({min(r):.3f}-{max(r):.3f})",
+                      flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(dict(rev=args.rev, head=head, modified=dirty, threads=args.threads,
+                                             pairs=args.pairs, steps=args.steps, cpu=cpu_model(), torch=torch.__version__,
+                                             allocator=alloc, rows=rows), indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
