@@ -12,7 +12,9 @@
     python benchmarks/pooling.py --json benchmarks/results/pooling_cpu.json
     python benchmarks/layouts.py --json benchmarks/results/layouts_cpu.json
     python benchmarks/allocator.py --json benchmarks/results/allocator_cpu.json
-    python benchmarks/native.py --json benchmarks/results/native_cpu.json
+    python benchmarks/native.py --breakdown --json benchmarks/results/native_cpu.json
+    python benchmarks/native_revision.py --rev REV --blocks ... --hosts resnet20 \
+        --json benchmarks/results/native_revision_cpu.json
     python benchmarks/readme.py                                                        # rewrite README parts
 
 Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
@@ -218,7 +220,51 @@ def native_line(nat: dict | None) -> str:
             + (f" of {nat['steps']} passes after an untimed one" if nat.get("steps") else "")
             + f", at {shapes}): each block with the native CPU kernels / the same "
             f"block on its PyTorch paths (`ATTNZOO_NATIVE=0`), range over the shapes (< 1: the kernels are faster): "
-            f"{cells}. The other channel/spatial blocks run no native op.")
+            f"{cells}. The other channel/spatial blocks run no native op."
+            + breakdown_line(nat))
+
+
+CONV_OPS = {"SmallConv", "DepthwiseConv"}
+
+
+def breakdown_line(nat: dict) -> str:
+    """Where each native block's time goes (``native.py --breakdown``): outside the kernels vs its memory floor."""
+    rows = [r for r in nat["rows"] if "outside_ms" in r]
+    if not rows:
+        return ""
+    gates = [r for r in rows if set(r["ops"]) - CONV_OPS]  # blocks whose full-size work is all in native ops
+    convs = sorted({r["block"] for r in rows if not set(r["ops"]) - CONV_OPS})
+    over = sorted({r["block"] for r in gates if r["outside_ratio_to_floor"] > 2.0})
+    small = [r for r in gates if r["shape"] == [128, 64, 7, 7]]
+    cells = ", ".join(f"`{r['block']}` {r['native_ms']:.2f} ({r['outside_ms']:.2f} outside the kernels)"
+                      for r in sorted(small, key=lambda r: r["block"]))
+    floor = small[0]["floor_ms"] if small else float("nan")
+    return ("\n  - Breakdown (`--breakdown`: the same blocks with kernels that return at once, in the same rounds), for "
+            "the blocks whose full-size work is all in native ops, at 128x64x7x7 (DRAM floor "
+            f"{floor:.2f} ms), ms per forward+backward: {cells}. The time outside the kernels alone (the small graphs' "
+            "MLPs, 1x1 convs, norms and gates on the pooled tensors, and the ops' own Python and autograd work; the "
+            "small convolutions' kernels return at once too) exceeds 2x the DRAM floor "
+            f"at some stage for {', '.join(f'`{b}`' for b in over) or 'none'}: no kernel can bring these to the eager "
+            "target there; their small graphs would have to be fused. "
+            + (f"In {', '.join(f'`{b}`' for b in convs)} only the convolutions are native, so their 'outside' "
+               "time includes PyTorch full-size passes." if convs else ""))
+
+
+def revision_line(rev: dict | None) -> str:
+    if not rev:
+        return "- `benchmarks/native_revision.py`: not measured yet."
+    by: dict = {}
+    for r in rev["rows"]:
+        if r["kind"] == "block":
+            by.setdefault(r["block"], []).append(r["ratio_median"])
+    cells = ", ".join(f"`{b}` {min(v):.2f}-{max(v):.2f}" for b, v in sorted(by.items()))
+    hosts = ", ".join(f"{r['host']}+`{r['block']}` {r['ratio_median']:.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
+                      for r in rev["rows"] if r["kind"] == "host")
+    return (f"- `benchmarks/native_revision.py` (the native ops and kernels at commit {rev['head']} against commit "
+            f"{rev['rev']}, same blocks and inputs in one process, {rev['threads']} CPU threads, median of {rev['pairs']} "
+            f"ABBA pairs of {rev['steps']} passes, < 1: faster now): blocks alone at ResNet-20's three stages, range over "
+            f"the stages: {cells}"
+            + (f"; whole training steps: {hosts} (median, range over the pairs)" if hosts else "") + ".")
 
 
 def native_table(before: dict | None, previous: dict | None, after: dict | None, nat: dict | None) -> str:
@@ -488,6 +534,7 @@ def main(argv=None) -> int:
                   + "\n" + pooling_line(_load("pooling_cpu.json"))
                   + "\n" + layouts_line(_load("layouts_cpu.json"))
                   + "\n" + native_line(_load("native_cpu.json"))
+                  + "\n" + revision_line(_load("native_revision_cpu.json"))
                   + "\n" + allocator_line(_load("allocator_cpu.json")))
     args.readme.write_text(text)
     print(f"wrote the generated sections of {args.readme} ({len(list_attn())} blocks)")
