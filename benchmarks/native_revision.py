@@ -8,7 +8,8 @@ inputs, timed interleaved in one process.
 The revision's ``attnzoo/blocks/_native.c`` is built into a temporary library (the flags of
 ``_native._FLAGS``) and its ``attnzoo/blocks/_pooled_gates.py`` loaded as a module of its own; the "old"
 side points each block module's imported ops at that module and the kernel library at that build, the "new"
-side at the working tree's. Everything else (the blocks' small parts, the small convolutions' Python) is
+side at the working tree's (an op the revision did not have returns None there, so the block takes its
+PyTorch path, as it did). Everything else (the blocks' small parts, the small convolutions' Python) is
 the working tree's on both sides.
 
 Blocks: forward + backward (``y.backward(g)``) at ResNet-20's three stages on Fashion-MNIST (batch 128:
@@ -79,15 +80,21 @@ class Sides:
 
     def __init__(self, old_lib, old_ops) -> None:
         self.lib = {"old": old_lib, "new": _native.kernels()}
-        self.ops = {"old": old_ops, "new": _pooled_gates}
+        # an op the revision did not have: the block took its PyTorch path there (the op "does not apply")
+        self.ops = {"old": {op: getattr(old_ops, op, _not_there) for op in OPS},
+                    "new": {op: getattr(_pooled_gates, op) for op in OPS}}
 
     def use(self, side: str) -> None:
         _native._state["lib"] = self.lib[side]
         for module in list(sys.modules.values()):
             if getattr(module, "__name__", "").startswith("attnzoo.blocks.") and module is not _pooled_gates:
                 for op in OPS:
-                    if getattr(module, op, None) in (getattr(_pooled_gates, op), getattr(self.ops["old"], op, None)):
-                        setattr(module, op, getattr(self.ops[side], op, getattr(_pooled_gates, op)))
+                    if getattr(module, op, None) in (self.ops["old"][op], self.ops["new"][op]):
+                        setattr(module, op, self.ops[side][op])
+
+
+def _not_there(*args, **kwargs) -> None:
+    return None
 
 
 def abba(sides: Sides, run, pairs: int) -> list[float]:

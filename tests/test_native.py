@@ -43,7 +43,7 @@ def _kernels_or_skip(request):
 POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"]
 MOMENT = ["srm", "gct", "fca"]
 NATIVE_OPS = {"_MomentScaleBackward", "_ScseApplyBackward", "_ApplyGatesBackward", "_StripApplyBackward", "_GroupApplyBackward",
-              "_TripletApplyBackward",
+              "_TripletApplyBackward", "_BamGateBackward",
               "_SgeGatesBackward", "_SimAMGateBackward", "_GcApplyBackward"}
 
 
@@ -341,6 +341,52 @@ def test_sge_group_gates_are_the_plain_path(channels_last, shape, groups, spread
     assert got[4] == ("_GroupApplyBackward" if spread == "sqrt_var" else "_SgeGatesBackward") and want[4] != got[4]
     for a, b, what in zip(got[:4], want[:4], ("output", "dL/dx", "dL/dgamma", "dL/dbeta")):
         _close(a, b, what)
+
+
+@pytest.mark.parametrize("form", ["paper", "authors"])
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (3, 16, 1, 1), (4, 64, 7, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bam_op_is_the_plain_path(channels_last, shape, form, monkeypatch, two_threads):
+    """BAM's combination y = x + x * sigmoid(a (+ or *) s) as one op (tap uncaptured): output, dL/dx and every
+    parameter gradient through both branches, BatchNorm statistics."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for native in (True, False):
+        _native_on(monkeypatch, native)
+        torch.manual_seed(0)
+        block = create_attn("bam", shape[1], form=form).train()
+        xi = x.clone().requires_grad_(True)
+        y = block(xi)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format))
+        results.append(dict(y=y.detach(), dx=xi.grad, fn=type(y.grad_fn).__name__,
+                            params={k: p.grad for k, p in block.named_parameters()},
+                            buffers={k: b.clone() for k, b in block.named_buffers()}))
+    got, want = results
+    assert got["fn"] == "_BamGateBackward" and want["fn"] != got["fn"]
+    _close(got["y"], want["y"], "output")
+    _close(got["dx"], want["dx"], "dL/dx")
+    for k in want["params"]:
+        _close(got["params"][k], want["params"][k], f"dL/d{k}")
+    for k in want["buffers"]:
+        _close(got["buffers"][k].float(), want["buffers"][k].float(), k)
+    with torch.no_grad():  # inference: the forward kernel
+        _native_on(monkeypatch, True)
+        block = create_attn("bam", shape[1], form=form).eval()
+        y = block(x)
+        _native_on(monkeypatch, False)
+        _close(y, block(x), "inference output")
+
+
+def test_bam_with_a_captured_tap_runs_the_plain_path(monkeypatch, two_threads):
+    _native_on(monkeypatch, True)
+    block = create_attn("bam", 32)
+    seen = []
+    block.tap.register_forward_hook(lambda mod, inp, out: seen.append(tuple(out.shape)))
+    y = block(torch.randn(4, 32, 5, 5, requires_grad=True))
+    assert seen == [(4, 32, 5, 5)] and type(y.grad_fn).__name__ != "_BamGateBackward"
 
 
 @pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (2, 16, 1, 1), (4, 64, 7, 7)])

@@ -1798,6 +1798,78 @@ void simam_backward(const float *x, const float *dy, const float *mu, const floa
     }
 }
 
+/* BAM's combination (Park et al., BMVC 2018): y = x + x * sigmoid(z), z = a[b, c] + s[b, p] (mul == 0, the
+ * paper's sum of the two branches) or a[b, c] * s[b, p] (mul == 1, the authors' code). One pass each way;
+ * backward writes the direct dL/dx = dy (1 + m) and reduces dz = dy x m (1 - m) into
+ * da[b, c] = sum_p dz (* s) and ds[b, p] = sum_c dz (* a), m = sigmoid(z). */
+INLINE float bam_z(float av, float sv, int mul) { return mul ? av * sv : av + sv; }
+
+void bam_apply(const float *x, const float *a, const float *s, int mul, int64_t B, int64_t C, int64_t P, int cl, int nt,
+               float *y) {
+    SAMPLES {
+        const float *xb = x + b * C * P, *A = a + b * C, *S = s + b * P;
+        float *yb = y + b * C * P;
+        if (!cl) {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P;
+                float *o = yb + c * P;
+                const float av = A[c];
+#pragma omp simd
+                for (int64_t p = 0; p < P; p++) o[p] = r[p] + r[p] * sigmoid_approx(bam_z(av, S[p], mul));
+            }
+        } else {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+                float *o = yb + p * C;
+                const float sv = S[p];
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) o[c] = r[c] + r[c] * sigmoid_approx(bam_z(A[c], sv, mul));
+            }
+        }
+    }
+}
+
+void bam_backward(const float *x, const float *dy, const float *a, const float *s, int mul, int64_t B, int64_t C,
+                  int64_t P, int cl, int nt, float *dx, float *da, float *ds) {
+    SAMPLES {
+        const float *xb = x + b * C * P, *db = dy + b * C * P, *A = a + b * C, *S = s + b * P;
+        float *ob = dx + b * C * P, *DA = da + b * C, *DS = ds + b * P;
+        if (!cl) {
+            for (int64_t p = 0; p < P; p++) DS[p] = 0.f;
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, *d = db + c * P;
+                float *o = ob + c * P;
+                const float av = A[c];
+                float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+                for (int64_t p = 0; p < P; p++) {
+                    const float m = sigmoid_approx(bam_z(av, S[p], mul)), dz = d[p] * r[p] * m * (1.f - m);
+                    o[p] = d[p] + d[p] * m;
+                    acc += mul ? dz * S[p] : dz;
+                    DS[p] += mul ? dz * av : dz;
+                }
+                DA[c] = acc;
+            }
+        } else {
+            for (int64_t c = 0; c < C; c++) DA[c] = 0.f;
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *d = db + p * C;
+                float *o = ob + p * C;
+                const float sv = S[p];
+                float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+                for (int64_t c = 0; c < C; c++) {
+                    const float m = sigmoid_approx(bam_z(A[c], sv, mul)), dz = d[c] * r[c] * m * (1.f - m);
+                    o[c] = d[c] + d[c] * m;
+                    acc += mul ? dz * A[c] : dz;
+                    DA[c] += mul ? dz * sv : dz;
+                }
+                DS[p] = acc;
+            }
+        }
+    }
+}
+
 /* The kernels' sigmoid on n values (for the tests: its accuracy against torch.sigmoid). */
 void sigmoid_values(const float *z, int64_t n, float *out) {
 #pragma omp simd

@@ -30,6 +30,7 @@ kernel passes per sample while it is in cache, and backward keeps only x (the pl
 * ``scse_gates`` (scse, "max" and "add"): y = max(x * gc, x * gs) or x * gc + x * gs, gc from the mean
   over positions, gs from the 1x1 conv C -> 1 of x.
 * ``simam_gate``, ``context_gates`` (gc): the whole block.
+* ``bam_gate`` (bam): y = x + x * sigmoid(a + s) (or a * s) of the block's two branches, computed outside.
 
 Gradients of the maxima follow PyTorch: the max over positions goes to the first maximum
 (``adaptive_max_pool2d``, ``pool_max``); the max over channels is split evenly among ties (``amax``,
@@ -57,7 +58,7 @@ from . import _native
 # their ``from_pooled`` factor, so moving one back onto the kernels is one line in its forward.
 MEAN_ONLY = ("se", "ese", "eca", "ecam", "ceca", "ge")
 
-__all__ = ["context_gates", "group_gates", "moment_gates", "pooled_gates", "scse_gates", "simam_gate", "strip_gates",
+__all__ = ["bam_gate", "context_gates", "group_gates", "moment_gates", "pooled_gates", "scse_gates", "simam_gate", "strip_gates",
            "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -845,6 +846,61 @@ def context_gates(x: torch.Tensor, block: nn.Module) -> torch.Tensor | None:
     logits, x1 = _GcLogits.apply(x, conv.weight, lib, cl, link)
     context, x2 = _GcContext.apply(x1, block.attention(logits), lib, cl, link)
     return _GcApply.apply(x2, *block.context_factors(context), lib, cl, link)
+
+
+def _bam_inputs(x, a_t, s_t):
+    b, c, h, w = x.shape
+    if a_t.shape != (b, c, 1, 1) or s_t.shape != (b, 1, h, w):
+        raise RuntimeError(f"bam_gate: the branches must be (B, C, 1, 1) and (B, 1, H, W), got {tuple(a_t.shape)} and "
+                           f"{tuple(s_t.shape)}")
+    return a_t.detach().to(torch.float32).contiguous(), s_t.detach().to(torch.float32).contiguous()
+
+
+def _bam_apply(lib, x, cl, a, s, mul: bool):
+    b, c, h, w = x.shape
+    y = torch.empty_like(x)
+    lib.bam_apply(x.data_ptr(), a.data_ptr(), s.data_ptr(), int(mul), b, c, h * w, cl, torch.get_num_threads(),
+                  y.data_ptr())
+    return y
+
+
+class _BamGate(torch.autograd.Function):
+    """BAM's ``y = x + x * sigmoid(a + s)`` (or ``a * s``) of its two branches (``bam.py``), one pass each way."""
+
+    @staticmethod
+    def forward(ctx, x, a_t, s_t, lib, cl, mul):
+        a, s = _bam_inputs(x, a_t, s_t)
+        ctx.save_for_backward(x)
+        ctx.lib, ctx.cl, ctx.mul, ctx.a, ctx.s = lib, cl, mul, a, s
+        ctx.dtypes = (a_t.dtype, s_t.dtype)
+        return _bam_apply(lib, x, cl, a, s, mul)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        (x,) = ctx.saved_tensors
+        b, c, h, w = x.shape
+        dy = _in_layout(dy, ctx.cl)
+        dx, da, ds = torch.empty_like(x), x.new_empty(b, c, 1, 1), x.new_empty(b, 1, h, w)
+        ctx.lib.bam_backward(x.data_ptr(), dy.data_ptr(), ctx.a.data_ptr(), ctx.s.data_ptr(), int(ctx.mul), b, c, h * w,
+                             ctx.cl, torch.get_num_threads(), dx.data_ptr(), da.data_ptr(), ds.data_ptr())
+        return (dx if ctx.needs_input_grad[0] else None), da.to(ctx.dtypes[0]), ds.to(ctx.dtypes[1]), None, None, None
+
+
+def bam_gate(x: torch.Tensor, a: torch.Tensor, s: torch.Tensor, *, mul: bool = False) -> torch.Tensor | None:
+    """BAM's ``y = x + x * sigmoid(a + s)`` (``mul``: ``a * s``) on the native kernels, a (B, C, 1, 1) and
+    s (B, 1, H, W) its channel and spatial branches; None where the kernels do not apply. The branches are
+    ordinary autograd outside the op: it returns dL/dx's direct term and dL/da, dL/ds, which autograd carries
+    through them. Full-size traffic 2 |x| forward and 3 |x| backward, where the plain expression writes the
+    sum, the sigmoid, the product and the residual and reads them back."""
+    found = _native.target(x)
+    if found is None:
+        return None
+    lib, cl = found
+    if not torch.is_grad_enabled() or not (x.requires_grad or a.requires_grad or s.requires_grad):
+        with torch.no_grad():
+            return _bam_apply(lib, x, cl, *_bam_inputs(x, a, s), mul)
+    return _BamGate.apply(x, a, s, lib, cl, bool(mul))
 
 
 def _trainable(module: nn.Module | None) -> list[torch.Tensor]:

@@ -43,7 +43,9 @@ from torch import nn
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels, resolve_layer
 from ._layout import LayoutConv2d, combine_like
+from ._fused import is_sigmoid
 from ._pool import pool_mean
+from ._pooled_gates import bam_gate
 
 __all__ = ["BottleneckAttn", "FORMS"]
 
@@ -116,6 +118,10 @@ class BottleneckAttn(nn.Module):
         ms = self.act_dil1(self.bn_dil1(self.conv_dil1(ms)))  # (B, C/r, H, W)
         ms = self.act_dil2(self.bn_dil2(self.conv_dil2(ms)))  # (B, C/r, H, W)
         ms = self.bn_spatial(self.conv_spatial(ms))  # (B, 1, H, W)
+        if not (self.tap.active or self.tap._forward_hooks) and is_sigmoid(self.gate):  # a captured tap needs m
+            y = bam_gate(x, mc, ms, mul=self.form == "authors")  # the native CPU kernels where they apply
+            if y is not None:
+                return y
         m = self.tap(self.gate(combine_like(mc, ms, x, torch.mul if self.form == "authors" else torch.add)))  # (B, C, H, W)
         return x + x * m
 
