@@ -34,6 +34,11 @@ NOTE (departures and readings, ``form="paper"``):
 * The reduced width is ``make_divisible(C * rd_ratio, rd_divisor=1)``: C/r rounded to the nearest
   int (the authors' code floors; the two agree whenever r divides C).
 * BatchNorm momentum and eps are torch's defaults (0.1, 1e-5), as in the authors' code.
+
+Speed (CPU): in eager float32 with a batch of at least the thread count, a sigmoid gate and nothing
+capturing the tap (a captured tap needs the full map M(F)), the combination ``F + F * sigmoid(Mc + Ms)``
+is one native op (``_pooled_gates.bam_gate``: one pass each way, the full-size sum, sigmoid and product
+never written); the two branches are the modules above either way.
 """
 from __future__ import annotations
 
