@@ -47,7 +47,7 @@ from overhead_floor import Job  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(128, 16, 28, 28), (128, 32, 14, 14), (128, 64, 7, 7)]
-OPS = [name for name in _pooled_gates.__all__]
+OPS = list(_pooled_gates.__all__)
 
 
 def _git_show(rev: str, path: str) -> str:

@@ -66,9 +66,9 @@ def test_the_kernels_build_where_there_is_a_compiler():
     assert _native.build_error() is None
 
 
-def _randomized(name, channels, seed=0):
+def _randomized(name, channels, seed=0, **kwargs):
     torch.manual_seed(seed)
-    block = create_attn(name, channels).train()
+    block = create_attn(name, channels, **kwargs).train()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in block.parameters():
@@ -76,10 +76,11 @@ def _randomized(name, channels, seed=0):
     return block
 
 
-def _train_step(name, x, monkeypatch, native, seed=0, capture=True):
-    """Output, dL/dx, parameter gradients, buffers and the captured factors of one training step."""
+def _train_step(name, x, monkeypatch, native, seed=0, capture=True, **kwargs):
+    """Output, dL/dx, parameter gradients, buffers and the captured factors of one training step (``kwargs``: the
+    block's)."""
     _native_on(monkeypatch, native)
-    block = _randomized(name, x.shape[1], seed)
+    block = _randomized(name, x.shape[1], seed, **kwargs)
     taps = {}
     for mname, m in block.named_modules():
         if capture and type(m).__name__ == "AttnTap":
@@ -352,20 +353,8 @@ def test_bam_op_is_the_plain_path(channels_last, shape, form, monkeypatch, two_t
     x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    results = []
-    for native in (True, False):
-        _native_on(monkeypatch, native)
-        torch.manual_seed(0)
-        block = create_attn("bam", shape[1], form=form).train()
-        xi = x.clone().requires_grad_(True)
-        y = block(xi)
-        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(
-            memory_format=torch.channels_last if channels_last else torch.contiguous_format))
-        results.append(dict(y=y.detach(), dx=xi.grad, fn=type(y.grad_fn).__name__,
-                            params={k: p.grad for k, p in block.named_parameters()},
-                            buffers={k: b.clone() for k, b in block.named_buffers()}))
-    got, want = results
-    assert got["fn"] == "_BamGateBackward" and want["fn"] != got["fn"]
+    got, want = (_train_step("bam", x, monkeypatch, native, capture=False, form=form) for native in (True, False))
+    assert got["grad_fn"] == "_BamGateBackward" and want["grad_fn"] != got["grad_fn"]
     _close(got["y"], want["y"], "output")
     _close(got["dx"], want["dx"], "dL/dx")
     for k in want["params"]:

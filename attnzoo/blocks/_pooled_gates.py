@@ -6,13 +6,13 @@ Not a block module (the leading underscore keeps ``attnzoo.blocks`` discovery fr
 Each op takes the block's own small parts (MLPs, convs, BatchNorm, softmax, gates, AttnTaps) as
 functions of pooled tensors and runs them as ordinary autograd on those small tensors: hooks, taps,
 BatchNorm statistics and parameter gradients behave as in the plain path, and any gate module works.
-``pooled_gates`` and ``moment_gates`` are several ops around the small graphs, which the autograd engine
-then runs itself; the others run theirs inside their forward (the graph kept on ctx) and through a nested
-``torch.autograd.grad`` in their backward. That nested call cost about as much as the kernels saved on 7x7
-maps for se (its plain-path ratio went from 1.05-1.19 to 0.92-1.01 at the two smaller ResNet-20 stages
-without it). The split ops pass state between them in a shared dict; nothing in it may be an output of
-one of them (its grad_fn would close a reference cycle through the op's ctx, which only the garbage
-collector frees: ``tests/test_native.py`` checks every block for one).
+Every op with a small graph is two or three autograd ops around it, which the autograd engine then runs
+itself (no nested ``torch.autograd.grad``: for se that nested call cost about as much as the kernels saved
+on 7x7 maps, its plain-path ratio 1.05-1.19 against 0.92-1.01 without it); ``simam_gate``, sge's own
+factor and ``bam_gate`` have no small graph inside and are one op each. The split ops pass state between
+them in a shared dict; nothing in it may be an output of one of them (its grad_fn would close a reference
+cycle through the op's ctx, which only the garbage collector frees: ``tests/test_native.py`` checks every
+block for one).
 
 The full-size work -- pooling, applying the factors, the reductions of backward, dL/dx -- is a few
 kernel passes per sample while it is in cache, and backward keeps only x (the plain expressions run
@@ -695,12 +695,21 @@ def simam_gate(x: torch.Tensor, e_lambda: float, n: int) -> torch.Tensor | None:
     return _SimAMGate.apply(x, lib, cl, float(e_lambda), float(n))
 
 
-def _gc_logits(lib, x, cl, weight):
+def _conv1x1_logits(lib, x, cl, weight):
+    """The logits (B, 1, H, W) of a bias-free 1x1 conv C -> 1 (gc's and scSE's): sum_c w[c] x[c, p]."""
     b, c, h, w = x.shape
     wb = weight.detach().to(torch.float32).reshape(1, c).expand(b, c).contiguous()  # named: a temporary could be freed
     logits = x.new_empty(b, 1, h, w)
     lib.channel_weighted_sum(x.data_ptr(), wb.data_ptr(), b, c, h * w, cl, torch.get_num_threads(), logits.data_ptr())
     return logits
+
+
+def _conv1x1_weight_grad(lib, x, cl, dlog, wshape):
+    """That conv's weight gradient, dL/dw[c] = sum_(b, p) dlogits * x, shaped as the weight."""
+    b, c, h, w = x.shape
+    part = x.new_empty(b, c)
+    lib.position_weighted_pool(x.data_ptr(), dlog.data_ptr(), b, c, h * w, cl, torch.get_num_threads(), part.data_ptr())
+    return part.sum(0).view(wshape)
 
 
 def _gc_context(lib, x, cl, attn_t):
@@ -732,7 +741,7 @@ def _gc_apply(lib, x, cl, s, t):
 
 def _context_forward(lib, x, cl, block):
     """GCNet's block without autograd."""
-    context, _ = _gc_context(lib, x, cl, block.attention(_gc_logits(lib, x, cl, block.conv_attn.weight)))
+    context, _ = _gc_context(lib, x, cl, block.attention(_conv1x1_logits(lib, x, cl, block.conv_attn.weight)))
     return _gc_apply(lib, x, cl, *_gc_factors(x, *block.context_factors(context)))
 
 
@@ -747,7 +756,7 @@ def _context_forward(lib, x, cl, block):
 class _GcLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, lib, cl, link):
-        logits = _gc_logits(lib, x, cl, weight)
+        logits = _conv1x1_logits(lib, x, cl, weight)
         ctx.save_for_backward(x)
         ctx.lib, ctx.cl, ctx.link, ctx.wshape = lib, cl, link, weight.shape
         ctx.w = weight.detach().to(torch.float32).reshape(-1).contiguous()
@@ -761,11 +770,7 @@ class _GcLogits(torch.autograd.Function):
         b, c, h, w = x.shape
         dims = (b, c, h * w, cl, torch.get_num_threads())
         dlog = x.new_zeros(b, 1, h, w) if dlog is None else dlog.float().contiguous()
-        dweight = None
-        if ctx.needs_input_grad[1]:  # dL/dw[c] = sum_(b, p) dlogits * x
-            part = x.new_empty(b, c)
-            lib.position_weighted_pool(x.data_ptr(), dlog.data_ptr(), *dims, part.data_ptr())
-            dweight = part.sum(0).view(ctx.wshape)
+        dweight = _conv1x1_weight_grad(lib, x, cl, dlog, ctx.wshape) if ctx.needs_input_grad[1] else None
         dx = None
         if ctx.needs_input_grad[0]:
             dy = torch.zeros_like(x) if dy is None else _in_layout(dy, cl)
@@ -1065,10 +1070,7 @@ def _scse_pool(lib, x, cl, weight):
     dims = (b, c, h * w, cl, torch.get_num_threads())
     mean = x.new_empty(b, c, 1, 1)
     lib.channel_moments(x.data_ptr(), *dims, mean.data_ptr(), None)
-    wb = weight.detach().to(torch.float32).reshape(1, c).expand(b, c).contiguous()  # named: a temporary could be freed
-    logits = x.new_empty(b, 1, h, w)
-    lib.channel_weighted_sum(x.data_ptr(), wb.data_ptr(), *dims, logits.data_ptr())
-    return mean, logits
+    return mean, _conv1x1_logits(lib, x, cl, weight)
 
 
 def _scse_factors(x, gc_t, gs_t):
@@ -1115,11 +1117,7 @@ class _ScsePool(torch.autograd.Function):
         b, c, h, w = x.shape
         dims = (b, c, h * w, cl, torch.get_num_threads())
         dlog = x.new_zeros(b, 1, h, w) if dlog is None else dlog.float().contiguous()
-        dweight = None
-        if ctx.needs_input_grad[1]:  # dL/dw[c] = sum_(b, p) dlogits * x
-            part = x.new_empty(b, c)
-            lib.position_weighted_pool(x.data_ptr(), dlog.data_ptr(), *dims, part.data_ptr())
-            dweight = part.sum(0).view(ctx.wshape)
+        dweight = _conv1x1_weight_grad(lib, x, cl, dlog, ctx.wshape) if ctx.needs_input_grad[1] else None
         dx = None
         if ctx.needs_input_grad[0]:
             dy = torch.zeros_like(x) if dy is None else _in_layout(dy, cl)
