@@ -153,17 +153,7 @@ class _SmallConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding, dilation):
-        x = x.contiguous()
-        w = weight.detach().contiguous()
-        dims = _conv_dims(x, w, padding, dilation)
-        b, _, co, h, wd, kh, kw, ph, pw, dh, dw, _ = dims
-        ho, wo = h + 2 * ph - dh * (kh - 1), wd + 2 * pw - dw * (kw - 1)
-        if ho < 1 or wo < 1:
-            raise RuntimeError(f"conv2d: the {kh}x{kw} kernel (dilation {dilation}) is larger than the padded "
-                               f"{h}x{wd} input")
-        y = x.new_empty(b, co, ho, wo)
-        b32 = None if bias is None else bias.detach().contiguous()  # named: a temporary could be freed first
-        _native.kernels().conv_small_forward(x.data_ptr(), w.data_ptr(), _native.ptr(b32), *dims, y.data_ptr())
+        x, w, y = small_conv_forward(x, weight, bias, padding, dilation)
         ctx.save_for_backward(x, w)
         ctx.padding, ctx.dilation, ctx.has_bias = padding, dilation, bias is not None
         return y
@@ -172,19 +162,42 @@ class _SmallConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        dy = dy.contiguous()
-        dims = _conv_dims(x, w, ctx.padding, ctx.dilation)
-        lib = _native.kernels()
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            lib.conv_small_grad_input(dy.data_ptr(), w.data_ptr(), *dims, dx.data_ptr())
-        if ctx.needs_input_grad[1]:
-            dw = torch.empty_like(w)
-            lib.conv_small_grad_weight(x.data_ptr(), dy.data_ptr(), *dims, dw.data_ptr())
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dy.sum((0, 2, 3))
-        return dx, dw, db, None, None
+        return (*small_conv_backward(x, w, dy, ctx.padding, ctx.dilation, ctx.needs_input_grad[:2],
+                                     ctx.has_bias and ctx.needs_input_grad[2]), None, None)
+
+
+def small_conv_forward(x, weight, bias, padding, dilation):
+    """The native small convolution's forward: (x made NCHW-contiguous, the weight as the kernels read it,
+    y in NCHW); the arguments are those of ``F.conv2d`` with stride 1 and one group."""
+    x = x.contiguous()
+    w = weight.detach().contiguous()
+    dims = _conv_dims(x, w, padding, dilation)
+    b, _, co, h, wd, kh, kw, ph, pw, dh, dw, _ = dims
+    ho, wo = h + 2 * ph - dh * (kh - 1), wd + 2 * pw - dw * (kw - 1)
+    if ho < 1 or wo < 1:
+        raise RuntimeError(f"conv2d: the {kh}x{kw} kernel (dilation {dilation}) is larger than the padded "
+                           f"{h}x{wd} input")
+    y = x.new_empty(b, co, ho, wo)
+    b32 = None if bias is None else bias.detach().contiguous()  # named: a temporary could be freed first
+    _native.kernels().conv_small_forward(x.data_ptr(), w.data_ptr(), _native.ptr(b32), *dims, y.data_ptr())
+    return x, w, y
+
+
+def small_conv_backward(x, w, dy, padding, dilation, needs: tuple[bool, bool], needs_bias: bool):
+    """(dL/dx, dL/dweight, dL/dbias) of ``small_conv_forward`` (None where not needed)."""
+    dy = dy.contiguous()
+    dims = _conv_dims(x, w, padding, dilation)
+    lib = _native.kernels()
+    dx = dw = db = None
+    if needs[0]:
+        dx = torch.empty_like(x)
+        lib.conv_small_grad_input(dy.data_ptr(), w.data_ptr(), *dims, dx.data_ptr())
+    if needs[1]:
+        dw = torch.empty_like(w)
+        lib.conv_small_grad_weight(x.data_ptr(), dy.data_ptr(), *dims, dw.data_ptr())
+    if needs_bias:
+        db = dy.sum((0, 2, 3))
+    return dx, dw, db
 
 
 def like_input(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

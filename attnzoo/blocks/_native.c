@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 16; }
+int attnzoo_native_abi(void) { return 17; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -2650,5 +2650,239 @@ void scse_grad_input(const float *x, const float *dy, const float *gc, const flo
                 }
             }
         }
+    }
+}
+
+/* ---- The gates' small graphs as single ops (_small_graphs.py) ------------------------------------------
+ * CBAM's shared MLP on the pooled descriptors and the sigmoid of a one-channel BatchNorm after the small
+ * convolutions: tensors of a few thousand values, where each eager PyTorch op costs more than the
+ * arithmetic. Single-threaded where the work is a few hundred thousand multiply-adds (a thread team costs
+ * more), OpenMP over the values of the normalised map. */
+
+/* sum_i a[i] b[i], 16 lanes at a time, the lanes summed by tree_sum, then the tail: a fixed order. */
+INLINE float dot16(const float *a, const float *b, int64_t n) {
+    vec16 acc = splat16(0.f);
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) acc += load16(a + i) * load16(b + i);
+    float l[LANES];
+    store16(l, acc);
+    float s = tree_sum(l);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* sigmoid_approx over n contiguous values, in place. */
+static void sigmoid_inplace(float *z, int64_t n) {
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) store16(z + i, sigmoid16(load16(z + i)));
+    for (; i < n; i++) z[i] = sigmoid_approx(z[i]);
+}
+
+/* g = sigmoid(sum_i relu(a_i W1^T + b1) W2^T + k b2) for k stacked descriptors a = (k B, C) (row-major;
+ * a_i is rows i B .. i B + B - 1): h = relu(a W1^T + b1) (k B, R), hs = sum_i h_i (B, R), g (B, C).
+ * w1 (R, C), w2 (C, R); b1, b2 NULL for none. relu keeps NaN, as torch's does. */
+void mlp_gate_forward(const float *a, const float *w1, const float *b1, const float *w2, const float *b2,
+                      int64_t k, int64_t B, int64_t C, int64_t R, float *h, float *hs, float *g) {
+    for (int64_t n = 0; n < k * B; n++)
+        for (int64_t r = 0; r < R; r++) {
+            const float v = dot16(a + n * C, w1 + r * C, C) + (b1 ? b1[r] : 0.f);
+            h[n * R + r] = v < 0.f ? 0.f : v;
+        }
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t r = 0; r < R; r++) {
+            float s = h[b * R + r];
+            for (int64_t i = 1; i < k; i++) s += h[(i * B + b) * R + r];
+            hs[b * R + r] = s;
+        }
+    float *w2t = malloc(sizeof(float) * R * C);  /* (R, C): rows of W2^T, so the loop below runs along C */
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t r = 0; r < R; r++) w2t[r * C + c] = w2[c * R + r];
+    for (int64_t b = 0; b < B; b++) {
+        float *z = g + b * C;
+        for (int64_t c = 0; c < C; c++) z[c] = b2 ? (float)k * b2[c] : 0.f;
+        for (int64_t r = 0; r < R; r++) {
+            const float hv = hs[b * R + r], *wr = w2t + r * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) z[c] += hv * wr[c];
+        }
+    }
+    free(w2t);
+    sigmoid_inplace(g, B * C);
+}
+
+/* The gradients of mlp_gate_forward for dL/dg = dg (each output NULL where not wanted): dw1 (R, C), db1 (R),
+ * dw2 (C, R), db2 (C), da (k B, C). The weight and bias gradients are summed in double. */
+void mlp_gate_backward(const float *dg, const float *g, const float *a, const float *h, const float *hs,
+                       const float *w1, const float *w2, int64_t k, int64_t B, int64_t C, int64_t R,
+                       float *dw1, float *db1, float *dw2, float *db2, float *da) {
+    float *dz = malloc(sizeof(float) * B * C), *dh = malloc(sizeof(float) * k * B * R);
+    float *w2t = malloc(sizeof(float) * R * C);
+    double *acc = calloc(R * C + C + R, sizeof(double));
+    for (int64_t i = 0; i < B * C; i++) dz[i] = dg[i] * (1.f - g[i]) * g[i];  /* torch's sigmoid_backward */
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t r = 0; r < R; r++) w2t[r * C + c] = w2[c * R + r];
+    if (dw2 || db2) {
+        double *s2 = acc, *sb = acc + R * C;
+        for (int64_t b = 0; b < B; b++) {
+            const float *d = dz + b * C;
+            for (int64_t r = 0; r < R; r++) {
+                const double hv = hs[b * R + r];
+                double *row = s2 + r * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) row[c] += hv * d[c];
+            }
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) sb[c] += d[c];
+        }
+        if (dw2)
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t r = 0; r < R; r++) dw2[c * R + r] = (float)s2[r * C + c];
+        if (db2)
+            for (int64_t c = 0; c < C; c++) db2[c] = (float)((double)k * sb[c]);
+    }
+    if (dw1 || db1 || da) {
+        /* dL/dh_i = dz W2, the same for every branch, zero where that branch's relu was */
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t r = 0; r < R; r++) {
+                const float v = dot16(dz + b * C, w2t + r * C, C);
+                for (int64_t i = 0; i < k; i++) {
+                    const int64_t n = i * B + b;
+                    dh[n * R + r] = h[n * R + r] <= 0.f ? 0.f : v;
+                }
+            }
+        memset(acc, 0, sizeof(double) * (R * C + R));
+        double *s1 = acc, *sb = acc + R * C;
+        for (int64_t n = 0; n < k * B; n++) {
+            const float *an = a + n * C;
+            if (dw1 || db1)
+                for (int64_t r = 0; r < R; r++) {
+                    const double d = dh[n * R + r];
+                    sb[r] += d;
+                    if (!dw1 || d == 0.) continue;
+                    double *row = s1 + r * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) row[c] += d * an[c];
+                }
+            if (da) {
+                float *o = da + n * C;
+                for (int64_t c = 0; c < C; c++) o[c] = 0.f;
+                for (int64_t r = 0; r < R; r++) {
+                    const float d = dh[n * R + r], *wr = w1 + r * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] += d * wr[c];
+                }
+            }
+        }
+        if (dw1)
+            for (int64_t i = 0; i < R * C; i++) dw1[i] = (float)s1[i];
+        if (db1)
+            for (int64_t r = 0; r < R; r++) db1[r] = (float)sb[r];
+    }
+    free(dz); free(dh); free(w2t); free(acc);
+}
+
+#define NORM_BLOCK 1024
+
+/* g = sigmoid(BatchNorm(u)) for a one-channel map of n values (the order does not matter), as torch's
+ * batch_norm computes it: with batch_stats the batch mean and biased variance normalise, and the running
+ * statistics (when given) move by momentum towards the mean and the unbiased variance; without, the
+ * running statistics normalise. weight, bias NULL for 1, 0. stats[0], stats[1]: the mean and
+ * 1 / sqrt(var + eps) used. norm == 0: g = sigmoid(u), no statistics. */
+void norm_gate_forward(const float *u, int64_t n, int norm, int batch_stats, const float *weight, const float *bias,
+                       float *running_mean, float *running_var, float momentum, float eps, int nt, float *stats,
+                       float *g) {
+    float scale = 1.f, shift = 0.f;
+    if (norm) {
+        double mean, var;
+        if (batch_stats) {
+            /* one pass: sums of d = u - u[0] and d^2 (shifted, so the variance does not cancel), 16 float
+             * lanes over blocks of NORM_BLOCK values, each block's sums added in double */
+            const float k0 = u[0];
+            double s = 0., q = 0.;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(+:s, q)
+            for (int64_t i0 = 0; i0 < n; i0 += NORM_BLOCK) {
+                const int64_t i1 = i0 + NORM_BLOCK < n ? i0 + NORM_BLOCK : n;
+                vec16 vs = splat16(0.f), vq = splat16(0.f);
+                int64_t i = i0;
+                for (; i + LANES <= i1; i += LANES) {
+                    const vec16 d = load16(u + i) - k0;
+                    vs += d;
+                    vq += d * d;
+                }
+                float ls[LANES], lq[LANES];
+                store16(ls, vs);
+                store16(lq, vq);
+                double bs = tree_sum(ls), bq = tree_sum(lq);
+                for (; i < i1; i++) { const double d = (double)u[i] - k0; bs += d; bq += d * d; }
+                s += bs;
+                q += bq;
+            }
+            const double ds = s / (double)n;
+            mean = k0 + ds;
+            q = q - s * ds;  /* sum (u - mean)^2 */
+            if (q < 0.) q = 0.;
+            var = q / (double)n;
+            if (running_mean) running_mean[0] = (float)((1. - momentum) * running_mean[0] + momentum * mean);
+            if (running_var)
+                running_var[0] = (float)((1. - momentum) * running_var[0] + momentum * q / (double)(n > 1 ? n - 1 : 1));
+        } else {
+            mean = running_mean[0];
+            var = running_var[0];
+        }
+        const double invstd = 1. / sqrt(var + (double)eps);
+        stats[0] = (float)mean;
+        stats[1] = (float)invstd;
+        scale = (float)(invstd * (weight ? weight[0] : 1.f));
+        shift = (float)((bias ? bias[0] : 0.f) - mean * scale);
+    }
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t i0 = 0; i0 < n; i0 += LANES) {
+        if (i0 + LANES <= n)
+            store16(g + i0, sigmoid16(load16(u + i0) * scale + shift));
+        else
+            for (int64_t i = i0; i < n; i++) g[i] = sigmoid_approx(u[i] * scale + shift);
+    }
+}
+
+/* dL/du (and dL/dweight, dL/dbias when not NULL) of norm_gate_forward for dL/dg = dg. */
+void norm_gate_backward(const float *dg, const float *g, const float *u, int64_t n, int norm, int batch_stats,
+                        const float *weight, const float *stats, int nt, float *du, float *dweight, float *dbias) {
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t i = 0; i < n; i++) du[i] = dg[i] * (1.f - g[i]) * g[i];
+    if (!norm) return;
+    const double mean = stats[0], invstd = stats[1];
+    /* the sums of dout and dout * (u - mean), as the statistics: float lanes per block, blocks in double */
+    const float mf = (float)mean;
+    double sd = 0., sdu = 0.;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(+:sd, sdu)
+    for (int64_t i0 = 0; i0 < n; i0 += NORM_BLOCK) {
+        const int64_t i1 = i0 + NORM_BLOCK < n ? i0 + NORM_BLOCK : n;
+        vec16 vd = splat16(0.f), vu = splat16(0.f);
+        int64_t i = i0;
+        for (; i + LANES <= i1; i += LANES) {
+            const vec16 d = load16(du + i);
+            vd += d;
+            vu += d * (load16(u + i) - mf);
+        }
+        float ld[LANES], lu[LANES];
+        store16(ld, vd);
+        store16(lu, vu);
+        double bd = tree_sum(ld), bu = tree_sum(lu);
+        for (; i < i1; i++) { bd += du[i]; bu += (double)du[i] * (u[i] - mf); }
+        sd += bd;
+        sdu += bu;
+    }
+    const double sdx = sdu * invstd;
+    if (dweight) dweight[0] = (float)sdx;
+    if (dbias) dbias[0] = (float)sd;
+    const double w = weight ? weight[0] : 1.;
+    const float a = (float)(w * invstd);
+    if (batch_stats) {
+        const float md = (float)(sd / (double)n), mdx = (float)(sdx / (double)n), m = (float)mean, is = (float)invstd;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t i = 0; i < n; i++) du[i] = a * (du[i] - md - (u[i] - m) * is * mdx);
+    } else {
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int64_t i = 0; i < n; i++) du[i] *= a;
     }
 }

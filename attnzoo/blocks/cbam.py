@@ -24,8 +24,9 @@ NOTE (readings of the authors' released code, Jongchan/attention-module, where t
 
 Speed (CPU): cbam, cbam_channel and cbam_spatial run as one native op in eager float32 with a batch of
 at least the thread count (``_pooled_gates.pooled_gates``: F' is never written, backward keeps only
-x); their small parts (MLP, 7x7 conv, BatchNorm, gate, taps) stay ordinary modules. Elsewhere the
-PyTorch expression below runs.
+x); their small parts (MLP, 7x7 conv, BatchNorm, gate, taps) stay ordinary modules, and the default
+ones run as one autograd op each (``_small_graphs``: the MLP; the conv + BatchNorm + sigmoid). Elsewhere
+the PyTorch expression below runs.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced
 from ._layout import LayoutConv2d
 from ._pool import pool_amax, pool_max, pool_mean
 from ._pooled_gates import pooled_gates
+from ._small_graphs import conv_norm_gate, mlp_gate
 
 __all__ = ["CbamChannel", "CbamSpatial", "Cbam"]
 
@@ -81,9 +83,12 @@ class CbamChannel(nn.Module):
 
     def from_pooled(self, avg, mx):
         """Mc from the average- and max-pooled descriptors, each (B, C, 1, 1)."""
-        b = avg.shape[0]
-        avg, mx = self.fc2(self.act(self.fc1(torch.cat([avg, mx])))).split(b)  # shared MLP in one call
-        return self.tap(self.gate(avg + mx))  # (B, C, 1, 1)
+        g = mlp_gate([avg, mx], self.fc1, self.act, self.fc2, self.gate)  # one autograd op where it applies
+        if g is None:
+            b = avg.shape[0]
+            avg, mx = self.fc2(self.act(self.fc1(torch.cat([avg, mx])))).split(b)  # shared MLP in one call
+            g = self.gate(avg + mx)
+        return self.tap(g)  # (B, C, 1, 1)
 
     def forward(self, x):
         check_input(self, x)
@@ -120,7 +125,9 @@ class CbamSpatial(nn.Module):
 
     def from_maps(self, mean, mx):
         """Ms from the channel-wise mean and max maps, each (B, 1, H, W)."""
-        return self.tap(self.gate(self.norm(self.conv(torch.cat([mean, mx], dim=1)))))  # (B, 1, H, W)
+        z = torch.cat([mean, mx], dim=1)
+        g = conv_norm_gate(z, self.conv, self.norm, self.gate)  # one autograd op where it applies
+        return self.tap(self.gate(self.norm(self.conv(z))) if g is None else g)  # (B, 1, H, W)
 
     def forward(self, x):
         check_input(self, x)

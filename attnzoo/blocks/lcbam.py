@@ -20,7 +20,8 @@ timm's computation). Parity under copied weights is tested (tests/test_zoo_timm_
 state_dict keys are timm's.
 
 Speed (CPU): in eager float32 with a batch of at least the thread count the block is one native op
-(``_pooled_gates.pooled_gates``, as cbam); elsewhere the PyTorch expression runs.
+(``_pooled_gates.pooled_gates``, as cbam), and the default small parts run as one autograd op each
+(``_small_graphs``: the MLP; the conv + BatchNorm + sigmoid); elsewhere the PyTorch expression runs.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve
 from ._layout import LayoutConv2d
 from ._pool import pool_amax, pool_max, pool_mean
 from ._pooled_gates import pooled_gates
+from ._small_graphs import conv_norm_gate, mlp_gate
 
 __all__ = ["LightCbam"]
 
@@ -47,7 +49,8 @@ class _LightChannel(nn.Module):
 
     def from_pooled(self, avg, mx):
         z = 0.5 * avg + 0.5 * mx  # (B, C, 1, 1)
-        return self.tap(self.gate(self.fc2(self.act(self.fc1(z)))))
+        g = mlp_gate([z], self.fc1, self.act, self.fc2, self.gate)  # one autograd op where it applies
+        return self.tap(self.gate(self.fc2(self.act(self.fc1(z)))) if g is None else g)
 
     def forward(self, x):
         return x * self.from_pooled(pool_mean(x, (2, 3)), pool_max(x))
@@ -73,7 +76,9 @@ class _LightSpatial(nn.Module):
         self.tap = AttnTap("spatial")
 
     def from_maps(self, mean, mx):
-        return self.tap(self.gate(self.conv(0.5 * mean + 0.5 * mx)))  # (B, 1, H, W)
+        z = 0.5 * mean + 0.5 * mx
+        g = conv_norm_gate(z, self.conv.conv, self.conv.bn, self.gate, owners=(self.conv,))  # one op where it applies
+        return self.tap(self.gate(self.conv(z)) if g is None else g)  # (B, 1, H, W)
 
     def forward(self, x):
         return x * self.from_maps(pool_mean(x, 1), pool_amax(x, 1))

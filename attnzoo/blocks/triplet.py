@@ -21,7 +21,8 @@ is normalized with the running statistics (``SafeBatchNorm2d``) instead of raisi
 Speed (CPU): in eager float32 training and inference with a batch of at least the thread count, the
 block is one native op (``_pooled_gates.triplet_gates`` on ``_native.c``): one pass over x gives all
 six pooled maps, one pass applies the three factors, and backward takes two passes; the 2 -> 1
-convolutions run on the native small-conv kernel (``LayoutConv2d``). Elsewhere (other dtypes and
+convolutions run on the native small-conv kernel (``LayoutConv2d``), each with its BatchNorm and
+sigmoid as one autograd op (``_small_graphs.conv_norm_gate``). Elsewhere (other dtypes and
 devices, ``torch.compile``, export, tracing) it runs the PyTorch expression: the max over W and over H
 is ``adaptive_max_pool2d`` (where positions tie for the maximum, the gradient goes to one of them
 instead of being split; the native op does the same, to the first), the max over C is ``pool_amax``.
@@ -36,6 +37,7 @@ from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve
 from ._layout import LayoutConv2d, like_input
 from ._pool import pool_amax, pool_max_along, pool_mean
 from ._pooled_gates import triplet_gates
+from ._small_graphs import conv_norm_gate
 
 __all__ = ["TripletAttn"]
 
@@ -50,7 +52,8 @@ class _ZPoolGate(nn.Module):
         self.gate = gate_layer()
 
     def forward(self, z):
-        return self.gate(self.bn(self.conv(z)))  # (B, 1, P, Q)
+        g = conv_norm_gate(z, self.conv, self.bn, self.gate)  # one autograd op where it applies
+        return self.gate(self.bn(self.conv(z))) if g is None else g  # (B, 1, P, Q)
 
 
 @register_attn(

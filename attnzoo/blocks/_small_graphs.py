@@ -1,0 +1,229 @@
+"""The gates' small graphs as single autograd ops: the same functions, fewer eager ops.
+
+Not a block module (the leading underscore keeps ``attnzoo.blocks`` discovery from importing it).
+
+Between the native ops of ``_pooled_gates.py`` the blocks run their small parts -- CBAM's shared MLP on
+the pooled descriptors, the 7x7 conv + BatchNorm + sigmoid on the pooled maps -- as ordinary modules.
+On maps of 7x7 to 28x28 those graphs cost more than the kernels around them: each of their 10-20 eager
+ops (and its autograd node, and its backward) costs 10-30 us on CPU whatever its size, and CBAM's two
+graphs took about 0.4 ms each way per call at 128x64x7x7 (``benchmarks/native.py --breakdown``). Here
+each graph is one autograd op whose forward and backward call the few aten kernels (and the native small
+convolution) directly, with the gradients written out by hand:
+
+* ``mlp_gate``: ``sigmoid(sum_i fc2(relu(fc1(p_i))))`` over k pooled (B, C, 1, 1) descriptors (CBAM:
+  the average and max pools, k = 2; LightCBAM: their mean, k = 1); fc1 and fc2 1x1 convs (as linears),
+  with or without bias.
+* ``conv_norm_gate``: ``sigmoid(norm(conv(z)))`` for a convolution the native small-conv kernel runs
+  (CBAM's and triplet attention's k x k conv 2 -> 1, LightCBAM's 1 -> 1) and a BatchNorm2d (running
+  statistics updated as ``nn.BatchNorm2d`` updates them) or no norm.
+
+Each returns None where it does not apply, and the block runs its modules as before. It applies when the
+native kernels do (``_native.applies``: eager float32 CPU, no compile, export, tracing or dispatch mode),
+and the modules are the default ones: exactly those types (a parametrized or subclassed layer runs as a
+module), float32 parameters, no forward or backward hooks on them and no global module hooks (a hook
+would not see its module run), no forward replaced on the instance. The results equal the modules' up to
+float32 rounding (the MLP's k branches are summed before fc2: W2 (h_1 + ... + h_k) + k b2);
+``tests/test_small_graphs.py`` compares outputs, all gradients and the BatchNorm buffers with the modules'
+graph. Double backward is not supported (``once_differentiable``), as for the other native ops.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules import module as _module
+
+from . import _native
+from ._layout import LayoutConv2d, small_conv_backward, small_conv_forward
+
+__all__ = ["conv_norm_gate", "mlp_gate"]
+
+_SIGMOIDS: tuple[type, ...] = (nn.Sigmoid,)
+try:  # timm's Sigmoid, what resolve_layer("sigmoid") returns
+    from timm.layers.activations import Sigmoid as _TimmSigmoid
+
+    _SIGMOIDS += (_TimmSigmoid,)
+except ImportError:  # pragma: no cover - timm is a dependency
+    pass
+# False: every block runs its small graphs as modules (benchmarks/small_graphs.py times both; tests compare)
+ENABLED = True
+_NORMS = (nn.BatchNorm2d,)  # with its subclass SafeBatchNorm2d (base.py), whose forward differs only at 1 value
+
+
+def _unhooked(*modules: nn.Module) -> bool:
+    """None of the modules has a hook or an instance-level forward, and no global module hook is set."""
+    has_global = getattr(_module, "_has_any_global_hook", None)
+    if has_global is None or has_global():
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                   or "forward" in m.__dict__ for m in modules)
+
+
+def _is_sigmoid(gate: nn.Module) -> bool:
+    return type(gate) in _SIGMOIDS
+
+
+def _is_pointwise(conv: nn.Module) -> bool:
+    return (type(conv) in (LayoutConv2d, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros" and conv.weight.dtype == torch.float32)
+
+
+def _float32(*tensors) -> bool:
+    return all(t is None or (t.dtype == torch.float32 and t.device.type == "cpu") for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------- the MLP
+def mlp_gate(pooled: list[torch.Tensor], fc1: nn.Module, act: nn.Module, fc2: nn.Module,
+             gate: nn.Module) -> torch.Tensor | None:
+    """``gate(sum_i fc2(act(fc1(p))))`` for the (B, C, 1, 1) descriptors ``pooled``, as one autograd op, or
+    None where it does not apply (then run the modules)."""
+    p0 = pooled[0]
+    if not (ENABLED and p0.dim() == 4 and p0.shape[2:] == (1, 1) and _native.applies(p0) and type(act) is nn.ReLU
+            and _is_sigmoid(gate) and _is_pointwise(fc1) and _is_pointwise(fc2)
+            and fc1.out_channels == fc2.in_channels and fc2.out_channels == fc1.in_channels == p0.shape[1]
+            and all(p.shape == p0.shape and p.dtype == torch.float32 for p in pooled)
+            and _float32(fc1.bias, fc2.bias) and _unhooked(fc1, act, fc2, gate)):
+        return None
+    return _MlpGate.apply(fc1.weight, fc1.bias, fc2.weight, fc2.bias, *pooled)
+
+
+# Up to this many multiply-adds (k B C R) the MLP runs in one single-threaded C call; above, the matmuls
+# go to torch's BLAS (ResNet-50's widest stage at batch 128: 128 * 2048 * 128 = 2^25).
+_C_MLP_MAX = 2**20
+
+
+class _MlpGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w1, b1, w2, b2, *pooled):
+        b, c = pooled[0].shape[:2]
+        r = w1.shape[0]
+        k = len(pooled)
+        a = torch.cat([p.reshape(b, c) for p in pooled]) if k > 1 else pooled[0].reshape(b, c).contiguous()  # (kB, C)
+        w1v, w2v = w1.detach().reshape(r, c).contiguous(), w2.detach().reshape(c, r).contiguous()
+        b1d = None if b1 is None else b1.detach().contiguous()
+        b2d = None if b2 is None else b2.detach().contiguous()
+        native = k * b * c * r <= _C_MLP_MAX
+        if native:
+            h, hs, g = a.new_empty(k * b, r), a.new_empty(b, r), a.new_empty(b, c)
+            _native.kernels().mlp_gate_forward(a.data_ptr(), w1v.data_ptr(), _native.ptr(b1d), w2v.data_ptr(),
+                                               _native.ptr(b2d), k, b, c, r, h.data_ptr(), hs.data_ptr(), g.data_ptr())
+        else:
+            h = (torch.mm(a, w1v.t()) if b1d is None else torch.addmm(b1d, a, w1v.t())).relu_()  # (kB, R)
+            hs = h.view(k, b, r).sum(0) if k > 1 else h  # the branches meet before fc2: W2 sum_i h_i + k b2
+            g = (torch.mm(hs, w2v.t()) if b2d is None else torch.addmm(b2d, hs, w2v.t(), beta=k)).sigmoid_()
+        ctx.save_for_backward(a, h, hs, g, w1v, w2v)
+        ctx.k, ctx.native, ctx.has_bias = k, native, (b1 is not None, b2 is not None)
+        return g.view(b, c, 1, 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dg):
+        a, h, hs, g, w1v, w2v = ctx.saved_tensors
+        k = ctx.k
+        b, c = g.shape
+        r = h.shape[1]
+        need = ctx.needs_input_grad
+        want = (need[0], ctx.has_bias[0] and need[1], need[2], ctx.has_bias[1] and need[3], any(need[4:]))
+        if ctx.native:
+            outs = [w1v.new_empty(r, c, 1, 1), w1v.new_empty(r), w2v.new_empty(c, r, 1, 1), w2v.new_empty(c),
+                    a.new_empty(k, b, c, 1, 1)]
+            outs = [t if w else None for t, w in zip(outs, want)]
+            dg = dg.reshape(b, c).contiguous()  # named: a temporary could be freed before the call reads it
+            _native.kernels().mlp_gate_backward(dg.data_ptr(), g.data_ptr(), a.data_ptr(),
+                                                h.data_ptr(), hs.data_ptr(), w1v.data_ptr(), w2v.data_ptr(), k, b, c,
+                                                r, *(_native.ptr(t) for t in outs))
+            dw1, db1, dw2, db2, da = outs
+        else:
+            dz = torch.ops.aten.sigmoid_backward(dg.reshape(b, c), g)  # (B, C)
+            dw2 = torch.mm(dz.t(), hs).view(c, r, 1, 1) if want[2] else None
+            db2 = dz.sum(0).mul_(k) if want[3] else None
+            dw1 = db1 = da = None
+            if want[0] or want[1] or want[4]:
+                dh = torch.mm(dz, w2v)  # (B, R): the same for every branch, before each branch's ReLU
+                dh = torch.ops.aten.threshold_backward(dh.repeat(k, 1) if k > 1 else dh, h, 0)  # (kB, R)
+                dw1 = torch.mm(dh.t(), a).view(r, c, 1, 1) if want[0] else None
+                db1 = dh.sum(0) if want[1] else None
+                da = torch.mm(dh, w1v).view(k, b, c, 1, 1) if want[4] else None
+        dpooled = [da[i] if da is not None and need[4 + i] else None for i in range(k)]
+        return (dw1, db1, dw2, db2, *dpooled)
+
+
+# ------------------------------------------------------------------------- the conv, the norm, the gate
+def conv_norm_gate(z: torch.Tensor, conv: nn.Module, norm: nn.Module, gate: nn.Module, *,
+                   owners: tuple[nn.Module, ...] = ()) -> torch.Tensor | None:
+    """``gate(norm(conv(z)))`` as one autograd op, or None where it does not apply (then run the modules).
+
+    ``conv``: a ``LayoutConv2d`` that the native small-conv kernel runs on z; ``norm``: a BatchNorm2d or
+    ``nn.Identity``; ``owners``: modules whose forward the plain path would also run (their hooks count)."""
+    if not (ENABLED and type(conv) is LayoutConv2d and conv._native_ok(z) and _is_sigmoid(gate) and conv.padding_mode == "zeros"
+            and _float32(conv.bias) and _unhooked(conv, norm, gate, *owners)):
+        return None
+    if type(norm) is nn.Identity:
+        bn = None
+    elif isinstance(norm, _NORMS) and type(norm).forward in (nn.BatchNorm2d.forward, _safe_forward()):
+        bn = _norm_args(norm, z.shape[0] * z.shape[2] * z.shape[3])
+        if bn is None:
+            return None
+    else:
+        return None
+    weight, bias = (norm.weight, norm.bias) if bn is not None else (None, None)
+    return _ConvNormGate.apply(z, conv.weight, conv.bias, weight, bias, conv.padding, conv.dilation, bn)
+
+
+def _safe_forward():
+    from .base import SafeBatchNorm2d
+
+    return SafeBatchNorm2d.forward
+
+
+def _norm_args(norm: nn.BatchNorm2d, n: int):
+    """(running_mean, running_var, use batch statistics, momentum, eps) as ``nn.BatchNorm2d.forward``
+    passes them to ``F.batch_norm``, after counting the batch; None where the plain module must run (one
+    value per channel in training, where BatchNorm raises or SafeBatchNorm2d uses the running statistics,
+    float64 buffers, a bad momentum)."""
+    if norm.num_features != 1 or not _float32(norm.weight, norm.bias, norm.running_mean, norm.running_var):
+        return None
+    if norm.training and n <= 1:
+        return None
+    momentum = 0.0 if norm.momentum is None else norm.momentum
+    if norm.training and norm.track_running_stats and norm.num_batches_tracked is not None:
+        norm.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+    batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
+    keep = not norm.training or norm.track_running_stats
+    return (norm.running_mean if keep else None, norm.running_var if keep else None, batch_stats, momentum, norm.eps)
+
+
+class _ConvNormGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, weight, bias, bn_weight, bn_bias, padding, dilation, bn):
+        z, w, u = small_conv_forward(z, weight, bias, padding, dilation)  # u: (B, 1, H, W) NCHW
+        running_mean, running_var, batch_stats, momentum, eps = bn if bn is not None else (None, None, True, 0.0, 0.0)
+        bw = None if bn_weight is None else bn_weight.detach().contiguous()
+        bb = None if bn_bias is None else bn_bias.detach().contiguous()
+        stats, g = u.new_empty(2), torch.empty_like(u)
+        _native.kernels().norm_gate_forward(u.data_ptr(), u.numel(), bn is not None, batch_stats, _native.ptr(bw),
+                                            _native.ptr(bb), _native.ptr(running_mean), _native.ptr(running_var),
+                                            momentum, eps, torch.get_num_threads(), stats.data_ptr(), g.data_ptr())
+        ctx.save_for_backward(z, w, u, g, bw, stats)
+        ctx.padding, ctx.dilation, ctx.norm, ctx.batch_stats = padding, dilation, bn is not None, batch_stats
+        ctx.has = (bias is not None, bn_weight is not None, bn_bias is not None)
+        return g
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dg):
+        z, w, u, g, bw, stats = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dbw = u.new_empty(1) if ctx.has[1] and need[3] else None
+        dbb = u.new_empty(1) if ctx.has[2] and need[4] else None
+        du = torch.empty_like(u)
+        dg = dg.contiguous()  # named: a temporary could be freed before the call reads it
+        _native.kernels().norm_gate_backward(dg.data_ptr(), g.data_ptr(), u.data_ptr(), u.numel(),
+                                             ctx.norm, ctx.batch_stats, _native.ptr(bw), stats.data_ptr(),
+                                             torch.get_num_threads(), du.data_ptr(), _native.ptr(dbw), _native.ptr(dbb))
+        dz = dw = db = None
+        if need[0] or need[1] or need[2]:
+            dz, dw, db = small_conv_backward(z, w, du, ctx.padding, ctx.dilation, (need[0], need[1]),
+                                             ctx.has[0] and need[2])
+        return dz, dw, db, dbw, dbb, None, None, None

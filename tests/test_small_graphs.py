@@ -1,0 +1,187 @@
+"""The gates' small graphs as single autograd ops (attnzoo/blocks/_small_graphs.py): the same function as the
+modules they stand for (outputs, every gradient, BatchNorm buffers over several steps), used only where they
+apply, and the modules' own behaviour (hooks, other layers, parametrizations) kept everywhere else."""
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from attnzoo import create_attn
+from attnzoo.blocks import _small_graphs
+from attnzoo.blocks.base import SafeBatchNorm2d
+from attnzoo.blocks._layout import LayoutConv2d
+
+from test_native import _cc, _same_step, _train_step
+
+FUSED = {"_MlpGateBackward", "_ConvNormGateBackward"}
+
+
+@pytest.fixture(autouse=True)
+def _kernels_and_two_threads():
+    if shutil.which(_cc()) is None:
+        pytest.skip("no C compiler: the native kernels, and so the fused small graphs, do not run here")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+    _small_graphs.ENABLED = True
+
+
+def _nodes(t):
+    """The names of every autograd node behind t."""
+    seen, todo, names = set(), [t.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(n for n, _ in node.next_functions)
+    return names
+
+
+def _step(name, x, monkeypatch, fused, **kwargs):
+    _small_graphs.ENABLED = fused
+    try:
+        return _train_step(name, x, monkeypatch, True, **kwargs)
+    finally:
+        _small_graphs.ENABLED = True
+
+
+CASES = [("cbam", {}), ("cbam", {"mlp_bias": False, "spatial_norm": False}), ("cbam_channel", {}),
+         ("cbam_spatial", {}), ("cbam_spatial", {"spatial_norm": False, "kernel_size": 3}), ("lcbam", {}),
+         ("triplet", {}), ("triplet", {"kernel_size": 3}),
+         ("cbam_channel", {"rd_ratio": 0.25})]  # (4, 1024, .) below: 2 * 4 * 1024 * 256 > 2^20, the BLAS path
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 64, 7, 7), (2, 16, 1, 5), (5, 17, 4, 4)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name,kwargs", CASES, ids=[f"{n}-{'-'.join(map(str, k.values())) or 'default'}" for n, k in CASES])
+def test_the_fused_small_graphs_are_the_modules(name, kwargs, channels_last, shape, monkeypatch):
+    if kwargs.get("rd_ratio") == 0.25:
+        shape = (4, 1024, 3, 2)
+    torch.manual_seed(5)
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got, want = _step(name, x, monkeypatch, True, **kwargs), _step(name, x, monkeypatch, False, **kwargs)
+    _same_step(got, want)
+
+
+def _graph_of(name, x, **kwargs):
+    block = create_attn(name, x.shape[1], **kwargs).train()
+    return block, _nodes(block(x.requires_grad_()))
+
+
+@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet"])
+def test_the_default_blocks_run_their_small_graphs_as_one_op_each(name):
+    _, nodes = _graph_of(name, torch.randn(4, 32, 8, 8))
+    want = {"cbam_channel": {"_MlpGateBackward"}, "cbam_spatial": {"_ConvNormGateBackward"},
+            "triplet": {"_ConvNormGateBackward"}}.get(name, FUSED)
+    assert want <= nodes
+    assert not ({"AddmmBackward0", "NativeBatchNormBackward0", "SigmoidBackward0"} & nodes)
+
+
+@pytest.mark.parametrize("kwargs,unfused", [({"act_layer": "silu"}, {"_MlpGateBackward"}),
+                                            ({"gate_layer": "hard_sigmoid"}, FUSED)])
+def test_other_layers_run_as_modules(kwargs, unfused):
+    _, nodes = _graph_of("cbam", torch.randn(4, 32, 8, 8), **kwargs)
+    assert not (unfused & nodes) and (FUSED - unfused) <= nodes
+
+
+def test_a_hook_on_a_small_part_sees_it_run():
+    block = create_attn("cbam", 32).train()
+    seen = []
+    block.channel.fc1.register_forward_hook(lambda m, i, o: seen.append("fc1"))
+    block.spatial.norm.register_forward_pre_hook(lambda m, i: seen.append("norm"))
+    nodes = _nodes(block(torch.randn(4, 32, 8, 8, requires_grad=True)))
+    assert seen == ["fc1", "norm"] and not (FUSED & nodes)
+
+
+def test_a_global_module_hook_turns_the_fusion_off():
+    seen = []
+    handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+    try:
+        _, nodes = _graph_of("cbam", torch.randn(4, 32, 8, 8))
+    finally:
+        handle.remove()
+    assert "LayoutConv2d" in seen and not (FUSED & nodes)
+
+
+def test_a_parametrized_weight_runs_as_a_module_and_gets_its_gradient(monkeypatch):
+    torch.manual_seed(0)
+    block = create_attn("cbam", 32).train()
+    plain = copy.deepcopy(block)
+    for b in (block, plain):
+        nn.utils.parametrizations.weight_norm(b.channel.fc1)
+    x = torch.randn(4, 32, 8, 8)
+    y = block(x)
+    assert "_MlpGateBackward" not in _nodes(y)
+    y.sum().backward()
+    _small_graphs.ENABLED = False
+    plain(x).sum().backward()
+    for (k, p), (_, q) in zip(block.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("norm", [
+    lambda: SafeBatchNorm2d(1, momentum=0.01), lambda: SafeBatchNorm2d(1, momentum=None),
+    lambda: nn.BatchNorm2d(1, track_running_stats=False), lambda: nn.BatchNorm2d(1, affine=False),
+    lambda: nn.Identity()], ids=["momentum", "cumulative", "no-running-stats", "no-affine", "identity"])
+@pytest.mark.parametrize("training", [True, False])
+def test_conv_norm_gate_is_the_modules_over_several_steps(norm, training):
+    torch.manual_seed(1)
+    conv = LayoutConv2d(2, 1, 7, padding=3, bias=True)
+    bn = norm()
+    if isinstance(bn, nn.BatchNorm2d) and bn.affine:
+        with torch.no_grad():
+            bn.weight.fill_(1.7)
+            bn.bias.fill_(-0.3)
+    gate = nn.Sigmoid()
+    fused, plain = [copy.deepcopy(m).train(training) for m in (conv, bn, gate)], [m.train(training) for m in (conv, bn, gate)]
+    for step in range(3):
+        z = torch.randn(4, 2, 9, 6) * (step + 1) + step
+        za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+        g = torch.randn(4, 1, 9, 6)
+        a = _small_graphs.conv_norm_gate(za, *fused)
+        assert a is not None
+        b = plain[2](plain[1](plain[0](zb)))
+        a.backward(g)
+        b.backward(g)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(za.grad, zb.grad, rtol=1e-4, atol=1e-5)
+        for p, q in zip([p for m in fused for p in m.parameters()], [p for m in plain for p in m.parameters()]):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+        for p, q in zip([t for m in fused for t in m.buffers()], [t for m in plain for t in m.buffers()]):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_one_value_per_channel_in_training_runs_the_module():
+    conv, bn = LayoutConv2d(2, 1, 1, bias=False), SafeBatchNorm2d(1)
+    assert _small_graphs.conv_norm_gate(torch.randn(1, 2, 1, 1), conv, bn, nn.Sigmoid()) is None
+
+
+def test_frozen_parameters_and_a_second_backward():
+    torch.manual_seed(2)
+    block = create_attn("cbam", 32).train()
+    for p in block.channel.parameters():
+        p.requires_grad_(False)
+    x = torch.randn(4, 32, 8, 8, requires_grad=True)
+    y = block(x)
+    assert FUSED <= _nodes(y)
+    y.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * first)
+    assert all(p.grad is None for p in block.channel.parameters())
+    assert all(p.grad is not None for p in block.spatial.parameters())
+
+
+def test_the_fusion_is_off_where_the_kernels_are(monkeypatch):
+    monkeypatch.setenv("ATTNZOO_NATIVE", "0")
+    _, nodes = _graph_of("cbam", torch.randn(4, 32, 8, 8))
+    assert not (FUSED & nodes)
