@@ -6,11 +6,11 @@ inputs, timed interleaved in one process.
     python benchmarks/native_revision.py --rev 5c89a4a --json benchmarks/results/native_revision_cpu.json
 
 The revision's ``attnzoo/blocks/_native.c`` is built into a temporary library (the flags of
-``_native._FLAGS``) and its ``attnzoo/blocks/_pooled_gates.py`` loaded as a module of its own; the "old"
-side points each block module's imported ops at that module and the kernel library at that build, the "new"
-side at the working tree's (an op the revision did not have returns None there, so the block takes its
-PyTorch path, as it did). Everything else (the blocks' small parts, the small convolutions' Python) is
-the working tree's on both sides.
+``_native._FLAGS``) and its ``attnzoo/blocks/_pooled_gates.py`` and ``_small_graphs.py`` (where it has them)
+loaded as modules of their own; the "old" side points each block module's imported ops at those modules and
+the kernel library at that build, the "new" side at the working tree's (an op the revision did not have
+returns None there, so the block takes its PyTorch path or runs its small graph as modules, as it did).
+Everything else (the blocks' modules, the small convolutions' Python) is the working tree's on both sides.
 
 Blocks: forward + backward (``y.backward(g)``) at ResNet-20's three stages on Fashion-MNIST (batch 128:
 16x28x28, 32x14x14, 64x7x7), channels_last, float32, train mode, ``--steps`` passes per turn; ``--pairs``
@@ -39,7 +39,7 @@ import torch
 
 import attnzoo
 from attnzoo.ablation.runner import cpu_model
-from attnzoo.blocks import _native, _pooled_gates
+from attnzoo.blocks import _native, _pooled_gates, _small_graphs
 from attnzoo.training.allocator import use_allocator
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -47,18 +47,21 @@ from overhead_floor import Job  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = [(128, 16, 28, 28), (128, 32, 14, 14), (128, 64, 7, 7)]
-OPS = list(_pooled_gates.__all__)
+OP_MODULES = (_pooled_gates, _small_graphs)  # the modules whose ops the block modules import
+OPS = [op for m in OP_MODULES for op in m.__all__]
 
 
-def _git_show(rev: str, path: str) -> str:
+def _git_show(rev: str, path: str, missing_ok: bool = False) -> str | None:
     proc = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
+        if missing_ok:
+            return None
         raise SystemExit(f"git show {rev}:{path} failed: {proc.stderr.strip()}")
     return proc.stdout
 
 
 def revision_side(rev: str, tmp: Path):
-    """(kernel library, _pooled_gates module) of ``rev``."""
+    """(kernel library, [the revision's op modules, those it has]) of ``rev``."""
     source = _git_show(rev, "attnzoo/blocks/_native.c")
     c_file, so_file = tmp / "native_rev.c", tmp / "native_rev.so"
     c_file.write_text(source)
@@ -68,26 +71,34 @@ def revision_side(rev: str, tmp: Path):
     for name, types in _native.signatures(source).items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = types, None
-    spec = importlib.util.spec_from_loader("attnzoo.blocks._pooled_gates_rev", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    module.__package__ = "attnzoo.blocks"
-    exec(compile(_git_show(rev, "attnzoo/blocks/_pooled_gates.py"), f"{rev}:_pooled_gates.py", "exec"), module.__dict__)
-    return lib, module
+    modules = []
+    for current in OP_MODULES:
+        short = current.__name__.rsplit(".", 1)[1]
+        text = _git_show(rev, f"attnzoo/blocks/{short}.py", missing_ok=short != "_pooled_gates")
+        if text is None:
+            continue
+        spec = importlib.util.spec_from_loader(f"attnzoo.blocks.{short}_rev", loader=None)
+        module = importlib.util.module_from_spec(spec)
+        module.__package__ = "attnzoo.blocks"
+        exec(compile(text, f"{rev}:{short}.py", "exec"), module.__dict__)
+        modules.append(module)
+    return lib, modules
 
 
 class Sides:
     """Switches every loaded block module's imported native ops and the kernel library between two sides."""
 
-    def __init__(self, old_lib, old_ops) -> None:
+    def __init__(self, old_lib, old_modules) -> None:
         self.lib = {"old": old_lib, "new": _native.kernels()}
         # an op the revision did not have: the block took its PyTorch path there (the op "does not apply")
-        self.ops = {"old": {op: getattr(old_ops, op, _not_there) for op in OPS},
-                    "new": {op: getattr(_pooled_gates, op) for op in OPS}}
+        old = {op: getattr(m, op) for m in old_modules for op in getattr(m, "__all__", ()) if op in OPS}
+        self.ops = {"old": {op: old.get(op, _not_there) for op in OPS},
+                    "new": {op: getattr(m, op) for m in OP_MODULES for op in m.__all__}}
 
     def use(self, side: str) -> None:
         _native._state["lib"] = self.lib[side]
         for module in list(sys.modules.values()):
-            if getattr(module, "__name__", "").startswith("attnzoo.blocks.") and module is not _pooled_gates:
+            if getattr(module, "__name__", "").startswith("attnzoo.blocks.") and module not in OP_MODULES:
                 for op in OPS:
                     if getattr(module, op, None) in (self.ops["old"][op], self.ops["new"][op]):
                         setattr(module, op, self.ops[side][op])

@@ -15,6 +15,8 @@
     python benchmarks/native.py --breakdown --json benchmarks/results/native_cpu.json
     python benchmarks/native_revision.py --rev REV --blocks ... --hosts resnet20 \
         --json benchmarks/results/native_revision_cpu.json
+    python benchmarks/native_revision.py --rev 0e6a0c9 --blocks cbam cbam_channel cbam_spatial lcbam triplet \
+        --hosts resnet20 --json benchmarks/results/small_graphs_revision_cpu.json
     python benchmarks/readme.py                                                        # rewrite README parts
 
 Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
@@ -245,17 +247,18 @@ def breakdown_line(nat: dict) -> str:
     return ("\n  - Breakdown (`--breakdown`: the same blocks with kernels that return at once, in the same rounds), for "
             "the blocks whose full-size work is all in native ops, at 128x64x7x7 (DRAM floor "
             f"{floor:.2f} ms), ms per forward+backward: {cells}. The time outside the kernels alone (the small graphs' "
-            "MLPs, 1x1 convs, norms and gates on the pooled tensors, and the ops' own Python and autograd work; the "
-            "small convolutions' kernels return at once too) exceeds 2x the DRAM floor "
+            "MLPs, 1x1 convs, norms and gates on the pooled tensors where they run as modules, and the ops' own Python "
+            "and autograd work; the small convolutions' kernels and those of the small graphs that run as single ops, "
+            "`_small_graphs.py`, return at once too) exceeds 2x the DRAM floor "
             f"at some stage for {', '.join(f'`{b}`' for b in over) or 'none'}: no kernel can bring these to the eager "
-            "target there; their small graphs would have to be fused. "
+            "target there; their small graphs would have to be fused as CBAM's, LightCBAM's and triplet's now are. "
             + (f"In {', '.join(f'`{b}`' for b in convs)} only the convolutions (and in `bam` its combination) are "
                "native, so their 'outside' time includes PyTorch full-size passes." if convs else ""))
 
 
-def revision_line(rev: dict | None) -> str:
+def revision_line(rev: dict | None, what: str = "the native ops and kernels") -> str:
     if not rev:
-        return "- `benchmarks/native_revision.py`: not measured yet."
+        return f"- `benchmarks/native_revision.py` ({what}): not measured yet."
     by: dict = {}
     for r in rev["rows"]:
         if r["kind"] == "block":
@@ -263,7 +266,7 @@ def revision_line(rev: dict | None) -> str:
     cells = ", ".join(f"`{b}` {min(v):.2f}-{max(v):.2f}" for b, v in sorted(by.items()))
     hosts = ", ".join(f"{r['host']}+`{r['block']}` {r['ratio_median']:.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
                       for r in rev["rows"] if r["kind"] == "host")
-    return (f"- `benchmarks/native_revision.py` (the native ops and kernels at commit {rev['head']} against commit "
+    return (f"- `benchmarks/native_revision.py` ({what} at commit {rev['head']} against commit "
             f"{rev['rev']}, same blocks and inputs in one process, {rev['threads']} CPU threads, median of {rev['pairs']} "
             f"ABBA pairs of {rev['steps']} passes, < 1: faster now): blocks alone at ResNet-20's three stages, range over "
             f"the stages: {cells}"
@@ -538,6 +541,8 @@ def main(argv=None) -> int:
                   + "\n" + layouts_line(_load("layouts_cpu.json"))
                   + "\n" + native_line(_load("native_cpu.json"))
                   + "\n" + revision_line(_load("native_revision_cpu.json"))
+                  + "\n" + revision_line(_load("small_graphs_revision_cpu.json"),
+                                         "the small graphs as single ops, `_small_graphs.py`")
                   + "\n" + allocator_line(_load("allocator_cpu.json")))
     args.readme.write_text(text)
     print(f"wrote the generated sections of {args.readme} ({len(list_attn())} blocks)")
