@@ -18,6 +18,7 @@ from attnzoo.blocks._layout import LayoutConv2d
 from test_native import _cc, _same_step, _train_step
 
 FUSED = {"_MlpGateBackward", "_ConvNormGateBackward"}
+COORD = "_CoordGatesBackward"
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +56,7 @@ def _step(name, x, monkeypatch, fused, **kwargs):
 CASES = [("cbam", {}), ("cbam", {"mlp_bias": False, "spatial_norm": False}), ("cbam_channel", {}),
          ("cbam_spatial", {}), ("cbam_spatial", {"spatial_norm": False, "kernel_size": 3}), ("lcbam", {}),
          ("triplet", {}), ("triplet", {"kernel_size": 3}),
+         ("coord", {}), ("coord", {"bias": False, "rd_channels": 5}),
          ("cbam_channel", {"rd_ratio": 0.25})]  # (4, 1024, .) below: 2 * 4 * 1024 * 256 > 2^20, the BLAS path
 
 
@@ -77,13 +79,14 @@ def _graph_of(name, x, **kwargs):
     return block, _nodes(block(x.requires_grad_()))
 
 
-@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet"])
+@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord"])
 def test_the_default_blocks_run_their_small_graphs_as_one_op_each(name):
     _, nodes = _graph_of(name, torch.randn(4, 32, 8, 8))
     want = {"cbam_channel": {"_MlpGateBackward"}, "cbam_spatial": {"_ConvNormGateBackward"},
-            "triplet": {"_ConvNormGateBackward"}}.get(name, FUSED)
+            "triplet": {"_ConvNormGateBackward"}, "coord": {COORD}}.get(name, FUSED)
     assert want <= nodes
-    assert not ({"AddmmBackward0", "NativeBatchNormBackward0", "SigmoidBackward0"} & nodes)
+    assert not ({"AddmmBackward0", "NativeBatchNormBackward0", "SigmoidBackward0", "HardswishBackward0",
+                 "BmmBackward0", "MmBackward0"} & nodes)
 
 
 @pytest.mark.parametrize("kwargs,unfused", [({"act_layer": "silu"}, {"_MlpGateBackward"}),
@@ -91,6 +94,11 @@ def test_the_default_blocks_run_their_small_graphs_as_one_op_each(name):
 def test_other_layers_run_as_modules(kwargs, unfused):
     _, nodes = _graph_of("cbam", torch.randn(4, 32, 8, 8), **kwargs)
     assert not (unfused & nodes) and (FUSED - unfused) <= nodes
+
+
+def test_coord_with_another_activation_runs_as_modules():
+    _, nodes = _graph_of("coord", torch.randn(4, 32, 8, 8), act_layer="silu")
+    assert COORD not in nodes
 
 
 def test_a_hook_on_a_small_part_sees_it_run():
@@ -185,3 +193,58 @@ def test_the_fusion_is_off_where_the_kernels_are(monkeypatch):
     monkeypatch.setenv("ATTNZOO_NATIVE", "0")
     _, nodes = _graph_of("cbam", torch.randn(4, 32, 8, 8))
     assert not (FUSED & nodes)
+
+
+@pytest.mark.parametrize("norm", [lambda m: SafeBatchNorm2d(m), lambda m: SafeBatchNorm2d(m, momentum=None),
+                                  lambda m: nn.BatchNorm2d(m, affine=False), lambda m: nn.Identity()],
+                         ids=["default", "cumulative", "no-affine", "identity"])
+@pytest.mark.parametrize("training", [True, False])
+def test_coord_gates_are_the_modules_over_several_steps(norm, training):
+    torch.manual_seed(4)
+    c, m, h, w = 24, 6, 5, 7
+    mods = [LayoutConv2d(c, m, 1, bias=True), norm(m), nn.Hardswish(), LayoutConv2d(m, c, 1), LayoutConv2d(m, c, 1, bias=False),
+            nn.Sigmoid()]
+    if isinstance(mods[1], nn.BatchNorm2d) and mods[1].affine:
+        with torch.no_grad():
+            mods[1].weight.uniform_(0.5, 2.0)
+            mods[1].bias.uniform_(-1.0, 1.0)
+    fused = [copy.deepcopy(mod).train(training) for mod in mods]
+    plain = [mod.train(training) for mod in mods]
+    for step in range(3):
+        zh, zw = torch.randn(4, c, h, 1) * (step + 1), torch.randn(4, c, 1, w) + step
+        a = [t.clone().requires_grad_() for t in (zh, zw)]
+        b = [t.clone().requires_grad_() for t in (zh, zw)]
+        got = _small_graphs.coord_gates(*a, *fused)
+        assert got is not None
+        conv1, bn, act, conv_h, conv_w, gate = plain
+        f = act(bn(conv1(torch.cat([b[0], b[1].transpose(2, 3)], dim=2))))
+        f_h, f_w = torch.split(f, [h, w], dim=2)
+        want = gate(conv_h(f_h)), gate(conv_w(f_w.transpose(2, 3)))
+        seeds = [torch.randn(t.shape) for t in want]
+        torch.autograd.backward(got, seeds)
+        torch.autograd.backward(want, seeds)
+        for x, y in zip(got, want):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x.grad, y.grad, rtol=1e-4, atol=1e-5)
+        for p, q in zip([p for mod in fused for p in mod.parameters()], [p for mod in plain for p in mod.parameters()]):
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+        for p, q in zip([t for mod in fused for t in mod.buffers()], [t for mod in plain for t in mod.buffers()]):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_coord_gates_with_one_factor_used():
+    torch.manual_seed(6)
+    block = create_attn("coord", 32).train()
+    plain = copy.deepcopy(block)
+    x = torch.randn(4, 32, 6, 9)
+    g_h, _ = block.factors(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
+    g_h.sum().backward()
+    _small_graphs.ENABLED = False
+    p_h, _ = plain.factors(x.mean(3, keepdim=True), x.mean(2, keepdim=True))
+    p_h.sum().backward()
+    for (k, p), (_, q) in zip(block.named_parameters(), plain.named_parameters()):
+        if q.grad is None:
+            assert p.grad is None or not p.grad.any(), k
+        else:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=k)

@@ -2886,3 +2886,238 @@ void norm_gate_backward(const float *dg, const float *g, const float *u, int64_t
         for (int64_t i = 0; i < n; i++) du[i] *= a;
     }
 }
+
+/* Coordinate attention's small graph on its pooled strips, per sample z = [z_h | z_w] (C, L = H + W) from
+ * the means over W (B, C, H) and over H (B, C, W): u = W1 z + b1 (M, L); v = BatchNorm(u) per channel m,
+ * over the batch and L (as norm_gate_forward; stats = M means then M inverse deviations); f = hardswish(v);
+ * g_h = sigmoid(Wh f[:, :H] + bh) (C, H) and g_w = sigmoid(Ww f[:, H:] + bw) (C, W). w1 (M, C), wh, ww (C, M);
+ * biases and norm parameters NULL for none. u is kept (B, M, L) for backward. */
+#define COORD_DIMS int64_t B, int64_t C, int64_t M, int64_t H, int64_t W, int norm, int batch_stats, int nt
+
+INLINE float hardswish(float v) { return v <= -3.f ? 0.f : v >= 3.f ? v : v * (v + 3.f) * (1.f / 6.f); }
+
+/* per sample, o (R, L) = a (R, K) @ z (K, L) + bias: rows of z in L, the loop along L */
+INLINE void small_matmul(const float *a, const float *z, const float *bias, int64_t R, int64_t K, int64_t L, float *o) {
+    for (int64_t r = 0; r < R; r++) {
+        float *orow = o + r * L;
+        const float bv = bias ? bias[r] : 0.f;
+        for (int64_t l = 0; l < L; l++) orow[l] = bv;
+        for (int64_t k = 0; k < K; k++) {
+            const float av = a[r * K + k], *zrow = z + k * L;
+#pragma omp simd
+            for (int64_t l = 0; l < L; l++) orow[l] += av * zrow[l];
+        }
+    }
+}
+
+/* (B, M, L) -> per channel scale and shift of the normalisation (running statistics moved when batch_stats) */
+static void coord_norm_stats(const float *u, COORD_DIMS, const float *bnw, const float *bnb, float *rm, float *rv,
+                             float momentum, float eps, float *stats, float *scale, float *shift) {
+    (void)C; (void)nt;
+    const int64_t L = H + W, n = B * L;
+    for (int64_t m = 0; m < M; m++) {
+        double mean, var;
+        if (!norm) { scale[m] = 1.f; shift[m] = 0.f; continue; }
+        if (batch_stats) {
+            double s = 0., q = 0.;
+            const float k0 = u[m * L];
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t l = 0; l < L; l++) { const double d = (double)u[(b * M + m) * L + l] - k0; s += d; q += d * d; }
+            const double ds = s / (double)n;
+            mean = k0 + ds;
+            q = q - s * ds;
+            if (q < 0.) q = 0.;
+            var = q / (double)n;
+            if (rm) rm[m] = (float)((1. - momentum) * rm[m] + momentum * mean);
+            if (rv) rv[m] = (float)((1. - momentum) * rv[m] + momentum * q / (double)(n > 1 ? n - 1 : 1));
+        } else {
+            mean = rm[m];
+            var = rv[m];
+        }
+        const double invstd = 1. / sqrt(var + (double)eps);
+        stats[m] = (float)mean;
+        stats[M + m] = (float)invstd;
+        scale[m] = (float)(invstd * (bnw ? bnw[m] : 1.f));
+        shift[m] = (float)((bnb ? bnb[m] : 0.f) - mean * scale[m]);
+    }
+}
+
+void coord_gates_forward(const float *zh, const float *zw, const float *w1, const float *b1, const float *bnw,
+                         const float *bnb, float *rm, float *rv, float momentum, float eps, const float *wh,
+                         const float *bh, const float *ww, const float *bw, COORD_DIMS, float *u, float *stats,
+                         float *gh, float *gw) {
+    const int64_t L = H + W;
+    SAMPLES {
+        float *z = malloc(sizeof(float) * C * L);
+        for (int64_t c = 0; c < C; c++) {
+            memcpy(z + c * L, zh + (b * C + c) * H, sizeof(float) * H);
+            memcpy(z + c * L + H, zw + (b * C + c) * W, sizeof(float) * W);
+        }
+        small_matmul(w1, z, b1, M, C, L, u + b * M * L);
+        free(z);
+    }
+    float *scale = malloc(sizeof(float) * 2 * M), *shift = scale + M;
+    coord_norm_stats(u, B, C, M, H, W, norm, batch_stats, nt, bnw, bnb, rm, rv, momentum, eps, stats, scale, shift);
+    SAMPLES {
+        float *f = malloc(sizeof(float) * M * (H + W)), *fh = f, *fw = f + M * H;
+        for (int64_t m = 0; m < M; m++) {
+            const float *ur = u + (b * M + m) * L;
+            for (int64_t l = 0; l < H; l++) fh[m * H + l] = hardswish(ur[l] * scale[m] + shift[m]);
+            for (int64_t l = 0; l < W; l++) fw[m * W + l] = hardswish(ur[H + l] * scale[m] + shift[m]);
+        }
+        small_matmul(wh, fh, bh, C, M, H, gh + b * C * H);
+        small_matmul(ww, fw, bw, C, M, W, gw + b * C * W);
+        sigmoid_inplace(gh + b * C * H, C * H);
+        sigmoid_inplace(gw + b * C * W, C * W);
+        free(f);
+    }
+    free(scale);
+}
+
+/* The gradients of coord_gates_forward for dL/dg_h, dL/dg_w (outputs NULL where not wanted): dzh (B, C, H),
+ * dzw (B, C, W), dw1 (M, C), db1 (M), dbnw, dbnb (M), dwh, dww (C, M), dbh, dbw (C). Parameter gradients
+ * are summed in double, per thread, then across threads. */
+void coord_gates_backward(const float *dgh, const float *dgw, const float *gh, const float *gw, const float *zh,
+                          const float *zw, const float *u, const float *stats, const float *w1, const float *bnw,
+                          const float *bnb, const float *wh, const float *ww, COORD_DIMS, float *dzh, float *dzw,
+                          float *dw1, float *db1, float *dbnw, float *dbnb, float *dwh, float *dbh, float *dww,
+                          float *dbw) {
+    const int64_t L = H + W, n = B * L;
+    float *scale = malloc(sizeof(float) * 2 * M), *shift = scale + M;
+    for (int64_t m = 0; m < M; m++) {
+        const float is = norm ? stats[M + m] : 1.f, mu = norm ? stats[m] : 0.f;
+        scale[m] = is * (norm && bnw ? bnw[m] : 1.f);
+        shift[m] = (norm && bnb ? bnb[m] : 0.f) - mu * scale[m];
+    }
+    float *dv = malloc(sizeof(float) * B * M * L);
+    const int64_t np = 2 * C * M + 2 * C;  /* dwh, dww, dbh, dbw */
+    double *tot = calloc(np + M * C + M, sizeof(double));
+#pragma omp parallel num_threads(nt)
+    {
+        double *part = calloc(np, sizeof(double));
+        float *f = malloc(sizeof(float) * M * L), *da = malloc(sizeof(float) * C * L);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            const float *ub = u + b * M * L;
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t l = 0; l < L; l++) f[m * L + l] = hardswish(ub[m * L + l] * scale[m] + shift[m]);
+            /* da = dL/d(pre-sigmoid), (C, L): the h part then the w part */
+            for (int64_t c = 0; c < C; c++) {
+                for (int64_t l = 0; l < H; l++) {
+                    const int64_t i = (b * C + c) * H + l;
+                    da[c * L + l] = dgh[i] * (1.f - gh[i]) * gh[i];
+                }
+                for (int64_t l = 0; l < W; l++) {
+                    const int64_t i = (b * C + c) * W + l;
+                    da[c * L + H + l] = dgw[i] * (1.f - gw[i]) * gw[i];
+                }
+            }
+            for (int64_t c = 0; c < C; c++) {
+                const float *dr = da + c * L;
+                double sh = 0., sw = 0.;
+                for (int64_t l = 0; l < H; l++) sh += dr[l];
+                for (int64_t l = 0; l < W; l++) sw += dr[H + l];
+                part[2 * C * M + c] += sh;
+                part[2 * C * M + C + c] += sw;
+                for (int64_t m = 0; m < M; m++) {
+                    const float *fr = f + m * L;
+                    double ah = 0., aw = 0.;
+                    for (int64_t l = 0; l < H; l++) ah += dr[l] * fr[l];
+                    for (int64_t l = 0; l < W; l++) aw += dr[H + l] * fr[H + l];
+                    part[c * M + m] += ah;
+                    part[C * M + c * M + m] += aw;
+                }
+            }
+            /* df = Wh^T da_h | Ww^T da_w, then dv = df * hardswish'(v) (torch's: 0 below -3, v / 3 + 1/2 up to 3, 1) */
+            float *dvb = dv + b * M * L;
+            for (int64_t m = 0; m < M; m++) {
+                float *o = dvb + m * L;
+                for (int64_t l = 0; l < L; l++) o[l] = 0.f;
+                for (int64_t c = 0; c < C; c++) {
+                    const float a = wh[c * M + m], e = ww[c * M + m], *dr = da + c * L;
+                    for (int64_t l = 0; l < H; l++) o[l] += a * dr[l];
+                    for (int64_t l = 0; l < W; l++) o[H + l] += e * dr[H + l];
+                }
+                for (int64_t l = 0; l < L; l++) {
+                    const float v = ub[m * L + l] * scale[m] + shift[m];
+                    o[l] = v < -3.f ? 0.f : v <= 3.f ? o[l] * (v / 3.f + 0.5f) : o[l];
+                }
+            }
+        }
+#pragma omp critical
+        for (int64_t k = 0; k < np; k++) tot[k] += part[k];
+        free(part); free(f); free(da);
+    }
+    if (dwh) for (int64_t k = 0; k < C * M; k++) dwh[k] = (float)tot[k];
+    if (dww) for (int64_t k = 0; k < C * M; k++) dww[k] = (float)tot[C * M + k];
+    if (dbh) for (int64_t c = 0; c < C; c++) dbh[c] = (float)tot[2 * C * M + c];
+    if (dbw) for (int64_t c = 0; c < C; c++) dbw[c] = (float)tot[2 * C * M + C + c];
+    /* the normalisation's backward, per channel: dv -> du in place */
+    for (int64_t m = 0; m < M; m++) {
+        if (!norm) continue;
+        const double mean = stats[m], invstd = stats[M + m];
+        double sd = 0., sdx = 0.;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t l = 0; l < L; l++) {
+                const int64_t i = (b * M + m) * L + l;
+                sd += dv[i];
+                sdx += (double)dv[i] * ((u[i] - mean) * invstd);
+            }
+        if (dbnw) dbnw[m] = (float)sdx;
+        if (dbnb) dbnb[m] = (float)sd;
+        const float a = (float)(invstd * (bnw ? bnw[m] : 1.f));
+        const float md = (float)(sd / (double)n), mdx = (float)(sdx / (double)n), mu = (float)mean, is = (float)invstd;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t l = 0; l < L; l++) {
+                const int64_t i = (b * M + m) * L + l;
+                dv[i] = batch_stats ? a * (dv[i] - md - (u[i] - mu) * is * mdx) : a * dv[i];
+            }
+    }
+    /* dw1 = sum du z^T, db1 = sum du, dz = W1^T du */
+    double *s1 = tot + np;
+#pragma omp parallel num_threads(nt)
+    {
+        double *part = calloc(M * C + M, sizeof(double));
+        float *z = malloc(sizeof(float) * C * L), *dz = malloc(sizeof(float) * C * L);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            const float *du = dv + b * M * L;
+            for (int64_t c = 0; c < C; c++) {
+                memcpy(z + c * L, zh + (b * C + c) * H, sizeof(float) * H);
+                memcpy(z + c * L + H, zw + (b * C + c) * W, sizeof(float) * W);
+            }
+            for (int64_t m = 0; m < M; m++) {
+                const float *dr = du + m * L;
+                double sb = 0.;
+                for (int64_t l = 0; l < L; l++) sb += dr[l];
+                part[M * C + m] += sb;
+                if (dw1)
+                    for (int64_t c = 0; c < C; c++) {
+                        const float *zr = z + c * L;
+                        double a = 0.;
+                        for (int64_t l = 0; l < L; l++) a += dr[l] * zr[l];
+                        part[m * C + c] += a;
+                    }
+            }
+            if (dzh || dzw) {
+                for (int64_t c = 0; c < C; c++) {
+                    float *o = dz + c * L;
+                    for (int64_t l = 0; l < L; l++) o[l] = 0.f;
+                    for (int64_t m = 0; m < M; m++) {
+                        const float a = w1[m * C + c], *dr = du + m * L;
+#pragma omp simd
+                        for (int64_t l = 0; l < L; l++) o[l] += a * dr[l];
+                    }
+                    if (dzh) memcpy(dzh + (b * C + c) * H, o, sizeof(float) * H);
+                    if (dzw) memcpy(dzw + (b * C + c) * W, o + H, sizeof(float) * W);
+                }
+            }
+        }
+#pragma omp critical
+        for (int64_t k = 0; k < M * C + M; k++) s1[k] += part[k];
+        free(part); free(z); free(dz);
+    }
+    if (dw1) for (int64_t k = 0; k < M * C; k++) dw1[k] = (float)s1[k];
+    if (db1) for (int64_t m = 0; m < M; m++) db1[m] = (float)s1[M * C + m];
+    free(tot); free(dv); free(scale);
+}

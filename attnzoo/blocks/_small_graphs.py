@@ -13,6 +13,9 @@ convolution) directly, with the gradients written out by hand:
 * ``mlp_gate``: ``sigmoid(sum_i fc2(relu(fc1(p_i))))`` over k pooled (B, C, 1, 1) descriptors (CBAM:
   the average and max pools, k = 2; LightCBAM: their mean, k = 1); fc1 and fc2 1x1 convs (as linears),
   with or without bias.
+* ``coord_gates``: coordinate attention's ``sigmoid(conv_h(f_h)), sigmoid(conv_w(f_w))`` with
+  ``f = hardswish(norm(conv1([z_h; z_w])))`` on its pooled strips (1x1 convs C -> M -> C, a BatchNorm2d
+  of M channels or none).
 * ``conv_norm_gate``: ``sigmoid(norm(conv(z)))`` for a convolution the native small-conv kernel runs
   (CBAM's and triplet attention's k x k conv 2 -> 1, LightCBAM's 1 -> 1) and a BatchNorm2d (running
   statistics updated as ``nn.BatchNorm2d`` updates them) or no norm.
@@ -35,7 +38,7 @@ from torch.nn.modules import module as _module
 from . import _native
 from ._layout import LayoutConv2d, small_conv_backward, small_conv_forward
 
-__all__ = ["conv_norm_gate", "mlp_gate"]
+__all__ = ["conv_norm_gate", "coord_gates", "mlp_gate"]
 
 _SIGMOIDS: tuple[type, ...] = (nn.Sigmoid,)
 try:  # timm's Sigmoid, what resolve_layer("sigmoid") returns
@@ -158,16 +161,22 @@ def conv_norm_gate(z: torch.Tensor, conv: nn.Module, norm: nn.Module, gate: nn.M
     if not (ENABLED and type(conv) is LayoutConv2d and conv._native_ok(z) and _is_sigmoid(gate) and conv.padding_mode == "zeros"
             and _float32(conv.bias) and _unhooked(conv, norm, gate, *owners)):
         return None
-    if type(norm) is nn.Identity:
-        bn = None
-    elif isinstance(norm, _NORMS) and type(norm).forward in (nn.BatchNorm2d.forward, _safe_forward()):
-        bn = _norm_args(norm, z.shape[0] * z.shape[2] * z.shape[3])
-        if bn is None:
-            return None
-    else:
+    found = _norm(norm, z.shape[0] * z.shape[2] * z.shape[3], 1)
+    if found is None:
         return None
-    weight, bias = (norm.weight, norm.bias) if bn is not None else (None, None)
+    bn, weight, bias = found
     return _ConvNormGate.apply(z, conv.weight, conv.bias, weight, bias, conv.padding, conv.dilation, bn)
+
+
+def _norm(norm: nn.Module, n: int, features: int):
+    """(``_norm_args`` or None for no norm, weight, bias) of a BatchNorm2d or ``nn.Identity``; None where the
+    module must run."""
+    if type(norm) is nn.Identity:
+        return None, None, None
+    if isinstance(norm, _NORMS) and type(norm).forward in (nn.BatchNorm2d.forward, _safe_forward()):
+        bn = _norm_args(norm, n, features)
+        return None if bn is None else (bn, norm.weight, norm.bias)
+    return None
 
 
 def _safe_forward():
@@ -176,12 +185,12 @@ def _safe_forward():
     return SafeBatchNorm2d.forward
 
 
-def _norm_args(norm: nn.BatchNorm2d, n: int):
+def _norm_args(norm: nn.BatchNorm2d, n: int, features: int = 1):
     """(running_mean, running_var, use batch statistics, momentum, eps) as ``nn.BatchNorm2d.forward``
     passes them to ``F.batch_norm``, after counting the batch; None where the plain module must run (one
     value per channel in training, where BatchNorm raises or SafeBatchNorm2d uses the running statistics,
     float64 buffers, a bad momentum)."""
-    if norm.num_features != 1 or not _float32(norm.weight, norm.bias, norm.running_mean, norm.running_var):
+    if norm.num_features != features or not _float32(norm.weight, norm.bias, norm.running_mean, norm.running_var):
         return None
     if norm.training and n <= 1:
         return None
@@ -227,3 +236,71 @@ class _ConvNormGate(torch.autograd.Function):
             dz, dw, db = small_conv_backward(z, w, du, ctx.padding, ctx.dilation, (need[0], need[1]),
                                              ctx.has[0] and need[2])
         return dz, dw, db, dbw, dbb, None, None, None
+
+
+# ------------------------------------------------------------------------------- coordinate attention
+def coord_gates(z_h: torch.Tensor, z_w: torch.Tensor, conv1: nn.Module, norm: nn.Module, act: nn.Module,
+                conv_h: nn.Module, conv_w: nn.Module, gate: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Coordinate attention's factors g_h (B, C, H, 1) and g_w (B, C, 1, W) from the strip means z_h (B, C, H, 1)
+    and z_w (B, C, 1, W) as one autograd op, or None where it does not apply (then run the modules)."""
+    if not (ENABLED and z_h.dim() == 4 and z_w.dim() == 4 and z_h.shape[3] == 1 and z_w.shape[2] == 1
+            and z_h.shape[:2] == z_w.shape[:2] and z_w.dtype == torch.float32 and _native.applies(z_h)
+            and type(act) is nn.Hardswish and _is_sigmoid(gate)
+            and all(_is_pointwise(m) for m in (conv1, conv_h, conv_w))
+            and conv1.in_channels == conv_h.out_channels == conv_w.out_channels == z_h.shape[1]
+            and conv1.out_channels == conv_h.in_channels == conv_w.in_channels
+            and _float32(conv1.bias, conv_h.bias, conv_w.bias) and _unhooked(conv1, norm, act, conv_h, conv_w, gate)):
+        return None
+    found = _norm(norm, z_h.shape[0] * (z_h.shape[2] + z_w.shape[3]), conv1.out_channels)
+    if found is None:
+        return None
+    bn, weight, bias = found
+    return _CoordGates.apply(z_h, z_w, conv1.weight, conv1.bias, weight, bias, conv_h.weight, conv_h.bias,
+                             conv_w.weight, conv_w.bias, bn)
+
+
+def _flat(t, *shape):
+    return None if t is None else t.detach().reshape(*shape).contiguous()
+
+
+class _CoordGates(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z_h, z_w, w1, b1, bn_weight, bn_bias, wh, bh, ww, bw, bn):
+        b, c, h, _ = z_h.shape
+        w = z_w.shape[3]
+        m = w1.shape[0]
+        zh, zw = z_h.detach().contiguous(), z_w.detach().contiguous()  # named: the kernels read them after
+        w1v, whv, wwv = _flat(w1, m, c), _flat(wh, c, m), _flat(ww, c, m)
+        b1v, bhv, bwv, bnw, bnb = (_flat(t, -1) for t in (b1, bh, bw, bn_weight, bn_bias))
+        running_mean, running_var, batch_stats, momentum, eps = bn if bn is not None else (None, None, True, 0.0, 0.0)
+        u, stats = zh.new_empty(b, m, h + w), zh.new_empty(2 * m)
+        gh, gw = zh.new_empty(b, c, h, 1), zh.new_empty(b, c, 1, w)
+        P = _native.ptr
+        _native.kernels().coord_gates_forward(
+            zh.data_ptr(), zw.data_ptr(), w1v.data_ptr(), P(b1v), P(bnw), P(bnb), P(running_mean), P(running_var),
+            momentum, eps, whv.data_ptr(), P(bhv), wwv.data_ptr(), P(bwv), b, c, m, h, w, bn is not None, batch_stats,
+            torch.get_num_threads(), u.data_ptr(), stats.data_ptr(), gh.data_ptr(), gw.data_ptr())
+        ctx.save_for_backward(zh, zw, u, stats, gh, gw, w1v, bnw, bnb, whv, wwv)
+        ctx.dims = (b, c, m, h, w, bn is not None, batch_stats)
+        ctx.has = tuple(t is not None for t in (b1, bn_weight, bn_bias, bh, bw))
+        return gh, gw
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dgh, dgw):
+        zh, zw, u, stats, gh, gw, w1v, bnw, bnb, whv, wwv = ctx.saved_tensors
+        b, c, m, h, w, norm, batch_stats = ctx.dims
+        need = ctx.needs_input_grad
+        dgh = torch.zeros_like(gh) if dgh is None else dgh.contiguous()  # named: read by the kernel below
+        dgw = torch.zeros_like(gw) if dgw is None else dgw.contiguous()
+        has_b1, has_bnw, has_bnb, has_bh, has_bw = ctx.has
+        wants = [(need[0], (b, c, h, 1)), (need[1], (b, c, 1, w)), (need[2], (m, c, 1, 1)), (has_b1 and need[3], (m,)),
+                 (has_bnw and need[4], (m,)), (has_bnb and need[5], (m,)), (need[6], (c, m, 1, 1)),
+                 (has_bh and need[7], (c,)), (need[8], (c, m, 1, 1)), (has_bw and need[9], (c,))]
+        outs = [zh.new_empty(shape) if want else None for want, shape in wants]
+        P = _native.ptr
+        _native.kernels().coord_gates_backward(
+            dgh.data_ptr(), dgw.data_ptr(), gh.data_ptr(), gw.data_ptr(), zh.data_ptr(), zw.data_ptr(), u.data_ptr(),
+            stats.data_ptr(), w1v.data_ptr(), P(bnw), P(bnb), whv.data_ptr(), wwv.data_ptr(), b, c, m, h, w, norm,
+            batch_stats, torch.get_num_threads(), *(P(t) for t in outs))
+        return (*outs, None)

@@ -26,7 +26,8 @@ C=512 and 40 for C=1024, where the paper's gives 16 and 32) and it has no bias o
 
 Speed (CPU): in eager float32 with a batch of at least the thread count the block is one native op
 (``_pooled_gates.strip_gates``: both strip means in one pass, y = (x * g_h) * g_w in one, two passes
-backward); elsewhere the PyTorch expression runs.
+backward), and the default small graph (the three 1x1 convs, BatchNorm, hard swish and sigmoids on the
+strips) is one autograd op in C (``_small_graphs.coord_gates``); elsewhere the PyTorch expression runs.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve
 from ._layout import LayoutConv2d, like_input
 from ._pool import pool_mean
 from ._pooled_gates import strip_gates
+from ._small_graphs import coord_gates
 
 __all__ = ["CoordAttn"]
 
@@ -94,6 +96,9 @@ class CoordAttn(nn.Module):
     def factors(self, z_h, z_w):
         """g_h (B, C, H, 1) and g_w (B, C, 1, W), through their taps, from the means over W (B, C, H, 1)
         and over H (B, C, 1, W)."""
+        g = coord_gates(z_h, z_w, self.conv1, self.bn1, self.act, self.conv_h, self.conv_w, self.gate)
+        if g is not None:  # the small graph as one autograd op (_small_graphs.py)
+            return self.tap_h(g[0]), self.tap_w(g[1])
         h, w = z_h.shape[2], z_w.shape[3]
         f = self.act(self.bn1(self.conv1(torch.cat([z_h, z_w.transpose(2, 3)], dim=2))))  # (B, mip, H+W, 1)
         f_h, f_w = torch.split(f, [h, w], dim=2)  # (B, mip, H, 1), (B, mip, W, 1)
