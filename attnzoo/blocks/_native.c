@@ -2896,20 +2896,6 @@ void norm_gate_backward(const float *dg, const float *g, const float *u, int64_t
 
 INLINE float hardswish(float v) { return v <= -3.f ? 0.f : v >= 3.f ? v : v * (v + 3.f) * (1.f / 6.f); }
 
-/* per sample, o (R, L) = a (R, K) @ z (K, L) + bias: rows of z in L, the loop along L */
-INLINE void small_matmul(const float *a, const float *z, const float *bias, int64_t R, int64_t K, int64_t L, float *o) {
-    for (int64_t r = 0; r < R; r++) {
-        float *orow = o + r * L;
-        const float bv = bias ? bias[r] : 0.f;
-        for (int64_t l = 0; l < L; l++) orow[l] = bv;
-        for (int64_t k = 0; k < K; k++) {
-            const float av = a[r * K + k], *zrow = z + k * L;
-#pragma omp simd
-            for (int64_t l = 0; l < L; l++) orow[l] += av * zrow[l];
-        }
-    }
-}
-
 /* (B, M, L) -> per channel scale and shift of the normalisation (running statistics moved when batch_stats) */
 static void coord_norm_stats(const float *u, COORD_DIMS, const float *bnw, const float *bnb, float *rm, float *rv,
                              float momentum, float eps, float *stats, float *scale, float *shift) {
@@ -2942,41 +2928,68 @@ static void coord_norm_stats(const float *u, COORD_DIMS, const float *bnw, const
     }
 }
 
+/* A sample's strips as zt (L, C): zt[l, c] = z_h[c, l] for l < H, z_w[c, l - H] after: position-major, so the
+ * loops over channels (the longest axis) are the inner ones. */
+static void coord_strips(const float *zh, const float *zw, int64_t b, int64_t C, int64_t H, int64_t W, float *zt) {
+    for (int64_t c = 0; c < C; c++) {
+        const float *rh = zh + (b * C + c) * H, *rw = zw + (b * C + c) * W;
+        for (int64_t l = 0; l < H; l++) zt[l * C + c] = rh[l];
+        for (int64_t l = 0; l < W; l++) zt[(H + l) * C + c] = rw[l];
+    }
+}
+
+/* (R, C) row-major -> (C, R) */
+static float *transposed(const float *a, int64_t R, int64_t C) {
+    float *t = malloc(sizeof(float) * R * C);
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = 0; c < C; c++) t[c * R + r] = a[r * C + c];
+    return t;
+}
+
 void coord_gates_forward(const float *zh, const float *zw, const float *w1, const float *b1, const float *bnw,
                          const float *bnb, float *rm, float *rv, float momentum, float eps, const float *wh,
                          const float *bh, const float *ww, const float *bw, COORD_DIMS, float *u, float *stats,
                          float *gh, float *gw) {
     const int64_t L = H + W;
     SAMPLES {
-        float *z = malloc(sizeof(float) * C * L);
-        for (int64_t c = 0; c < C; c++) {
-            memcpy(z + c * L, zh + (b * C + c) * H, sizeof(float) * H);
-            memcpy(z + c * L + H, zw + (b * C + c) * W, sizeof(float) * W);
-        }
-        small_matmul(w1, z, b1, M, C, L, u + b * M * L);
-        free(z);
+        float *zt = malloc(sizeof(float) * L * C);
+        coord_strips(zh, zw, b, C, H, W, zt);
+        float *ub = u + b * M * L;
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t l = 0; l < L; l++) ub[m * L + l] = dot16(w1 + m * C, zt + l * C, C) + (b1 ? b1[m] : 0.f);
+        free(zt);
     }
     float *scale = malloc(sizeof(float) * 2 * M), *shift = scale + M;
     coord_norm_stats(u, B, C, M, H, W, norm, batch_stats, nt, bnw, bnb, rm, rv, momentum, eps, stats, scale, shift);
+    float *wht = transposed(wh, C, M), *wwt = transposed(ww, C, M);  /* (M, C) */
     SAMPLES {
-        float *f = malloc(sizeof(float) * M * (H + W)), *fh = f, *fw = f + M * H;
-        for (int64_t m = 0; m < M; m++) {
-            const float *ur = u + (b * M + m) * L;
-            for (int64_t l = 0; l < H; l++) fh[m * H + l] = hardswish(ur[l] * scale[m] + shift[m]);
-            for (int64_t l = 0; l < W; l++) fw[m * W + l] = hardswish(ur[H + l] * scale[m] + shift[m]);
+        float *f = malloc(sizeof(float) * M * L), *a = malloc(sizeof(float) * C);
+        const float *ub = u + b * M * L;
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t l = 0; l < L; l++) f[m * L + l] = hardswish(ub[m * L + l] * scale[m] + shift[m]);
+        for (int64_t l = 0; l < L; l++) {
+            const int hpart = l < H;
+            const float *wt = hpart ? wht : wwt, *bias = hpart ? bh : bw;
+            for (int64_t c = 0; c < C; c++) a[c] = bias ? bias[c] : 0.f;
+            for (int64_t m = 0; m < M; m++) {
+                const float fv = f[m * L + l], *wr = wt + m * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) a[c] += fv * wr[c];
+            }
+            sigmoid_inplace(a, C);
+            if (hpart)
+                for (int64_t c = 0; c < C; c++) gh[(b * C + c) * H + l] = a[c];
+            else
+                for (int64_t c = 0; c < C; c++) gw[(b * C + c) * W + l - H] = a[c];
         }
-        small_matmul(wh, fh, bh, C, M, H, gh + b * C * H);
-        small_matmul(ww, fw, bw, C, M, W, gw + b * C * W);
-        sigmoid_inplace(gh + b * C * H, C * H);
-        sigmoid_inplace(gw + b * C * W, C * W);
-        free(f);
+        free(f); free(a);
     }
-    free(scale);
+    free(wht); free(wwt); free(scale);
 }
 
 /* The gradients of coord_gates_forward for dL/dg_h, dL/dg_w (outputs NULL where not wanted): dzh (B, C, H),
  * dzw (B, C, W), dw1 (M, C), db1 (M), dbnw, dbnb (M), dwh, dww (C, M), dbh, dbw (C). Parameter gradients
- * are summed in double, per thread, then across threads. */
+ * are summed per sample in float, then over samples in double, per thread, then across threads. */
 void coord_gates_backward(const float *dgh, const float *dgw, const float *gh, const float *gw, const float *zh,
                           const float *zw, const float *u, const float *stats, const float *w1, const float *bnw,
                           const float *bnb, const float *wh, const float *ww, COORD_DIMS, float *dzh, float *dzw,
@@ -2989,69 +3002,66 @@ void coord_gates_backward(const float *dgh, const float *dgw, const float *gh, c
         scale[m] = is * (norm && bnw ? bnw[m] : 1.f);
         shift[m] = (norm && bnb ? bnb[m] : 0.f) - mu * scale[m];
     }
+    float *wht = transposed(wh, C, M), *wwt = transposed(ww, C, M);  /* (M, C) */
     float *dv = malloc(sizeof(float) * B * M * L);
-    const int64_t np = 2 * C * M + 2 * C;  /* dwh, dww, dbh, dbw */
+    /* per thread: dwh^T, dww^T (M, C) each, dbh, dbw (C) each; then dw1 (M, C), db1 (M) */
+    const int64_t np = 2 * M * C + 2 * C;
     double *tot = calloc(np + M * C + M, sizeof(double));
 #pragma omp parallel num_threads(nt)
     {
         double *part = calloc(np, sizeof(double));
-        float *f = malloc(sizeof(float) * M * L), *da = malloc(sizeof(float) * C * L);
+        float *f = malloc(sizeof(float) * M * L), *da = malloc(sizeof(float) * L * C), *ps = malloc(sizeof(float) * np);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             const float *ub = u + b * M * L;
             for (int64_t m = 0; m < M; m++)
                 for (int64_t l = 0; l < L; l++) f[m * L + l] = hardswish(ub[m * L + l] * scale[m] + shift[m]);
-            /* da = dL/d(pre-sigmoid), (C, L): the h part then the w part */
+            /* da (L, C) = dL/d(pre-sigmoid), torch's sigmoid_backward */
             for (int64_t c = 0; c < C; c++) {
                 for (int64_t l = 0; l < H; l++) {
                     const int64_t i = (b * C + c) * H + l;
-                    da[c * L + l] = dgh[i] * (1.f - gh[i]) * gh[i];
+                    da[l * C + c] = dgh[i] * (1.f - gh[i]) * gh[i];
                 }
                 for (int64_t l = 0; l < W; l++) {
                     const int64_t i = (b * C + c) * W + l;
-                    da[c * L + H + l] = dgw[i] * (1.f - gw[i]) * gw[i];
+                    da[(H + l) * C + c] = dgw[i] * (1.f - gw[i]) * gw[i];
                 }
             }
-            for (int64_t c = 0; c < C; c++) {
-                const float *dr = da + c * L;
-                double sh = 0., sw = 0.;
-                for (int64_t l = 0; l < H; l++) sh += dr[l];
-                for (int64_t l = 0; l < W; l++) sw += dr[H + l];
-                part[2 * C * M + c] += sh;
-                part[2 * C * M + C + c] += sw;
+            memset(ps, 0, sizeof(float) * np);
+            for (int64_t l = 0; l < L; l++) {
+                const int hpart = l < H;
+                float *pw = ps + (hpart ? 0 : M * C), *pb = ps + 2 * M * C + (hpart ? 0 : C);
+                const float *dr = da + l * C;
                 for (int64_t m = 0; m < M; m++) {
-                    const float *fr = f + m * L;
-                    double ah = 0., aw = 0.;
-                    for (int64_t l = 0; l < H; l++) ah += dr[l] * fr[l];
-                    for (int64_t l = 0; l < W; l++) aw += dr[H + l] * fr[H + l];
-                    part[c * M + m] += ah;
-                    part[C * M + c * M + m] += aw;
+                    const float fv = f[m * L + l];
+                    float *row = pw + m * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) row[c] += fv * dr[c];
                 }
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) pb[c] += dr[c];
             }
-            /* df = Wh^T da_h | Ww^T da_w, then dv = df * hardswish'(v) (torch's: 0 below -3, v / 3 + 1/2 up to 3, 1) */
+#pragma omp simd
+            for (int64_t k = 0; k < np; k++) part[k] += ps[k];
+            /* dv = (W^T da) * hardswish'(v) (torch's: 0 below -3, grad * (v / 3 + 1/2) up to 3, grad above) */
             float *dvb = dv + b * M * L;
-            for (int64_t m = 0; m < M; m++) {
-                float *o = dvb + m * L;
-                for (int64_t l = 0; l < L; l++) o[l] = 0.f;
-                for (int64_t c = 0; c < C; c++) {
-                    const float a = wh[c * M + m], e = ww[c * M + m], *dr = da + c * L;
-                    for (int64_t l = 0; l < H; l++) o[l] += a * dr[l];
-                    for (int64_t l = 0; l < W; l++) o[H + l] += e * dr[H + l];
-                }
-                for (int64_t l = 0; l < L; l++) {
+            for (int64_t l = 0; l < L; l++) {
+                const float *wt = l < H ? wht : wwt, *dr = da + l * C;
+                for (int64_t m = 0; m < M; m++) {
+                    const float d = dot16(wt + m * C, dr, C);
                     const float v = ub[m * L + l] * scale[m] + shift[m];
-                    o[l] = v < -3.f ? 0.f : v <= 3.f ? o[l] * (v / 3.f + 0.5f) : o[l];
+                    dvb[m * L + l] = v < -3.f ? 0.f : v <= 3.f ? d * (v / 3.f + 0.5f) : d;
                 }
             }
         }
 #pragma omp critical
         for (int64_t k = 0; k < np; k++) tot[k] += part[k];
-        free(part); free(f); free(da);
+        free(part); free(f); free(da); free(ps);
     }
-    if (dwh) for (int64_t k = 0; k < C * M; k++) dwh[k] = (float)tot[k];
-    if (dww) for (int64_t k = 0; k < C * M; k++) dww[k] = (float)tot[C * M + k];
-    if (dbh) for (int64_t c = 0; c < C; c++) dbh[c] = (float)tot[2 * C * M + c];
-    if (dbw) for (int64_t c = 0; c < C; c++) dbw[c] = (float)tot[2 * C * M + C + c];
+    if (dwh) for (int64_t c = 0; c < C; c++) for (int64_t m = 0; m < M; m++) dwh[c * M + m] = (float)tot[m * C + c];
+    if (dww) for (int64_t c = 0; c < C; c++) for (int64_t m = 0; m < M; m++) dww[c * M + m] = (float)tot[M * C + m * C + c];
+    if (dbh) for (int64_t c = 0; c < C; c++) dbh[c] = (float)tot[2 * M * C + c];
+    if (dbw) for (int64_t c = 0; c < C; c++) dbw[c] = (float)tot[2 * M * C + C + c];
     /* the normalisation's backward, per channel: dv -> du in place */
     for (int64_t m = 0; m < M; m++) {
         if (!norm) continue;
@@ -3073,51 +3083,51 @@ void coord_gates_backward(const float *dgh, const float *dgw, const float *gh, c
                 dv[i] = batch_stats ? a * (dv[i] - md - (u[i] - mu) * is * mdx) : a * dv[i];
             }
     }
-    /* dw1 = sum du z^T, db1 = sum du, dz = W1^T du */
+    /* dw1 = sum du z^T, db1 = sum du, dz = W1^T du, with z and dz position-major (L, C) */
     double *s1 = tot + np;
 #pragma omp parallel num_threads(nt)
     {
         double *part = calloc(M * C + M, sizeof(double));
-        float *z = malloc(sizeof(float) * C * L), *dz = malloc(sizeof(float) * C * L);
+        float *zt = malloc(sizeof(float) * L * C), *dz = malloc(sizeof(float) * L * C), *ps = malloc(sizeof(float) * M * C);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             const float *du = dv + b * M * L;
-            for (int64_t c = 0; c < C; c++) {
-                memcpy(z + c * L, zh + (b * C + c) * H, sizeof(float) * H);
-                memcpy(z + c * L + H, zw + (b * C + c) * W, sizeof(float) * W);
+            coord_strips(zh, zw, b, C, H, W, zt);
+            if (dw1) memset(ps, 0, sizeof(float) * M * C);
+            for (int64_t l = 0; l < L; l++) {
+                float *o = dz + l * C;
+                const float *zr = zt + l * C;
+                for (int64_t c = 0; c < C; c++) o[c] = 0.f;
+                for (int64_t m = 0; m < M; m++) {
+                    const float d = du[m * L + l], *wr = w1 + m * C;
+                    float *row = ps + m * C;
+                    if (dw1) {
+#pragma omp simd
+                        for (int64_t c = 0; c < C; c++) row[c] += d * zr[c];
+                    }
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] += d * wr[c];
+                }
             }
             for (int64_t m = 0; m < M; m++) {
-                const float *dr = du + m * L;
                 double sb = 0.;
-                for (int64_t l = 0; l < L; l++) sb += dr[l];
+                for (int64_t l = 0; l < L; l++) sb += du[m * L + l];
                 part[M * C + m] += sb;
-                if (dw1)
-                    for (int64_t c = 0; c < C; c++) {
-                        const float *zr = z + c * L;
-                        double a = 0.;
-                        for (int64_t l = 0; l < L; l++) a += dr[l] * zr[l];
-                        part[m * C + c] += a;
-                    }
             }
-            if (dzh || dzw) {
-                for (int64_t c = 0; c < C; c++) {
-                    float *o = dz + c * L;
-                    for (int64_t l = 0; l < L; l++) o[l] = 0.f;
-                    for (int64_t m = 0; m < M; m++) {
-                        const float a = w1[m * C + c], *dr = du + m * L;
+            if (dw1) {
 #pragma omp simd
-                        for (int64_t l = 0; l < L; l++) o[l] += a * dr[l];
-                    }
-                    if (dzh) memcpy(dzh + (b * C + c) * H, o, sizeof(float) * H);
-                    if (dzw) memcpy(dzw + (b * C + c) * W, o + H, sizeof(float) * W);
-                }
+                for (int64_t k = 0; k < M * C; k++) part[k] += ps[k];
+            }
+            for (int64_t c = 0; c < C; c++) {
+                if (dzh) for (int64_t l = 0; l < H; l++) dzh[(b * C + c) * H + l] = dz[l * C + c];
+                if (dzw) for (int64_t l = 0; l < W; l++) dzw[(b * C + c) * W + l] = dz[(H + l) * C + c];
             }
         }
 #pragma omp critical
         for (int64_t k = 0; k < M * C + M; k++) s1[k] += part[k];
-        free(part); free(z); free(dz);
+        free(part); free(zt); free(dz); free(ps);
     }
     if (dw1) for (int64_t k = 0; k < M * C; k++) dw1[k] = (float)s1[k];
     if (db1) for (int64_t m = 0; m < M; m++) db1[m] = (float)s1[M * C + m];
-    free(tot); free(dv); free(scale);
+    free(tot); free(dv); free(scale); free(wht); free(wwt);
 }
