@@ -81,7 +81,7 @@ def mlp_gate(pooled: list[torch.Tensor], fc1: nn.Module, act: nn.Module, fc2: nn
     """``gate(sum_i fc2(act(fc1(p))))`` for the (B, C, 1, 1) descriptors ``pooled``, as one autograd op, or
     None where it does not apply (then run the modules)."""
     p0 = pooled[0]
-    if not (ENABLED and p0.dim() == 4 and p0.shape[2:] == (1, 1) and _native.applies(p0) and type(act) is nn.ReLU
+    if not (ENABLED and _native.applies(p0) and p0.shape[2:] == (1, 1) and type(act) is nn.ReLU
             and _is_sigmoid(gate) and _is_pointwise(fc1) and _is_pointwise(fc2)
             and fc1.out_channels == fc2.in_channels and fc2.out_channels == fc1.in_channels == p0.shape[1]
             and all(p.shape == p0.shape and p.dtype == torch.float32 for p in pooled)
@@ -243,8 +243,8 @@ def coord_gates(z_h: torch.Tensor, z_w: torch.Tensor, conv1: nn.Module, norm: nn
                 conv_h: nn.Module, conv_w: nn.Module, gate: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Coordinate attention's factors g_h (B, C, H, 1) and g_w (B, C, 1, W) from the strip means z_h (B, C, H, 1)
     and z_w (B, C, 1, W) as one autograd op, or None where it does not apply (then run the modules)."""
-    if not (ENABLED and z_h.dim() == 4 and z_w.dim() == 4 and z_h.shape[3] == 1 and z_w.shape[2] == 1
-            and z_h.shape[:2] == z_w.shape[:2] and z_w.dtype == torch.float32 and _native.applies(z_h)
+    if not (ENABLED and _native.applies(z_h) and z_w.dim() == 4 and z_h.shape[3] == 1 and z_w.shape[2] == 1
+            and z_h.shape[:2] == z_w.shape[:2] and z_w.dtype == torch.float32
             and type(act) is nn.Hardswish and _is_sigmoid(gate)
             and all(_is_pointwise(m) for m in (conv1, conv_h, conv_w))
             and conv1.in_channels == conv_h.out_channels == conv_w.out_channels == z_h.shape[1]
@@ -281,6 +281,7 @@ class _CoordGates(torch.autograd.Function):
             momentum, eps, whv.data_ptr(), P(bhv), wwv.data_ptr(), P(bwv), b, c, m, h, w, bn is not None, batch_stats,
             torch.get_num_threads(), u.data_ptr(), stats.data_ptr(), gh.data_ptr(), gw.data_ptr())
         ctx.save_for_backward(zh, zw, u, stats, gh, gw, w1v, bnw, bnb, whv, wwv)
+        ctx.set_materialize_grads(False)  # an unused factor's gradient arrives as None, not zeros
         ctx.dims = (b, c, m, h, w, bn is not None, batch_stats)
         ctx.has = tuple(t is not None for t in (b1, bn_weight, bn_bias, bh, bw))
         return gh, gw
@@ -291,12 +292,16 @@ class _CoordGates(torch.autograd.Function):
         zh, zw, u, stats, gh, gw, w1v, bnw, bnb, whv, wwv = ctx.saved_tensors
         b, c, m, h, w, norm, batch_stats = ctx.dims
         need = ctx.needs_input_grad
+        # a factor that went unused: no gradient for its conv (as on the modules, where that conv is not in the
+        # graph of the loss); the other factor's still reaches z_h and z_w through the shared conv1 and norm
+        used_h, used_w = dgh is not None, dgw is not None
         dgh = torch.zeros_like(gh) if dgh is None else dgh.contiguous()  # named: read by the kernel below
         dgw = torch.zeros_like(gw) if dgw is None else dgw.contiguous()
         has_b1, has_bnw, has_bnb, has_bh, has_bw = ctx.has
         wants = [(need[0], (b, c, h, 1)), (need[1], (b, c, 1, w)), (need[2], (m, c, 1, 1)), (has_b1 and need[3], (m,)),
-                 (has_bnw and need[4], (m,)), (has_bnb and need[5], (m,)), (need[6], (c, m, 1, 1)),
-                 (has_bh and need[7], (c,)), (need[8], (c, m, 1, 1)), (has_bw and need[9], (c,))]
+                 (has_bnw and need[4], (m,)), (has_bnb and need[5], (m,)), (used_h and need[6], (c, m, 1, 1)),
+                 (used_h and has_bh and need[7], (c,)), (used_w and need[8], (c, m, 1, 1)),
+                 (used_w and has_bw and need[9], (c,))]
         outs = [zh.new_empty(shape) if want else None for want, shape in wants]
         P = _native.ptr
         _native.kernels().coord_gates_backward(
