@@ -19,6 +19,7 @@ from test_native import _cc, _same_step, _train_step
 
 FUSED = {"_MlpGateBackward", "_ConvNormGateBackward"}
 COORD = "_CoordGatesBackward"
+STRIP = "_StripNormGateBackward"
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +58,7 @@ CASES = [("cbam", {}), ("cbam", {"mlp_bias": False, "spatial_norm": False}), ("c
          ("cbam_spatial", {}), ("cbam_spatial", {"spatial_norm": False, "kernel_size": 3}), ("lcbam", {}),
          ("triplet", {}), ("triplet", {"kernel_size": 3}),
          ("coord", {}), ("coord", {"bias": False, "rd_channels": 5}),
+         ("ela", {}), ("ela", {"shared": False, "kernel_size": 5, "num_groups": 4}), ("ela", {"num_groups": 1}),
          ("cbam_channel", {"rd_ratio": 0.25})]  # (4, 1024, .) below: 2 * 4 * 1024 * 256 > 2^20, the BLAS path
 
 
@@ -79,14 +81,14 @@ def _graph_of(name, x, **kwargs):
     return block, _nodes(block(x.requires_grad_()))
 
 
-@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord"])
+@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"])
 def test_the_default_blocks_run_their_small_graphs_as_one_op_each(name):
     _, nodes = _graph_of(name, torch.randn(4, 32, 8, 8))
     want = {"cbam_channel": {"_MlpGateBackward"}, "cbam_spatial": {"_ConvNormGateBackward"},
-            "triplet": {"_ConvNormGateBackward"}, "coord": {COORD}}.get(name, FUSED)
+            "triplet": {"_ConvNormGateBackward"}, "coord": {COORD}, "ela": {STRIP}}.get(name, FUSED)
     assert want <= nodes
     assert not ({"AddmmBackward0", "NativeBatchNormBackward0", "SigmoidBackward0", "HardswishBackward0",
-                 "BmmBackward0", "MmBackward0"} & nodes)
+                 "BmmBackward0", "MmBackward0", "NativeGroupNormBackward0", "_DepthwiseConvBackward"} & nodes)
 
 
 @pytest.mark.parametrize("kwargs,unfused", [({"act_layer": "silu"}, {"_MlpGateBackward"}),
@@ -96,9 +98,11 @@ def test_other_layers_run_as_modules(kwargs, unfused):
     assert not (unfused & nodes) and (FUSED - unfused) <= nodes
 
 
-def test_coord_with_another_activation_runs_as_modules():
-    _, nodes = _graph_of("coord", torch.randn(4, 32, 8, 8), act_layer="silu")
-    assert COORD not in nodes
+@pytest.mark.parametrize("name,kwargs,op", [("coord", {"act_layer": "silu"}, COORD), ("ela", {"act_layer": "silu"}, STRIP),
+                                            ("ela", {"conv_group_width": 8}, STRIP)])
+def test_strip_blocks_with_other_layers_run_as_modules(name, kwargs, op):
+    _, nodes = _graph_of(name, torch.randn(4, 32, 8, 8), **kwargs)
+    assert op not in nodes
 
 
 def test_a_hook_on_a_small_part_sees_it_run():

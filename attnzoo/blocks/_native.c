@@ -3131,3 +3131,126 @@ void coord_gates_backward(const float *dgh, const float *dgw, const float *gh, c
     if (db1) for (int64_t m = 0; m < M; m++) db1[m] = (float)s1[M * C + m];
     free(tot); free(dv); free(scale); free(wht); free(wwt);
 }
+
+/* ELA's strip gate: a = sigmoid(GroupNorm(conv(z))) for strips z (B, C, L), conv a depthwise 1-D convolution
+ * with taps w (C, k) and k / 2 zeros each side, GroupNorm over G groups of C / G channels x L per sample
+ * (biased variance; gamma, beta (C) or NULL). u (B, C, L), the conv's output, and stats (B, G, 2: mean, 1 / std)
+ * are kept for backward. */
+#define STRIP_DIMS int64_t B, int64_t C, int64_t L, int64_t k, int64_t G, int nt
+
+INLINE float strip_tap_sum(const float *zr, const float *wr, int64_t L, int64_t k, int64_t l) {
+    const int64_t p = k / 2;
+    float s = 0.f;
+    for (int64_t j = 0; j < k; j++) {
+        const int64_t i = l + j - p;
+        if (i >= 0 && i < L) s += wr[j] * zr[i];
+    }
+    return s;
+}
+
+void strip_norm_gate_forward(const float *z, const float *w, const float *gamma, const float *beta, float eps,
+                             STRIP_DIMS, float *u, float *stats, float *a) {
+    const int64_t cg = C / G, n = cg * L;
+    SAMPLES {
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t l = 0; l < L; l++)
+                u[(b * C + c) * L + l] = strip_tap_sum(z + (b * C + c) * L, w + c * k, L, k, l);
+        for (int64_t g = 0; g < G; g++) {
+            const float *ug = u + (b * C + g * cg) * L;
+            const float k0 = ug[0];
+            double s = 0., q = 0.;
+            for (int64_t i = 0; i < n; i++) { const double d = (double)ug[i] - k0; s += d; q += d * d; }
+            const double ds = s / (double)n, mean = k0 + ds;
+            double var = (q - s * ds) / (double)n;
+            if (var < 0.) var = 0.;
+            const double invstd = 1. / sqrt(var + (double)eps);
+            stats[(b * G + g) * 2] = (float)mean;
+            stats[(b * G + g) * 2 + 1] = (float)invstd;
+            for (int64_t cc = 0; cc < cg; cc++) {
+                const int64_t c = g * cg + cc;
+                const float sc = (float)(invstd * (gamma ? gamma[c] : 1.f));
+                const float sh = (float)((beta ? beta[c] : 0.f) - mean * sc);
+                const float *ur = u + (b * C + c) * L;
+                float *ar = a + (b * C + c) * L;
+                for (int64_t l = 0; l < L; l++) ar[l] = ur[l] * sc + sh;
+                sigmoid_inplace(ar, L);
+            }
+        }
+    }
+}
+
+/* The gradients of strip_norm_gate_forward for dL/da = da (outputs NULL where not wanted): dz (B, C, L),
+ * dw (C, k), dgamma, dbeta (C); the parameter gradients summed in double per thread, then across threads. */
+void strip_norm_gate_backward(const float *da, const float *a, const float *z, const float *u, const float *w,
+                              const float *gamma, const float *stats, STRIP_DIMS, float *dz, float *dw,
+                              float *dgamma, float *dbeta) {
+    const int64_t cg = C / G, n = cg * L, p = k / 2, np = C * k + 2 * C;
+    double *tot = calloc(np, sizeof(double));
+#pragma omp parallel num_threads(nt)
+    {
+        double *part = calloc(np, sizeof(double));
+        float *dv = malloc(sizeof(float) * C * L);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            for (int64_t g = 0; g < G; g++) {
+                const double mean = stats[(b * G + g) * 2], invstd = stats[(b * G + g) * 2 + 1];
+                double s1 = 0., s2 = 0.;  /* sums of dxhat and dxhat * xhat over the group */
+                for (int64_t cc = 0; cc < cg; cc++) {
+                    const int64_t c = g * cg + cc;
+                    const int64_t o = (b * C + c) * L;
+                    const float gm = gamma ? gamma[c] : 1.f;
+                    double sg = 0., sb = 0.;
+                    for (int64_t l = 0; l < L; l++) {
+                        const float d = da[o + l] * (1.f - a[o + l]) * a[o + l];
+                        const double xh = ((double)u[o + l] - mean) * invstd;
+                        sg += d * xh;
+                        sb += d;
+                        dv[c * L + l] = d * gm;
+                        s1 += d * gm;
+                        s2 += d * gm * xh;
+                    }
+                    part[C * k + c] += sg;
+                    part[C * k + C + c] += sb;
+                }
+                const float m1 = (float)(s1 / (double)n), m2 = (float)(s2 / (double)n), is = (float)invstd, mu = (float)mean;
+                for (int64_t cc = 0; cc < cg; cc++) {
+                    const int64_t c = g * cg + cc;
+                    const float *ur = u + (b * C + c) * L;
+                    float *dr = dv + c * L;
+                    for (int64_t l = 0; l < L; l++) dr[l] = is * (dr[l] - m1 - (ur[l] - mu) * is * m2);
+                }
+            }
+            /* the conv: dw[c, j] += sum_l du[l] z[l + j - p]; dz[m] = sum_j w[c, j] du[m - j + p] */
+            for (int64_t c = 0; c < C; c++) {
+                const float *zr = z + (b * C + c) * L, *dr = dv + c * L, *wr = w + c * k;
+                if (dw)
+                    for (int64_t j = 0; j < k; j++) {
+                        float s = 0.f;
+                        for (int64_t l = 0; l < L; l++) {
+                            const int64_t i = l + j - p;
+                            if (i >= 0 && i < L) s += dr[l] * zr[i];
+                        }
+                        part[c * k + j] += s;
+                    }
+                if (dz) {
+                    float *o = dz + (b * C + c) * L;
+                    for (int64_t m = 0; m < L; m++) {
+                        float s = 0.f;
+                        for (int64_t j = 0; j < k; j++) {
+                            const int64_t l = m - j + p;
+                            if (l >= 0 && l < L) s += wr[j] * dr[l];
+                        }
+                        o[m] = s;
+                    }
+                }
+            }
+        }
+#pragma omp critical
+        for (int64_t i = 0; i < np; i++) tot[i] += part[i];
+        free(part); free(dv);
+    }
+    if (dw) for (int64_t i = 0; i < C * k; i++) dw[i] = (float)tot[i];
+    if (dgamma) for (int64_t c = 0; c < C; c++) dgamma[c] = (float)tot[C * k + c];
+    if (dbeta) for (int64_t c = 0; c < C; c++) dbeta[c] = (float)tot[C * k + C + c];
+    free(tot);
+}

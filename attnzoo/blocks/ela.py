@@ -30,7 +30,8 @@ num_groups) groups (kept on ``self.num_groups``), so the paper's 16 works at any
 
 Speed (CPU): in eager float32 with a batch of at least the thread count the block is one native op
 (``_pooled_gates.strip_gates``, as coord), its depthwise 1-D convs on the native depthwise kernel
-(``LayoutConv2d``, channels_last); elsewhere the PyTorch expression runs.
+(``LayoutConv2d``, channels_last), and with no activation each strip's conv + GroupNorm + sigmoid is one
+autograd op in C (``_small_graphs.strip_norm_gate``); elsewhere the PyTorch expression runs.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ from .base import AttnTap, check_channels, check_input, resolve_layer
 from ._layout import LayoutConv2d, like_input
 from ._pool import pool_mean
 from ._pooled_gates import strip_gates
+from ._small_graphs import strip_norm_gate
 
 __all__ = ["EfficientLocalAttn"]
 
@@ -105,13 +107,16 @@ class EfficientLocalAttn(nn.Module):
 
     def factors(self, z_h, z_w):
         """a_h (B, C, H, 1) and a_w (B, C, 1, W), through their taps, from the means over W and over H."""
-        if self.shared:
-            a_h = self.gate(self.act(self.norm(self.conv(z_h))))  # (B, C, H, 1)
-            a_w = self.gate(self.act(self.norm(self.conv(z_w.transpose(2, 3))))).transpose(2, 3)  # (B, C, 1, W)
-        else:
-            a_h = self.gate(self.act(self.norm_h(self.conv_h(z_h))))  # (B, C, H, 1)
-            a_w = self.gate(self.act(self.norm_w(self.conv_w(z_w))))  # (B, C, 1, W)
-        return self.tap_h(a_h), self.tap_w(a_w)
+        conv_h, norm_h = (self.conv, self.norm) if self.shared else (self.conv_h, self.norm_h)
+        conv_w, norm_w = (self.conv, self.norm) if self.shared else (self.conv_w, self.norm_w)
+        z_w = z_w.transpose(2, 3) if self.shared else z_w  # the shared conv sees the W strip as (B, C, W, 1)
+        a_h = strip_norm_gate(z_h, conv_h, norm_h, self.act, self.gate)  # one autograd op where it applies
+        if a_h is None:
+            a_h = self.gate(self.act(norm_h(conv_h(z_h))))  # (B, C, H, 1)
+        a_w = strip_norm_gate(z_w, conv_w, norm_w, self.act, self.gate)
+        if a_w is None:
+            a_w = self.gate(self.act(norm_w(conv_w(z_w))))
+        return self.tap_h(a_h), self.tap_w(a_w.transpose(2, 3) if self.shared else a_w)  # (B, C, 1, W)
 
     def forward(self, x):
         check_input(self, x)
