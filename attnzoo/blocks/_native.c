@@ -3134,123 +3134,189 @@ void coord_gates_backward(const float *dgh, const float *dgw, const float *gh, c
 
 /* ELA's strip gate: a = sigmoid(GroupNorm(conv(z))) for strips z (B, C, L), conv a depthwise 1-D convolution
  * with taps w (C, k) and k / 2 zeros each side, GroupNorm over G groups of C / G channels x L per sample
- * (biased variance; gamma, beta (C) or NULL). u (B, C, L), the conv's output, and stats (B, G, 2: mean, 1 / std)
- * are kept for backward. */
+ * (biased variance; gamma, beta (C) or NULL). Each sample is worked on position-major, (L, C), so the loops
+ * over channels are the inner ones (L is 7-56 here, C 16-2048). u, the conv's output, is kept (B, L, C) and
+ * stats (B, G, 2: mean, 1 / std) for backward; a is (B, C, L). */
 #define STRIP_DIMS int64_t B, int64_t C, int64_t L, int64_t k, int64_t G, int nt
 
-INLINE float strip_tap_sum(const float *zr, const float *wr, int64_t L, int64_t k, int64_t l) {
+/* ut (L, C) = the depthwise conv of zt (L, C) with taps wt (k, C) */
+static void strip_conv(const float *zt, const float *wt, int64_t L, int64_t C, int64_t k, float *ut) {
     const int64_t p = k / 2;
-    float s = 0.f;
-    for (int64_t j = 0; j < k; j++) {
-        const int64_t i = l + j - p;
-        if (i >= 0 && i < L) s += wr[j] * zr[i];
+    for (int64_t l = 0; l < L; l++) {
+        float *o = ut + l * C;
+        for (int64_t c = 0; c < C; c++) o[c] = 0.f;
+        for (int64_t j = 0; j < k; j++) {
+            const int64_t i = l + j - p;
+            if (i < 0 || i >= L) continue;
+            const float *zr = zt + i * C, *wr = wt + j * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) o[c] += wr[c] * zr[c];
+        }
     }
-    return s;
+}
+
+/* per channel sums over the L positions of t (L, C), then per group (of cg channels) in double */
+static void group_sums(const float *t, int64_t L, int64_t C, int64_t cg, float *col, double *grp) {
+    for (int64_t c = 0; c < C; c++) col[c] = 0.f;
+    for (int64_t l = 0; l < L; l++) {
+        const float *r = t + l * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) col[c] += r[c];
+    }
+    for (int64_t g = 0; g < C / cg; g++) {
+        double s = 0.;
+        for (int64_t c = g * cg; c < (g + 1) * cg; c++) s += col[c];
+        grp[g] = s;
+    }
 }
 
 void strip_norm_gate_forward(const float *z, const float *w, const float *gamma, const float *beta, float eps,
                              STRIP_DIMS, float *u, float *stats, float *a) {
     const int64_t cg = C / G, n = cg * L;
+    float *wt = transposed(w, C, k);  /* (k, C) */
     SAMPLES {
+        float *zt = malloc(sizeof(float) * (2 * L * C + 3 * C)), *sq = zt + L * C, *col = sq + L * C;
+        float *sc = col + C, *sh = sc + C;
+        double *grp = malloc(sizeof(double) * G);
+        const float *zb = z + b * C * L;
         for (int64_t c = 0; c < C; c++)
-            for (int64_t l = 0; l < L; l++)
-                u[(b * C + c) * L + l] = strip_tap_sum(z + (b * C + c) * L, w + c * k, L, k, l);
+            for (int64_t l = 0; l < L; l++) zt[l * C + c] = zb[c * L + l];
+        float *ut = u + b * L * C;
+        strip_conv(zt, wt, L, C, k, ut);
+        /* two passes: the group means, then the sums of squares about them */
+        group_sums(ut, L, C, cg, col, grp);
+        for (int64_t c = 0; c < C; c++) sc[c] = (float)(grp[c / cg] / (double)n);  /* the mean, per channel */
+        for (int64_t l = 0; l < L; l++) {
+            const float *r = ut + l * C;
+            float *o = sq + l * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) { const float d = r[c] - sc[c]; o[c] = d * d; }
+        }
+        group_sums(sq, L, C, cg, col, grp);
         for (int64_t g = 0; g < G; g++) {
-            const float *ug = u + (b * C + g * cg) * L;
-            const float k0 = ug[0];
-            double s = 0., q = 0.;
-            for (int64_t i = 0; i < n; i++) { const double d = (double)ug[i] - k0; s += d; q += d * d; }
-            const double ds = s / (double)n, mean = k0 + ds;
-            double var = (q - s * ds) / (double)n;
-            if (var < 0.) var = 0.;
-            const double invstd = 1. / sqrt(var + (double)eps);
+            const double mean = sc[g * cg], invstd = 1. / sqrt(grp[g] / (double)n + (double)eps);
             stats[(b * G + g) * 2] = (float)mean;
             stats[(b * G + g) * 2 + 1] = (float)invstd;
-            for (int64_t cc = 0; cc < cg; cc++) {
-                const int64_t c = g * cg + cc;
-                const float sc = (float)(invstd * (gamma ? gamma[c] : 1.f));
-                const float sh = (float)((beta ? beta[c] : 0.f) - mean * sc);
-                const float *ur = u + (b * C + c) * L;
-                float *ar = a + (b * C + c) * L;
-                for (int64_t l = 0; l < L; l++) ar[l] = ur[l] * sc + sh;
-                sigmoid_inplace(ar, L);
-            }
         }
+        for (int64_t c = 0; c < C; c++) {
+            const int64_t g = c / cg;
+            const double mean = stats[(b * G + g) * 2], invstd = stats[(b * G + g) * 2 + 1];
+            const double s = invstd * (gamma ? gamma[c] : 1.f);
+            sc[c] = (float)s;
+            sh[c] = (float)((beta ? beta[c] : 0.f) - mean * s);
+        }
+        for (int64_t l = 0; l < L; l++) {
+            const float *r = ut + l * C;
+            float *o = zt + l * C;  /* zt is done with: the gate, position-major */
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) o[c] = r[c] * sc[c] + sh[c];
+        }
+        sigmoid_inplace(zt, L * C);
+        float *ab = a + b * C * L;
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t l = 0; l < L; l++) ab[c * L + l] = zt[l * C + c];
+        free(zt); free(grp);
     }
+    free(wt);
 }
 
 /* The gradients of strip_norm_gate_forward for dL/da = da (outputs NULL where not wanted): dz (B, C, L),
- * dw (C, k), dgamma, dbeta (C); the parameter gradients summed in double per thread, then across threads. */
+ * dw (C, k), dgamma, dbeta (C); the parameter gradients summed per sample in float, over samples in double
+ * per thread, then across threads. */
 void strip_norm_gate_backward(const float *da, const float *a, const float *z, const float *u, const float *w,
                               const float *gamma, const float *stats, STRIP_DIMS, float *dz, float *dw,
                               float *dgamma, float *dbeta) {
-    const int64_t cg = C / G, n = cg * L, p = k / 2, np = C * k + 2 * C;
+    const int64_t cg = C / G, n = cg * L, p = k / 2, np = k * C + 2 * C;
+    float *wt = transposed(w, C, k);  /* (k, C) */
     double *tot = calloc(np, sizeof(double));
 #pragma omp parallel num_threads(nt)
     {
-        double *part = calloc(np, sizeof(double));
-        float *dv = malloc(sizeof(float) * C * L);
+        double *part = calloc(np, sizeof(double)), *g1 = malloc(sizeof(double) * 2 * G), *g2 = g1 + G;
+        float *buf = malloc(sizeof(float) * (4 * L * C + 6 * C + np));
+        float *d = buf, *xh = d + L * C, *zt = xh + L * C, *t = zt + L * C;
+        float *mu = t + L * C, *is = mu + C, *m1 = is + C, *m2 = m1 + C, *col = m2 + C, *gm = col + C, *ps = gm + C;
+        for (int64_t c = 0; c < C; c++) gm[c] = gamma ? gamma[c] : 1.f;
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
-            for (int64_t g = 0; g < G; g++) {
-                const double mean = stats[(b * G + g) * 2], invstd = stats[(b * G + g) * 2 + 1];
-                double s1 = 0., s2 = 0.;  /* sums of dxhat and dxhat * xhat over the group */
-                for (int64_t cc = 0; cc < cg; cc++) {
-                    const int64_t c = g * cg + cc;
-                    const int64_t o = (b * C + c) * L;
-                    const float gm = gamma ? gamma[c] : 1.f;
-                    double sg = 0., sb = 0.;
-                    for (int64_t l = 0; l < L; l++) {
-                        const float d = da[o + l] * (1.f - a[o + l]) * a[o + l];
-                        const double xh = ((double)u[o + l] - mean) * invstd;
-                        sg += d * xh;
-                        sb += d;
-                        dv[c * L + l] = d * gm;
-                        s1 += d * gm;
-                        s2 += d * gm * xh;
-                    }
-                    part[C * k + c] += sg;
-                    part[C * k + C + c] += sb;
-                }
-                const float m1 = (float)(s1 / (double)n), m2 = (float)(s2 / (double)n), is = (float)invstd, mu = (float)mean;
-                for (int64_t cc = 0; cc < cg; cc++) {
-                    const int64_t c = g * cg + cc;
-                    const float *ur = u + (b * C + c) * L;
-                    float *dr = dv + c * L;
-                    for (int64_t l = 0; l < L; l++) dr[l] = is * (dr[l] - m1 - (ur[l] - mu) * is * m2);
+            const float *ab = a + b * C * L, *db = da + b * C * L, *zb = z + b * C * L, *ut = u + b * L * C;
+            for (int64_t c = 0; c < C; c++) {
+                mu[c] = stats[(b * G + c / cg) * 2];
+                is[c] = stats[(b * G + c / cg) * 2 + 1];
+                for (int64_t l = 0; l < L; l++) {
+                    const float av = ab[c * L + l];
+                    d[l * C + c] = db[c * L + l] * (1.f - av) * av;  /* torch's sigmoid_backward */
+                    zt[l * C + c] = zb[c * L + l];
                 }
             }
-            /* the conv: dw[c, j] += sum_l du[l] z[l + j - p]; dz[m] = sum_j w[c, j] du[m - j + p] */
+            memset(ps, 0, sizeof(float) * np);
+            float *pg = ps + k * C, *pb = pg + C;
+            for (int64_t l = 0; l < L; l++) {
+                const float *ur = ut + l * C, *dr = d + l * C;
+                float *xr = xh + l * C, *tr = t + l * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    xr[c] = (ur[c] - mu[c]) * is[c];
+                    pg[c] += dr[c] * xr[c];
+                    pb[c] += dr[c];
+                    tr[c] = dr[c] * gm[c];  /* dL/dxhat */
+                }
+            }
+            group_sums(t, L, C, cg, col, g1);
+            for (int64_t l = 0; l < L; l++) {
+                const float *tr = t + l * C, *xr = xh + l * C;
+                float *o = d + l * C;  /* d is done with: dxhat * xhat */
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) o[c] = tr[c] * xr[c];
+            }
+            group_sums(d, L, C, cg, col, g2);
             for (int64_t c = 0; c < C; c++) {
-                const float *zr = z + (b * C + c) * L, *dr = dv + c * L, *wr = w + c * k;
-                if (dw)
+                m1[c] = (float)(g1[c / cg] / (double)n);
+                m2[c] = (float)(g2[c / cg] / (double)n);
+            }
+            for (int64_t l = 0; l < L; l++) {  /* t becomes dL/du */
+                float *tr = t + l * C;
+                const float *xr = xh + l * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) tr[c] = is[c] * (tr[c] - m1[c] - xr[c] * m2[c]);
+            }
+            /* the conv: dw[j, c] += sum_l du[l, c] z[l + j - p, c]; dz[m, c] = sum_j w[j, c] du[m - j + p, c] */
+            for (int64_t l = 0; l < L; l++) {
+                const float *dr = t + l * C;
+                for (int64_t j = 0; j < k; j++) {
+                    const int64_t i = l + j - p;
+                    if (i < 0 || i >= L) continue;
+                    const float *zr = zt + i * C;
+                    float *o = ps + j * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] += dr[c] * zr[c];
+                }
+            }
+#pragma omp simd
+            for (int64_t i = 0; i < np; i++) part[i] += ps[i];
+            if (dz) {
+                float *o = xh;  /* xh is done with: dL/dz, position-major */
+                for (int64_t m = 0; m < L; m++) {
+                    float *orow = o + m * C;
+                    for (int64_t c = 0; c < C; c++) orow[c] = 0.f;
                     for (int64_t j = 0; j < k; j++) {
-                        float s = 0.f;
-                        for (int64_t l = 0; l < L; l++) {
-                            const int64_t i = l + j - p;
-                            if (i >= 0 && i < L) s += dr[l] * zr[i];
-                        }
-                        part[c * k + j] += s;
-                    }
-                if (dz) {
-                    float *o = dz + (b * C + c) * L;
-                    for (int64_t m = 0; m < L; m++) {
-                        float s = 0.f;
-                        for (int64_t j = 0; j < k; j++) {
-                            const int64_t l = m - j + p;
-                            if (l >= 0 && l < L) s += wr[j] * dr[l];
-                        }
-                        o[m] = s;
+                        const int64_t l = m - j + p;
+                        if (l < 0 || l >= L) continue;
+                        const float *dr = t + l * C, *wr = wt + j * C;
+#pragma omp simd
+                        for (int64_t c = 0; c < C; c++) orow[c] += wr[c] * dr[c];
                     }
                 }
+                float *dzb = dz + b * C * L;
+                for (int64_t c = 0; c < C; c++)
+                    for (int64_t l = 0; l < L; l++) dzb[c * L + l] = o[l * C + c];
             }
         }
 #pragma omp critical
         for (int64_t i = 0; i < np; i++) tot[i] += part[i];
-        free(part); free(dv);
+        free(part); free(g1); free(buf);
     }
-    if (dw) for (int64_t i = 0; i < C * k; i++) dw[i] = (float)tot[i];
-    if (dgamma) for (int64_t c = 0; c < C; c++) dgamma[c] = (float)tot[C * k + c];
-    if (dbeta) for (int64_t c = 0; c < C; c++) dbeta[c] = (float)tot[C * k + C + c];
-    free(tot);
+    if (dw) for (int64_t c = 0; c < C; c++) for (int64_t j = 0; j < k; j++) dw[c * k + j] = (float)tot[j * C + c];
+    if (dgamma) for (int64_t c = 0; c < C; c++) dgamma[c] = (float)tot[k * C + c];
+    if (dbeta) for (int64_t c = 0; c < C; c++) dbeta[c] = (float)tot[k * C + C + c];
+    free(wt); free(tot);
 }
