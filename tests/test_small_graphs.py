@@ -59,6 +59,7 @@ CASES = [("cbam", {}), ("cbam", {"mlp_bias": False, "spatial_norm": False}), ("c
          ("triplet", {}), ("triplet", {"kernel_size": 3}),
          ("coord", {}), ("coord", {"bias": False, "rd_channels": 5}),
          ("ela", {}), ("ela", {"shared": False, "kernel_size": 5, "num_groups": 4}), ("ela", {"num_groups": 1}),
+         ("strip", {}), ("strip", {"bias": True, "kernel_size": 5, "has_skip": True}),
          ("cbam_channel", {"rd_ratio": 0.25})]  # (4, 1024, .) below: 2 * 4 * 1024 * 256 > 2^20, the BLAS path
 
 
@@ -81,11 +82,11 @@ def _graph_of(name, x, **kwargs):
     return block, _nodes(block(x.requires_grad_()))
 
 
-@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela"])
+@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela", "strip"])
 def test_the_default_blocks_run_their_small_graphs_as_one_op_each(name):
     _, nodes = _graph_of(name, torch.randn(4, 32, 8, 8))
     want = {"cbam_channel": {"_MlpGateBackward"}, "cbam_spatial": {"_ConvNormGateBackward"},
-            "triplet": {"_ConvNormGateBackward"}, "coord": {COORD}, "ela": {STRIP}}.get(name, FUSED)
+            "triplet": {"_ConvNormGateBackward"}, "coord": {COORD}, "ela": {STRIP}, "strip": {STRIP}}.get(name, FUSED)
     assert want <= nodes
     assert not ({"AddmmBackward0", "NativeBatchNormBackward0", "SigmoidBackward0", "HardswishBackward0",
                  "BmmBackward0", "MmBackward0", "NativeGroupNormBackward0", "_DepthwiseConvBackward"} & nodes)

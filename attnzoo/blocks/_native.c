@@ -3133,11 +3133,12 @@ void coord_gates_backward(const float *dgh, const float *dgw, const float *gh, c
 }
 
 /* ELA's strip gate: a = sigmoid(GroupNorm(conv(z))) for strips z (B, C, L), conv a depthwise 1-D convolution
- * with taps w (C, k) and k / 2 zeros each side, GroupNorm over G groups of C / G channels x L per sample
- * (biased variance; gamma, beta (C) or NULL). Each sample is worked on position-major, (L, C), so the loops
+ * with taps w (C, k), bias (C) or NULL, and k / 2 zeros each side, GroupNorm over G groups of C / G channels x L
+ * per sample (biased variance; gamma, beta (C) or NULL). norm == 0: no GroupNorm; gate == 0: no sigmoid (strip
+ * attention's convs alone). Each sample is worked on position-major, (L, C), so the loops
  * over channels are the inner ones (L is 7-56 here, C 16-2048). u, the conv's output, is kept (B, L, C) and
  * stats (B, G, 2: mean, 1 / std) for backward; a is (B, C, L). */
-#define STRIP_DIMS int64_t B, int64_t C, int64_t L, int64_t k, int64_t G, int nt
+#define STRIP_DIMS int64_t B, int64_t C, int64_t L, int64_t k, int64_t G, int norm, int gate, int nt
 
 /* ut (L, C) = the depthwise conv of zt (L, C) with taps wt (k, C) */
 static void strip_conv(const float *zt, const float *wt, int64_t L, int64_t C, int64_t k, float *ut) {
@@ -3170,8 +3171,8 @@ static void group_sums(const float *t, int64_t L, int64_t C, int64_t cg, float *
     }
 }
 
-void strip_norm_gate_forward(const float *z, const float *w, const float *gamma, const float *beta, float eps,
-                             STRIP_DIMS, float *u, float *stats, float *a) {
+void strip_norm_gate_forward(const float *z, const float *w, const float *bias, const float *gamma, const float *beta,
+                             float eps, STRIP_DIMS, float *u, float *stats, float *a) {
     const int64_t cg = C / G, n = cg * L;
     float *wt = transposed(w, C, k);  /* (k, C) */
     SAMPLES {
@@ -3183,6 +3184,16 @@ void strip_norm_gate_forward(const float *z, const float *w, const float *gamma,
             for (int64_t l = 0; l < L; l++) zt[l * C + c] = zb[c * L + l];
         float *ut = u + b * L * C;
         strip_conv(zt, wt, L, C, k, ut);
+        if (bias)
+            for (int64_t l = 0; l < L; l++) {
+                float *r = ut + l * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) r[c] += bias[c];
+            }
+        if (!norm) {
+            for (int64_t c = 0; c < C; c++) { sc[c] = 1.f; sh[c] = 0.f; }
+            goto apply;
+        }
         /* two passes: the group means, then the sums of squares about them */
         group_sums(ut, L, C, cg, col, grp);
         for (int64_t c = 0; c < C; c++) sc[c] = (float)(grp[c / cg] / (double)n);  /* the mean, per channel */
@@ -3205,13 +3216,14 @@ void strip_norm_gate_forward(const float *z, const float *w, const float *gamma,
             sc[c] = (float)s;
             sh[c] = (float)((beta ? beta[c] : 0.f) - mean * s);
         }
+    apply:
         for (int64_t l = 0; l < L; l++) {
             const float *r = ut + l * C;
             float *o = zt + l * C;  /* zt is done with: the gate, position-major */
 #pragma omp simd
             for (int64_t c = 0; c < C; c++) o[c] = r[c] * sc[c] + sh[c];
         }
-        sigmoid_inplace(zt, L * C);
+        if (gate) sigmoid_inplace(zt, L * C);
         float *ab = a + b * C * L;
         for (int64_t c = 0; c < C; c++)
             for (int64_t l = 0; l < L; l++) ab[c * L + l] = zt[l * C + c];
@@ -3224,9 +3236,9 @@ void strip_norm_gate_forward(const float *z, const float *w, const float *gamma,
  * dw (C, k), dgamma, dbeta (C); the parameter gradients summed per sample in float, over samples in double
  * per thread, then across threads. */
 void strip_norm_gate_backward(const float *da, const float *a, const float *z, const float *u, const float *w,
-                              const float *gamma, const float *stats, STRIP_DIMS, float *dz, float *dw,
+                              const float *gamma, const float *stats, STRIP_DIMS, float *dz, float *dw, float *dbias,
                               float *dgamma, float *dbeta) {
-    const int64_t cg = C / G, n = cg * L, p = k / 2, np = k * C + 2 * C;
+    const int64_t cg = C / G, n = cg * L, p = k / 2, np = k * C + 3 * C;  /* dw (k, C), dgamma, dbeta, dbias */
     float *wt = transposed(w, C, k);  /* (k, C) */
     double *tot = calloc(np, sizeof(double));
 #pragma omp parallel num_threads(nt)
@@ -3240,16 +3252,20 @@ void strip_norm_gate_backward(const float *da, const float *a, const float *z, c
         for (int64_t b = 0; b < B; b++) {
             const float *ab = a + b * C * L, *db = da + b * C * L, *zb = z + b * C * L, *ut = u + b * L * C;
             for (int64_t c = 0; c < C; c++) {
-                mu[c] = stats[(b * G + c / cg) * 2];
-                is[c] = stats[(b * G + c / cg) * 2 + 1];
+                mu[c] = norm ? stats[(b * G + c / cg) * 2] : 0.f;
+                is[c] = norm ? stats[(b * G + c / cg) * 2 + 1] : 1.f;
                 for (int64_t l = 0; l < L; l++) {
                     const float av = ab[c * L + l];
-                    d[l * C + c] = db[c * L + l] * (1.f - av) * av;  /* torch's sigmoid_backward */
+                    d[l * C + c] = gate ? db[c * L + l] * (1.f - av) * av : db[c * L + l];  /* torch's sigmoid_backward */
                     zt[l * C + c] = zb[c * L + l];
                 }
             }
             memset(ps, 0, sizeof(float) * np);
-            float *pg = ps + k * C, *pb = pg + C;
+            float *pg = ps + k * C, *pb = pg + C, *pbias = pb + C;
+            if (!norm) {  /* dL/du = d */
+                memcpy(t, d, sizeof(float) * L * C);
+                goto conv;
+            }
             for (int64_t l = 0; l < L; l++) {
                 const float *ur = ut + l * C, *dr = d + l * C;
                 float *xr = xh + l * C, *tr = t + l * C;
@@ -3278,6 +3294,12 @@ void strip_norm_gate_backward(const float *da, const float *a, const float *z, c
                 const float *xr = xh + l * C;
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) tr[c] = is[c] * (tr[c] - m1[c] - xr[c] * m2[c]);
+            }
+        conv:
+            for (int64_t l = 0; l < L; l++) {
+                const float *tr = t + l * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) pbias[c] += tr[c];
             }
             /* the conv: dw[j, c] += sum_l du[l, c] z[l + j - p, c]; dz[m, c] = sum_j w[j, c] du[m - j + p, c] */
             for (int64_t l = 0; l < L; l++) {
@@ -3318,5 +3340,6 @@ void strip_norm_gate_backward(const float *da, const float *a, const float *z, c
     if (dw) for (int64_t c = 0; c < C; c++) for (int64_t j = 0; j < k; j++) dw[c * k + j] = (float)tot[j * C + c];
     if (dgamma) for (int64_t c = 0; c < C; c++) dgamma[c] = (float)tot[k * C + c];
     if (dbeta) for (int64_t c = 0; c < C; c++) dbeta[c] = (float)tot[k * C + C + c];
+    if (dbias) for (int64_t c = 0; c < C; c++) dbias[c] = (float)tot[k * C + 2 * C + c];
     free(wt); free(tot);
 }

@@ -17,7 +17,7 @@ convolution) directly, with the gradients written out by hand:
   ``f = hardswish(norm(conv1([z_h; z_w])))`` on its pooled strips (1x1 convs C -> M -> C, a BatchNorm2d
   of M channels or none).
 * ``strip_norm_gate``: ELA's ``sigmoid(GroupNorm(conv(z)))`` on a pooled strip, conv a depthwise 1-D
-  convolution.
+  convolution; without norm and sigmoid, strip attention's convs.
 * ``conv_norm_gate``: ``sigmoid(norm(conv(z)))`` for a convolution the native small-conv kernel runs
   (CBAM's and triplet attention's k x k conv 2 -> 1, LightCBAM's 1 -> 1) and a BatchNorm2d (running
   statistics updated as ``nn.BatchNorm2d`` updates them) or no norm.
@@ -314,54 +314,63 @@ class _CoordGates(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------------------ ELA's strips
-def strip_norm_gate(z: torch.Tensor, conv: nn.Module, norm: nn.Module, act: nn.Module,
-                    gate: nn.Module) -> torch.Tensor | None:
+def strip_norm_gate(z: torch.Tensor, conv: nn.Module, norm: nn.Module | None, act: nn.Module | None,
+                    gate: nn.Module | None) -> torch.Tensor | None:
     """``gate(act(norm(conv(z))))`` for a strip z (B, C, L, 1) with a (k, 1) depthwise conv or (B, C, 1, L) with
-    a (1, k) one, a GroupNorm and no activation (``nn.Identity``), as one autograd op, or None where it does not
-    apply (then run the modules)."""
+    a (1, k) one, a GroupNorm (or None: no norm), no activation (``nn.Identity`` or None) and a sigmoid (or None:
+    no gate), as one autograd op, or None where it does not apply (then run the modules)."""
     if not (ENABLED and _native.applies(z) and (z.shape[3] == 1 or z.shape[2] == 1) and type(conv) is LayoutConv2d
-            and type(norm) is nn.GroupNorm and type(act) is nn.Identity and _is_sigmoid(gate)):
+            and (norm is None or type(norm) is nn.GroupNorm) and (act is None or type(act) is nn.Identity)
+            and (gate is None or _is_sigmoid(gate))):
         return None
     b, c, h, w = z.shape
     k = conv.kernel_size[0] if w == 1 else conv.kernel_size[1]
     want_kernel, want_padding = ((k, 1), (k // 2, 0)) if w == 1 else ((1, k), (0, k // 2))
+    groups = norm.num_groups if norm is not None else 1
     if not (conv.groups == conv.in_channels == conv.out_channels == c and conv.kernel_size == want_kernel
             and k % 2 == 1 and conv.padding == want_padding and conv.stride == (1, 1) and conv.dilation == (1, 1)
-            and conv.bias is None and conv.padding_mode == "zeros" and conv.weight.dtype == torch.float32
-            and norm.num_channels == c and _float32(norm.weight, norm.bias) and _unhooked(conv, norm, act, gate)
-            and c // norm.num_groups * h * w > 1):  # one value per group normalises to beta: left to the modules
+            and conv.padding_mode == "zeros" and conv.weight.dtype == torch.float32 and _float32(conv.bias)
+            and (norm is None or (norm.num_channels == c and _float32(norm.weight, norm.bias)
+                                  and c // groups * h * w > 1))  # one value per group normalises to beta
+            and _unhooked(*(m for m in (conv, norm, act, gate) if m is not None))):
         return None
-    return _StripNormGate.apply(z, conv.weight, norm.weight, norm.bias, norm.num_groups, norm.eps)
+    return _StripNormGate.apply(z, conv.weight, conv.bias, None if norm is None else norm.weight,
+                                None if norm is None else norm.bias, groups, 0.0 if norm is None else norm.eps,
+                                norm is not None, gate is not None)
 
 
 class _StripNormGate(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z, weight, gamma, beta, groups, eps):
+    def forward(ctx, z, weight, bias, gamma, beta, groups, eps, norm, gate):
         b, c, h, w = z.shape
         n = h * w
         zc = z.detach().reshape(b, c, n).contiguous()  # named: the kernels read it after
         wv = _flat(weight, c, -1)
         k = wv.shape[1]
-        gv, bv = _flat(gamma, -1), _flat(beta, -1)
-        u, stats, a = zc.new_empty(b, c, n), zc.new_empty(b, groups, 2), zc.new_empty(b, c, n)
-        _native.kernels().strip_norm_gate_forward(zc.data_ptr(), wv.data_ptr(), _native.ptr(gv), _native.ptr(bv), eps,
-                                                  b, c, n, k, groups, torch.get_num_threads(), u.data_ptr(),
-                                                  stats.data_ptr(), a.data_ptr())
+        cb, gv, bv = _flat(bias, -1), _flat(gamma, -1), _flat(beta, -1)
+        u, stats, a = zc.new_empty(b, n, c), zc.new_empty(b, groups, 2), zc.new_empty(b, c, n)
+        _native.kernels().strip_norm_gate_forward(zc.data_ptr(), wv.data_ptr(), _native.ptr(cb), _native.ptr(gv),
+                                                  _native.ptr(bv), eps, b, c, n, k, groups, norm, gate,
+                                                  torch.get_num_threads(), u.data_ptr(), stats.data_ptr(), a.data_ptr())
         ctx.save_for_backward(zc, u, stats, a, wv, gv)
-        ctx.dims, ctx.shape, ctx.has = (b, c, n, k, groups), z.shape, (gamma is not None, beta is not None)
+        ctx.dims, ctx.shape = (b, c, n, k, groups, norm, gate), z.shape
+        ctx.has = (bias is not None, gamma is not None, beta is not None)
         return a.view(z.shape)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, da):
         zc, u, stats, a, wv, gv = ctx.saved_tensors
-        b, c, n, k, groups = ctx.dims
+        b, c, n, k, groups, norm, gate = ctx.dims
         need = ctx.needs_input_grad
         da = da.reshape(b, c, n).contiguous()  # named: read by the kernel below
-        outs = [zc.new_empty(ctx.shape) if need[0] else None, wv.new_empty(c, 1, *((k, 1) if ctx.shape[3] == 1 else (1, k)))
-                if need[1] else None, zc.new_empty(c) if ctx.has[0] and need[2] else None,
-                zc.new_empty(c) if ctx.has[1] and need[3] else None]
+        kernel = (k, 1) if ctx.shape[3] == 1 else (1, k)
+        outs = [zc.new_empty(ctx.shape) if need[0] else None, wv.new_empty(c, 1, *kernel) if need[1] else None,
+                zc.new_empty(c) if ctx.has[0] and need[2] else None, zc.new_empty(c) if ctx.has[1] and need[3] else None,
+                zc.new_empty(c) if ctx.has[2] and need[4] else None]
+        dz, dw, db, dg, dbeta = outs
+        P = _native.ptr
         _native.kernels().strip_norm_gate_backward(da.data_ptr(), a.data_ptr(), zc.data_ptr(), u.data_ptr(), wv.data_ptr(),
-                                                   _native.ptr(gv), stats.data_ptr(), b, c, n, k, groups,
-                                                   torch.get_num_threads(), *(_native.ptr(t) for t in outs))
-        return (*outs, None, None)
+                                                   P(gv), stats.data_ptr(), b, c, n, k, groups, norm, gate,
+                                                   torch.get_num_threads(), P(dz), P(dw), P(db), P(dg), P(dbeta))
+        return (*outs, None, None, None, None)

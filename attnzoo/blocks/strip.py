@@ -15,8 +15,9 @@ No departures from timm's module; parity under copied weights is tested (tests/t
 
 Speed (CPU): with the sigmoid gate, nothing capturing the tap, eager float32 and a batch of at least
 the thread count, the block is one native op (``_pooled_gates.strip_gates(sigmoid='gate')``; the
-sigmoid of the full map is the kernels' own, relative error about 2e-7 against torch's) and its
-depthwise convs run on the native kernel; elsewhere the PyTorch expression runs.
+sigmoid of the full map is the kernels' own, relative error about 2e-7 against torch's) and each of its
+depthwise strip convs is one autograd op in C (``_small_graphs.strip_norm_gate``); elsewhere the PyTorch
+expression runs.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from ._layout import LayoutConv2d, combine_like
 from ._fused import is_sigmoid
 from ._pool import pool_mean
 from ._pooled_gates import strip_gates
+from ._small_graphs import strip_norm_gate
 
 __all__ = ["StripAttn"]
 
@@ -70,7 +72,11 @@ class StripAttn(nn.Module):
 
     def factors(self, mean_w, mean_h):
         """z_h (B, C, H, 1) and z_w (B, C, 1, W) from the means over W and over H (before the gate)."""
-        return self.conv_h(mean_w), self.conv_w(mean_h)
+        if not self.use_conv:
+            return mean_w, mean_h
+        z_h = strip_norm_gate(mean_w, self.conv_h, None, None, None)  # one autograd op where it applies
+        z_w = strip_norm_gate(mean_h, self.conv_w, None, None, None)
+        return (self.conv_h(mean_w) if z_h is None else z_h), (self.conv_w(mean_h) if z_w is None else z_w)
 
     def forward(self, x):
         check_input(self, x)
