@@ -60,6 +60,7 @@ CASES = [("cbam", {}), ("cbam", {"mlp_bias": False, "spatial_norm": False}), ("c
          ("coord", {}), ("coord", {"bias": False, "rd_channels": 5}),
          ("ela", {}), ("ela", {"shared": False, "kernel_size": 5, "num_groups": 4}), ("ela", {"num_groups": 1}),
          ("strip", {}), ("strip", {"bias": True, "kernel_size": 5, "has_skip": True}),
+         ("scoord", {}), ("scoord", {"bias": False, "act_layer": "hard_swish", "rd_channels": 6}),
          ("cbam_channel", {"rd_ratio": 0.25})]  # (4, 1024, .) below: 2 * 4 * 1024 * 256 > 2^20, the BLAS path
 
 
@@ -82,11 +83,13 @@ def _graph_of(name, x, **kwargs):
     return block, _nodes(block(x.requires_grad_()))
 
 
-@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela", "strip"])
+@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela", "strip",
+                                  "scoord"])
 def test_the_default_blocks_run_their_small_graphs_as_one_op_each(name):
     _, nodes = _graph_of(name, torch.randn(4, 32, 8, 8))
     want = {"cbam_channel": {"_MlpGateBackward"}, "cbam_spatial": {"_ConvNormGateBackward"},
-            "triplet": {"_ConvNormGateBackward"}, "coord": {COORD}, "ela": {STRIP}, "strip": {STRIP}}.get(name, FUSED)
+            "triplet": {"_ConvNormGateBackward"}, "coord": {COORD}, "ela": {STRIP}, "strip": {STRIP},
+            "scoord": {COORD}}.get(name, FUSED)
     assert want <= nodes
     assert not ({"AddmmBackward0", "NativeBatchNormBackward0", "SigmoidBackward0", "HardswishBackward0",
                  "BmmBackward0", "MmBackward0", "NativeGroupNormBackward0", "_DepthwiseConvBackward"} & nodes)
@@ -99,7 +102,8 @@ def test_other_layers_run_as_modules(kwargs, unfused):
     assert not (unfused & nodes) and (FUSED - unfused) <= nodes
 
 
-@pytest.mark.parametrize("name,kwargs,op", [("coord", {"act_layer": "silu"}, COORD), ("ela", {"act_layer": "silu"}, STRIP),
+@pytest.mark.parametrize("name,kwargs,op", [("coord", {"act_layer": "relu"}, COORD), ("ela", {"act_layer": "silu"}, STRIP),
+                                            ("scoord", {"act_layer": "gelu"}, COORD),
                                             ("ela", {"conv_group_width": 8}, STRIP)])
 def test_strip_blocks_with_other_layers_run_as_modules(name, kwargs, op):
     _, nodes = _graph_of(name, torch.randn(4, 32, 8, 8), **kwargs)

@@ -2889,17 +2889,30 @@ void norm_gate_backward(const float *dg, const float *g, const float *u, int64_t
 
 /* Coordinate attention's small graph on its pooled strips, per sample z = [z_h | z_w] (C, L = H + W) from
  * the means over W (B, C, H) and over H (B, C, W): u = W1 z + b1 (M, L); v = BatchNorm(u) per channel m,
- * over the batch and L (as norm_gate_forward; stats = M means then M inverse deviations); f = hardswish(v);
- * g_h = sigmoid(Wh f[:, :H] + bh) (C, H) and g_w = sigmoid(Ww f[:, H:] + bw) (C, W). w1 (M, C), wh, ww (C, M);
+ * over the batch and L (as norm_gate_forward; stats = M means then M inverse deviations; norm == 0: v = u);
+ * f = hardswish(v) (act == 1: SiLU); g_h = sigmoid(Wh f[:, :H] + bh) (C, H) and g_w = sigmoid(Ww f[:, H:] + bw)
+ * (C, W) (gate == 0: no sigmoid). w1 (M, C), wh, ww (C, M);
  * biases and norm parameters NULL for none. u is kept (B, M, L) for backward. */
-#define COORD_DIMS int64_t B, int64_t C, int64_t M, int64_t H, int64_t W, int norm, int batch_stats, int nt
+#define COORD_DIMS int64_t B, int64_t C, int64_t M, int64_t H, int64_t W, int norm, int batch_stats, int act, \
+                   int gate, int nt
 
 INLINE float hardswish(float v) { return v <= -3.f ? 0.f : v >= 3.f ? v : v * (v + 3.f) * (1.f / 6.f); }
+
+/* the activation between the convs: act == 0 hard swish (coordinate attention), 1 SiLU (timm's simplified
+ * form, scoord), and its derivative times d as torch's backward computes it */
+INLINE float coord_act(float v, int act) { return act ? v * sigmoid_approx(v) : hardswish(v); }
+INLINE float coord_act_grad(float v, float d, int act) {
+    if (act) {
+        const float sg = sigmoid_approx(v);
+        return d * sg * (1.f + v * (1.f - sg));
+    }
+    return v < -3.f ? 0.f : v <= 3.f ? d * (v / 3.f + 0.5f) : d;
+}
 
 /* (B, M, L) -> per channel scale and shift of the normalisation (running statistics moved when batch_stats) */
 static void coord_norm_stats(const float *u, COORD_DIMS, const float *bnw, const float *bnb, float *rm, float *rv,
                              float momentum, float eps, float *stats, float *scale, float *shift) {
-    (void)C; (void)nt;
+    (void)C; (void)nt; (void)act; (void)gate;
     const int64_t L = H + W, n = B * L;
     for (int64_t m = 0; m < M; m++) {
         double mean, var;
@@ -2960,13 +2973,14 @@ void coord_gates_forward(const float *zh, const float *zw, const float *w1, cons
         free(zt);
     }
     float *scale = malloc(sizeof(float) * 2 * M), *shift = scale + M;
-    coord_norm_stats(u, B, C, M, H, W, norm, batch_stats, nt, bnw, bnb, rm, rv, momentum, eps, stats, scale, shift);
+    coord_norm_stats(u, B, C, M, H, W, norm, batch_stats, act, gate, nt, bnw, bnb, rm, rv, momentum, eps, stats, scale,
+                     shift);
     float *wht = transposed(wh, C, M), *wwt = transposed(ww, C, M);  /* (M, C) */
     SAMPLES {
         float *f = malloc(sizeof(float) * M * L), *a = malloc(sizeof(float) * C);
         const float *ub = u + b * M * L;
         for (int64_t m = 0; m < M; m++)
-            for (int64_t l = 0; l < L; l++) f[m * L + l] = hardswish(ub[m * L + l] * scale[m] + shift[m]);
+            for (int64_t l = 0; l < L; l++) f[m * L + l] = coord_act(ub[m * L + l] * scale[m] + shift[m], act);
         for (int64_t l = 0; l < L; l++) {
             const int hpart = l < H;
             const float *wt = hpart ? wht : wwt, *bias = hpart ? bh : bw;
@@ -2976,7 +2990,7 @@ void coord_gates_forward(const float *zh, const float *zw, const float *w1, cons
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) a[c] += fv * wr[c];
             }
-            sigmoid_inplace(a, C);
+            if (gate) sigmoid_inplace(a, C);
             if (hpart)
                 for (int64_t c = 0; c < C; c++) gh[(b * C + c) * H + l] = a[c];
             else
@@ -3015,16 +3029,16 @@ void coord_gates_backward(const float *dgh, const float *dgw, const float *gh, c
         for (int64_t b = 0; b < B; b++) {
             const float *ub = u + b * M * L;
             for (int64_t m = 0; m < M; m++)
-                for (int64_t l = 0; l < L; l++) f[m * L + l] = hardswish(ub[m * L + l] * scale[m] + shift[m]);
+                for (int64_t l = 0; l < L; l++) f[m * L + l] = coord_act(ub[m * L + l] * scale[m] + shift[m], act);
             /* da (L, C) = dL/d(pre-sigmoid), torch's sigmoid_backward */
             for (int64_t c = 0; c < C; c++) {
                 for (int64_t l = 0; l < H; l++) {
                     const int64_t i = (b * C + c) * H + l;
-                    da[l * C + c] = dgh[i] * (1.f - gh[i]) * gh[i];
+                    da[l * C + c] = gate ? dgh[i] * (1.f - gh[i]) * gh[i] : dgh[i];
                 }
                 for (int64_t l = 0; l < W; l++) {
                     const int64_t i = (b * C + c) * W + l;
-                    da[(H + l) * C + c] = dgw[i] * (1.f - gw[i]) * gw[i];
+                    da[(H + l) * C + c] = gate ? dgw[i] * (1.f - gw[i]) * gw[i] : dgw[i];
                 }
             }
             memset(ps, 0, sizeof(float) * np);
@@ -3043,14 +3057,15 @@ void coord_gates_backward(const float *dgh, const float *dgw, const float *gh, c
             }
 #pragma omp simd
             for (int64_t k = 0; k < np; k++) part[k] += ps[k];
-            /* dv = (W^T da) * hardswish'(v) (torch's: 0 below -3, grad * (v / 3 + 1/2) up to 3, grad above) */
+            /* dv = (W^T da) * act'(v) (torch's hardswish_backward: 0 below -3, grad * (v / 3 + 1/2) up to 3, grad
+             * above; silu_backward: grad * s * (1 + v * (1 - s))) */
             float *dvb = dv + b * M * L;
             for (int64_t l = 0; l < L; l++) {
                 const float *wt = l < H ? wht : wwt, *dr = da + l * C;
                 for (int64_t m = 0; m < M; m++) {
                     const float d = dot16(wt + m * C, dr, C);
                     const float v = ub[m * L + l] * scale[m] + shift[m];
-                    dvb[m * L + l] = v < -3.f ? 0.f : v <= 3.f ? d * (v / 3.f + 0.5f) : d;
+                    dvb[m * L + l] = coord_act_grad(v, d, act);
                 }
             }
         }

@@ -15,7 +15,8 @@ convolution) directly, with the gradients written out by hand:
   with or without bias.
 * ``coord_gates``: coordinate attention's ``sigmoid(conv_h(f_h)), sigmoid(conv_w(f_w))`` with
   ``f = hardswish(norm(conv1([z_h; z_w])))`` on its pooled strips (1x1 convs C -> M -> C, a BatchNorm2d
-  of M channels or none).
+  of M channels or none), and timm's simplified form (scoord: linears, SiLU, no norm, the gate applied
+  by the op after it).
 * ``strip_norm_gate``: ELA's ``sigmoid(GroupNorm(conv(z)))`` on a pooled strip, conv a depthwise 1-D
   convolution; without norm and sigmoid, strip attention's convs.
 * ``conv_norm_gate``: ``sigmoid(norm(conv(z)))`` for a convolution the native small-conv kernel runs
@@ -241,24 +242,40 @@ class _ConvNormGate(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------------------- coordinate attention
-def coord_gates(z_h: torch.Tensor, z_w: torch.Tensor, conv1: nn.Module, norm: nn.Module, act: nn.Module,
-                conv_h: nn.Module, conv_w: nn.Module, gate: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _linear_like(m: nn.Module) -> tuple[int, int] | None:
+    """(in, out) features of a 1x1 conv (as ``_is_pointwise``) or an ``nn.Linear`` with float32 weights."""
+    if type(m) is nn.Linear and m.weight.dtype == torch.float32:
+        return m.in_features, m.out_features
+    if _is_pointwise(m):
+        return m.in_channels, m.out_channels
+    return None
+
+
+_ACTS = {nn.Hardswish: 0, nn.SiLU: 1}
+
+
+def coord_gates(z_h: torch.Tensor, z_w: torch.Tensor, conv1: nn.Module, norm: nn.Module | None, act: nn.Module,
+                conv_h: nn.Module, conv_w: nn.Module, gate: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Coordinate attention's factors g_h (B, C, H, 1) and g_w (B, C, 1, W) from the strip means z_h (B, C, H, 1)
-    and z_w (B, C, 1, W) as one autograd op, or None where it does not apply (then run the modules)."""
+    and z_w (B, C, 1, W) as one autograd op, or None where it does not apply (then run the modules): conv1,
+    conv_h, conv_w 1x1 convs or linears (C -> M -> C); norm a BatchNorm2d of M channels, ``nn.Identity`` or None;
+    act hard swish or SiLU; gate a sigmoid or None (the factors before the gate: timm's simplified form)."""
     if not (ENABLED and _native.applies(z_h) and z_w.dim() == 4 and z_h.shape[3] == 1 and z_w.shape[2] == 1
             and z_h.shape[:2] == z_w.shape[:2] and z_w.dtype == torch.float32
-            and type(act) is nn.Hardswish and _is_sigmoid(gate)
-            and all(_is_pointwise(m) for m in (conv1, conv_h, conv_w))
-            and conv1.in_channels == conv_h.out_channels == conv_w.out_channels == z_h.shape[1]
-            and conv1.out_channels == conv_h.in_channels == conv_w.in_channels
-            and _float32(conv1.bias, conv_h.bias, conv_w.bias) and _unhooked(conv1, norm, act, conv_h, conv_w, gate)):
+            and type(act) in _ACTS and (gate is None or _is_sigmoid(gate))):
         return None
-    found = _norm(norm, z_h.shape[0] * (z_h.shape[2] + z_w.shape[3]), conv1.out_channels)
+    c = z_h.shape[1]
+    f1, fh, fw = _linear_like(conv1), _linear_like(conv_h), _linear_like(conv_w)
+    if not (f1 and fh and fw and f1[0] == fh[1] == fw[1] == c and f1[1] == fh[0] == fw[0]
+            and _float32(conv1.bias, conv_h.bias, conv_w.bias)
+            and _unhooked(*(m for m in (conv1, norm, act, conv_h, conv_w, gate) if m is not None))):
+        return None
+    found = (None, None, None) if norm is None else _norm(norm, z_h.shape[0] * (z_h.shape[2] + z_w.shape[3]), f1[1])
     if found is None:
         return None
     bn, weight, bias = found
     return _CoordGates.apply(z_h, z_w, conv1.weight, conv1.bias, weight, bias, conv_h.weight, conv_h.bias,
-                             conv_w.weight, conv_w.bias, bn)
+                             conv_w.weight, conv_w.bias, bn, _ACTS[type(act)], gate is not None)
 
 
 def _flat(t, *shape):
@@ -267,7 +284,7 @@ def _flat(t, *shape):
 
 class _CoordGates(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, z_h, z_w, w1, b1, bn_weight, bn_bias, wh, bh, ww, bw, bn):
+    def forward(ctx, z_h, z_w, w1, b1, bn_weight, bn_bias, wh, bh, ww, bw, bn, act, gate):
         b, c, h, _ = z_h.shape
         w = z_w.shape[3]
         m = w1.shape[0]
@@ -281,18 +298,19 @@ class _CoordGates(torch.autograd.Function):
         _native.kernels().coord_gates_forward(
             zh.data_ptr(), zw.data_ptr(), w1v.data_ptr(), P(b1v), P(bnw), P(bnb), P(running_mean), P(running_var),
             momentum, eps, whv.data_ptr(), P(bhv), wwv.data_ptr(), P(bwv), b, c, m, h, w, bn is not None, batch_stats,
-            torch.get_num_threads(), u.data_ptr(), stats.data_ptr(), gh.data_ptr(), gw.data_ptr())
+            act, gate, torch.get_num_threads(), u.data_ptr(), stats.data_ptr(), gh.data_ptr(), gw.data_ptr())
         ctx.save_for_backward(zh, zw, u, stats, gh, gw, w1v, bnw, bnb, whv, wwv)
         ctx.set_materialize_grads(False)  # an unused factor's gradient arrives as None, not zeros
-        ctx.dims = (b, c, m, h, w, bn is not None, batch_stats)
+        ctx.dims = (b, c, m, h, w, bn is not None, batch_stats, act, gate)
         ctx.has = tuple(t is not None for t in (b1, bn_weight, bn_bias, bh, bw))
+        ctx.shapes = (w1.shape, wh.shape, ww.shape)
         return gh, gw
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dgh, dgw):
         zh, zw, u, stats, gh, gw, w1v, bnw, bnb, whv, wwv = ctx.saved_tensors
-        b, c, m, h, w, norm, batch_stats = ctx.dims
+        b, c, m, h, w, norm, batch_stats, act, gate = ctx.dims
         need = ctx.needs_input_grad
         # a factor that went unused: no gradient for its conv (as on the modules, where that conv is not in the
         # graph of the loss); the other factor's still reaches z_h and z_w through the shared conv1 and norm
@@ -301,16 +319,19 @@ class _CoordGates(torch.autograd.Function):
         dgw = torch.zeros_like(gw) if dgw is None else dgw.contiguous()
         has_b1, has_bnw, has_bnb, has_bh, has_bw = ctx.has
         wants = [(need[0], (b, c, h, 1)), (need[1], (b, c, 1, w)), (need[2], (m, c, 1, 1)), (has_b1 and need[3], (m,)),
-                 (has_bnw and need[4], (m,)), (has_bnb and need[5], (m,)), (used_h and need[6], (c, m, 1, 1)),
-                 (used_h and has_bh and need[7], (c,)), (used_w and need[8], (c, m, 1, 1)),
+                 (has_bnw and need[4], (m,)), (has_bnb and need[5], (m,)), (used_h and need[6], None),
+                 (used_h and has_bh and need[7], (c,)), (used_w and need[8], None),
                  (used_w and has_bw and need[9], (c,))]
+        wants[2] = (wants[2][0], ctx.shapes[0])  # the weights' own shapes: (out, in, 1, 1) convs or (out, in) linears
+        wants[6] = (wants[6][0], ctx.shapes[1])
+        wants[8] = (wants[8][0], ctx.shapes[2])
         outs = [zh.new_empty(shape) if want else None for want, shape in wants]
         P = _native.ptr
         _native.kernels().coord_gates_backward(
             dgh.data_ptr(), dgw.data_ptr(), gh.data_ptr(), gw.data_ptr(), zh.data_ptr(), zw.data_ptr(), u.data_ptr(),
             stats.data_ptr(), w1v.data_ptr(), P(bnw), P(bnb), whv.data_ptr(), wwv.data_ptr(), b, c, m, h, w, norm,
-            batch_stats, torch.get_num_threads(), *(P(t) for t in outs))
-        return (*outs, None)
+            batch_stats, act, gate, torch.get_num_threads(), *(P(t) for t in outs))
+        return (*outs, None, None, None)
 
 
 # ------------------------------------------------------------------------------------------ ELA's strips

@@ -16,8 +16,9 @@ y + x. No departures from timm's module; parity under copied weights is tested
 (tests/test_zoo_timm_extra.py).
 
 Speed (CPU): with the sigmoid gate, nothing capturing the tap, eager float32 and a batch of at least
-the thread count, the block is one native op (``_pooled_gates.strip_gates(sigmoid='gate')``, as strip);
-elsewhere the PyTorch expression runs.
+the thread count, the block is one native op (``_pooled_gates.strip_gates(sigmoid='gate')``, as strip),
+and with SiLU or hard swish its small graph (fc1, the activation, fc_h and fc_w on the strips) is one
+autograd op in C (``_small_graphs.coord_gates``); elsewhere the PyTorch expression runs.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ._layout import combine_like
 from ._fused import is_sigmoid
 from ._pool import pool_mean
 from ._pooled_gates import strip_gates
+from ._small_graphs import coord_gates
 
 __all__ = ["SimpleCoordAttn"]
 
@@ -75,6 +77,9 @@ class SimpleCoordAttn(nn.Module):
 
     def factors(self, mean_w, mean_h):
         """a_h (B, C, H, 1) and a_w (B, C, 1, W) from the means over W and over H (before the gate)."""
+        a = coord_gates(mean_w, mean_h, self.fc1, None, self.act, self.fc_h, self.fc_w, None)  # one op where it applies
+        if a is not None:
+            return a
         f_h = self.act(self.fc1(mean_w.squeeze(3).transpose(1, 2)))  # (B, H, r)
         f_w = self.act(self.fc1(mean_h.squeeze(2).transpose(1, 2)))  # (B, W, r)
         a_h = self.fc_h(f_h).transpose(1, 2).unsqueeze(-1)  # (B, C, H, 1)
