@@ -15,8 +15,8 @@
     python benchmarks/native.py --breakdown --json benchmarks/results/native_cpu.json
     python benchmarks/native_revision.py --rev REV --blocks ... --hosts resnet20 \
         --json benchmarks/results/native_revision_cpu.json
-    python benchmarks/native_revision.py --rev 0e6a0c9 --blocks cbam cbam_channel cbam_spatial lcbam triplet \
-        --hosts resnet20 --json benchmarks/results/small_graphs_revision_cpu.json
+    python benchmarks/native_revision.py --rev 0e6a0c9 --blocks cbam cbam_channel cbam_spatial lcbam triplet coord \
+        ela strip scoord --hosts resnet20 --json benchmarks/results/small_graphs_revision_cpu.json
     python benchmarks/readme.py                                                        # rewrite README parts
 
 Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
@@ -251,7 +251,7 @@ def breakdown_line(nat: dict) -> str:
             "and autograd work; the small convolutions' kernels and those of the small graphs that run as single ops, "
             "`_small_graphs.py`, return at once too) exceeds 2x the DRAM floor "
             f"at some stage for {', '.join(f'`{b}`' for b in over) or 'none'}: no kernel can bring these to the eager "
-            "target there; their small graphs would have to be fused as CBAM's, LightCBAM's and triplet's now are. "
+            "target there. "
             + (f"In {', '.join(f'`{b}`' for b in convs)} only the convolutions (and in `bam` its combination) are "
                "native, so their 'outside' time includes PyTorch full-size passes." if convs else ""))
 

@@ -7,8 +7,8 @@ the pooled descriptors, the 7x7 conv + BatchNorm + sigmoid on the pooled maps --
 On maps of 7x7 to 28x28 those graphs cost more than the kernels around them: each of their 10-20 eager
 ops (and its autograd node, and its backward) costs 10-30 us on CPU whatever its size, and CBAM's two
 graphs took about 0.4 ms each way per call at 128x64x7x7 (``benchmarks/native.py --breakdown``). Here
-each graph is one autograd op whose forward and backward call the few aten kernels (and the native small
-convolution) directly, with the gradients written out by hand:
+each graph is one autograd op whose forward and backward are C kernels (``_native.c``; the small convolution
+its own kernel, a large MLP torch's BLAS), with the gradients written out by hand:
 
 * ``mlp_gate``: ``sigmoid(sum_i fc2(relu(fc1(p_i))))`` over k pooled (B, C, 1, 1) descriptors (CBAM:
   the average and max pools, k = 2; LightCBAM: their mean, k = 1); fc1 and fc2 1x1 convs (as linears),
@@ -50,7 +50,7 @@ try:  # timm's Sigmoid, what resolve_layer("sigmoid") returns
     _SIGMOIDS += (_TimmSigmoid,)
 except ImportError:  # pragma: no cover - timm is a dependency
     pass
-# False: every block runs its small graphs as modules (benchmarks/small_graphs.py times both; tests compare)
+# False: every block runs its small graphs as modules (tests/test_small_graphs.py compares the two)
 ENABLED = True
 _NORMS = (nn.BatchNorm2d,)  # with its subclass SafeBatchNorm2d (base.py), whose forward differs only at 1 value
 
