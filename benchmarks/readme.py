@@ -217,7 +217,8 @@ def native_line(nat: dict | None) -> str:
             by.setdefault(r["block"], []).append(r["ratio"])
     cells = ", ".join(f"`{b}` {min(v):.2f}-{max(v):.2f}" for b, v in sorted(by.items()))
     shapes = ", ".join("x".join(map(str, s)) for s in nat["shapes"])
-    return (f"- `benchmarks/native.py` (forward+backward in train mode, channels_last float32, {nat['threads']} CPU threads, "
+    return (f"- `benchmarks/native.py` (forward+backward in train mode, channels_last float32, {nat['threads']} CPU threads "
+            f"of an {nat.get('cpu', 'unnamed CPU')}, "
             f"min of {nat['repeats']} interleaved rounds"
             + (f" of {nat['steps']} passes after an untimed one" if nat.get("steps") else "")
             + f", at {shapes}): each block with the native CPU kernels / the same "
@@ -267,7 +268,8 @@ def revision_line(rev: dict | None, what: str = "the native ops and kernels") ->
     hosts = ", ".join(f"{r['host']}+`{r['block']}` {r['ratio_median']:.3f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
                       for r in rev["rows"] if r["kind"] == "host")
     return (f"- `benchmarks/native_revision.py` ({what} at commit {rev['head']} against commit "
-            f"{rev['rev']}, same blocks and inputs in one process, {rev['threads']} CPU threads, median of {rev['pairs']} "
+            f"{rev['rev']}, same blocks and inputs in one process, {rev['threads']} CPU threads of an "
+            f"{rev.get('cpu', 'unnamed CPU')}, median of {rev['pairs']} "
             f"ABBA pairs of {rev['steps']} passes, < 1: faster now): blocks alone at ResNet-20's three stages, range over "
             f"the stages: {cells}"
             + (f"; whole training steps: {hosts} (median, range over the pairs)" if hosts else "") + ".")
