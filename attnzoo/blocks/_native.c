@@ -2941,8 +2941,7 @@ static void coord_norm_stats(const float *u, COORD_DIMS, const float *bnw, const
     }
 }
 
-/* A sample's strips as zt (L, C): zt[l, c] = z_h[c, l] for l < H, z_w[c, l - H] after: position-major, so the
- * loops over channels (the longest axis) are the inner ones. */
+/* A sample's strips as zt (L, C): zt[l, c] = z_h[c, l] for l < H, z_w[c, l - H] after (position-major). */
 static void coord_strips(const float *zh, const float *zw, int64_t b, int64_t C, int64_t H, int64_t W, float *zt) {
     for (int64_t c = 0; c < C; c++) {
         const float *rh = zh + (b * C + c) * H, *rw = zw + (b * C + c) * W;
@@ -2959,46 +2958,87 @@ static float *transposed(const float *a, int64_t R, int64_t C) {
     return t;
 }
 
+/* o (R, N) = a (R, K) z (K, N) (+ bias[r] when not NULL), row-major with row pitches lda, ldz, ldo: tiles of
+ * 8 rows x 16 columns held in registers, one load of z and 8 multiply-adds per k. Columns past the last
+ * multiple of 16 go through zero-padded copies (the small matrices of coordinate attention: N = 7-64). */
+#define GEMM_TR 8
+static void gemm_rows(const float *a, int64_t lda, const float *z, int64_t ldz, const float *bias, int64_t R,
+                      int64_t K, int64_t N, float *o, int64_t ldo) {
+    const int64_t full = N / LANES * LANES, tail = N - full;
+    float *zt = NULL;
+    if (tail) {  /* the last columns of z, zero-padded to one vector per row */
+        zt = malloc(sizeof(float) * K * LANES);
+        for (int64_t k = 0; k < K; k++) {
+            memset(zt + k * LANES, 0, sizeof(float) * LANES);
+            memcpy(zt + k * LANES, z + k * ldz + full, sizeof(float) * tail);
+        }
+    }
+    for (int64_t n0 = 0; n0 < N; n0 += LANES) {
+        const int last = n0 == full;
+        const float *zc = last ? zt : z + n0;
+        const int64_t ld = last ? LANES : ldz;
+        for (int64_t r0 = 0; r0 < R; r0 += GEMM_TR) {
+            const int64_t rr = R - r0 < GEMM_TR ? R - r0 : GEMM_TR;
+            vec16 acc[GEMM_TR];
+            for (int64_t i = 0; i < GEMM_TR; i++) acc[i] = splat16(bias && i < rr ? bias[r0 + i] : 0.f);
+            const float *ar = a + r0 * lda;
+            if (rr == GEMM_TR) {
+                for (int64_t k = 0; k < K; k++) {
+                    const vec16 zv = load16(zc + k * ld);
+#pragma GCC unroll 8
+                    for (int64_t i = 0; i < GEMM_TR; i++) acc[i] += ar[i * lda + k] * zv;
+                }
+            } else {
+                for (int64_t k = 0; k < K; k++) {
+                    const vec16 zv = load16(zc + k * ld);
+                    for (int64_t i = 0; i < rr; i++) acc[i] += ar[i * lda + k] * zv;
+                }
+            }
+            for (int64_t i = 0; i < rr; i++) {
+                if (!last) {
+                    store16(o + (r0 + i) * ldo + n0, acc[i]);
+                } else {
+                    float t[LANES];
+                    store16(t, acc[i]);
+                    memcpy(o + (r0 + i) * ldo + n0, t, sizeof(float) * tail);
+                }
+            }
+        }
+    }
+    free(zt);
+}
+
 void coord_gates_forward(const float *zh, const float *zw, const float *w1, const float *b1, const float *bnw,
                          const float *bnb, float *rm, float *rv, float momentum, float eps, const float *wh,
                          const float *bh, const float *ww, const float *bw, COORD_DIMS, float *u, float *stats,
                          float *gh, float *gw) {
     const int64_t L = H + W;
     SAMPLES {
-        float *zt = malloc(sizeof(float) * L * C);
-        coord_strips(zh, zw, b, C, H, W, zt);
-        float *ub = u + b * M * L;
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t l = 0; l < L; l++) ub[m * L + l] = dot16(w1 + m * C, zt + l * C, C) + (b1 ? b1[m] : 0.f);
-        free(zt);
+        float *z = malloc(sizeof(float) * C * L);  /* (C, L): the h strip then the w strip of each channel */
+        for (int64_t c = 0; c < C; c++) {
+            memcpy(z + c * L, zh + (b * C + c) * H, sizeof(float) * H);
+            memcpy(z + c * L + H, zw + (b * C + c) * W, sizeof(float) * W);
+        }
+        gemm_rows(w1, C, z, L, b1, M, C, L, u + b * M * L, L);
+        free(z);
     }
     float *scale = malloc(sizeof(float) * 2 * M), *shift = scale + M;
     coord_norm_stats(u, B, C, M, H, W, norm, batch_stats, act, gate, nt, bnw, bnb, rm, rv, momentum, eps, stats, scale,
                      shift);
-    float *wht = transposed(wh, C, M), *wwt = transposed(ww, C, M);  /* (M, C) */
     SAMPLES {
-        float *f = malloc(sizeof(float) * M * L), *a = malloc(sizeof(float) * C);
+        float *f = malloc(sizeof(float) * M * L);
         const float *ub = u + b * M * L;
         for (int64_t m = 0; m < M; m++)
             for (int64_t l = 0; l < L; l++) f[m * L + l] = coord_act(ub[m * L + l] * scale[m] + shift[m], act);
-        for (int64_t l = 0; l < L; l++) {
-            const int hpart = l < H;
-            const float *wt = hpart ? wht : wwt, *bias = hpart ? bh : bw;
-            for (int64_t c = 0; c < C; c++) a[c] = bias ? bias[c] : 0.f;
-            for (int64_t m = 0; m < M; m++) {
-                const float fv = f[m * L + l], *wr = wt + m * C;
-#pragma omp simd
-                for (int64_t c = 0; c < C; c++) a[c] += fv * wr[c];
-            }
-            if (gate) sigmoid_inplace(a, C);
-            if (hpart)
-                for (int64_t c = 0; c < C; c++) gh[(b * C + c) * H + l] = a[c];
-            else
-                for (int64_t c = 0; c < C; c++) gw[(b * C + c) * W + l - H] = a[c];
+        gemm_rows(wh, M, f, L, bh, C, M, H, gh + b * C * H, H);
+        gemm_rows(ww, M, f + H, L, bw, C, M, W, gw + b * C * W, W);
+        if (gate) {
+            sigmoid_inplace(gh + b * C * H, C * H);
+            sigmoid_inplace(gw + b * C * W, C * W);
         }
-        free(f); free(a);
+        free(f);
     }
-    free(wht); free(wwt); free(scale);
+    free(scale);
 }
 
 /* The gradients of coord_gates_forward for dL/dg_h, dL/dg_w (outputs NULL where not wanted): dzh (B, C, H),
@@ -3016,7 +3056,7 @@ void coord_gates_backward(const float *dgh, const float *dgw, const float *gh, c
         scale[m] = is * (norm && bnw ? bnw[m] : 1.f);
         shift[m] = (norm && bnb ? bnb[m] : 0.f) - mu * scale[m];
     }
-    float *wht = transposed(wh, C, M), *wwt = transposed(ww, C, M);  /* (M, C) */
+    float *wht = transposed(wh, C, M), *wwt = transposed(ww, C, M), *w1t = transposed(w1, M, C);  /* (M, C), (C, M) */
     float *dv = malloc(sizeof(float) * B * M * L);
     /* per thread: dwh^T, dww^T (M, C) each, dbh, dbw (C) each; then dw1 (M, C), db1 (M) */
     const int64_t np = 2 * M * C + 2 * C;
@@ -3024,50 +3064,51 @@ void coord_gates_backward(const float *dgh, const float *dgw, const float *gh, c
 #pragma omp parallel num_threads(nt)
     {
         double *part = calloc(np, sizeof(double));
-        float *f = malloc(sizeof(float) * M * L), *da = malloc(sizeof(float) * L * C), *ps = malloc(sizeof(float) * np);
+        float *f = malloc(sizeof(float) * M * L), *da = malloc(sizeof(float) * 2 * L * C), *dat = da + L * C;
+        float *ps = malloc(sizeof(float) * np);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             const float *ub = u + b * M * L;
             for (int64_t m = 0; m < M; m++)
                 for (int64_t l = 0; l < L; l++) f[m * L + l] = coord_act(ub[m * L + l] * scale[m] + shift[m], act);
-            /* da (L, C) = dL/d(pre-sigmoid), torch's sigmoid_backward */
+            /* da = dL/d(pre-sigmoid) (torch's sigmoid_backward), as (C, L) and as dat (L, C) */
             for (int64_t c = 0; c < C; c++) {
                 for (int64_t l = 0; l < H; l++) {
                     const int64_t i = (b * C + c) * H + l;
-                    da[l * C + c] = gate ? dgh[i] * (1.f - gh[i]) * gh[i] : dgh[i];
+                    const float d = gate ? dgh[i] * (1.f - gh[i]) * gh[i] : dgh[i];
+                    da[c * L + l] = d;
+                    dat[l * C + c] = d;
                 }
                 for (int64_t l = 0; l < W; l++) {
                     const int64_t i = (b * C + c) * W + l;
-                    da[(H + l) * C + c] = gate ? dgw[i] * (1.f - gw[i]) * gw[i] : dgw[i];
+                    const float d = gate ? dgw[i] * (1.f - gw[i]) * gw[i] : dgw[i];
+                    da[c * L + H + l] = d;
+                    dat[(H + l) * C + c] = d;
                 }
             }
-            memset(ps, 0, sizeof(float) * np);
+            /* dwh^T (M, C) = f_h dat_h, dww^T = f_w dat_w; dbh, dbw the sums over positions */
+            gemm_rows(f, L, dat, C, NULL, M, H, C, ps, C);
+            gemm_rows(f + H, L, dat + H * C, C, NULL, M, W, C, ps + M * C, C);
+            float *pb = ps + 2 * M * C;
+            for (int64_t c = 0; c < 2 * C; c++) pb[c] = 0.f;
             for (int64_t l = 0; l < L; l++) {
-                const int hpart = l < H;
-                float *pw = ps + (hpart ? 0 : M * C), *pb = ps + 2 * M * C + (hpart ? 0 : C);
-                const float *dr = da + l * C;
-                for (int64_t m = 0; m < M; m++) {
-                    const float fv = f[m * L + l];
-                    float *row = pw + m * C;
+                const float *dr = dat + l * C;
+                float *o = pb + (l < H ? 0 : C);
 #pragma omp simd
-                    for (int64_t c = 0; c < C; c++) row[c] += fv * dr[c];
-                }
-#pragma omp simd
-                for (int64_t c = 0; c < C; c++) pb[c] += dr[c];
+                for (int64_t c = 0; c < C; c++) o[c] += dr[c];
             }
 #pragma omp simd
             for (int64_t k = 0; k < np; k++) part[k] += ps[k];
-            /* dv = (W^T da) * act'(v) (torch's hardswish_backward: 0 below -3, grad * (v / 3 + 1/2) up to 3, grad
-             * above; silu_backward: grad * s * (1 + v * (1 - s))) */
+            /* df = Wh^T da_h | Ww^T da_w (M, L), then dv = df * act'(v) (torch's hardswish_backward: 0 below -3,
+             * grad * (v / 3 + 1/2) up to 3, grad above; silu_backward: grad * s * (1 + v * (1 - s))) */
             float *dvb = dv + b * M * L;
-            for (int64_t l = 0; l < L; l++) {
-                const float *wt = l < H ? wht : wwt, *dr = da + l * C;
-                for (int64_t m = 0; m < M; m++) {
-                    const float d = dot16(wt + m * C, dr, C);
+            gemm_rows(wht, C, da, L, NULL, M, C, H, dvb, L);
+            gemm_rows(wwt, C, da + H, L, NULL, M, C, W, dvb + H, L);
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t l = 0; l < L; l++) {
                     const float v = ub[m * L + l] * scale[m] + shift[m];
-                    dvb[m * L + l] = coord_act_grad(v, d, act);
+                    dvb[m * L + l] = coord_act_grad(v, dvb[m * L + l], act);
                 }
-            }
         }
 #pragma omp critical
         for (int64_t k = 0; k < np; k++) tot[k] += part[k];
@@ -3098,53 +3139,36 @@ void coord_gates_backward(const float *dgh, const float *dgw, const float *gh, c
                 dv[i] = batch_stats ? a * (dv[i] - md - (u[i] - mu) * is * mdx) : a * dv[i];
             }
     }
-    /* dw1 = sum du z^T, db1 = sum du, dz = W1^T du, with z and dz position-major (L, C) */
+    /* dw1 (M, C) = du zt, db1 = the sums of du, dz (C, L) = W1^T du */
     double *s1 = tot + np;
 #pragma omp parallel num_threads(nt)
     {
         double *part = calloc(M * C + M, sizeof(double));
-        float *zt = malloc(sizeof(float) * L * C), *dz = malloc(sizeof(float) * L * C), *ps = malloc(sizeof(float) * M * C);
+        float *zt = malloc(sizeof(float) * L * C), *ps = malloc(sizeof(float) * M * C);
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             const float *du = dv + b * M * L;
-            coord_strips(zh, zw, b, C, H, W, zt);
-            if (dw1) memset(ps, 0, sizeof(float) * M * C);
-            for (int64_t l = 0; l < L; l++) {
-                float *o = dz + l * C;
-                const float *zr = zt + l * C;
-                for (int64_t c = 0; c < C; c++) o[c] = 0.f;
-                for (int64_t m = 0; m < M; m++) {
-                    const float d = du[m * L + l], *wr = w1 + m * C;
-                    float *row = ps + m * C;
-                    if (dw1) {
+            if (dw1) {
+                coord_strips(zh, zw, b, C, H, W, zt);
+                gemm_rows(du, L, zt, C, NULL, M, L, C, ps, C);
 #pragma omp simd
-                        for (int64_t c = 0; c < C; c++) row[c] += d * zr[c];
-                    }
-#pragma omp simd
-                    for (int64_t c = 0; c < C; c++) o[c] += d * wr[c];
-                }
+                for (int64_t k = 0; k < M * C; k++) part[k] += ps[k];
             }
             for (int64_t m = 0; m < M; m++) {
                 double sb = 0.;
                 for (int64_t l = 0; l < L; l++) sb += du[m * L + l];
                 part[M * C + m] += sb;
             }
-            if (dw1) {
-#pragma omp simd
-                for (int64_t k = 0; k < M * C; k++) part[k] += ps[k];
-            }
-            for (int64_t c = 0; c < C; c++) {
-                if (dzh) for (int64_t l = 0; l < H; l++) dzh[(b * C + c) * H + l] = dz[l * C + c];
-                if (dzw) for (int64_t l = 0; l < W; l++) dzw[(b * C + c) * W + l] = dz[(H + l) * C + c];
-            }
+            if (dzh) gemm_rows(w1t, M, du, L, NULL, C, M, H, dzh + b * C * H, H);
+            if (dzw) gemm_rows(w1t, M, du + H, L, NULL, C, M, W, dzw + b * C * W, W);
         }
 #pragma omp critical
         for (int64_t k = 0; k < M * C + M; k++) s1[k] += part[k];
-        free(part); free(zt); free(dz); free(ps);
+        free(part); free(zt); free(ps);
     }
     if (dw1) for (int64_t k = 0; k < M * C; k++) dw1[k] = (float)s1[k];
     if (db1) for (int64_t m = 0; m < M; m++) db1[m] = (float)s1[M * C + m];
-    free(tot); free(dv); free(scale); free(wht); free(wwt);
+    free(tot); free(dv); free(scale); free(wht); free(wwt); free(w1t);
 }
 
 /* ELA's strip gate: a = sigmoid(GroupNorm(conv(z))) for strips z (B, C, L), conv a depthwise 1-D convolution
