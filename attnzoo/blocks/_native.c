@@ -2965,12 +2965,13 @@ static float *transposed(const float *a, int64_t R, int64_t C) {
 static void gemm_rows(const float *a, int64_t lda, const float *z, int64_t ldz, const float *bias, int64_t R,
                       int64_t K, int64_t N, float *o, int64_t ldo) {
     const int64_t full = N / LANES * LANES, tail = N - full;
-    float *zt = NULL;
+    float stack[256 * LANES], *zt = NULL;  /* up to K = 256 on the stack: no allocation per call */
     if (tail) {  /* the last columns of z, zero-padded to one vector per row */
-        zt = malloc(sizeof(float) * K * LANES);
+        zt = K <= 256 ? stack : malloc(sizeof(float) * K * LANES);
         for (int64_t k = 0; k < K; k++) {
-            memset(zt + k * LANES, 0, sizeof(float) * LANES);
-            memcpy(zt + k * LANES, z + k * ldz + full, sizeof(float) * tail);
+            const float *zr = z + k * ldz + full;
+            float *t = zt + k * LANES;
+            for (int64_t j = 0; j < LANES; j++) t[j] = j < tail ? zr[j] : 0.f;
         }
     }
     for (int64_t n0 = 0; n0 < N; n0 += LANES) {
@@ -2998,14 +2999,14 @@ static void gemm_rows(const float *a, int64_t lda, const float *z, int64_t ldz, 
                 if (!last) {
                     store16(o + (r0 + i) * ldo + n0, acc[i]);
                 } else {
-                    float t[LANES];
+                    float t[LANES], *orow = o + (r0 + i) * ldo + n0;
                     store16(t, acc[i]);
-                    memcpy(o + (r0 + i) * ldo + n0, t, sizeof(float) * tail);
+                    for (int64_t j = 0; j < tail; j++) orow[j] = t[j];
                 }
             }
         }
     }
-    free(zt);
+    if (zt != stack) free(zt);
 }
 
 void coord_gates_forward(const float *zh, const float *zw, const float *w1, const float *b1, const float *bnw,
@@ -3016,8 +3017,10 @@ void coord_gates_forward(const float *zh, const float *zw, const float *w1, cons
     SAMPLES {
         float *z = malloc(sizeof(float) * C * L);  /* (C, L): the h strip then the w strip of each channel */
         for (int64_t c = 0; c < C; c++) {
-            memcpy(z + c * L, zh + (b * C + c) * H, sizeof(float) * H);
-            memcpy(z + c * L + H, zw + (b * C + c) * W, sizeof(float) * W);
+            const float *rh = zh + (b * C + c) * H, *rw = zw + (b * C + c) * W;
+            float *o = z + c * L;
+            for (int64_t l = 0; l < H; l++) o[l] = rh[l];
+            for (int64_t l = 0; l < W; l++) o[H + l] = rw[l];
         }
         gemm_rows(w1, C, z, L, b1, M, C, L, u + b * M * L, L);
         free(z);
