@@ -145,6 +145,17 @@ def test_a_parametrized_weight_runs_as_a_module_and_gets_its_gradient(monkeypatc
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=k)
 
 
+def _same_modules(fused, plain):
+    """The two copies of a small graph's modules agree: every parameter gradient and every buffer."""
+    params = [[p for m in mods for p in m.parameters()] for mods in (fused, plain)]
+    buffers = [[t for m in mods for t in m.buffers()] for mods in (fused, plain)]
+    assert len(params[0]) == len(params[1]) and len(buffers[0]) == len(buffers[1])
+    for p, q in zip(*params):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+    for p, q in zip(*buffers):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("norm", [
     lambda: SafeBatchNorm2d(1, momentum=0.01), lambda: SafeBatchNorm2d(1, momentum=None),
     lambda: nn.BatchNorm2d(1, track_running_stats=False), lambda: nn.BatchNorm2d(1, affine=False),
@@ -171,10 +182,7 @@ def test_conv_norm_gate_is_the_modules_over_several_steps(norm, training):
         b.backward(g)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(za.grad, zb.grad, rtol=1e-4, atol=1e-5)
-        for p, q in zip([p for m in fused for p in m.parameters()], [p for m in plain for p in m.parameters()]):
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
-        for p, q in zip([t for m in fused for t in m.buffers()], [t for m in plain for t in m.buffers()]):
-            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        _same_modules(fused, plain)
 
 
 def test_one_value_per_channel_in_training_runs_the_module():
@@ -236,10 +244,7 @@ def test_coord_gates_are_the_modules_over_several_steps(norm, training):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
         for x, y in zip(a, b):
             torch.testing.assert_close(x.grad, y.grad, rtol=1e-4, atol=1e-5)
-        for p, q in zip([p for mod in fused for p in mod.parameters()], [p for mod in plain for p in mod.parameters()]):
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
-        for p, q in zip([t for mod in fused for t in mod.buffers()], [t for mod in plain for t in mod.buffers()]):
-            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        _same_modules(fused, plain)
 
 
 def test_coord_gates_with_one_factor_used():

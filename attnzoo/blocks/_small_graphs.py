@@ -39,17 +39,11 @@ from torch import nn
 from torch.nn.modules import module as _module
 
 from . import _native
+from ._fused import is_sigmoid
 from ._layout import LayoutConv2d, small_conv_backward, small_conv_forward
 
 __all__ = ["conv_norm_gate", "coord_gates", "mlp_gate", "strip_norm_gate"]
 
-_SIGMOIDS: tuple[type, ...] = (nn.Sigmoid,)
-try:  # timm's Sigmoid, what resolve_layer("sigmoid") returns
-    from timm.layers.activations import Sigmoid as _TimmSigmoid
-
-    _SIGMOIDS += (_TimmSigmoid,)
-except ImportError:  # pragma: no cover - timm is a dependency
-    pass
 # False: every block runs its small graphs as modules (tests/test_small_graphs.py compares the two)
 ENABLED = True
 _NORMS = (nn.BatchNorm2d,)  # with its subclass SafeBatchNorm2d (base.py), whose forward differs only at 1 value
@@ -62,10 +56,6 @@ def _unhooked(*modules: nn.Module) -> bool:
         return False
     return not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                    or "forward" in m.__dict__ for m in modules)
-
-
-def _is_sigmoid(gate: nn.Module) -> bool:
-    return type(gate) in _SIGMOIDS
 
 
 def _is_pointwise(conv: nn.Module) -> bool:
@@ -85,7 +75,7 @@ def mlp_gate(pooled: list[torch.Tensor], fc1: nn.Module, act: nn.Module, fc2: nn
     None where it does not apply (then run the modules)."""
     p0 = pooled[0]
     if not (ENABLED and _native.applies(p0) and p0.shape[2:] == (1, 1) and type(act) is nn.ReLU
-            and _is_sigmoid(gate) and _is_pointwise(fc1) and _is_pointwise(fc2)
+            and is_sigmoid(gate) and _is_pointwise(fc1) and _is_pointwise(fc2)
             and fc1.out_channels == fc2.in_channels and fc2.out_channels == fc1.in_channels == p0.shape[1]
             and all(p.shape == p0.shape and p.dtype == torch.float32 for p in pooled)
             and _float32(fc1.bias, fc2.bias) and _unhooked(fc1, act, fc2, gate)):
@@ -161,7 +151,7 @@ def conv_norm_gate(z: torch.Tensor, conv: nn.Module, norm: nn.Module, gate: nn.M
 
     ``conv``: a ``LayoutConv2d`` that the native small-conv kernel runs on z; ``norm``: a BatchNorm2d or
     ``nn.Identity``; ``owners``: modules whose forward the plain path would also run (their hooks count)."""
-    if not (ENABLED and type(conv) is LayoutConv2d and conv._native_ok(z) and _is_sigmoid(gate) and conv.padding_mode == "zeros"
+    if not (ENABLED and type(conv) is LayoutConv2d and conv._native_ok(z) and is_sigmoid(gate) and conv.padding_mode == "zeros"
             and _float32(conv.bias) and _unhooked(conv, norm, gate, *owners)):
         return None
     found = _norm(norm, z.shape[0] * z.shape[2] * z.shape[3], 1)
@@ -262,7 +252,7 @@ def coord_gates(z_h: torch.Tensor, z_w: torch.Tensor, conv1: nn.Module, norm: nn
     act hard swish or SiLU; gate a sigmoid or None (the factors before the gate: timm's simplified form)."""
     if not (ENABLED and _native.applies(z_h) and z_w.dim() == 4 and z_h.shape[3] == 1 and z_w.shape[2] == 1
             and z_h.shape[:2] == z_w.shape[:2] and z_w.dtype == torch.float32
-            and type(act) in _ACTS and (gate is None or _is_sigmoid(gate))):
+            and type(act) in _ACTS and (gate is None or is_sigmoid(gate))):
         return None
     c = z_h.shape[1]
     f1, fh, fw = _linear_like(conv1), _linear_like(conv_h), _linear_like(conv_w)
@@ -342,7 +332,7 @@ def strip_norm_gate(z: torch.Tensor, conv: nn.Module, norm: nn.Module | None, ac
     no gate), as one autograd op, or None where it does not apply (then run the modules)."""
     if not (ENABLED and _native.applies(z) and (z.shape[3] == 1 or z.shape[2] == 1) and type(conv) is LayoutConv2d
             and (norm is None or type(norm) is nn.GroupNorm) and (act is None or type(act) is nn.Identity)
-            and (gate is None or _is_sigmoid(gate))):
+            and (gate is None or is_sigmoid(gate))):
         return None
     b, c, h, w = z.shape
     k = conv.kernel_size[0] if w == 1 else conv.kernel_size[1]
