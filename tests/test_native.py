@@ -640,6 +640,7 @@ _SMALL_CASES = [  # (C_in, C_out, kernel, padding, dilation, (H, W), bias)
     (4, 3, 3, 2, 2, (5, 5), True),
     (2, 1, 7, 0, 1, (9, 9), False),  # no padding: smaller output
     (2, 3, 3, 3, 1, (4, 4), True),  # padding beyond the kernel's reach: larger output
+    (1, 2, (2, 9), (1, 4), (1, 2), (6, 20), True),  # a width without its own weight-gradient loop, an even height
 ]
 
 
@@ -662,16 +663,49 @@ def _conv_parity(conv, x, groups=1):
     return type(y.grad_fn).__name__
 
 
+_CONV_PATHS = {"auto": 0, "rows": 1, "tiles": 2}  # _native.c's conv_small_set_path modes
+
+
+@pytest.fixture
+def conv_path():
+    """Force one of the small convolution's two kernel families (rows in a padded pitch, or 16 samples in
+    the lanes of a vector); the automatic choice again afterwards."""
+    lib = _native.kernels()
+    if lib is None:
+        pytest.skip("the native kernels are not built here")
+    yield lambda path: lib.conv_small_set_path(_CONV_PATHS[path])
+    lib.conv_small_set_path(0)
+
+
+@pytest.mark.parametrize("path,batch", [("rows", 4), ("tiles", 4), ("tiles", 37)])  # 37: two full tiles and 5
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("cin,cout,k,pad,dil,hw,bias", _SMALL_CASES)
-def test_small_conv_kernel_is_conv2d(cin, cout, k, pad, dil, hw, bias, channels_last, monkeypatch, two_threads):
+def test_small_conv_kernel_is_conv2d(cin, cout, k, pad, dil, hw, bias, channels_last, path, batch, conv_path,
+                                     monkeypatch, two_threads):
     _native_on(monkeypatch, True)
+    conv_path(path)
     torch.manual_seed(0)
     conv = LayoutConv2d(cin, cout, k, padding=pad, dilation=dil, bias=bias)
-    x = torch.randn(4, cin, *hw)
+    x = torch.randn(batch, cin, *hw)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     assert _conv_parity(conv, x.requires_grad_(True)) == "_SmallConvBackward"
+
+
+@pytest.mark.parametrize("shape,path", [
+    ((128, 2, 7, 7), "tiles"), ((128, 2, 64, 7), "tiles"), ((128, 2, 56, 56), "tiles"),  # the gates' maps at batch 128
+    ((4, 2, 28, 28), "rows"), ((1, 2, 56, 56), "rows"),  # a few samples: one tile would be mostly empty lanes
+])
+def test_the_small_conv_takes_the_cheaper_kernel_for_the_shape(shape, path, conv_path):
+    import ctypes
+
+    from attnzoo.blocks._layout import _conv_dims
+
+    conv_path("auto")
+    got = ctypes.c_int32()
+    x, w = torch.empty(shape), torch.empty(1, 2, 7, 7)
+    _native.kernels().conv_small_path(*_conv_dims(x, w, (3, 3), (1, 1))[:-1], 2, ctypes.addressof(got))
+    assert got.value == _CONV_PATHS[path]
 
 
 _DEPTHWISE_CASES = [  # (C, kernel, padding, dilation, (H, W), bias)
