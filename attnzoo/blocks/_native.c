@@ -629,8 +629,7 @@ void conv_small_set_path(int mode) { conv_path_mode = mode; }
 /* The row-pitch kernels compute ceil(Ho Wp / CONV_TB) CONV_TB outputs per sample and output channel; the
  * tiled ones 16 x Ho x ceil(Wo / CONV_WB) CONV_WB per tile; each thread takes whole samples or tiles. The
  * tiled count is weighed at 2/3: its loads are aligned and its eight accumulators hide the multiply-add
- * latency that the row kernels' four do not (at batch 128 the tiled kernels took 0.44-0.96 of the row
- * kernels' time on 2 x 7 x 7 to 2 x 56 x 56 maps, forward and both gradients, on an Intel Xeon). */
+ * latency that the row kernels' four do not (benchmarks/small_conv.py times both). */
 static int conv_path(int64_t B, int64_t Ho, int64_t Wo, int64_t Wp, int nt) {
     if (conv_path_mode) return conv_path_mode;
     const int64_t row = (B + nt - 1) / nt * ((Ho * Wp + CONV_TB - 1) / CONV_TB * CONV_TB);
@@ -666,28 +665,47 @@ static void tile_in(const float *src, int64_t b0, int64_t n, int64_t Ch, int64_t
 
 /* out (Co, Ho, WoP, CONV_BT) = the correlation of the tile (Ci, Hs, Ws, CONV_BT) with wt (Co, Ci, kh, kw)
  * plus bias (or 0); WoP a multiple of CONV_WB, Ws >= WoP + (kw - 1) dw, Hs >= Ho + (kh - 1) dh. */
+/* a[u] += sum_j wr[j] * row[(u + j dw) CONV_BT], u < CONV_WB, j < KW. Where KW is a constant (inlined) and
+ * dw = 1, the CONV_WB + KW - 1 vectors of the row window are loaded once each and every tap multiplies
+ * registers; otherwise each multiply-add loads its vector. */
+INLINE void corr_row(const float *row, const float *wr, int64_t kw, int64_t dw, const int KW, vec16 *a) {
+    if (KW && dw == 1) {
+        vec16 v[CONV_WB + 8];
+        for (int u = 0; u < CONV_WB + KW - 1; u++) v[u] = load16(row + u * CONV_BT);
+        for (int j = 0; j < KW; j++) {
+            const float wj = wr[j];
+            for (int u = 0; u < CONV_WB; u++) a[u] += wj * v[u + j];
+        }
+        return;
+    }
+    for (int64_t j = 0; j < kw; j++) {
+        const float *q = row + j * dw * CONV_BT;
+        const float wj = wr[j];
+        for (int u = 0; u < CONV_WB; u++) a[u] += wj * load16(q + u * CONV_BT);
+    }
+}
+
 static void corr_tile(const float *tile, int64_t Ci, int64_t Hs, int64_t Ws, const float *wt, const float *bias,
                       int64_t Co, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t Ho, int64_t WoP, float *out) {
     for (int64_t co = 0; co < Co; co++) {
         const float bv = bias ? bias[co] : 0.f;
         for (int64_t ho = 0; ho < Ho; ho++)
             for (int64_t w0 = 0; w0 < WoP; w0 += CONV_WB) {
-                vec16 a0 = splat16(bv), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+                vec16 a[CONV_WB];
+                for (int u = 0; u < CONV_WB; u++) a[u] = splat16(bv);
                 for (int64_t ci = 0; ci < Ci; ci++)
                     for (int64_t i = 0; i < kh; i++) {
                         const float *row = tile + ((ci * Hs + ho + i * dh) * Ws + w0) * CONV_BT;
                         const float *wr = wt + ((co * Ci + ci) * kh + i) * kw;
-                        for (int64_t j = 0; j < kw; j++) {
-                            const float *q = row + j * dw * CONV_BT;
-                            const float v = wr[j];
-                            a0 += v * load16(q); a1 += v * load16(q + 16); a2 += v * load16(q + 32);
-                            a3 += v * load16(q + 48); a4 += v * load16(q + 64); a5 += v * load16(q + 80);
-                            a6 += v * load16(q + 96); a7 += v * load16(q + 112);
+                        switch (kw) {
+                        case 7: corr_row(row, wr, kw, dw, 7, a); break;
+                        case 5: corr_row(row, wr, kw, dw, 5, a); break;
+                        case 3: corr_row(row, wr, kw, dw, 3, a); break;
+                        default: corr_row(row, wr, kw, dw, 0, a);
                         }
                     }
                 float *o = out + ((co * Ho + ho) * WoP + w0) * CONV_BT;
-                store16(o, a0); store16(o + 16, a1); store16(o + 32, a2); store16(o + 48, a3);
-                store16(o + 64, a4); store16(o + 80, a5); store16(o + 96, a6); store16(o + 112, a7);
+                for (int u = 0; u < CONV_WB; u++) store16(o + u * CONV_BT, a[u]);
             }
     }
 }
@@ -751,15 +769,25 @@ static void conv_tiled_grad_input(const float *dy, const float *wt, CONV_DIMS, f
     free(wf);
 }
 
-/* acc[j] += sum over the row's outputs wo < Wo of d[wo] * x[wo + j dw], j < KW (KW a constant where inlined,
- * so acc stays in registers). */
-INLINE void gw_row(const float *d, const float *x, int64_t Wo, int64_t dw, const int KW, vec16 *acc) {
+/* acc[j] += sum over the row's outputs wo < WoP of d[wo] * x[wo + j dw], j < KW (a constant where inlined, so
+ * the partial sums stay in registers). d is zero past the last output. With dw = 1, each block of CONV_WB
+ * outputs loads its CONV_WB gradients and CONV_WB + KW - 1 inputs once. */
+INLINE void gw_row(const float *d, const float *x, int64_t WoP, int64_t dw, const int KW, vec16 *acc) {
     vec16 a[8];
     for (int j = 0; j < KW; j++) a[j] = splat16(0.f);
-    for (int64_t wo = 0; wo < Wo; wo++) {
-        const vec16 g = load16(d + wo * CONV_BT);
-        for (int j = 0; j < KW; j++) a[j] += g * load16(x + (wo + j * dw) * CONV_BT);
-    }
+    if (dw == 1)
+        for (int64_t w0 = 0; w0 < WoP; w0 += CONV_WB) {
+            vec16 g[CONV_WB], v[CONV_WB + 7];
+            for (int u = 0; u < CONV_WB; u++) g[u] = load16(d + (w0 + u) * CONV_BT);
+            for (int u = 0; u < CONV_WB + KW - 1; u++) v[u] = load16(x + (w0 + u) * CONV_BT);
+            for (int u = 0; u < CONV_WB; u++)
+                for (int j = 0; j < KW; j++) a[j] += g[u] * v[u + j];
+        }
+    else
+        for (int64_t wo = 0; wo < WoP; wo++) {
+            const vec16 g = load16(d + wo * CONV_BT);
+            for (int j = 0; j < KW; j++) a[j] += g * load16(x + (wo + j * dw) * CONV_BT);
+        }
     for (int j = 0; j < KW; j++) acc[j] += a[j];
 }
 
@@ -772,29 +800,29 @@ static void conv_tiled_grad_weight(const float *x, const float *dy, CONV_DIMS, f
     {
         double *part = calloc(nw, sizeof(double));
         vec16 *acc = aligned_alloc(64, sizeof(vec16) * kw);
-        float *tile = tile_alloc(Ci * Hs * Ws * CONV_BT), *g = tile_alloc(Co * Ho * Wo * CONV_BT);
+        float *tile = tile_alloc(Ci * Hs * Ws * CONV_BT), *g = tile_alloc(Co * Ho * WoP * CONV_BT);
 #pragma omp for schedule(static)
         for (int64_t b0 = 0; b0 < B; b0 += CONV_BT) {
             TILE_N;
             tile_in(x, b0, n, Ci, H, W, Hs, Ws, ph, pw, tile);
-            tile_in(dy, b0, n, Co, Ho, Wo, Ho, Wo, 0, 0, g);
+            tile_in(dy, b0, n, Co, Ho, Wo, Ho, WoP, 0, 0, g);  /* zero past Wo */
             for (int64_t co = 0; co < Co; co++)
                 for (int64_t ci = 0; ci < Ci; ci++)
                     for (int64_t i = 0; i < kh; i++) {
                         for (int64_t j = 0; j < kw; j++) acc[j] = splat16(0.f);
                         for (int64_t ho = 0; ho < Ho; ho++) {
-                            const float *d = g + (co * Ho + ho) * Wo * CONV_BT;
+                            const float *d = g + (co * Ho + ho) * WoP * CONV_BT;
                             const float *r = tile + ((ci * Hs + ho + i * dh) * Ws) * CONV_BT;
                             switch (kw) {
-                            case 7: gw_row(d, r, Wo, dw, 7, acc); break;
-                            case 5: gw_row(d, r, Wo, dw, 5, acc); break;
-                            case 3: gw_row(d, r, Wo, dw, 3, acc); break;
-                            case 1: gw_row(d, r, Wo, dw, 1, acc); break;
+                            case 7: gw_row(d, r, WoP, dw, 7, acc); break;
+                            case 5: gw_row(d, r, WoP, dw, 5, acc); break;
+                            case 3: gw_row(d, r, WoP, dw, 3, acc); break;
+                            case 1: gw_row(d, r, WoP, dw, 1, acc); break;
                             default:
                                 for (int64_t j0 = 0; j0 < kw; j0 += 8) {
                                     const int64_t m = kw - j0 < 8 ? kw - j0 : 8;
                                     for (int64_t j = 0; j < m; j++)
-                                        for (int64_t wo = 0; wo < Wo; wo++)
+                                        for (int64_t wo = 0; wo < WoP; wo++)
                                             acc[j0 + j] += load16(d + wo * CONV_BT) * load16(r + (wo + (j0 + j) * dw) * CONV_BT);
                                 }
                             }
