@@ -695,6 +695,8 @@ def test_small_conv_kernel_is_conv2d(cin, cout, k, pad, dil, hw, bias, channels_
 @pytest.mark.parametrize("shape,path", [
     ((128, 2, 7, 7), "tiles"), ((128, 2, 64, 7), "tiles"), ((128, 2, 56, 56), "tiles"),  # the gates' maps at batch 128
     ((4, 2, 28, 28), "rows"), ((1, 2, 56, 56), "rows"),  # a few samples: one tile would be mostly empty lanes
+    ((128, 1, 28, 28, 3, 4), "rows"),  # bam's dilated 3x3 C/r -> C/r on one channel: 9 taps, the transposes dominate
+    ((128, 4, 7, 7, 3, 4), "tiles"),  # ... on four channels: 36 taps
 ])
 def test_the_small_conv_takes_the_cheaper_kernel_for_the_shape(shape, path, conv_path):
     import ctypes
@@ -703,8 +705,10 @@ def test_the_small_conv_takes_the_cheaper_kernel_for_the_shape(shape, path, conv
 
     conv_path("auto")
     got = ctypes.c_int32()
-    x, w = torch.empty(shape), torch.empty(1, 2, 7, 7)
-    _native.kernels().conv_small_path(*_conv_dims(x, w, (3, 3), (1, 1))[:-1], 2, ctypes.addressof(got))
+    b, c, h, w, k, d = (*shape, 7, 1) if len(shape) == 4 else shape
+    x, weight = torch.empty(b, c, h, w), torch.empty(1 if k == 7 else c, c, k, k)
+    pad = d * (k - 1) // 2
+    _native.kernels().conv_small_path(*_conv_dims(x, weight, (pad, pad), (d, d))[:-1], 2, ctypes.addressof(got))
     assert got.value == _CONV_PATHS[path]
 
 

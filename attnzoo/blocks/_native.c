@@ -626,22 +626,27 @@ static int conv_path_mode = 0;  /* 0: chosen by conv_path; 1: row pitch; 2: batc
 
 void conv_small_set_path(int mode) { conv_path_mode = mode; }
 
-/* The row-pitch kernels compute ceil(Ho Wp / CONV_TB) CONV_TB outputs per sample and output channel; the
- * tiled ones 16 x Ho x ceil(Wo / CONV_WB) CONV_WB per tile; each thread takes whole samples or tiles. The
- * tiled count is weighed at 2/3: its loads are aligned and its eight accumulators hide the multiply-add
- * latency that the row kernels' four do not (benchmarks/small_conv.py times both). */
-static int conv_path(int64_t B, int64_t Ho, int64_t Wo, int64_t Wp, int nt) {
+/* The cost of each family in multiply-adds of one lane, per thread (each takes whole samples or tiles). The
+ * row-pitch kernels compute ceil(Ho Wp / CONV_TB) CONV_TB outputs per sample and output channel, nk taps
+ * each. The tiled ones compute 16 x Ho x ceil(Wo / CONV_WB) CONV_WB per tile and output channel, weighed at
+ * 2/3 (aligned loads, each row window loaded once, eight accumulators where the rows have four), and move
+ * every element of the tile in and of the output out, about 3.6 multiply-adds each. Fitted to
+ * benchmarks/small_conv.py and the 3x3 convs of bam (dilation 4) and ema: with 9-18 taps a tile's
+ * transposes cost as much as its arithmetic, and the rows win on 28 x 28 maps. */
+static int conv_path(int64_t B, int64_t Ci, int64_t Co, int64_t Hp, int64_t Ho, int64_t Wo, int64_t Wp, int64_t nk,
+                     int64_t kw, int64_t dw, int nt) {
     if (conv_path_mode) return conv_path_mode;
-    const int64_t row = (B + nt - 1) / nt * ((Ho * Wp + CONV_TB - 1) / CONV_TB * CONV_TB);
-    const int64_t tiles = (B + CONV_BT - 1) / CONV_BT;
-    const int64_t tiled = (tiles + nt - 1) / nt * CONV_BT * Ho * ((Wo + CONV_WB - 1) / CONV_WB * CONV_WB);
-    return 2 * tiled <= 3 * row ? 2 : 1;
+    const int64_t row = (B + nt - 1) / nt * Co * ((Ho * Wp + CONV_TB - 1) / CONV_TB * CONV_TB) * nk;
+    const int64_t tiles = (B + CONV_BT - 1) / CONV_BT, WoP = (Wo + CONV_WB - 1) / CONV_WB * CONV_WB;
+    const int64_t moved = Ci * Hp * (WoP + (kw - 1) * dw) + Co * Ho * WoP;
+    const int64_t tiled3 = (tiles + nt - 1) / nt * CONV_BT * (2 * Co * Ho * WoP * nk + 11 * moved);
+    return tiled3 < 3 * row ? 2 : 1;
 }
 
 void conv_small_path(CONV_DIMS, int32_t *path) {
     CONV_SIZES;
-    (void)Ci; (void)Co; (void)N; (void)padded;
-    *path = conv_path(B, Ho, Wo, Wp, nt);
+    (void)N; (void)padded;
+    *path = conv_path(B, Ci, Co, Hp, Ho, Wo, Wp, Ci * kh * kw, kw, dw, nt);
 }
 
 /* Samples b0 .. b0 + n - 1 of src (B, Ch, Hi, Wi) into a zeroed tile (Ch, Hs, Ws, CONV_BT), element (r, c)
@@ -844,7 +849,7 @@ static void conv_tiled_grad_weight(const float *x, const float *dy, CONV_DIMS, f
 
 void conv_small_forward(const float *x, const float *wt, const float *bias, CONV_DIMS, float *y) {
     CONV_SIZES;
-    if (conv_path(B, Ho, Wo, Wp, nt) == 2) { conv_tiled_forward(x, wt, bias, B, Ci, Co, H, W, kh, kw, ph, pw, dh, dw, nt, y); return; }
+    if (conv_path(B, Ci, Co, Hp, Ho, Wo, Wp, Ci * kh * kw, kw, dw, nt) == 2) { conv_tiled_forward(x, wt, bias, B, Ci, Co, H, W, kh, kw, ph, pw, dh, dw, nt, y); return; }
     const int64_t NB = (N + CONV_TB - 1) / CONV_TB * CONV_TB, nk = Ci * kh * kw;
     int64_t *off = malloc(sizeof(int64_t) * nk);  /* tap (ci, i, j) -> its offset in the padded sample */
     for (int64_t ci = 0; ci < Ci; ci++)
@@ -872,7 +877,7 @@ void conv_small_forward(const float *x, const float *wt, const float *bias, CONV
  * sits OFF = (kh - 1) dh Wp + (kw - 1) dw zeros into its buffer, so every read is in bounds. */
 void conv_small_grad_input(const float *dy, const float *wt, CONV_DIMS, float *dx) {
     CONV_SIZES;
-    if (conv_path(B, Ho, Wo, Wp, nt) == 2) { conv_tiled_grad_input(dy, wt, B, Ci, Co, H, W, kh, kw, ph, pw, dh, dw, nt, dx); return; }
+    if (conv_path(B, Ci, Co, Hp, Ho, Wo, Wp, Ci * kh * kw, kw, dw, nt) == 2) { conv_tiled_grad_input(dy, wt, B, Ci, Co, H, W, kh, kw, ph, pw, dh, dw, nt, dx); return; }
     (void)padded; (void)N;
     const int64_t OFF = (kh - 1) * dh * Wp + (kw - 1) * dw, S = Hp * Wp;
     const int64_t SB = (S + CONV_TB - 1) / CONV_TB * CONV_TB, glen = OFF + SB + CONV_TB, nk = Co * kh * kw;
@@ -906,7 +911,7 @@ void conv_small_grad_input(const float *dy, const float *wt, CONV_DIMS, float *d
  * samples and threads. */
 void conv_small_grad_weight(const float *x, const float *dy, CONV_DIMS, float *dwt) {
     CONV_SIZES;
-    if (conv_path(B, Ho, Wo, Wp, nt) == 2) { conv_tiled_grad_weight(x, dy, B, Ci, Co, H, W, kh, kw, ph, pw, dh, dw, nt, dwt); return; }
+    if (conv_path(B, Ci, Co, Hp, Ho, Wo, Wp, Ci * kh * kw, kw, dw, nt) == 2) { conv_tiled_grad_weight(x, dy, B, Ci, Co, H, W, kh, kw, ph, pw, dh, dw, nt, dwt); return; }
     const int64_t NB = (N + CONV_TB - 1) / CONV_TB * CONV_TB, nk = Ci * kh * kw, nw = Co * nk;
     int64_t *off = malloc(sizeof(int64_t) * nk);
     for (int64_t ci = 0; ci < Ci; ci++)
