@@ -17,6 +17,9 @@
         --json benchmarks/results/native_revision_cpu.json
     python benchmarks/native_revision.py --rev 0e6a0c9 --blocks cbam cbam_channel cbam_spatial lcbam triplet coord \
         ela strip scoord --hosts resnet20 --json benchmarks/results/small_graphs_revision_cpu.json
+    python benchmarks/small_conv.py --json benchmarks/results/small_conv_cpu.json
+    python benchmarks/native_revision.py --rev 63bd4ae --blocks cbam cbam_spatial lcbam triplet bam ema \
+        --hosts resnet20 --pairs 9 --json benchmarks/results/small_conv_revision_cpu.json
     python benchmarks/readme.py                                                        # rewrite README parts
 
 Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
@@ -303,14 +306,29 @@ def native_table(before: dict | None, previous: dict | None, after: dict | None,
     steps = "; ".join(f"{h}: " + " → ".join(f"{base(d, h):.0f}" for d in (before, previous, after)) + " ms"
                       for h in ("resnet20", "resnet56"))
     bws = " → ".join(f"{d['copy_bandwidth_gbs']:.0f}" for d in (before, previous, after))
+    cpus = " → ".join(d.get("cpu", "an unnamed CPU") for d in (before, previous, after))
     out.append("")
     out.append(f"Each cell: before the native kernels → the previous run → this run "
                "(`benchmarks/results/overhead_floor_cpu_before_native.json` → `overhead_floor_cpu_previous.json` → "
-               f"`overhead_floor_cpu.json`). The plain hosts' steps took {steps}, and the copy bandwidth read {bws} GB/s "
+               f"`overhead_floor_cpu.json`), on {cpus} (2 threads each). The plain hosts' steps took {steps}, and the "
+               f"copy bandwidth read {bws} GB/s "
                "(median of each run's readings): the machine was not equally fast in the three runs, so compare a "
                "block's time with the host's step in the same run. The step overhead is the difference of two whole "
                "steps and carries their noise, a few points; the alone times do not.")
     return "\n".join(out)
+
+
+def small_conv_line(sc: dict | None) -> str:
+    if not sc:
+        return "- `benchmarks/small_conv.py`: not measured yet."
+    cells = "; ".join(
+        f"{'x'.join(map(str, r['shape']))} {r['conv']} [{r['chosen']}] "
+        + "/".join(f"{r[w]['rows_us']:.0f}->{r[w]['tiles_us']:.0f}" for w in ("forward", "grad_input", "grad_weight"))
+        for r in sc["rows"])
+    return (f"- `benchmarks/small_conv.py` (the native small convolution's two kernel families, {sc['threads']} CPU "
+            f"threads of an {sc.get('cpu', 'unnamed CPU')}, median of {sc['rounds']} interleaved rounds): us per call of "
+            "forward/dL/dx/dL/dweight on rows in a padded pitch -> on tiles of 16 samples in a vector's lanes, and in "
+            f"brackets the family the kernels' cost model picks: {cells}.")
 
 
 def allocator_line(alloc: dict | None) -> str:
@@ -383,7 +401,7 @@ def speed_lines(reference: dict | None, floor: dict | None) -> str:
         alloc = floor.get("allocator") or {}
         out.append(
             f"- `benchmarks/overhead_floor.py` (training step, batch {floor['batch']}, channels_last, SGD, "
-            f"{floor['threads']} threads, allocator {'keeping freed memory' if alloc.get('tuned') else 'as it is'}; copy bandwidth "
+            f"{floor['threads']} threads of an {floor.get('cpu', 'unnamed CPU')}, allocator {'keeping freed memory' if alloc.get('tuned') else 'as it is'}; copy bandwidth "
             f"{floor['copy_bandwidth_gbs']:.1f} GB/s (median of {len(bws)} readings, {min(bws):.0f}-{max(bws):.0f}){rate}; per block: "
             "step-time overhead over the host without attention, in brackets that overhead / the floor (the larger of "
             "8 |x| bytes per inserted block at that bandwidth and 3x the blocks' forward FLOPs at that matmul rate), and "
@@ -545,6 +563,9 @@ def main(argv=None) -> int:
                   + "\n" + revision_line(_load("native_revision_cpu.json"))
                   + "\n" + revision_line(_load("small_graphs_revision_cpu.json"),
                                          "the small graphs as single ops, `_small_graphs.py`")
+                  + "\n" + small_conv_line(_load("small_conv_cpu.json"))
+                  + "\n" + revision_line(_load("small_conv_revision_cpu.json"),
+                                         "the small convolution's batch tiles")
                   + "\n" + allocator_line(_load("allocator_cpu.json")))
     args.readme.write_text(text)
     print(f"wrote the generated sections of {args.readme} ({len(list_attn())} blocks)")

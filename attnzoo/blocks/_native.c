@@ -737,18 +737,26 @@ static float *tile_alloc(int64_t floats) {  /* 64-byte aligned, a whole number o
     return aligned_alloc(64, sizeof(float) * ((floats + 15) / 16 * 16));
 }
 
-static void conv_tiled_forward(const float *x, const float *wt, const float *bias, CONV_DIMS, float *y) {
-    CONV_SIZES;
-    (void)N; (void)padded; (void)Wp;
-    const int64_t WoP = ROUND_WB(Wo), Hs = Hp, Ws = WoP + (kw - 1) * dw;
+/* dst (B, Cout, Ho, Wo) = the correlation with wt (Cout, Cin, kh, kw) (+ bias) of src (B, Cin, Hi, Wi) placed at
+ * (r0, c0) in zero-padded tiles of Hs = Ho + (kh - 1) dh rows, tile by tile. */
+static void conv_tiled_run(const float *src, int64_t B, int64_t Cin, int64_t Hi, int64_t Wi, int64_t r0, int64_t c0,
+                           const float *wt, const float *bias, int64_t Cout, int64_t kh, int64_t kw, int64_t dh,
+                           int64_t dw, int64_t Ho, int64_t Wo, int nt, float *dst) {
+    const int64_t WoP = ROUND_WB(Wo), Hs = Ho + (kh - 1) * dh, Ws = WoP + (kw - 1) * dw;
     TILES {
         TILE_N;
-        float *tile = tile_alloc(Ci * Hs * Ws * CONV_BT), *out = tile_alloc(Co * Ho * WoP * CONV_BT);
-        tile_in(x, b0, n, Ci, H, W, Hs, Ws, ph, pw, tile);
-        corr_tile(tile, Ci, Hs, Ws, wt, bias, Co, kh, kw, dh, dw, Ho, WoP, out);
-        tile_out(out, b0, n, Co, Ho, Wo, WoP, y);
+        float *tile = tile_alloc(Cin * Hs * Ws * CONV_BT), *out = tile_alloc(Cout * Ho * WoP * CONV_BT);
+        tile_in(src, b0, n, Cin, Hi, Wi, Hs, Ws, r0, c0, tile);
+        corr_tile(tile, Cin, Hs, Ws, wt, bias, Cout, kh, kw, dh, dw, Ho, WoP, out);
+        tile_out(out, b0, n, Cout, Ho, Wo, WoP, dst);
         free(tile); free(out);
     }
+}
+
+static void conv_tiled_forward(const float *x, const float *wt, const float *bias, CONV_DIMS, float *y) {
+    CONV_SIZES;
+    (void)N; (void)padded; (void)Wp; (void)Hp;
+    conv_tiled_run(x, B, Ci, H, W, ph, pw, wt, bias, Co, kh, kw, dh, dw, Ho, Wo, nt, y);
 }
 
 /* dL/dx is the correlation of dL/dy, shifted by (kh - 1) dh - ph rows and (kw - 1) dw - pw columns, with
@@ -757,20 +765,12 @@ static void conv_tiled_forward(const float *x, const float *wt, const float *bia
 static void conv_tiled_grad_input(const float *dy, const float *wt, CONV_DIMS, float *dx) {
     CONV_SIZES;
     (void)N; (void)padded; (void)Wp; (void)Hp;
-    const int64_t WP = ROUND_WB(W), Hs = H + (kh - 1) * dh, Ws = WP + (kw - 1) * dw;
-    const int64_t qh = (kh - 1) * dh - ph, qw = (kw - 1) * dw - pw, nk = kh * kw;
+    const int64_t nk = kh * kw;
     float *wf = malloc(sizeof(float) * Ci * Co * nk);
     for (int64_t co = 0; co < Co; co++)
         for (int64_t ci = 0; ci < Ci; ci++)
             for (int64_t k = 0; k < nk; k++) wf[(ci * Co + co) * nk + k] = wt[(co * Ci + ci) * nk + nk - 1 - k];
-    TILES {
-        TILE_N;
-        float *tile = tile_alloc(Co * Hs * Ws * CONV_BT), *out = tile_alloc(Ci * H * WP * CONV_BT);
-        tile_in(dy, b0, n, Co, Ho, Wo, Hs, Ws, qh, qw, tile);
-        corr_tile(tile, Co, Hs, Ws, wf, NULL, Ci, kh, kw, dh, dw, H, WP, out);
-        tile_out(out, b0, n, Ci, H, W, WP, dx);
-        free(tile); free(out);
-    }
+    conv_tiled_run(dy, B, Co, Ho, Wo, (kh - 1) * dh - ph, (kw - 1) * dw - pw, wf, NULL, Ci, kh, kw, dh, dw, H, W, nt, dx);
     free(wf);
 }
 
