@@ -3624,3 +3624,226 @@ void strip_norm_gate_backward(const float *da, const float *a, const float *z, c
     if (dbias) for (int64_t c = 0; c < C; c++) dbias[c] = (float)tot[k * C + 2 * C + c];
     free(wt); free(tot);
 }
+
+/* Efficient multi-scale attention's cross-spatial step (Ouyang et al., ICASSP 2023), from its two grouped
+ * branches to the output. x (B, C, P) in layout cl; x1, x2 (B G, cg, P) NCHW, cg = C / G: the 1x1 branch
+ * (after its GroupNorm) and the 3x3 branch of every group. Per group, over its cg channels,
+ *     s1 = softmax(mean_p x1),  s2 = softmax(mean_p x2),  gate[p] = sigmoid(s1 . x2[:, p] + s2 . x1[:, p]),
+ * and y[c, p] = x[c, p] gate[g(c), p]. The means are summed in double, the softmax is in double. Forward saves
+ * s1, s2 (B G, cg) and gate (B G, P) for backward; the whole step is one pass over each sample while it is
+ * in cache, where the PyTorch expression is two batched matmuls of (1, cg) x (cg, P) per group, a softmax
+ * each, a sigmoid and a broadcast product, each a full pass and again in backward. */
+#define EMA_DIMS int64_t B, int64_t C, int64_t G, int64_t P, int cl, int nt
+
+/* sum_i a[i] b[i] over n values: float lanes, their tree sum and the tail in double */
+INLINE double dot_lanes(const float *a, const float *b, int64_t n) {
+    vec16 acc = splat16(0.f);
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) acc += load16(a + i) * load16(b + i);
+    float l[LANES];
+    store16(l, acc);
+    double s = tree_sum(l);
+    for (; i < n; i++) s += (double)a[i] * b[i];
+    return s;
+}
+
+/* y = x * gate[g(c), p] for one sample: x, y (C, P) in layout cl, gate (G, P) */
+static void ema_apply(const float *x, const float *gate, int64_t C, int64_t G, int64_t P, int cl, float *y) {
+    const int64_t cg = C / G;
+    if (!cl) {
+        for (int64_t c = 0; c < C; c++) {
+            const float *gt = gate + (c / cg) * P, *r = x + c * P;
+            float *o = y + c * P;
+            for (int64_t p = 0; p < P; p++) o[p] = r[p] * gt[p];
+        }
+        return;
+    }
+    for (int64_t p = 0; p < P; p++) {
+        const float *r = x + p * C;
+        float *o = y + p * C;
+        for (int64_t g = 0; g < G; g++) {
+            const float v = gate[g * P + p];
+            for (int64_t k = g * cg; k < (g + 1) * cg; k++) o[k] = r[k] * v;
+        }
+    }
+}
+
+/* s = softmax over the cg channel means of a (cg, P) */
+static void ema_softmax_means(const float *a, int64_t cg, int64_t P, double *m, float *s) {
+    double mx = -INFINITY, tot = 0.;
+    for (int64_t c = 0; c < cg; c++) {
+        double t = 0.;
+        for (int64_t p = 0; p < P; p++) t += a[c * P + p];
+        m[c] = t / (double)P;
+        if (m[c] > mx) mx = m[c];
+    }
+    for (int64_t c = 0; c < cg; c++) { m[c] = exp(m[c] - mx); tot += m[c]; }
+    for (int64_t c = 0; c < cg; c++) s[c] = (float)(m[c] / tot);
+}
+
+void ema_cross_forward(const float *x, const float *x1, const float *x2, EMA_DIMS, float *s1, float *s2,
+                       float *gate, float *y) {
+    const int64_t cg = C / G;
+    SAMPLES {
+        double *m = malloc(sizeof(double) * cg);
+        for (int64_t g = 0; g < G; g++) {
+            const int64_t bg = b * G + g;
+            const float *a = x1 + bg * cg * P, *d = x2 + bg * cg * P;
+            float *S1 = s1 + bg * cg, *S2 = s2 + bg * cg, *gt = gate + bg * P;
+            ema_softmax_means(a, cg, P, m, S1);
+            ema_softmax_means(d, cg, P, m, S2);
+            for (int64_t p = 0; p < P; p++) gt[p] = 0.f;
+            for (int64_t c = 0; c < cg; c++) {
+                const float u = S1[c], v = S2[c], *r1 = a + c * P, *r2 = d + c * P;
+                for (int64_t p = 0; p < P; p++) gt[p] += u * r2[p] + v * r1[p];
+            }
+            for (int64_t p = 0; p < P; p++) gt[p] = sigmoid_approx(gt[p]);
+        }
+        ema_apply(x + b * C * P, gate + b * G * P, C, G, P, cl, y + b * C * P);
+        free(m);
+    }
+}
+
+/* dL/dwts = (sum over the group's channels of dy x) gate (1 - gate); dx = dy gate (through y = x gate only:
+ * x's paths through the branches are the autograd graph's); dx1 = s2 dwts + dm1 / P and dx2 = s1 dwts + dm2 / P
+ * with dm = the softmax's gradient of dL/ds1 = sum_p dwts x2, dL/ds2 = sum_p dwts x1. */
+void ema_cross_backward(const float *x, const float *dy, const float *x1, const float *x2, const float *s1,
+                        const float *s2, const float *gate, EMA_DIMS, float *dx, float *dx1, float *dx2) {
+    const int64_t cg = C / G;
+    SAMPLES {
+        float *dw = calloc(G * P, sizeof(float));
+        double *ds = malloc(sizeof(double) * 2 * cg);
+        const float *xb = x + b * C * P, *db = dy + b * C * P, *gb = gate + b * G * P;
+        if (!cl)
+            for (int64_t c = 0; c < C; c++) {
+                float *t = dw + (c / cg) * P;
+                const float *r = xb + c * P, *q = db + c * P;
+                for (int64_t p = 0; p < P; p++) t[p] += r[p] * q[p];
+            }
+        else
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C, *q = db + p * C;
+                for (int64_t g = 0; g < G; g++) {
+                    float t = 0.f;
+                    for (int64_t k = g * cg; k < (g + 1) * cg; k++) t += r[k] * q[k];
+                    dw[g * P + p] = t;
+                }
+            }
+        for (int64_t i = 0; i < G * P; i++) dw[i] *= gb[i] * (1.f - gb[i]);
+        if (dx) ema_apply(db, gb, C, G, P, cl, dx + b * C * P);
+        for (int64_t g = 0; g < G; g++) {
+            const int64_t bg = b * G + g;
+            const float *a = x1 + bg * cg * P, *d = x2 + bg * cg * P, *w = dw + g * P;
+            const float *S1 = s1 + bg * cg, *S2 = s2 + bg * cg;
+            double t1 = 0., t2 = 0.;
+            for (int64_t c = 0; c < cg; c++) {
+                ds[c] = dot_lanes(w, d + c * P, P);  /* dL/ds1 */
+                ds[cg + c] = dot_lanes(w, a + c * P, P);  /* dL/ds2 */
+                t1 += S1[c] * ds[c];
+                t2 += S2[c] * ds[cg + c];
+            }
+            for (int64_t c = 0; c < cg; c++) {
+                const float e1 = (float)(S1[c] * (ds[c] - t1) / (double)P);  /* dm1 / P */
+                const float e2 = (float)(S2[c] * (ds[cg + c] - t2) / (double)P);
+                const float u = S1[c], v = S2[c];
+                if (dx1) { float *o = dx1 + (bg * cg + c) * P; for (int64_t p = 0; p < P; p++) o[p] = v * w[p] + e1; }
+                if (dx2) { float *o = dx2 + (bg * cg + c) * P; for (int64_t p = 0; p < P; p++) o[p] = u * w[p] + e2; }
+            }
+        }
+        free(dw); free(ds);
+    }
+}
+
+/* EMA's 1x1 branch after its strip gates: x1 = GroupNorm(gx * gh[c, h] * gw[c, w]) with one channel per
+ * group (as the authors' GroupNorm(C/G, C/G)), every channel normalised over its H x W map with the biased
+ * variance. gx (N, cg, H, W) NCHW (N = B G), gh (N, cg, H), gw (N, cg, W); gamma, beta (cg) or NULL. Forward
+ * keeps the mean and 1 / sqrt(var + eps) of every (n, c) in stats (N cg, 2); backward recomputes the
+ * product. Where PyTorch runs two broadcast products and the norm, each a full pass (and their backward:
+ * the products' gradients, two reductions for the strips, the norm's), this is one pass per map in cache. */
+#define EMA_BRANCH_DIMS int64_t N, int64_t cg, int64_t H, int64_t W, int nt
+
+void ema_branch_forward(const float *gx, const float *gh, const float *gw, const float *gamma, const float *beta,
+                        float eps, EMA_BRANCH_DIMS, float *stats, float *x1) {
+    const int64_t P = H * W;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t k = 0; k < N * cg; k++) {
+        const float *r = gx + k * P, *sh = gh + k * H, *sw = gw + k * W;
+        float *o = x1 + k * P;
+        double s = 0.;
+        for (int64_t h = 0; h < H; h++) {
+            const float v = sh[h];
+            float rs = 0.f;
+            for (int64_t w = 0; w < W; w++) { o[h * W + w] = r[h * W + w] * v * sw[w]; rs += o[h * W + w]; }
+            s += rs;
+        }
+        const float mean = (float)(s / (double)P);
+        double q = 0.;
+        for (int64_t p = 0; p < P; p++) { const double d = o[p] - mean; q += d * d; }
+        const float invstd = (float)(1. / sqrt(q / (double)P + eps));
+        const int64_t c = k % cg;
+        const float a = (gamma ? gamma[c] : 1.f) * invstd, bb = beta ? beta[c] : 0.f;
+        for (int64_t p = 0; p < P; p++) o[p] = (o[p] - mean) * a + bb;
+        stats[2 * k] = mean;
+        stats[2 * k + 1] = invstd;
+    }
+}
+
+void ema_branch_backward(const float *dx1, const float *gx, const float *gh, const float *gw, const float *gamma,
+                         const float *stats, EMA_BRANCH_DIMS, float *dgx, float *dgh, float *dgw, float *dgamma,
+                         float *dbeta) {
+    const int64_t P = H * W;
+    double *total = calloc(2 * cg, sizeof(double));
+#pragma omp parallel num_threads(nt)
+    {
+        double *part = calloc(2 * cg, sizeof(double));
+        float *t = malloc(sizeof(float) * 2 * P), *dt = t + P;
+#pragma omp for schedule(static)
+        for (int64_t k = 0; k < N * cg; k++) {
+            const float *r = gx + k * P, *sh = gh + k * H, *sw = gw + k * W, *d = dx1 + k * P;
+            const float mean = stats[2 * k], invstd = stats[2 * k + 1];
+            const int64_t c = k % cg;
+            double s1 = 0., s2 = 0.;
+            for (int64_t h = 0; h < H; h++) {
+                const float v = sh[h];
+                float a1 = 0.f, a2 = 0.f;
+                for (int64_t w = 0; w < W; w++) {
+                    const float xh = (r[h * W + w] * v * sw[w] - mean) * invstd;
+                    t[h * W + w] = xh;
+                    a1 += d[h * W + w];
+                    a2 += d[h * W + w] * xh;
+                }
+                s1 += a1;
+                s2 += a2;
+            }
+            part[c] += s2;  /* dL/dgamma */
+            part[cg + c] += s1;  /* dL/dbeta */
+            const float g = (gamma ? gamma[c] : 1.f) * invstd, m1 = (float)(s1 / (double)P), m2 = (float)(s2 / (double)P);
+            for (int64_t p = 0; p < P; p++) dt[p] = g * (d[p] - m1 - t[p] * m2);  /* dL/d(the product) */
+            if (dgh)
+                for (int64_t h = 0; h < H; h++) {
+                    float a = 0.f;
+                    for (int64_t w = 0; w < W; w++) a += dt[h * W + w] * r[h * W + w] * sw[w];
+                    dgh[k * H + h] = a;
+                }
+            if (dgw) {
+                float *o = dgw + k * W;
+                for (int64_t w = 0; w < W; w++) o[w] = 0.f;
+                for (int64_t h = 0; h < H; h++) {
+                    const float v = sh[h];
+                    for (int64_t w = 0; w < W; w++) o[w] += dt[h * W + w] * r[h * W + w] * v;
+                }
+            }
+            if (dgx)
+                for (int64_t h = 0; h < H; h++) {
+                    const float v = sh[h];
+                    for (int64_t w = 0; w < W; w++) dgx[k * P + h * W + w] = dt[h * W + w] * v * sw[w];
+                }
+        }
+#pragma omp critical
+        for (int64_t i = 0; i < 2 * cg; i++) total[i] += part[i];
+        free(part); free(t);
+    }
+    if (dgamma) for (int64_t c = 0; c < cg; c++) dgamma[c] = (float)total[c];
+    if (dbeta) for (int64_t c = 0; c < cg; c++) dbeta[c] = (float)total[cg + c];
+    free(total);
+}

@@ -31,6 +31,9 @@ kernel passes per sample while it is in cache, and backward keeps only x (the pl
   over positions, gs from the 1x1 conv C -> 1 of x.
 * ``simam_gate``, ``context_gates`` (gc): the whole block.
 * ``bam_gate`` (bam): y = x + x * sigmoid(a + s) (or a * s) of the block's two branches, computed outside.
+* ``ema_gates`` (ema): its cross-spatial step, y = x * sigmoid(s1 . x2 + s2 . x1) from the two grouped branches,
+  s1, s2 the softmaxes of their means; ``ema_branch``: its 1x1 branch GroupNorm(gx * gh * gw) after the strip
+  gates (one op each; the pooling, the 1x1 and 3x3 convs and the strip sigmoids stay PyTorch modules).
 
 Gradients of the maxima follow PyTorch: the max over positions goes to the first maximum
 (``adaptive_max_pool2d``, ``pool_max``); the max over channels is split evenly among ties (``amax``,
@@ -58,7 +61,7 @@ from . import _native
 # their ``from_pooled`` factor, so moving one back onto the kernels is one line in its forward.
 MEAN_ONLY = ("se", "ese", "eca", "ecam", "ceca", "ge")
 
-__all__ = ["bam_gate", "context_gates", "group_gates", "moment_gates", "pooled_gates", "scse_gates", "simam_gate", "strip_gates",
+__all__ = ["bam_gate", "context_gates", "ema_branch", "ema_gates", "group_gates", "moment_gates", "pooled_gates", "scse_gates", "simam_gate", "strip_gates",
            "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -1170,3 +1173,114 @@ def scse_gates(x: torch.Tensor, block: nn.Module) -> torch.Tensor | None:
     mean, logits, x1 = _ScsePool.apply(x, conv.weight, lib, cl, link)
     gc_t, gs_t = block.factors(mean, logits)
     return _ScseApply.apply(x1, gc_t, gs_t, lib, cl, link, add)
+
+
+# ------------------------------------------------------------------------------------------------- ema
+def _ema_forward(lib, x, x1, x2, cl, groups):
+    """y and what backward needs: the branches as the kernels read them, s1, s2 and the gate."""
+    b, c, h, w = x.shape
+    g, p = groups, h * w
+    x1c, x2c = x1.detach().contiguous(), x2.detach().contiguous()  # named: read by the kernels
+    s1, s2, gate = x.new_empty(b * g, c // g), x.new_empty(b * g, c // g), x.new_empty(b * g, p)
+    y = torch.empty_like(x)
+    lib.ema_cross_forward(x.data_ptr(), x1c.data_ptr(), x2c.data_ptr(), b, c, g, p, cl, torch.get_num_threads(),
+                          s1.data_ptr(), s2.data_ptr(), gate.data_ptr(), y.data_ptr())
+    return y, (x1c, x2c, s1, s2, gate)
+
+
+class _EmaCross(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, x1, x2, lib, cl, groups):
+        y, kept = _ema_forward(lib, x, x1, x2, cl, groups)
+        ctx.save_for_backward(x, *kept)
+        ctx.lib, ctx.cl, ctx.groups = lib, cl, groups
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, x1, x2, s1, s2, gate = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        dy = _in_layout(dy, ctx.cl)
+        dx = torch.empty_like(x) if need[0] else None
+        dx1 = torch.empty_like(x1) if need[1] else None
+        dx2 = torch.empty_like(x2) if need[2] else None
+        b, c, h, w = x.shape
+        ctx.lib.ema_cross_backward(x.data_ptr(), dy.data_ptr(), x1.data_ptr(), x2.data_ptr(), s1.data_ptr(),
+                                   s2.data_ptr(), gate.data_ptr(), b, c, ctx.groups, h * w, ctx.cl,
+                                   torch.get_num_threads(), _native.ptr(dx), _native.ptr(dx1), _native.ptr(dx2))
+        return dx, dx1, dx2, None, None, None
+
+
+def ema_gates(x: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, groups: int) -> torch.Tensor | None:
+    """EMA's cross-spatial step on the native kernels, or None where they do not apply: from x (B, C, H, W) and
+    the two grouped branches x1, x2 (B G, C / G, H, W), y = x * sigmoid(softmax(GAP(x1)) . x2 + softmax(GAP(x2)) . x1)
+    with one map per group broadcast over its channels. The sigmoid is the kernels' own (relative error about
+    2e-7 against torch's); the caller checks that its gate is a sigmoid."""
+    found = _native.target(x)
+    b, c, h, w = x.shape
+    shape = (b * groups, c // groups, h, w)
+    if found is None or any(tuple(t.shape) != shape or t.dtype != torch.float32 or t.device != x.device
+                            for t in (x1, x2)):
+        return None
+    lib, cl = found
+    if not torch.is_grad_enabled() or not (x.requires_grad or x1.requires_grad or x2.requires_grad):
+        with torch.no_grad():
+            return _ema_forward(lib, x, x1, x2, cl, groups)[0]
+    return _EmaCross.apply(x, x1, x2, lib, cl, groups)
+
+
+def _ema_branch_forward(lib, gx, gh, gw, gamma, beta, eps):
+    n, cg, h, w = gx.shape
+    ghc, gwc = gh.detach().contiguous(), gw.detach().contiguous()  # named: read by the kernels
+    gam = None if gamma is None else gamma.detach().contiguous()
+    bet = None if beta is None else beta.detach().contiguous()
+    stats, x1 = gx.new_empty(n * cg, 2), torch.empty_like(gx)
+    lib.ema_branch_forward(gx.data_ptr(), ghc.data_ptr(), gwc.data_ptr(), _native.ptr(gam), _native.ptr(bet), eps,
+                           n, cg, h, w, torch.get_num_threads(), stats.data_ptr(), x1.data_ptr())
+    return x1, (gx, ghc, gwc, gam, stats)
+
+
+class _EmaBranch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gx, gh, gw, gamma, beta, eps, lib):
+        x1, kept = _ema_branch_forward(lib, gx, gh, gw, gamma, beta, eps)
+        ctx.save_for_backward(*kept)
+        ctx.lib, ctx.shapes = lib, (gh.shape, gw.shape)
+        return x1
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dx1):
+        gx, gh, gw, gam, stats = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        n, cg, h, w = gx.shape
+        dx1 = dx1.contiguous()  # named: read by the kernels
+        dgx = torch.empty_like(gx) if need[0] else None
+        dgh = gx.new_empty(ctx.shapes[0]) if need[1] else None
+        dgw = gx.new_empty(ctx.shapes[1]) if need[2] else None
+        dgamma = gx.new_empty(cg) if need[3] else None
+        dbeta = gx.new_empty(cg) if need[4] else None
+        ctx.lib.ema_branch_backward(dx1.data_ptr(), gx.data_ptr(), gh.data_ptr(), gw.data_ptr(), _native.ptr(gam),
+                                    stats.data_ptr(), n, cg, h, w, torch.get_num_threads(), _native.ptr(dgx),
+                                    _native.ptr(dgh), _native.ptr(dgw), _native.ptr(dgamma), _native.ptr(dbeta))
+        return dgx, dgh, dgw, dgamma, dbeta, None, None
+
+
+def ema_branch(gx: torch.Tensor, gh: torch.Tensor, gw: torch.Tensor, norm: nn.Module) -> torch.Tensor | None:
+    """EMA's 1x1 branch ``norm(gx * gh * gw)`` as one native op, or None where it does not apply: gx (N, cg, H, W)
+    NCHW-contiguous, the strip gates gh (N, cg, H, 1) and gw (N, cg, 1, W), ``norm`` a default
+    ``nn.GroupNorm(cg, cg)`` (one channel per group) without hooks."""
+    from ._small_graphs import _unhooked  # the same test of default, hook-free modules as the small graphs
+
+    n, cg, h, w = gx.shape
+    if not (_native.applies(gx) and gx.is_contiguous() and type(norm) is nn.GroupNorm and norm.num_groups == cg
+            and norm.num_channels == cg and _unhooked(norm) and tuple(gh.shape) == (n, cg, h, 1)
+            and tuple(gw.shape) == (n, cg, 1, w) and gh.dtype == gw.dtype == torch.float32
+            and all(t is None or t.dtype == torch.float32 for t in (norm.weight, norm.bias))):
+        return None
+    lib = _native.kernels()
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (gx, gh, gw, norm.weight, norm.bias)):
+        with torch.no_grad():
+            return _ema_branch_forward(lib, gx, gh, gw, norm.weight, norm.bias, float(norm.eps))[0]
+    return _EmaBranch.apply(gx, gh, gw, norm.weight, norm.bias, float(norm.eps), lib)

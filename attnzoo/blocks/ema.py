@@ -22,6 +22,13 @@ NOTE (groups): G must divide C. If ``factor`` does not divide ``channels`` (or e
 default usable in narrow networks (CIFAR ResNets with 16/32/64 channels), where factor=32 cannot
 divide 16. With one channel per group the channel softmax is 1 and w = x1 + x2.
 
+Speed (CPU): in eager float32 with a batch of at least the thread count, input contiguous in NCHW or
+channels_last, the sigmoid gate and no capture of the factor, the cross-spatial step -- both softmaxes of
+the branch means, the weighted sums, the last sigmoid and the broadcast product, and their backward -- is
+one native op (``_pooled_gates.ema_gates``), and the 1x1 branch's GroupNorm of x times its strip gates is
+another (``ema_branch``, for the default GroupNorm without hooks); the pooling, the 1x1 conv on the strips,
+their sigmoids and the 3x3 conv (on the native small-conv kernel) stay PyTorch modules. Elsewhere the block runs the expression below.
+
 NOTE (as in the authors' code): the GroupNorm has C/G groups over C/G channels, i.e. it normalises
 every channel over H x W, so GAP(x1) equals the GroupNorm's bias exactly and softmax(GAP(x1)) is a
 learned, input-independent channel weighting. At H = W = 1 GroupNorm returns its bias (variance 0 is
@@ -35,7 +42,10 @@ from torch import nn
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from ._layout import LayoutConv2d, like_input
+from ._fused import is_sigmoid
 from ._pool import pool_mean
+from ._pooled_gates import ema_branch, ema_gates
+from ._small_graphs import _unhooked
 
 __all__ = ["EfficientMultiScaleAttn", "ema_groups"]
 
@@ -77,8 +87,15 @@ class EfficientMultiScaleAttn(nn.Module):
         z_w = pool_mean(gx, 2).transpose(2, 3)  # (B*G, C/G, W, 1)
         a = self.conv1x1(torch.cat([z_h, z_w], dim=2))  # (B*G, C/G, H+W, 1)
         a_h, a_w = a.split([h, w], dim=2)  # (B*G, C/G, H, 1), (B*G, C/G, W, 1)
-        x1 = self.gn(gx * self.gate(a_h) * self.gate(a_w.transpose(2, 3)))  # (B*G, C/G, H, W)
+        gh, gw = self.gate(a_h), self.gate(a_w.transpose(2, 3))  # (B*G, C/G, H, 1), (B*G, C/G, 1, W)
+        x1 = ema_branch(gx, gh, gw, self.gn)  # one native op where it applies
+        if x1 is None:
+            x1 = self.gn(gx * gh * gw)  # (B*G, C/G, H, W)
         x2 = self.conv3x3(gx)  # (B*G, C/G, H, W)
+        if not (self.tap.active or self.tap._forward_hooks) and is_sigmoid(self.gate) and _unhooked(self.gate):
+            y = ema_gates(x, x1, x2, g)  # the cross-spatial step as one native op where it applies
+            if y is not None:
+                return y
         s1 = pool_mean(x1, (2, 3), keepdim=False).softmax(-1).unsqueeze(1)  # (B*G, 1, C/G)
         s2 = pool_mean(x2, (2, 3), keepdim=False).softmax(-1).unsqueeze(1)  # (B*G, 1, C/G)
         wts = s1 @ x2.flatten(2) + s2 @ x1.flatten(2)  # (B*G, 1, H*W)
