@@ -20,6 +20,8 @@
     python benchmarks/small_conv.py --json benchmarks/results/small_conv_cpu.json
     python benchmarks/native_revision.py --rev 63bd4ae --blocks cbam cbam_spatial lcbam triplet bam ema \
         --hosts resnet20 --pairs 9 --json benchmarks/results/small_conv_revision_cpu.json
+    python benchmarks/native_revision.py --rev 0e56403 --blocks ema --hosts resnet20 resnet56 --pairs 7 \
+        --json benchmarks/results/ema_revision_cpu.json
     python benchmarks/readme.py                                                        # rewrite README parts
 
 Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
@@ -566,6 +568,7 @@ def main(argv=None) -> int:
                   + "\n" + small_conv_line(_load("small_conv_cpu.json"))
                   + "\n" + revision_line(_load("small_conv_revision_cpu.json"),
                                          "the small convolution's batch tiles")
+                  + "\n" + revision_line(_load("ema_revision_cpu.json"), "EMA's two native ops")
                   + "\n" + allocator_line(_load("allocator_cpu.json")))
     args.readme.write_text(text)
     print(f"wrote the generated sections of {args.readme} ({len(list_attn())} blocks)")

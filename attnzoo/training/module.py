@@ -57,21 +57,23 @@ STAGES = ("train", "val", "test")
 
 # model.compile: auto compiles a fit on a CUDA device of at least this many optimizer steps. Not a
 # measured GPU break-even (no GPU was available to measure one): the cold compile times measured on CPU
-# (benchmarks/overhead_floor.py, benchmarks/results/overhead_floor_cpu.json: 45-83 s for ResNet-56 with
-# a block) pay back at a saving of 20 ms per step only after 2300-4200 steps, so shorter fits stay eager.
+# (benchmarks/overhead_floor.py, benchmarks/results/overhead_floor_cpu.json: 30-157 s with a block) pay
+# back at a saving of 20 ms per step only after 1500-7800 steps, so shorter fits stay eager.
 COMPILE_MIN_STEPS = 5000
 
 
 def compile_decision(device_type: str, steps: float, min_steps: int = COMPILE_MIN_STEPS) -> tuple[bool, str]:
     """Whether ``compile: auto`` compiles a fit of ``steps`` optimizer steps on ``device_type``, and why.
 
-    Never on CPU: measured here (benchmarks/overhead_floor.py) inductor made the plain ResNet-20 and
-    ResNet-56 training step slower than eager (it paid only for blocks made of many elementwise ops,
-    such as cbam and coord). On CUDA: when the fit has at least ``min_steps`` steps."""
+    Never on CPU, where whether it pays depends on the CPU and the block (benchmarks/overhead_floor.py):
+    on an AMD EPYC inductor made the plain ResNet-20 and ResNet-56 training steps slower than eager; on an
+    Intel Xeon it made them 15-23% faster, but ResNet-56 + cbam slower (a compiled graph does not use the
+    native kernels) and it never paid for ResNet-20 + eca or simam. ``compile: true`` forces it. On
+    CUDA: when the fit has at least ``min_steps`` steps."""
     n = f"{int(steps)}" if math.isfinite(steps) else "an unknown number of"
     if device_type != "cuda":
-        return False, (f"off: the fit runs on {device_type}, where compiling did not pay in the measured CPU "
-                       "benchmarks (compile: true forces it)")
+        return False, (f"off: the fit runs on {device_type}, where compiling paid in the measured CPU benchmarks "
+                       "only for some CPUs and blocks (compile: true forces it)")
     if not math.isfinite(steps) or steps < min_steps:
         return False, f"off: this fit has {n} optimizer steps, < model.compile_min_steps {min_steps}"
     return True, f"on: this fit has {n} optimizer steps, >= model.compile_min_steps {min_steps}"
