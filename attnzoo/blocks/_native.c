@@ -3635,18 +3635,6 @@ void strip_norm_gate_backward(const float *da, const float *a, const float *z, c
  * each, a sigmoid and a broadcast product, each a full pass and again in backward. */
 #define EMA_DIMS int64_t B, int64_t C, int64_t G, int64_t P, int cl, int nt
 
-/* sum_i a[i] b[i] over n values: float lanes, their tree sum and the tail in double */
-INLINE double dot_lanes(const float *a, const float *b, int64_t n) {
-    vec16 acc = splat16(0.f);
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES) acc += load16(a + i) * load16(b + i);
-    float l[LANES];
-    store16(l, acc);
-    double s = tree_sum(l);
-    for (; i < n; i++) s += (double)a[i] * b[i];
-    return s;
-}
-
 /* y = x * gate[g(c), p] for one sample: x, y (C, P) in layout cl, gate (G, P) */
 static void ema_apply(const float *x, const float *gate, int64_t C, int64_t G, int64_t P, int cl, float *y) {
     const int64_t cg = C / G;
@@ -3737,8 +3725,8 @@ void ema_cross_backward(const float *x, const float *dy, const float *x1, const 
             const float *S1 = s1 + bg * cg, *S2 = s2 + bg * cg;
             double t1 = 0., t2 = 0.;
             for (int64_t c = 0; c < cg; c++) {
-                ds[c] = dot_lanes(w, d + c * P, P);  /* dL/ds1 */
-                ds[cg + c] = dot_lanes(w, a + c * P, P);  /* dL/ds2 */
+                ds[c] = dot16(w, d + c * P, P);  /* dL/ds1 */
+                ds[cg + c] = dot16(w, a + c * P, P);  /* dL/ds2 */
                 t1 += S1[c] * ds[c];
                 t2 += S2[c] * ds[cg + c];
             }
