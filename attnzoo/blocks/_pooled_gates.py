@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from . import _native
+from ._small_graphs import _unhooked  # the test of default, hook-free modules that the small graphs use
 
 # The channel gates on the mean alone: their PyTorch path is a handful of ops around two full-size passes,
 # and on moment_gates they were not reliably faster (benchmarks/native.py read 0.59-1.71 of the PyTorch
@@ -1271,8 +1272,6 @@ def ema_branch(gx: torch.Tensor, gh: torch.Tensor, gw: torch.Tensor, norm: nn.Mo
     """EMA's 1x1 branch ``norm(gx * gh * gw)`` as one native op, or None where it does not apply: gx (N, cg, H, W)
     NCHW-contiguous, the strip gates gh (N, cg, H, 1) and gw (N, cg, 1, W), ``norm`` a default
     ``nn.GroupNorm(cg, cg)`` (one channel per group) without hooks."""
-    from ._small_graphs import _unhooked  # the same test of default, hook-free modules as the small graphs
-
     n, cg, h, w = gx.shape
     if not (_native.applies(gx) and gx.is_contiguous() and type(norm) is nn.GroupNorm and norm.num_groups == cg
             and norm.num_channels == cg and _unhooked(norm) and tuple(gh.shape) == (n, cg, h, 1)
