@@ -20,6 +20,7 @@ from test_native import _cc, _same_step, _train_step
 FUSED = {"_MlpGateBackward", "_ConvNormGateBackward"}
 COORD = "_CoordGatesBackward"
 STRIP = "_StripNormGateBackward"
+CHANNEL_CONV = "_ChannelConvGateBackward"
 
 
 @pytest.fixture(autouse=True)
@@ -61,6 +62,10 @@ CASES = [("cbam", {}), ("cbam", {"mlp_bias": False, "spatial_norm": False}), ("c
          ("ela", {}), ("ela", {"shared": False, "kernel_size": 5, "num_groups": 4}), ("ela", {"num_groups": 1}),
          ("strip", {}), ("strip", {"bias": True, "kernel_size": 5, "has_skip": True}),
          ("scoord", {}), ("scoord", {"bias": False, "act_layer": "hard_swish", "rd_channels": 6}),
+         ("se", {}), ("se", {"rd_channels": 3}),
+         ("eca", {}), ("eca", {"kernel_size": 7}), ("ceca", {}), ("ceca", {"bias": True, "kernel_size": 5}),
+         ("ceca", {"kernel_size": 33}),  # wraps around 16 and 17 channels: 16 of them on each side
+         ("ecam", {}), ("ecam", {"kernel_size": 5, "rd_channels": 3}),
          ("cbam_channel", {"rd_ratio": 0.25})]  # (4, 1024, .) below: 2 * 4 * 1024 * 256 > 2^20, the BLAS path
 
 
@@ -70,6 +75,8 @@ CASES = [("cbam", {}), ("cbam", {"mlp_bias": False, "spatial_norm": False}), ("c
 def test_the_fused_small_graphs_are_the_modules(name, kwargs, channels_last, shape, monkeypatch):
     if kwargs.get("rd_ratio") == 0.25:
         shape = (4, 1024, 3, 2)
+    if kwargs.get("kernel_size") == 33 and shape[1] < 16:
+        pytest.skip("ceca wraps around the channels at most once")
     torch.manual_seed(5)
     x = torch.randn(shape)
     if channels_last:
@@ -84,15 +91,54 @@ def _graph_of(name, x, **kwargs):
 
 
 @pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "ela", "strip",
-                                  "scoord"])
+                                  "scoord", "se", "eca", "ceca", "ecam"])
 def test_the_default_blocks_run_their_small_graphs_as_one_op_each(name):
     _, nodes = _graph_of(name, torch.randn(4, 32, 8, 8))
     want = {"cbam_channel": {"_MlpGateBackward"}, "cbam_spatial": {"_ConvNormGateBackward"},
             "triplet": {"_ConvNormGateBackward"}, "coord": {COORD}, "ela": {STRIP}, "strip": {STRIP},
-            "scoord": {COORD}}.get(name, FUSED)
+            "scoord": {COORD}, "se": {"_MlpGateBackward"}, "eca": {CHANNEL_CONV}, "ceca": {CHANNEL_CONV},
+            "ecam": {CHANNEL_CONV}}.get(name, FUSED)
     assert want <= nodes
     assert not ({"AddmmBackward0", "NativeBatchNormBackward0", "SigmoidBackward0", "HardswishBackward0",
-                 "BmmBackward0", "MmBackward0", "NativeGroupNormBackward0", "_DepthwiseConvBackward"} & nodes)
+                 "BmmBackward0", "MmBackward0", "NativeGroupNormBackward0", "_DepthwiseConvBackward",
+                 "ConvolutionBackward0", "ReluBackward0", "ConstantPadNdBackward0"} & nodes)
+
+
+@pytest.mark.parametrize("name,kwargs", [("eca", {"gate_layer": "hard_sigmoid"}), ("ceca", {"gate_layer": "hard_sigmoid"}),
+                                         ("ecam", {"act_layer": "silu"}), ("ecam", {"gate_layer": "hard_sigmoid"})])
+def test_channel_convs_with_other_layers_run_as_modules(name, kwargs):
+    _, nodes = _graph_of(name, torch.randn(4, 32, 8, 8), **kwargs)
+    assert CHANNEL_CONV not in nodes and "ConvolutionBackward0" in nodes
+
+
+def test_a_hook_on_ecas_conv_sees_it_run():
+    block = create_attn("eca", 32).train()
+    seen = []
+    block.conv.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    nodes = _nodes(block(torch.randn(4, 32, 8, 8, requires_grad=True)))
+    assert seen == [(4, 1, 32)] and CHANNEL_CONV not in nodes
+
+
+def test_the_channel_conv_is_accurate_against_float64():
+    """Against the modules in float64, at a width where float32's error shows (ResNet-50's widest stage)."""
+    torch.manual_seed(3)
+    for name in ("eca", "ceca", "ecam"):
+        block = create_attn(name, 2048).train()
+        for prm in block.parameters():
+            prm.data.normal_(0, 0.5)
+        ref = copy.deepcopy(block).double()
+        z = torch.randn(8, 2048, 1, 1)
+        dg = torch.randn(8, 2048, 1, 1)
+        z32, z64 = z.clone().requires_grad_(), z.double().requires_grad_()
+        g32 = block.from_pooled(z32)
+        assert CHANNEL_CONV in _nodes(g32)
+        g32.backward(dg)
+        ref.from_pooled(z64).backward(dg.double())
+        pairs = [("factor", g32, ref.from_pooled(z.double())), ("dL/dmean", z32.grad, z64.grad)]
+        pairs += [(n, p32.grad, p64.grad) for (n, p32), p64 in zip(block.named_parameters(), ref.parameters())]
+        for what, got, want in pairs:  # relative to the largest value: ecam's sums run over R k = 1280 terms
+            err = ((got.double() - want).abs().max() / want.abs().max()).item()
+            assert err < 1e-5, f"{name} {what}: {err:.1e}"
 
 
 @pytest.mark.parametrize("kwargs,unfused", [({"act_layer": "silu"}, {"_MlpGateBackward"}),

@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 18; }
+int attnzoo_native_abi(void) { return 19; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -3833,5 +3833,146 @@ void ema_branch_backward(const float *dx1, const float *gx, const float *gh, con
     }
     if (dgamma) for (int64_t c = 0; c < cg; c++) dgamma[c] = (float)total[c];
     if (dbeta) for (int64_t c = 0; c < cg; c++) dbeta[c] = (float)total[cg + c];
+    free(total);
+}
+
+/* ------------------------------------------------------------------ ECA's convolution over channels */
+/* g = sigmoid(conv_k(h)) with the channels of each sample as a 1-D sequence of C values (ECA, ceca, ecam):
+ * h is z itself (R == 0: eca, ceca; one input plane), or R planes h_r = relu(w1[r] z + b1[r]) (R > 0:
+ * ecam's 1-tap conv 1 -> R). Each plane is padded by p on both sides -- zeros, or wrapped around
+ * (circular, p <= C) -- and v[c] = b2 + sum_r sum_j w2[r, j] hp_r[c + j], g = sigmoid(v). z (B, C) row-major;
+ * w2 (max(R, 1), k); w1, b1 (R) (b1 NULL for none), b2 (1) or NULL. One thread: the work is B C max(R, 1) k
+ * multiply-adds, which the caller keeps small. */
+static void chan_planes(const float *z, const float *w1, const float *b1, int64_t C, int64_t R, int64_t p,
+                        int circular, float *hp) {
+    const int64_t n = C + 2 * p, planes = R > 0 ? R : 1;
+    for (int64_t r = 0; r < planes; r++) {
+        float *row = hp + r * n;
+        if (R > 0) {
+            const float a = w1[r], o = b1 ? b1[r] : 0.f;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                const float u = a * z[c] + o;
+                row[p + c] = u < 0.f ? 0.f : u;  /* relu keeps NaN, as torch's does */
+            }
+        } else {
+            memcpy(row + p, z, sizeof(float) * C);
+        }
+        for (int64_t q = 0; q < p; q++) {
+            row[q] = circular ? row[C + q] : 0.f;
+            row[C + p + q] = circular ? row[p + q] : 0.f;
+        }
+    }
+}
+
+/* threads for B C planes k multiply-adds: one below 2^18 (a thread team costs more than the work) */
+static int chan_threads(int64_t work, int nt) { return work < (1 << 18) ? 1 : nt; }
+
+void chan_conv_gate_forward(const float *z, const float *w1, const float *b1, const float *w2, const float *b2,
+                            int64_t B, int64_t C, int64_t R, int64_t k, int64_t p, int circular, int nt, float *g) {
+    const int64_t n = C + 2 * p, planes = R > 0 ? R : 1;
+#pragma omp parallel num_threads(chan_threads(B * C * planes * k, nt))
+    {
+        float *hp = malloc(sizeof(float) * planes * n);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            chan_planes(z + b * C, w1, b1, C, R, p, circular, hp);
+            float *v = g + b * C;
+            const float o = b2 ? b2[0] : 0.f;
+            for (int64_t c = 0; c < C; c++) v[c] = o;
+            for (int64_t r = 0; r < planes; r++)
+                for (int64_t j = 0; j < k; j++) {
+                    const float wv = w2[r * k + j], *src = hp + r * n + j;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) v[c] += wv * src[c];
+                }
+            sigmoid_inplace(v, C);
+        }
+        free(hp);
+    }
+}
+
+/* The gradients of chan_conv_gate_forward for dL/dg = dg (each output NULL where not wanted): dz (B, C),
+ * dw1 (R), db1 (R), dw2 (max(R, 1), k), db2 (1). The planes are recomputed from z; the weight and bias
+ * gradients are summed per sample in float, over the samples in double. */
+void chan_conv_gate_backward(const float *dg, const float *g, const float *z, const float *w1, const float *b1,
+                             const float *w2, int64_t B, int64_t C, int64_t R, int64_t k, int64_t p, int circular,
+                             int nt, float *dz, float *dw1, float *db1, float *dw2, float *db2) {
+    const int64_t n = C + 2 * p, planes = R > 0 ? R : 1, nacc = planes * k + 1 + 2 * planes;
+    double *total = calloc(nacc, sizeof(double));  /* dw2, db2, dw1, db1 */
+#pragma omp parallel num_threads(chan_threads(B * C * planes * k, nt))
+    {
+        float *hp = malloc(sizeof(float) * planes * n), *dv = malloc(sizeof(float) * C);
+        float *dhp = malloc(sizeof(float) * n), *dh = malloc(sizeof(float) * C);
+        double *acc = calloc(nacc, sizeof(double));
+        double *s2 = acc, *sb2 = acc + planes * k, *s1 = sb2 + 1, *sb1 = s1 + planes;
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            const float *zb = z + b * C, *gb = g + b * C, *dgb = dg + b * C;
+            float tb = 0.f;
+#pragma omp simd reduction(+ : tb)
+            for (int64_t c = 0; c < C; c++) {
+                dv[c] = dgb[c] * (1.f - gb[c]) * gb[c];  /* torch's sigmoid_backward */
+                tb += dv[c];
+            }
+            *sb2 += tb;
+            chan_planes(zb, w1, b1, C, R, p, circular, hp);
+            float *dzb = dz ? dz + b * C : NULL;
+            if (dzb && R > 0) for (int64_t c = 0; c < C; c++) dzb[c] = 0.f;
+            for (int64_t r = 0; r < planes; r++) {
+                const float *row = hp + r * n;
+                if (dw2)
+                    for (int64_t j = 0; j < k; j++) {
+                        float t = 0.f;
+                        const float *src = row + j;
+#pragma omp simd reduction(+ : t)
+                        for (int64_t c = 0; c < C; c++) t += dv[c] * src[c];
+                        s2[r * k + j] += t;
+                    }
+                if (!(dzb || dw1 || db1)) continue;
+                /* dL/dhp_r[c + j] += w2[r, j] dv[c], then the padding folds back: zeros drop, wraps add */
+                for (int64_t q = 0; q < n; q++) dhp[q] = 0.f;
+                for (int64_t j = 0; j < k; j++) {
+                    const float wv = w2[r * k + j];
+                    float *dst = dhp + j;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) dst[c] += wv * dv[c];
+                }
+                memcpy(dh, dhp + p, sizeof(float) * C);
+                if (circular)
+                    for (int64_t q = 0; q < p; q++) {
+                        dh[C - p + q] += dhp[q];
+                        dh[q] += dhp[C + p + q];
+                    }
+                if (R == 0) {
+                    if (dzb) memcpy(dzb, dh, sizeof(float) * C);
+                    continue;
+                }
+                const float a = w1[r], *hr = row + p;
+                float tw = 0.f, to = 0.f;
+#pragma omp simd reduction(+ : tw, to)
+                for (int64_t c = 0; c < C; c++) {
+                    const float du = hr[c] > 0.f ? dh[c] : 0.f;  /* relu's backward: the result > 0 */
+                    dh[c] = du;
+                    tw += du * zb[c];
+                    to += du;
+                }
+                s1[r] += tw;
+                sb1[r] += to;
+                if (dzb) {
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) dzb[c] += a * dh[c];
+                }
+            }
+        }
+#pragma omp critical
+        for (int64_t i = 0; i < nacc; i++) total[i] += acc[i];
+        free(hp); free(dv); free(dhp); free(dh); free(acc);
+    }
+    const double *s2 = total, *sb2 = total + planes * k, *s1 = sb2 + 1, *sb1 = s1 + planes;
+    if (dw2) for (int64_t i = 0; i < planes * k; i++) dw2[i] = (float)s2[i];
+    if (db2) db2[0] = (float)*sb2;
+    if (dw1) for (int64_t r = 0; r < R; r++) dw1[r] = (float)s1[r];
+    if (db1) for (int64_t r = 0; r < R; r++) db1[r] = (float)sb1[r];
     free(total);
 }

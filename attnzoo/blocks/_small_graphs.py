@@ -42,7 +42,7 @@ from . import _native
 from ._fused import is_sigmoid
 from ._layout import LayoutConv2d, small_conv_backward, small_conv_forward
 
-__all__ = ["conv_norm_gate", "coord_gates", "mlp_gate", "strip_norm_gate"]
+__all__ = ["channel_conv_gate", "conv_norm_gate", "coord_gates", "mlp_gate", "strip_norm_gate"]
 
 # False: every block runs its small graphs as modules (tests/test_small_graphs.py compares the two)
 ENABLED = True
@@ -142,6 +142,75 @@ class _MlpGate(torch.autograd.Function):
                 da = torch.mm(dh, w1v).view(k, b, c, 1, 1) if want[4] else None
         dpooled = [da[i] if da is not None and need[4 + i] else None for i in range(k)]
         return (dw1, db1, dw2, db2, *dpooled)
+
+
+# --------------------------------------------------------------------------- ECA's conv over channels
+def _is_channel_conv(conv: nn.Module, in_channels: int, kernel_size: int | None, padding: int) -> bool:
+    return (type(conv) is nn.Conv1d and conv.in_channels == in_channels and conv.out_channels == 1
+            and (kernel_size is None or conv.kernel_size == (kernel_size,)) and conv.padding == (padding,)
+            and conv.stride == (1,) and conv.dilation == (1,) and conv.groups == 1 and conv.padding_mode == "zeros"
+            and _float32(conv.weight, conv.bias))
+
+
+def channel_conv_gate(mean: torch.Tensor, conv: nn.Module, gate: nn.Module, *, circular: int = 0,
+                      hidden: nn.Module | None = None, act: nn.Module | None = None) -> torch.Tensor | None:
+    """ECA's factor ``gate(conv(seq))`` on the (B, C, 1, 1) channel means, the channels of a sample taken as a
+    1-D sequence ``seq`` (B, 1, C), as one autograd op, or None where it does not apply (then run the modules).
+
+    ``conv``: an ``nn.Conv1d`` with one output channel and zero padding that keeps the length (eca), or
+    padding 0 on a sequence wrapped by ``circular`` channels on each side first (ceca); ``hidden``, ``act``:
+    ecam's 1-tap ``nn.Conv1d`` 1 -> R and its ReLU before it (seq then has R channels)."""
+    b, c = mean.shape[:2]
+    r = 0 if hidden is None else hidden.out_channels
+    k = conv.kernel_size[0]
+    pad = circular if circular else (k - 1) // 2
+    if not (ENABLED and _native.applies(mean) and mean.shape[2:] == (1, 1) and is_sigmoid(gate)
+            and _is_channel_conv(conv, max(r, 1), None, 0 if circular else pad) and k == 2 * pad + 1
+            and pad <= c
+            and (hidden is None or (type(act) is nn.ReLU and type(hidden) is nn.Conv1d and hidden.in_channels == 1
+                                    and hidden.kernel_size == (1,) and hidden.padding == (0,) and hidden.groups == 1
+                                    and hidden.padding_mode == "zeros" and _float32(hidden.weight, hidden.bias)))
+            and _unhooked(*(m for m in (conv, gate, hidden, act) if m is not None))):
+        return None
+    w1, b1 = (None, None) if hidden is None else (hidden.weight, hidden.bias)
+    return _ChannelConvGate.apply(mean, w1, b1, conv.weight, conv.bias, pad, bool(circular))
+
+
+class _ChannelConvGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mean, w1, b1, w2, b2, pad, circular):
+        b, c = mean.shape[:2]
+        r = 0 if w1 is None else w1.shape[0]
+        k = w2.shape[2]
+        z = mean.detach().reshape(b, c).contiguous()  # named: the kernels read it after
+        w1v, b1v, w2v, b2v = _flat(w1, -1), _flat(b1, -1), _flat(w2, -1), _flat(b2, -1)
+        g = z.new_empty(b, c)
+        P = _native.ptr
+        _native.kernels().chan_conv_gate_forward(z.data_ptr(), P(w1v), P(b1v), w2v.data_ptr(), P(b2v), b, c, r, k, pad,
+                                                 int(circular), torch.get_num_threads(), g.data_ptr())
+        ctx.save_for_backward(z, g, w1v, b1v, w2v)
+        ctx.dims, ctx.has = (b, c, r, k, pad, int(circular)), (b1 is not None, b2 is not None)
+        ctx.shapes = (mean.shape, None if w1 is None else w1.shape, w2.shape)
+        return g.view(b, c, 1, 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dg):
+        z, g, w1v, b1v, w2v = ctx.saved_tensors
+        b, c, r, k, pad, circular = ctx.dims
+        need = ctx.needs_input_grad
+        mean_shape, w1_shape, w2_shape = ctx.shapes
+        outs = [z.new_empty(mean_shape) if need[0] else None,
+                z.new_empty(w1_shape) if r and need[1] else None,
+                z.new_empty(r) if r and ctx.has[0] and need[2] else None,
+                z.new_empty(w2_shape) if need[3] else None,
+                z.new_empty(1) if ctx.has[1] and need[4] else None]
+        dg = dg.reshape(b, c).contiguous()  # named: read by the kernel below
+        P = _native.ptr
+        _native.kernels().chan_conv_gate_backward(dg.data_ptr(), g.data_ptr(), z.data_ptr(), P(w1v), P(b1v),
+                                                  w2v.data_ptr(), b, c, r, k, pad, circular, torch.get_num_threads(),
+                                                  *(P(t) for t in outs))
+        return (*outs, None, None)
 
 
 # ------------------------------------------------------------------------- the conv, the norm, the gate

@@ -28,6 +28,7 @@ from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from .eca import checked_kernel_size, eca_kernel_size
 from ._pool import pool_mean
+from ._small_graphs import channel_conv_gate
 
 __all__ = ["CircularEfficientChannelAttn", "timm_eca_kernel_size"]
 
@@ -71,9 +72,11 @@ class CircularEfficientChannelAttn(nn.Module):
 
     def from_pooled(self, mean):
         """The channel factor from the mean over positions, (B, C, 1, 1)."""
-        b, c = mean.shape[:2]
-        s = F.pad(mean.view(b, 1, c), (self.padding, self.padding), mode="circular")  # (B, 1, C + k - 1), wrapped
-        s = self.gate(self.conv(s)).view(b, c, 1, 1)  # (B, C, 1, 1)
+        s = channel_conv_gate(mean, self.conv, self.gate, circular=self.padding)  # one autograd op where it applies
+        if s is None:
+            b, c = mean.shape[:2]
+            s = F.pad(mean.view(b, 1, c), (self.padding, self.padding), mode="circular")  # (B, 1, C + k - 1), wrapped
+            s = self.gate(self.conv(s)).view(b, c, 1, 1)  # (B, C, 1, 1)
         return self.tap(s)
 
     def forward(self, x):

@@ -21,6 +21,7 @@ from torch import nn
 from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from ._pool import pool_mean
+from ._small_graphs import channel_conv_gate
 
 __all__ = ["EfficientChannelAttn", "eca_kernel_size", "checked_kernel_size"]
 
@@ -67,8 +68,10 @@ class EfficientChannelAttn(nn.Module):
 
     def from_pooled(self, mean):
         """The channel factor from the mean over positions, (B, C, 1, 1)."""
-        b, c = mean.shape[:2]
-        s = self.gate(self.conv(mean.view(b, 1, c))).view(b, c, 1, 1)  # channels as a 1-D sequence
+        s = channel_conv_gate(mean, self.conv, self.gate)  # one autograd op where it applies
+        if s is None:
+            b, c = mean.shape[:2]
+            s = self.gate(self.conv(mean.view(b, 1, c))).view(b, c, 1, 1)  # channels as a 1-D sequence
         return self.tap(s)
 
     def forward(self, x):

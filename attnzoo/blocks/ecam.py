@@ -25,6 +25,7 @@ from ..factory import register_attn
 from .base import AttnTap, check_channels, check_input, resolve_layer
 from .ceca import timm_eca_kernel_size
 from ._pool import pool_mean
+from ._small_graphs import channel_conv_gate
 
 __all__ = ["EcaMlp"]
 
@@ -69,9 +70,11 @@ class EcaMlp(nn.Module):
 
     def from_pooled(self, mean):
         """The channel factor from the mean over positions, (B, C, 1, 1)."""
-        b, c = mean.shape[:2]
-        s = self.act(self.conv(mean.view(b, 1, c)))  # (B, r, C)
-        s = self.gate(self.conv2(s)).view(b, c, 1, 1)  # (B, C, 1, 1)
+        s = channel_conv_gate(mean, self.conv2, self.gate, hidden=self.conv, act=self.act)  # one op where it applies
+        if s is None:
+            b, c = mean.shape[:2]
+            s = self.act(self.conv(mean.view(b, 1, c)))  # (B, r, C)
+            s = self.gate(self.conv2(s)).view(b, c, 1, 1)  # (B, C, 1, 1)
         return self.tap(s)
 
     def forward(self, x):

@@ -20,6 +20,7 @@ from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
 from ._layout import LayoutConv2d
 from ._pool import pool_mean
+from ._small_graphs import mlp_gate
 
 __all__ = ["SqueezeExcite"]
 
@@ -54,7 +55,8 @@ class SqueezeExcite(nn.Module):
 
     def from_pooled(self, mean):
         """The channel factor from the mean over positions, (B, C, 1, 1)."""
-        return self.tap(self.gate(self.fc2(self.act(self.fc1(mean)))))
+        g = mlp_gate([mean], self.fc1, self.act, self.fc2, self.gate)  # one autograd op where it applies
+        return self.tap(self.gate(self.fc2(self.act(self.fc1(mean)))) if g is None else g)
 
     def forward(self, x):
         check_input(self, x)
