@@ -59,7 +59,8 @@ from ._small_graphs import _unhooked  # the test of default, hook-free modules t
 # The channel gates on the mean alone: their PyTorch path is a handful of ops around two full-size passes,
 # and on moment_gates they were not reliably faster (benchmarks/native.py read 0.59-1.71 of the PyTorch
 # paths' time over four shapes; eca at 16x64x14x14 went from 0.91 to 1.03 of timm's time). They keep
-# their ``from_pooled`` factor, so moving one back onto the kernels is one line in its forward.
+# their ``from_pooled`` factor, so moving one back onto the kernels is one line in its forward. Their small graphs
+# run as single ops (_small_graphs: mlp_gate for se, channel_conv_gate for eca, ceca, ecam).
 MEAN_ONLY = ("se", "ese", "eca", "ecam", "ceca", "ge")
 
 __all__ = ["bam_gate", "context_gates", "ema_branch", "ema_gates", "group_gates", "moment_gates", "pooled_gates", "scse_gates", "simam_gate", "strip_gates",
