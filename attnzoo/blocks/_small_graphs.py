@@ -20,9 +20,10 @@ its own kernel, a large MLP torch's BLAS), with the gradients written out by han
 * ``strip_norm_gate``: ELA's ``sigmoid(GroupNorm(conv(z)))`` on a pooled strip, conv a depthwise 1-D
   convolution; without norm and sigmoid, strip attention's convs.
 * ``channel_conv_gate``: ECA's ``sigmoid(conv1d_k(z))`` over the channel means as a 1-D sequence (eca; ceca
-  wrapped around; ecam with its 1-tap conv 1 -> R and ReLU before it). ``nn.Conv1d`` on these (B, 1, C)
-  sequences cost 0.4-5.5 ms per forward + backward (oneDNN's set-up; ecam at C=2048 over a second), the op
-  0.13-0.4 ms (ecam 0.3-3.4 ms), at batch 128.
+  wrapped around; ecam with its 1-tap conv 1 -> R and ReLU before it). In a one-off measurement (Intel Xeon,
+  2 threads, batch 128, C = 16-512) ``nn.Conv1d`` on these (B, 1, C) sequences cost 0.4-5.5 ms per forward +
+  backward (oneDNN's set-up), the op 0.13-0.24 ms (ecam: 1.3-37 ms against 0.3-3.4 ms); the committed
+  comparison of the blocks is ``benchmarks/results/channel_conv_revision_cpu.json``.
 * ``conv_norm_gate``: ``sigmoid(norm(conv(z)))`` for a convolution the native small-conv kernel runs
   (CBAM's and triplet attention's k x k conv 2 -> 1, LightCBAM's 1 -> 1) and a BatchNorm2d (running
   statistics updated as ``nn.BatchNorm2d`` updates them) or no norm.
@@ -149,11 +150,11 @@ class _MlpGate(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------- ECA's conv over channels
-def _is_channel_conv(conv: nn.Module, in_channels: int, kernel_size: int | None, padding: int) -> bool:
-    return (type(conv) is nn.Conv1d and conv.in_channels == in_channels and conv.out_channels == 1
-            and (kernel_size is None or conv.kernel_size == (kernel_size,)) and conv.padding == (padding,)
-            and conv.stride == (1,) and conv.dilation == (1,) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and _float32(conv.weight, conv.bias))
+def _is_conv1d(conv: nn.Module, in_channels: int, out_channels: int, padding: int) -> bool:
+    """A plain ``nn.Conv1d`` in -> out channels (stride 1, no dilation or groups), zero padding ``padding``."""
+    return (type(conv) is nn.Conv1d and conv.in_channels == in_channels and conv.out_channels == out_channels
+            and conv.padding == (padding,) and conv.stride == (1,) and conv.dilation == (1,) and conv.groups == 1
+            and conv.padding_mode == "zeros" and _float32(conv.weight, conv.bias))
 
 
 def channel_conv_gate(mean: torch.Tensor, conv: nn.Module, gate: nn.Module, *, circular: int = 0,
@@ -169,11 +170,9 @@ def channel_conv_gate(mean: torch.Tensor, conv: nn.Module, gate: nn.Module, *, c
     k = conv.kernel_size[0]
     pad = circular if circular else (k - 1) // 2
     if not (ENABLED and _native.applies(mean) and mean.shape[2:] == (1, 1) and is_sigmoid(gate)
-            and _is_channel_conv(conv, max(r, 1), None, 0 if circular else pad) and k == 2 * pad + 1
-            and pad <= c
-            and (hidden is None or (type(act) is nn.ReLU and type(hidden) is nn.Conv1d and hidden.in_channels == 1
-                                    and hidden.kernel_size == (1,) and hidden.padding == (0,) and hidden.groups == 1
-                                    and hidden.padding_mode == "zeros" and _float32(hidden.weight, hidden.bias)))
+            and _is_conv1d(conv, max(r, 1), 1, 0 if circular else pad) and k == 2 * pad + 1
+            and (not circular or pad <= c)  # a wrap around the channels more than once is F.pad's error
+            and (hidden is None or (type(act) is nn.ReLU and _is_conv1d(hidden, 1, r, 0) and hidden.kernel_size == (1,)))
             and _unhooked(*(m for m in (conv, gate, hidden, act) if m is not None))):
         return None
     w1, b1 = (None, None) if hidden is None else (hidden.weight, hidden.bias)
