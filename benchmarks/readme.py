@@ -22,6 +22,8 @@
         --hosts resnet20 --pairs 9 --json benchmarks/results/small_conv_revision_cpu.json
     python benchmarks/native_revision.py --rev 0e56403 --blocks ema --hosts resnet20 resnet56 --pairs 7 \
         --json benchmarks/results/ema_revision_cpu.json
+    python benchmarks/native_revision.py --rev 0c2e6d0 --blocks se eca ceca ecam --hosts resnet20 --pairs 5 \
+        --json benchmarks/results/channel_conv_revision_cpu.json
     python benchmarks/readme.py                                                        # rewrite README parts
 
 Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
@@ -569,6 +571,8 @@ def main(argv=None) -> int:
                   + "\n" + revision_line(_load("small_conv_revision_cpu.json"),
                                          "the small convolution's batch tiles")
                   + "\n" + revision_line(_load("ema_revision_cpu.json"), "EMA's two native ops")
+                  + "\n" + revision_line(_load("channel_conv_revision_cpu.json"),
+                                         "ECA's conv over channels and its sigmoid as one op, se's MLP on `mlp_gate`")
                   + "\n" + allocator_line(_load("allocator_cpu.json")))
     args.readme.write_text(text)
     print(f"wrote the generated sections of {args.readme} ({len(list_attn())} blocks)")
