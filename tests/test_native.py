@@ -44,7 +44,7 @@ POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "
 MOMENT = ["srm", "gct", "fca"]
 NATIVE_OPS = {"_MomentScaleBackward", "_ScseApplyBackward", "_ApplyGatesBackward", "_StripApplyBackward", "_GroupApplyBackward",
               "_TripletApplyBackward", "_BamGateBackward",
-              "_SgeGatesBackward", "_SimAMGateBackward", "_GcApplyBackward", "_EmaCrossBackward"}
+              "_SgeGatesBackward", "_SimAMGateBackward", "_GcApplyBackward", "_EmaCrossBackward", "_SkSelectBackward"}
 
 
 @pytest.fixture
@@ -94,6 +94,15 @@ def _train_step(name, x, monkeypatch, native, seed=0, capture=True, **kwargs):
                 params={k: p.grad for k, p in block.named_parameters()},
                 buffers={k: b.clone() for k, b in block.named_buffers()}, taps=taps,
                 layout=y.is_contiguous(memory_format=torch.channels_last))
+
+
+def _train_step_float64(name, x, monkeypatch, seed=0, **kwargs):
+    """The parameter gradients of ``_train_step`` for the float64 modules (the plain path): same input, weights, dL/dy."""
+    _native_on(monkeypatch, False)
+    block = _randomized(name, x.shape[1], seed, **kwargs).double()
+    y = block(x.double().requires_grad_(True))
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1)).double())
+    return dict(params={k: p.grad for k, p in block.named_parameters()})
 
 
 def _close(a, b, what):
@@ -431,6 +440,85 @@ def test_bam_op_is_the_plain_path(channels_last, shape, form, monkeypatch, two_t
         y = block(x)
         _native_on(monkeypatch, False)
         _close(y, block(x), "inference output")
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"attn_norm": True}, {"kernel_size": (3, 5, 7)}, {"keep_3x3": False}])
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (3, 16, 1, 1), (4, 64, 7, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_sk_fuse_and_select_op_is_the_plain_path(channels_last, shape, kwargs, monkeypatch, two_threads):
+    """SK's BatchNorms, ReLUs, fuse and select as two ops around its MLP (``sk_gates``): output, dL/dx, every
+    parameter gradient (the convs' through the BatchNorms' backward), the BatchNorms' running statistics and
+    batch counts, the captured branch weights; and in eval mode and inference."""
+    if kwargs.get("attn_norm"):
+        # the attention's BatchNorm over a few (B, d, 1, 1) descriptors amplifies float32 rounding in both paths
+        # alike (at batch 3 both are about 2e-4 off the float64 modules in dL/dfc_reduce): batch 8
+        shape = (8, *shape[1:])
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(5)) * 2 + 0.5
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got, want = (_train_step("sk", x, monkeypatch, native, **kwargs) for native in (True, False))
+    assert got["grad_fn"] == "_SkSelectBackward" and want["grad_fn"] not in NATIVE_OPS
+    if kwargs.get("attn_norm"):
+        # both paths' parameter gradients are 1e-7-1e-3 off float64 here (cancellation in the BatchNorms over
+        # few values): the op is held to the float64 modules, no worse than the float32 modules are
+        exact = _train_step_float64("sk", x, monkeypatch, **kwargs)
+        for k, ref in exact["params"].items():
+            err = [float((step["params"][k].double() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+                   for step in (got, want)]
+            assert err[0] <= 4 * err[1] + 5e-5, f"dL/d{k}: relative error {err[0]:.2e}, the modules' {err[1]:.2e}"
+        got["params"], want["params"] = {}, {}
+    _same_step(got, want)
+    for train in (False, True):
+        with torch.no_grad():  # eval (running statistics) and training-mode inference: the forward kernels alone
+            outs = []
+            for native in (True, False):
+                _native_on(monkeypatch, native)
+                block = _randomized("sk", shape[1], **kwargs).train(train)
+                outs.append((block(x), dict(block.named_buffers())))
+            _close(outs[0][0], outs[1][0], f"inference output (train={train})")
+            for k, v in outs[1][1].items():
+                _close(outs[0][1][k].float(), v.float(), k)
+
+
+def test_sk_fuse_and_select_is_accurate_against_float64(monkeypatch, two_threads):
+    """At a ResNet stage's shape with a large mean (the variance's shifted sums), the op's output and
+    gradients against the float64 modules."""
+    _native_on(monkeypatch, True)
+    x = (torch.randn(16, 64, 14, 14, generator=torch.Generator().manual_seed(6)) * 0.5 + 30.0)
+    x = x.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(7)).to(memory_format=torch.channels_last)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        block = _randomized("sk", 64).to(dtype)
+        xi = x.to(dtype).detach().requires_grad_(True)
+        y = block(xi)
+        y.backward(dy.to(dtype))
+        results.append((type(y.grad_fn).__name__, y.detach().double(), xi.grad.double(),
+                        {k: p.grad.double() for k, p in block.named_parameters()}))
+    (fn32, *got), (fn64, *want) = results
+    assert fn32 == "_SkSelectBackward" and fn64 != fn32
+    for a, b, what in [(got[0], want[0], "output"), (got[1], want[1], "dL/dx"),
+                       *((got[2][k], want[2][k], f"dL/d{k}") for k in want[2])]:
+        err = float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+        assert err < 2e-5, f"{what}: relative error {err:.2e}"
+
+
+def test_sk_leaves_hooks_other_layers_and_single_values_to_the_modules(monkeypatch, two_threads):
+    _native_on(monkeypatch, True)
+    x = torch.randn(4, 32, 6, 6, requires_grad=True)
+    block = create_attn("sk", 32)
+    assert type(block(x).grad_fn).__name__ == "_SkSelectBackward"
+    seen = []
+    block.paths[1].bn.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    y = block(x)
+    assert seen == [(4, 32, 6, 6)] and type(y.grad_fn).__name__ not in NATIVE_OPS
+    other = create_attn("sk", 32, act_layer="silu")
+    assert type(other(x).grad_fn).__name__ not in NATIVE_OPS
+    single = create_attn("sk", 32).train()  # one value per channel: SafeBatchNorm2d's running statistics
+    before = single.paths[0].bn.num_batches_tracked.clone()
+    y = single(torch.randn(1, 32, 1, 1, requires_grad=True))
+    assert type(y.grad_fn).__name__ not in NATIVE_OPS
+    assert int(single.paths[0].bn.num_batches_tracked) == int(before)  # nothing counted by a refused native path
 
 
 def test_bam_with_a_captured_tap_runs_the_plain_path(monkeypatch, two_threads):

@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 19; }
+int attnzoo_native_abi(void) { return 20; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -3975,4 +3975,284 @@ void chan_conv_gate_backward(const float *dg, const float *g, const float *z, co
     if (dw1) for (int64_t r = 0; r < R; r++) dw1[r] = (float)s1[r];
     if (db1) for (int64_t r = 0; r < R; r++) db1[r] = (float)sb1[r];
     free(total);
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Selective Kernel's branch tail (sk.py): per branch m, u_m = relu(BatchNorm_m(x_m)) of the branch's conv output
+ * x_m (B, C, P); s = sum_m mean_p u_m (B, C), the input of the block's small MLP; out = sum_m a_m u_m with the
+ * softmax weights a_m (B, C). u_m is never written: the kernels recompute it from x_m and the per-channel scale
+ * and shift (ss: C scales then C shifts), which is one multiply-add per element.
+ *
+ * The BatchNorm is torch's: with batch_stats the batch mean and biased variance over (B, P) normalise, and the
+ * running statistics (when given) move by momentum towards the mean and the unbiased variance; without, the
+ * running statistics normalise. stats: C means then C values of 1 / sqrt(var + eps). The ReLU is torch's too:
+ * NaN passes (u = x <= 0 ? 0 : x), and its gradient passes wherever u is not <= 0.
+ *
+ * Sums: per sample in double (channels_last: one double per channel along the rows; NCHW: float lanes over
+ * blocks of NORM_BLOCK values, each block added in double), then over the samples in order, so the results do
+ * not depend on the thread count. The variance sums are shifted by the first sample's first value of each
+ * channel (no cancellation when the mean is large). */
+
+INLINE float relu_keep_nan(float v) { return v <= 0.f ? 0.f : v; }
+
+/* s[c] += sum_p (x[c, p] - k[c]) (and q[c] += its square when q) for one sample (C, P) in layout cl */
+static void sample_channel_sums(const float *x, int64_t C, int64_t P, int cl, const float *k, double *s, double *q) {
+    if (cl) {
+        for (int64_t p = 0; p < P; p++) {
+            const float *r = x + p * C;
+            if (q) {
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) { const double d = (double)(r[c] - k[c]); s[c] += d; q[c] += d * d; }
+            } else {
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) s[c] += (double)(r[c] - k[c]);
+            }
+        }
+        return;
+    }
+    for (int64_t c = 0; c < C; c++) {
+        const float *r = x + c * P, kc = k[c];
+        for (int64_t i0 = 0; i0 < P; i0 += NORM_BLOCK) {
+            const int64_t i1 = i0 + NORM_BLOCK < P ? i0 + NORM_BLOCK : P;
+            float bs = 0.f, bq = 0.f;
+#pragma omp simd reduction(+ : bs, bq)
+            for (int64_t i = i0; i < i1; i++) { const float d = r[i] - kc; bs += d; bq += d * d; }
+            s[c] += bs;
+            if (q) q[c] += bq;
+        }
+    }
+}
+
+/* scale and shift of the normalisation (ss: C scales, C shifts) from the batch or the running statistics */
+static void sk_norm(const float *x, int64_t B, int64_t C, int64_t P, int cl, int nt, int batch_stats,
+                    const float *weight, const float *bias, float *running_mean, float *running_var, float momentum,
+                    float eps, float *stats, float *ss) {
+    const double n = (double)B * (double)P;
+    double *sums = NULL;
+    float *k = NULL;
+    if (batch_stats) {
+        sums = calloc((size_t)(2 * B * C), sizeof(double));
+        k = malloc(sizeof(float) * C);
+        for (int64_t c = 0; c < C; c++) k[c] = cl ? x[c] : x[c * P];
+        SAMPLES sample_channel_sums(x + b * C * P, C, P, cl, k, sums + 2 * b * C, sums + (2 * b + 1) * C);
+    }
+    for (int64_t c = 0; c < C; c++) {
+        double mean, var;
+        if (batch_stats) {
+            double s = 0., q = 0.;
+            for (int64_t b = 0; b < B; b++) { s += sums[2 * b * C + c]; q += sums[(2 * b + 1) * C + c]; }
+            const double ds = s / n;
+            mean = k[c] + ds;
+            q = q - s * ds;  /* sum (x - mean)^2 */
+            if (q < 0.) q = 0.;
+            var = q / n;
+            if (running_mean) running_mean[c] = (float)((1. - momentum) * running_mean[c] + momentum * mean);
+            if (running_var) running_var[c] = (float)((1. - momentum) * running_var[c] + momentum * q / (n > 1. ? n - 1. : 1.));
+        } else {
+            mean = running_mean[c];
+            var = running_var[c];
+        }
+        const double invstd = 1. / sqrt(var + (double)eps);
+        stats[c] = (float)mean;
+        stats[C + c] = (float)invstd;
+        ss[c] = (float)(invstd * (weight ? weight[c] : 1.f));
+        ss[C + c] = (float)((bias ? bias[c] : 0.f) - mean * ss[c]);
+    }
+    free(sums);
+    free(k);
+}
+
+/* One branch: its normalisation (stats, ss) and s[b, c] += mean_p u (accumulate == 0: s = that mean). */
+void sk_branch_forward(const float *x, int64_t B, int64_t C, int64_t P, int cl, int nt, int batch_stats,
+                       const float *weight, const float *bias, float *running_mean, float *running_var, float momentum,
+                       float eps, int accumulate, float *stats, float *ss, float *s) {
+    sk_norm(x, B, C, P, cl, nt, batch_stats, weight, bias, running_mean, running_var, momentum, eps, stats, ss);
+    const float *sc = ss, *sh = ss + C;
+    SAMPLES {
+        const float *xb = x + b * C * P;
+        float *sb = s + b * C;
+        double *t = calloc((size_t)C, sizeof(double));
+        if (cl) {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = xb + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) t[c] += (double)relu_keep_nan(r[c] * sc[c] + sh[c]);
+            }
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = xb + c * P, a = sc[c], h = sh[c];
+                for (int64_t i0 = 0; i0 < P; i0 += NORM_BLOCK) {
+                    const int64_t i1 = i0 + NORM_BLOCK < P ? i0 + NORM_BLOCK : P;
+                    float bs = 0.f;
+#pragma omp simd reduction(+ : bs)
+                    for (int64_t i = i0; i < i1; i++) bs += relu_keep_nan(r[i] * a + h);
+                    t[c] += bs;
+                }
+            }
+        }
+        for (int64_t c = 0; c < C; c++) sb[c] = (accumulate ? sb[c] : 0.f) + (float)(t[c] / (double)P);
+        free(t);
+    }
+}
+
+/* out = a0 u0 + a1 u1 (x1 == NULL: a0 u0 alone), plus out's values when accumulate: a0, a1 (B, C). */
+void sk_select_forward(const float *x0, const float *ss0, const float *a0, const float *x1, const float *ss1,
+                       const float *a1, int accumulate, int64_t B, int64_t C, int64_t P, int cl, int nt, float *out) {
+    SAMPLES {
+        const int64_t o = b * C * P;
+        if (cl) {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r0 = x0 + o + p * C, *r1 = x1 ? x1 + o + p * C : NULL, *w0 = a0 + b * C;
+                float *y = out + o + p * C;
+                if (r1) {
+                    const float *w1 = a1 + b * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++)
+                        y[c] = (accumulate ? y[c] : 0.f) + w0[c] * relu_keep_nan(r0[c] * ss0[c] + ss0[C + c])
+                               + w1[c] * relu_keep_nan(r1[c] * ss1[c] + ss1[C + c]);
+                } else {
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++)
+                        y[c] = (accumulate ? y[c] : 0.f) + w0[c] * relu_keep_nan(r0[c] * ss0[c] + ss0[C + c]);
+                }
+            }
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r0 = x0 + o + c * P, *r1 = x1 ? x1 + o + c * P : NULL;
+                const float w0 = a0[b * C + c], s0 = ss0[c], h0 = ss0[C + c];
+                float *y = out + o + c * P;
+                if (r1) {
+                    const float w1 = a1[b * C + c], s1 = ss1[c], h1 = ss1[C + c];
+#pragma omp simd
+                    for (int64_t i = 0; i < P; i++)
+                        y[i] = (accumulate ? y[i] : 0.f) + w0 * relu_keep_nan(r0[i] * s0 + h0)
+                               + w1 * relu_keep_nan(r1[i] * s1 + h1);
+                } else {
+#pragma omp simd
+                    for (int64_t i = 0; i < P; i++) y[i] = (accumulate ? y[i] : 0.f) + w0 * relu_keep_nan(r0[i] * s0 + h0);
+                }
+            }
+        }
+    }
+}
+
+/* da[b, c] = sum_p dy u of one branch (the gradient of the select's weight a[b, c]). */
+void sk_select_reduce(const float *x, const float *ss, const float *dy, int64_t B, int64_t C, int64_t P, int cl, int nt,
+                      float *da) {
+    SAMPLES {
+        const int64_t o = b * C * P;
+        double *t = calloc((size_t)C, sizeof(double));
+        if (cl) {
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = x + o + p * C, *d = dy + o + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) t[c] += (double)(d[c] * relu_keep_nan(r[c] * ss[c] + ss[C + c]));
+            }
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = x + o + c * P, *d = dy + o + c * P, a = ss[c], h = ss[C + c];
+                for (int64_t i0 = 0; i0 < P; i0 += NORM_BLOCK) {
+                    const int64_t i1 = i0 + NORM_BLOCK < P ? i0 + NORM_BLOCK : P;
+                    float bs = 0.f;
+#pragma omp simd reduction(+ : bs)
+                    for (int64_t i = i0; i < i1; i++) bs += d[i] * relu_keep_nan(r[i] * a + h);
+                    t[c] += bs;
+                }
+            }
+        }
+        for (int64_t c = 0; c < C; c++) da[b * C + c] = (float)t[c];
+        free(t);
+    }
+}
+
+/* g = (dy a + ds / P) where u is not <= 0, else 0 (dy, a NULL: no select term; ds NULL: no pooling term) */
+INLINE float sk_grad_u(float v, float d, float w, float e) { return v <= 0.f ? 0.f : d * w + e; }
+
+/* dL/dx of one branch from dL/dout = dy (through out = ... + a u) and dL/ds = ds (through s = ... + mean_p u),
+ * through the ReLU and the BatchNorm; dweight, dbias (C) when not NULL. Two passes: the sums of g and of
+ * g (x - mean) per channel, then dx. */
+void sk_branch_backward(const float *x, const float *dy, const float *a, const float *ds, const float *stats,
+                        const float *ss, const float *weight, int batch_stats, int64_t B, int64_t C, int64_t P, int cl,
+                        int nt, float *dx, float *dweight, float *dbias) {
+    const float *sc = ss, *sh = ss + C, *mean = stats, *invstd = stats + C;
+    const float ip = 1.f / (float)P;
+    double *sums = calloc((size_t)(2 * B * C), sizeof(double));
+    SAMPLES {
+        const int64_t o = b * C * P;
+        double *sg = sums + 2 * b * C, *sgx = sums + (2 * b + 1) * C;
+        const float *ab = a ? a + b * C : NULL, *eb = ds ? ds + b * C : NULL;
+        if (cl) {
+            float *w = malloc(sizeof(float) * 2 * C), *e = w + C;
+            for (int64_t c = 0; c < C; c++) { w[c] = ab ? ab[c] : 0.f; e[c] = eb ? eb[c] * ip : 0.f; }
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = x + o + p * C, *d = dy ? dy + o + p * C : NULL;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    const float g = sk_grad_u(r[c] * sc[c] + sh[c], d ? d[c] : 0.f, w[c], e[c]);
+                    sg[c] += (double)g;
+                    sgx[c] += (double)(g * (r[c] - mean[c]));
+                }
+            }
+            free(w);
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = x + o + c * P, *d = dy ? dy + o + c * P : NULL;
+                const float w = ab ? ab[c] : 0.f, e = eb ? eb[c] * ip : 0.f, s = sc[c], h = sh[c], m = mean[c];
+                for (int64_t i0 = 0; i0 < P; i0 += NORM_BLOCK) {
+                    const int64_t i1 = i0 + NORM_BLOCK < P ? i0 + NORM_BLOCK : P;
+                    float bs = 0.f, bx = 0.f;
+#pragma omp simd reduction(+ : bs, bx)
+                    for (int64_t i = i0; i < i1; i++) {
+                        const float g = sk_grad_u(r[i] * s + h, d ? d[i] : 0.f, w, e);
+                        bs += g;
+                        bx += g * (r[i] - m);
+                    }
+                    sg[c] += bs;
+                    sgx[c] += bx;
+                }
+            }
+        }
+    }
+    const double n = (double)B * (double)P;
+    float *k1 = malloc(sizeof(float) * 3 * C), *k2 = k1 + C, *k3 = k2 + C;
+    for (int64_t c = 0; c < C; c++) {
+        double sg = 0., sgx = 0.;
+        for (int64_t b = 0; b < B; b++) { sg += sums[2 * b * C + c]; sgx += sums[(2 * b + 1) * C + c]; }
+        const double is = invstd[c], aw = (weight ? weight[c] : 1.) * is;
+        if (dweight) dweight[c] = (float)(sgx * is);
+        if (dbias) dbias[c] = (float)sg;
+        /* dx = aw (g - sg / n - (x - mean) is^2 sgx / n) with batch statistics, aw g with the running ones */
+        k1[c] = (float)aw;
+        k2[c] = batch_stats ? (float)(aw * sg / n) : 0.f;
+        k3[c] = batch_stats ? (float)(aw * is * is * sgx / n) : 0.f;
+    }
+    free(sums);
+    SAMPLES {
+        const int64_t o = b * C * P;
+        const float *ab = a ? a + b * C : NULL, *eb = ds ? ds + b * C : NULL;
+        if (cl) {
+            float *w = malloc(sizeof(float) * 2 * C), *e = w + C;
+            for (int64_t c = 0; c < C; c++) { w[c] = ab ? ab[c] : 0.f; e[c] = eb ? eb[c] * ip : 0.f; }
+            for (int64_t p = 0; p < P; p++) {
+                const float *r = x + o + p * C, *d = dy ? dy + o + p * C : NULL;
+                float *q = dx + o + p * C;
+#pragma omp simd
+                for (int64_t c = 0; c < C; c++) {
+                    const float g = sk_grad_u(r[c] * sc[c] + sh[c], d ? d[c] : 0.f, w[c], e[c]);
+                    q[c] = k1[c] * g - k2[c] - (r[c] - mean[c]) * k3[c];
+                }
+            }
+            free(w);
+        } else {
+            for (int64_t c = 0; c < C; c++) {
+                const float *r = x + o + c * P, *d = dy ? dy + o + c * P : NULL;
+                const float w = ab ? ab[c] : 0.f, e = eb ? eb[c] * ip : 0.f, s = sc[c], h = sh[c], m = mean[c];
+                const float c1 = k1[c], c2 = k2[c], c3 = k3[c];
+                float *q = dx + o + c * P;
+#pragma omp simd
+                for (int64_t i = 0; i < P; i++) q[i] = c1 * sk_grad_u(r[i] * s + h, d ? d[i] : 0.f, w, e) - c2 - (r[i] - m) * c3;
+            }
+        }
+    }
+    free(k1);
 }

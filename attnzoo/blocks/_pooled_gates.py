@@ -30,6 +30,9 @@ kernel passes per sample while it is in cache, and backward keeps only x (the pl
 * ``scse_gates`` (scse, "max" and "add"): y = max(x * gc, x * gs) or x * gc + x * gs, gc from the mean
   over positions, gs from the 1x1 conv C -> 1 of x.
 * ``simam_gate``, ``context_gates`` (gc): the whole block.
+* ``sk_gates`` (sk): its fuse and select, out = sum_m a_m relu(bn_m(x_m)) of the branches' conv outputs and
+  s = sum_m mean_hw relu(bn_m(x_m)), the BatchNorms and ReLUs in the kernels (the convs, the MLP, the softmax
+  and the taps stay PyTorch modules).
 * ``bam_gate`` (bam): y = x + x * sigmoid(a + s) (or a * s) of the block's two branches, computed outside.
 * ``ema_gates`` (ema): its cross-spatial step, y = x * sigmoid(s1 . x2 + s2 . x1) from the two grouped branches,
   s1, s2 the softmaxes of their means; ``ema_branch``: its 1x1 branch GroupNorm(gx * gh * gw) after the strip
@@ -63,7 +66,7 @@ from ._small_graphs import _unhooked  # the test of default, hook-free modules t
 # run as single ops (_small_graphs: mlp_gate for se, channel_conv_gate for eca, ceca, ecam).
 MEAN_ONLY = ("se", "ese", "eca", "ecam", "ceca", "ge")
 
-__all__ = ["bam_gate", "context_gates", "ema_branch", "ema_gates", "group_gates", "moment_gates", "pooled_gates", "scse_gates", "simam_gate", "strip_gates",
+__all__ = ["bam_gate", "context_gates", "ema_branch", "ema_gates", "group_gates", "moment_gates", "pooled_gates", "scse_gates", "simam_gate", "sk_gates", "strip_gates",
            "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -1284,3 +1287,180 @@ def ema_branch(gx: torch.Tensor, gh: torch.Tensor, gw: torch.Tensor, norm: nn.Mo
         with torch.no_grad():
             return _ema_branch_forward(lib, gx, gh, gw, norm.weight, norm.bias, float(norm.eps))[0]
     return _EmaBranch.apply(gx, gh, gw, norm.weight, norm.bias, float(norm.eps), lib)
+
+
+# ------------------------------------------------------------------------------------ Selective Kernel
+def _sk_norm_ok(norm: nn.Module, c: int, n: int) -> bool:
+    """A BatchNorm2d (or SafeBatchNorm2d) that ``_small_graphs._norm_args`` reads as it is, checked before any
+    branch counts its batch (so the plain path never sees a batch counted twice)."""
+    from ._small_graphs import _NORMS, _float32, _safe_forward
+
+    return (isinstance(norm, _NORMS) and type(norm).forward in (nn.BatchNorm2d.forward, _safe_forward())
+            and norm.num_features == c and _float32(norm.weight, norm.bias, norm.running_mean, norm.running_var)
+            and (n > 1 or not norm.training)
+            and (norm.training or (norm.running_mean is not None and norm.running_var is not None)))
+
+
+def _sk_branches(lib, cl, xs, norms):
+    """Each branch's normalisation and s = sum_m mean_p relu(bn_m(x_m)) (B, C, 1, 1)."""
+    from ._small_graphs import _norm_args
+
+    b, c, h, w = xs[0].shape
+    s = xs[0].new_empty(b, c, 1, 1)
+    stats, scales = [], []
+    for m, (x, norm) in enumerate(zip(xs, norms)):
+        running_mean, running_var, batch_stats, momentum, eps = _norm_args(norm, b * h * w, c)
+        st, ss = x.new_empty(2 * c), x.new_empty(2 * c)
+        wt = None if norm.weight is None else norm.weight.detach()
+        bs = None if norm.bias is None else norm.bias.detach()
+        lib.sk_branch_forward(x.data_ptr(), b, c, h * w, cl, torch.get_num_threads(), int(batch_stats),
+                              _native.ptr(wt), _native.ptr(bs), _native.ptr(running_mean), _native.ptr(running_var),
+                              momentum, eps, int(m > 0), st.data_ptr(), ss.data_ptr(), s.data_ptr())
+        stats.append(st)
+        scales.append(ss)
+    return s, stats, scales
+
+
+def _sk_weights(a_list, shape):
+    out = []
+    for a in a_list:
+        if tuple(a.shape) != shape:
+            raise RuntimeError(f"sk_gates: each branch weight must be (B, C, 1, 1) = {shape}, got {tuple(a.shape)}")
+        out.append(a.detach().to(torch.float32).contiguous())
+    return out
+
+
+def _sk_select(lib, cl, xs, scales, a_list):
+    b, c, h, w = xs[0].shape
+    out = torch.empty_like(xs[0])
+    for m in range(0, len(xs), 2):  # two branches per pass (the paper's M = 2: one pass)
+        two = m + 1 < len(xs)
+        lib.sk_select_forward(xs[m].data_ptr(), scales[m].data_ptr(), a_list[m].data_ptr(),
+                              xs[m + 1].data_ptr() if two else None, scales[m + 1].data_ptr() if two else None,
+                              a_list[m + 1].data_ptr() if two else None, int(m > 0), b, c, h * w, cl,
+                              torch.get_num_threads(), out.data_ptr())
+    return out
+
+
+class _SkBranches(torch.autograd.Function):
+    """First half of ``sk_gates``: the branches' conv outputs -> (s, an alias of each for ``_SkSelect``). The
+    alias carries dL/dout back from ``_SkSelect``, which leaves the branch weights and the normalisations in
+    ``link``; the backward here writes each branch's dL/dx_m, through the ReLU and the BatchNorm, in two passes."""
+
+    @staticmethod
+    def forward(ctx, lib, cl, norms, link, *tensors):
+        m = len(norms)
+        xs, weights = list(tensors[:m]), list(tensors[m:2 * m])
+        s, stats, scales = _sk_branches(lib, cl, xs, norms)
+        link["scales"] = scales
+        ctx.save_for_backward(*xs, *stats, *scales, *[None if t is None else t.detach() for t in weights])
+        ctx.lib, ctx.cl, ctx.m, ctx.link = lib, cl, m, link
+        ctx.batch_stats = [n.training or (n.running_mean is None and n.running_var is None) for n in norms]
+        return (s, *[x.view_as(x) for x in xs])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, ds, *dys):
+        m, lib, cl = ctx.m, ctx.lib, ctx.cl
+        saved = ctx.saved_tensors
+        xs, stats, scales, weights = saved[:m], saved[m:2 * m], saved[2 * m:3 * m], saved[3 * m:]
+        b, c, h, w = xs[0].shape
+        need = ctx.needs_input_grad[4:]
+        a_list = ctx.link.get("a")
+        ds = None if ds is None else ds.float().contiguous()
+        grads_x, grads_w, grads_b = [], [], []
+        for i in range(m):
+            dy = dys[i]
+            if dy is not None:
+                dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            a = a_list[i] if dy is not None and a_list is not None else None
+            if a is None:
+                dy = None
+            dx = torch.empty_like(xs[i]) if need[i] else None
+            dw = xs[i].new_empty(c) if weights[i] is not None and need[m + i] else None
+            db = xs[i].new_empty(c) if need[2 * m + i] else None
+            if dx is None and dw is None and db is None:
+                grads_x.append(None), grads_w.append(None), grads_b.append(None)
+                continue
+            scratch = dx if dx is not None else torch.empty_like(xs[i])
+            lib.sk_branch_backward(xs[i].data_ptr(), _native.ptr(dy), _native.ptr(a), _native.ptr(ds),
+                                   stats[i].data_ptr(), scales[i].data_ptr(), _native.ptr(weights[i]),
+                                   int(ctx.batch_stats[i]), b, c, h * w, cl, torch.get_num_threads(),
+                                   scratch.data_ptr(), _native.ptr(dw), _native.ptr(db))
+            grads_x.append(dx), grads_w.append(dw), grads_b.append(db)
+        return (None, None, None, None, *grads_x, *grads_w, *grads_b)
+
+
+class _SkSelect(torch.autograd.Function):
+    """Second half of ``sk_gates``: out = sum_m a_m relu(bn_m(x_m)); backward dL/da_m = sum_p dout u_m, and
+    dL/dout passed on (see ``_SkBranches``)."""
+
+    @staticmethod
+    def forward(ctx, lib, cl, link, m, *tensors):
+        xs, a_t = list(tensors[:m]), tensors[m:]
+        b, c = xs[0].shape[:2]
+        a_list = _sk_weights(a_t, (b, c, 1, 1))
+        link["a"] = a_list
+        ctx.save_for_backward(*xs)
+        ctx.lib, ctx.cl, ctx.m, ctx.scales = lib, cl, m, link["scales"]
+        return _sk_select(lib, cl, xs, link["scales"], a_list)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        m, lib, cl = ctx.m, ctx.lib, ctx.cl
+        xs = ctx.saved_tensors
+        b, c, h, w = xs[0].shape
+        dout = dout.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        need = ctx.needs_input_grad[4:]
+        das = []
+        for i in range(m):
+            da = None
+            if need[m + i]:
+                da = xs[i].new_empty(b, c, 1, 1)
+                lib.sk_select_reduce(xs[i].data_ptr(), ctx.scales[i].data_ptr(), dout.data_ptr(), b, c, h * w, cl,
+                                     torch.get_num_threads(), da.data_ptr())
+            das.append(da)
+        return (None, None, None, None, *[dout if need[i] else None for i in range(m)], *das)
+
+
+def sk_gates(xs: list[torch.Tensor], norms: list[nn.Module], acts: list[nn.Module], select_fn,
+             module: nn.Module | None = None) -> torch.Tensor | None:
+    """Selective Kernel's fuse and select on the native kernels, or None where they do not apply: with
+    u_m = relu(norms[m](xs[m])) for the branches' conv outputs xs (B, C, H, W), s = sum_m mean_hw u_m
+    (B, C, 1, 1), ``select_fn(s)`` -> the M branch weights (B, C, 1, 1) (the block's MLP, softmax and taps, run
+    as autograd on s), out = sum_m a_m u_m. Applies for plain ``BatchNorm2d`` norms of C features and
+    ``nn.ReLU`` acts without hooks; ``module``: the block whose parameters select_fn uses.
+
+    Full-size traffic of a training step per branch: forward reads x_m three times (statistics, means, out)
+    and writes out once for all branches; backward reads dout and x_m for dL/da_m, then twice more for the
+    BatchNorm's sums and dL/dx_m, which it writes. u_m is never written or kept (the plain modules write the
+    normalised map, the ReLU, two products and a sum, and keep three full-size maps per branch)."""
+    if not xs or not (len(xs) == len(norms) == len(acts)):
+        return None
+    x0 = xs[0]
+    found = _native.target(x0)
+    if found is None:
+        return None
+    lib, cl = found
+    b, c, h, w = x0.shape
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    if not all(x.shape == x0.shape and x.dtype == torch.float32 and x.device == x0.device
+               and x.is_contiguous(memory_format=fmt) for x in xs):
+        return None
+    if not (all(type(a) is nn.ReLU for a in acts) and all(_sk_norm_ok(n, c, b * h * w) for n in norms)
+            and _unhooked(*norms, *acts)):
+        return None
+    if not torch.is_grad_enabled() or not (any(x.requires_grad for x in xs) or _trainable(module)
+                                           or any(_trainable(n) for n in norms)):
+        with torch.no_grad():
+            s, _, scales = _sk_branches(lib, cl, xs, norms)
+            return _sk_select(lib, cl, xs, scales, _sk_weights(select_fn(s), (b, c, 1, 1)))
+    link: dict = {}
+    weights = [n.weight for n in norms]
+    biases = [n.bias for n in norms]
+    s, *aliases = _SkBranches.apply(lib, cl, norms, link, *xs, *weights, *biases)
+    a_list = list(select_fn(s))
+    if len(a_list) != len(xs):
+        raise RuntimeError(f"sk_gates: select_fn must return one weight per branch ({len(xs)}), got {len(a_list)}")
+    return _SkSelect.apply(lib, cl, link, len(xs), *aliases, *a_list)

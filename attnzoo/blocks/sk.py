@@ -34,7 +34,11 @@ NOTE (departures, and why):
 * Taps: ``taps[m]`` receives a_m, the (B, C, 1, 1) weight multiplied into branch m.
 
 Speed (CPU): a branch whose convolution is depthwise (groups = C, e.g. C <= 32 at the default 32
-groups) runs on the native depthwise kernel for channels_last float32 input (``LayoutConv2d``).
+groups) runs on the native depthwise kernel for channels_last float32 input (``LayoutConv2d``). After
+the convs, the BatchNorms, ReLUs, the fuse's pooling and the select run as two native ops
+(``_pooled_gates.sk_gates``: the normalised maps are never written) around the MLP, softmax and taps,
+which stay modules; with hooks on a branch or on ``attn``, another norm or activation, or where the
+kernels do not apply, the block runs its modules.
 """
 from __future__ import annotations
 
@@ -49,8 +53,12 @@ from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
 from ._layout import LayoutConv2d
 from ._pool import pool_mean
+from ._pooled_gates import sk_gates
+from ._small_graphs import _unhooked
 
 __all__ = ["SelectiveKernel"]
+
+_PATH = ["conv", "bn", "act"]  # a branch's modules, in order
 
 
 class _SelectAttn(nn.Module):
@@ -65,12 +73,15 @@ class _SelectAttn(nn.Module):
         self.fc_select = LayoutConv2d(rd_channels, channels * num_paths, 1, bias=False)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        b, c = feats[0].shape[:2]
         # fuse by sum, then GAP; the mean of the sum is the sum of the means, which never builds
         # the (B, C, H, W) sum
-        s = sum(pool_mean(f, (2, 3)) for f in feats)  # (B, C, 1, 1)
+        return self.from_pooled(sum(pool_mean(f, (2, 3)) for f in feats))  # from s (B, C, 1, 1)
+
+    def from_pooled(self, s: torch.Tensor) -> torch.Tensor:
+        """The softmax weights (B, M, C, 1, 1) from the fused descriptor s = sum_m GAP(U_m) (B, C, 1, 1)."""
+        b, c = s.shape[:2]
         z = self.act(self.bn(self.fc_reduce(s)))  # (B, d, 1, 1)
-        logits = self.fc_select(z).reshape(b, len(feats), c, 1, 1)  # (B, M, C, 1, 1)
+        logits = self.fc_select(z).reshape(b, self.num_paths, c, 1, 1)  # (B, M, C, 1, 1)
         return logits.softmax(1)
 
 
@@ -135,9 +146,23 @@ class SelectiveKernel(nn.Module):
         self.attn = _SelectAttn(channels, self.num_paths, self.rd_channels, attn_norm, act)
         self.taps = nn.ModuleList(AttnTap("channel") for _ in range(self.num_paths))
 
+    def _weights(self, s: torch.Tensor) -> list[torch.Tensor]:
+        a = self.attn.from_pooled(s)
+        return [tap(a[:, i]) for i, tap in enumerate(self.taps)]
+
     def forward(self, x):
         check_input(self, x)
-        feats = [path(x) for path in self.paths]  # M x (B, C, H, W)
+        if _unhooked(*self.paths, self.attn) and all(type(p) is nn.Sequential and list(p._modules) == _PATH
+                                                     for p in self.paths):
+            # the fuse and select, with the BatchNorms and ReLUs, on the kernels where they apply
+            convs = [path.conv(x) for path in self.paths]
+            out = sk_gates(convs, [path.bn for path in self.paths], [path.act for path in self.paths], self._weights,
+                           self)
+            if out is not None:
+                return out
+            feats = [path.act(path.bn(u)) for path, u in zip(self.paths, convs)]
+        else:
+            feats = [path(x) for path in self.paths]  # M x (B, C, H, W)
         a = self.attn(feats)  # (B, M, C, 1, 1), sums to 1 over M
         # select: sum_i a_i * U_i, accumulated branch by branch (no (B, M, C, H, W) stack to copy into)
         out = feats[0] * self.taps[0](a[:, 0])
