@@ -796,8 +796,10 @@ _SMALL_CASES = [  # (C_in, C_out, kernel, padding, dilation, (H, W), bias)
 ]
 
 
-def _conv_parity(conv, x, groups=1):
+def _conv_parity(conv, x, groups=1, module=None):
+    """``conv(x)`` against float64 ``F.conv2d`` with the parameters of ``module`` (default: conv itself)."""
     y = conv(x)
+    conv = module or conv
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(memory_format=torch.channels_last) \
         if y.is_contiguous(memory_format=torch.channels_last) else torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
     y.backward(g)
@@ -882,6 +884,36 @@ def test_depthwise_kernel_is_conv2d(c, k, pad, dil, hw, bias, monkeypatch, two_t
     assert _conv_parity(conv, x, groups=c) == "_DepthwiseConvBackward"
     nchw = torch.randn(4, c, *hw, requires_grad=True)  # NCHW input stays with oneDNN
     assert type(conv(nchw).grad_fn).__name__ == "ConvolutionBackward0"
+
+
+_GROUPED_CASES = [  # (C, channels per group, kernel, padding, dilation, (H, W), bias)
+    (64, 2, 3, 1, 1, (7, 7), False),  # sk's 3x3 branch at C = 64
+    (64, 2, 3, 2, 2, (7, 7), False),  # its dilated branch
+    (36, 2, 3, (2, 0), (1, 2), (6, 9), True),  # channels beyond the last full lane chunk
+    (32, 4, 3, 1, 1, (5, 6), True),  # cg = 4 and 3: the kernels' other spreads (LayoutConv2d leaves them to oneDNN)
+    (24, 3, 3, 1, 1, (5, 6), False),
+    (48, 8, (1, 3), (0, 1), 1, (4, 5), True),
+]
+
+
+@pytest.mark.parametrize("c,cg,k,pad,dil,hw,bias", _GROUPED_CASES)
+def test_grouped_kernel_is_conv2d(c, cg, k, pad, dil, hw, bias, monkeypatch, two_threads):
+    """The native grouped convolution against float64 ``F.conv2d``: output and all gradients; LayoutConv2d runs it
+    for 2 channels per group on channels_last input, and leaves NCHW input and wider groups to oneDNN."""
+    from attnzoo.blocks._layout import _GroupedConv
+
+    _native_on(monkeypatch, True)
+    torch.manual_seed(0)
+    conv = LayoutConv2d(c, c, k, padding=pad, dilation=dil, groups=c // cg, bias=bias)
+    x = torch.randn(4, c, *hw).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    if cg == 2:
+        assert _conv_parity(conv, x, groups=c // cg) == "_GroupedConvBackward"
+        nchw = torch.randn(4, c, *hw, requires_grad=True)
+        assert type(conv(nchw).grad_fn).__name__ == "ConvolutionBackward0"
+    else:
+        assert type(conv(x).grad_fn).__name__ == "ConvolutionBackward0"
+        direct = lambda t: _GroupedConv.apply(t, conv.weight, conv.bias, conv.padding, conv.dilation)  # noqa: E731
+        assert _conv_parity(direct, x, groups=c // cg, module=conv) == "_GroupedConvBackward"
 
 
 def test_native_convs_reject_a_kernel_larger_than_the_padded_input(monkeypatch, two_threads):

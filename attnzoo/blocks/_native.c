@@ -1079,6 +1079,161 @@ void dw_grad_weight_cl(const float *x, const float *dy, DW_DIMS, float *dwt) {
     free(total);
 }
 
+/* Grouped convolutions with a few channels per group (cg = C / groups, C in = C out; SK's branches at C = 2-4 x its
+ * 32 groups), channels_last: y[p, c] = sum_j sum_taps w[c, j, tap] x[p + tap, base(c) + j], base(c) = c - c % cg.
+ * With buf_j[q, c] = x[q, base(c) + j] (cg copies of the padded sample, each in cache) every term is the
+ * depthwise gather above: y = sum_j gather(buf_j, w[:, j]). The input gradient is the same sum over the
+ * flipped taps of dy's copies dy_i[q, c] = dy[q, base(c) + i] with the weights w[base(c) + i, c % cg]; the
+ * weight gradient of w[:, j] is the depthwise one of buf_j. cg == 1 is the depthwise convolution. */
+#define GW_DIMS int64_t B, int64_t C, int64_t H, int64_t W, int64_t cg, int64_t kh, int64_t kw, int64_t ph, \
+                int64_t pw, int64_t dh, int64_t dw, int nt
+
+/* d[j n + c] = s[base(c) + j] for j < cg: a row's channels spread over the cg copies, 16 at a time by shuffles
+ * (cg = 2, 4, 8 divide the 16 lanes, so groups never straddle a vector), the rest one by one */
+#define SPREAD2(j) j, j, 2 + j, 2 + j, 4 + j, 4 + j, 6 + j, 6 + j, 8 + j, 8 + j, 10 + j, 10 + j, 12 + j, 12 + j, 14 + j, 14 + j
+#define SPREAD4(j) j, j, j, j, 4 + j, 4 + j, 4 + j, 4 + j, 8 + j, 8 + j, 8 + j, 8 + j, 12 + j, 12 + j, 12 + j, 12 + j
+#define SPREAD8(j) j, j, j, j, j, j, j, j, 8 + j, 8 + j, 8 + j, 8 + j, 8 + j, 8 + j, 8 + j, 8 + j
+static void spread_groups(const float *s, int64_t C, int64_t cg, int64_t n, float *d) {
+    int64_t c0 = 0;
+    for (; c0 + LANES <= C && (cg == 2 || cg == 4 || cg == 8); c0 += LANES) {
+        const vec16 v = load16(s + c0);
+        float *o = d + c0;
+        if (cg == 2) {
+            store16(o, SHUFFLE16(v, v, SPREAD2(0)));
+            store16(o + n, SHUFFLE16(v, v, SPREAD2(1)));
+        } else if (cg == 4) {
+            store16(o, SHUFFLE16(v, v, SPREAD4(0)));
+            store16(o + n, SHUFFLE16(v, v, SPREAD4(1)));
+            store16(o + 2 * n, SHUFFLE16(v, v, SPREAD4(2)));
+            store16(o + 3 * n, SHUFFLE16(v, v, SPREAD4(3)));
+        } else {
+            store16(o, SHUFFLE16(v, v, SPREAD8(0)));
+            store16(o + n, SHUFFLE16(v, v, SPREAD8(1)));
+            store16(o + 2 * n, SHUFFLE16(v, v, SPREAD8(2)));
+            store16(o + 3 * n, SHUFFLE16(v, v, SPREAD8(3)));
+            store16(o + 4 * n, SHUFFLE16(v, v, SPREAD8(4)));
+            store16(o + 5 * n, SHUFFLE16(v, v, SPREAD8(5)));
+            store16(o + 6 * n, SHUFFLE16(v, v, SPREAD8(6)));
+            store16(o + 7 * n, SHUFFLE16(v, v, SPREAD8(7)));
+        }
+    }
+    for (; c0 < C; c0 += cg)
+        for (int64_t j = 0; j < cg; j++) {
+            const float v = s[c0 + j];
+            for (int64_t k = 0; k < cg; k++) d[j * n + c0 + k] = v;
+        }
+}
+
+/* bufs[j] (hp, wp, C) = src padded, each channel c taking channel base(c) + j */
+static void pad_cl_grouped(const float *src, int64_t C, int64_t cg, int64_t h, int64_t w, int64_t top, int64_t left,
+                           int64_t hp, int64_t wp, float *bufs) {
+    const int64_t n = hp * wp * C;
+    memset(bufs, 0, sizeof(float) * n * cg);
+    for (int64_t r = 0; r < h; r++)
+        for (int64_t q = 0; q < w; q++) {
+            const float *s = src + (r * w + q) * C;
+            const int64_t o = ((r + top) * wp + left + q) * C;
+            if (cg == 1) { memcpy(bufs + o, s, sizeof(float) * C); continue; }
+            spread_groups(s, C, cg, n, bufs + o);
+        }
+}
+
+INLINE void gw_gather_chunk(const float *bufs, int64_t bn, const float *wTs, int64_t wn, int64_t cg, const float *init,
+                            int64_t C, int64_t c0, int64_t L, int64_t Ho, int64_t Wo, int64_t Wp, int64_t kh,
+                            int64_t kw, int64_t dh, int64_t dw, float *out) {
+    for (int64_t ho = 0; ho < Ho; ho++)
+        for (int64_t wo = 0; wo < Wo; wo++) {
+            float acc[LANES];
+            for (int64_t k = 0; k < L; k++) acc[k] = init ? init[c0 + k] : 0.f;
+            for (int64_t j = 0; j < cg; j++)
+                for (int64_t i = 0; i < kh; i++)
+                    for (int64_t t = 0; t < kw; t++) {
+                        const float *q = bufs + j * bn + ((ho + i * dh) * Wp + wo + t * dw) * C + c0;
+                        const float *wv = wTs + j * wn + (i * kw + t) * C + c0;
+                        for (int64_t k = 0; k < L; k++) acc[k] += wv[k] * q[k];
+                    }
+            float *o = out + (ho * Wo + wo) * C + c0;
+            for (int64_t k = 0; k < L; k++) o[k] = acc[k];
+        }
+}
+
+static void gw_gather(const float *bufs, int64_t bn, const float *wTs, int64_t wn, int64_t cg, const float *init,
+                      int64_t C, int64_t Ho, int64_t Wo, int64_t Wp, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
+                      float *out) {
+    int64_t c0 = 0;
+    for (; c0 + LANES <= C; c0 += LANES)
+        gw_gather_chunk(bufs, bn, wTs, wn, cg, init, C, c0, LANES, Ho, Wo, Wp, kh, kw, dh, dw, out);
+    if (c0 < C) gw_gather_chunk(bufs, bn, wTs, wn, cg, init, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, out);
+}
+
+/* wTs[j] (T, C): forward wTs[j][t][c] = w[c, j, t]; for the input gradient (flip) wTs[i][t][c] =
+ * w[base(c) + i, c % cg, T - 1 - t]. weight (C, cg, T). */
+static float *grouped_taps(const float *wt, int64_t C, int64_t cg, int64_t T, int flip) {
+    float *w = malloc(sizeof(float) * cg * T * C);
+    for (int64_t j = 0; j < cg; j++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t t = 0; t < T; t++)
+                w[(j * T + t) * C + c] = flip ? wt[((c - c % cg + j) * cg + c % cg) * T + T - 1 - t]
+                                              : wt[(c * cg + j) * T + t];
+    return w;
+}
+
+void gw_forward_cl(const float *x, const float *wt, const float *bias, GW_DIMS, float *y) {
+    DW_SIZES;
+    float *wT = grouped_taps(wt, C, cg, T, 0);
+    const int64_t bn = Hp * Wp * C;
+    SAMPLES {
+        float *bufs = malloc(sizeof(float) * bn * cg);
+        pad_cl_grouped(x + b * H * W * C, C, cg, H, W, ph, pw, Hp, Wp, bufs);
+        gw_gather(bufs, bn, wT, T * C, cg, bias, C, Ho, Wo, Wp, kh, kw, dh, dw, y + b * Ho * Wo * C);
+        free(bufs);
+    }
+    free(wT);
+}
+
+void gw_grad_input_cl(const float *dy, const float *wt, GW_DIMS, float *dx) {
+    DW_SIZES;
+    const int64_t Sh = dh * (kh - 1), Sw = dw * (kw - 1), Gh = Ho + 2 * Sh, Gw = Wo + 2 * Sw, bn = Gh * Gw * C;
+    float *wT = grouped_taps(wt, C, cg, T, 1);
+    SAMPLES {
+        float *bufs = malloc(sizeof(float) * bn * cg);
+        pad_cl_grouped(dy + b * Ho * Wo * C, C, cg, Ho, Wo, Sh, Sw, Gh, Gw, bufs);
+        gw_gather(bufs + (ph * Gw + pw) * C, bn, wT, T * C, cg, NULL, C, H, W, Gw, kh, kw, dh, dw, dx + b * H * W * C);
+        free(bufs);
+    }
+    free(wT);
+}
+
+/* dweight[c, j, tap] = sum over samples and output positions of dy[., c] * buf_j[. + tap, c] */
+void gw_grad_weight_cl(const float *x, const float *dy, GW_DIMS, float *dwt) {
+    DW_SIZES;
+    const int64_t bn = Hp * Wp * C;
+    double *total = calloc(cg * T * C, sizeof(double));
+#pragma omp parallel num_threads(nt)
+    {
+        double *part = calloc(cg * T * C, sizeof(double));
+        float *bufs = malloc(sizeof(float) * bn * cg);
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            pad_cl_grouped(x + b * H * W * C, C, cg, H, W, ph, pw, Hp, Wp, bufs);
+            const float *g = dy + b * Ho * Wo * C;
+            for (int64_t j = 0; j < cg; j++) {
+                int64_t c0 = 0;
+                for (; c0 + LANES <= C; c0 += LANES)
+                    dw_weight_chunk(bufs + j * bn, g, C, c0, LANES, Ho, Wo, Wp, kh, kw, dh, dw, part + j * T * C);
+                if (c0 < C) dw_weight_chunk(bufs + j * bn, g, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, part + j * T * C);
+            }
+        }
+#pragma omp critical
+        for (int64_t k = 0; k < cg * T * C; k++) total[k] += part[k];
+        free(part); free(bufs);
+    }
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t j = 0; j < cg; j++)
+            for (int64_t t = 0; t < T; t++) dwt[(c * cg + j) * T + t] = (float)total[(j * T + t) * C + c];
+    free(total);
+}
+
 /* Triplet attention (Misra et al., WACV 2021) without the rotations: y = x * (a_hc[c, h] + a_cw[c, w]
  * + a_hw[h, w]) * k, k = 1/3, where each factor comes from [max; mean] of x over one axis (W, H, C).
  * triplet_pool computes all six pooled maps in one pass over x; the maxima over W and H keep their first

@@ -34,7 +34,8 @@ NOTE (departures, and why):
 * Taps: ``taps[m]`` receives a_m, the (B, C, 1, 1) weight multiplied into branch m.
 
 Speed (CPU): a branch whose convolution is depthwise (groups = C, e.g. C <= 32 at the default 32
-groups) runs on the native depthwise kernel for channels_last float32 input (``LayoutConv2d``). After
+groups) or has 2 channels per group (C = 64) runs on the native depthwise or grouped kernel for
+channels_last float32 input (``LayoutConv2d``). After
 the convs, the BatchNorms, ReLUs, the fuse's pooling and the select run as two native ops
 (``_pooled_gates.sk_gates``: the normalised maps are never written) around the MLP, softmax and taps,
 which stay modules; with hooks on a branch or on ``attn``, another norm or activation, or where the
