@@ -10,7 +10,9 @@ The revision's ``attnzoo/blocks/_native.c`` is built into a temporary library (t
 loaded as modules of their own; the "old" side points each block module's imported ops at those modules and
 the kernel library at that build, the "new" side at the working tree's (an op the revision did not have
 returns None there, so the block takes its PyTorch path or runs its small graph as modules, as it did).
-Everything else (the blocks' modules, the small convolutions' Python) is the working tree's on both sides.
+Everything else (the blocks' modules, the small convolutions' Python) is the working tree's on both sides,
+except ``LayoutConv2d``'s routes that the revision's ``_layout.py`` did not have: the native grouped convolution
+(``_layout._GROUPED_MAX``) is switched off on the old side there, so that side runs oneDNN's, as it did.
 
 Blocks: forward + backward (``y.backward(g)``) at ResNet-20's three stages on Fashion-MNIST (batch 128:
 16x28x28, 32x14x14, 64x7x7), channels_last, float32, train mode, ``--steps`` passes per turn; ``--pairs``
@@ -39,7 +41,7 @@ import torch
 
 import attnzoo
 from attnzoo.ablation.runner import cpu_model
-from attnzoo.blocks import _native, _pooled_gates, _small_graphs
+from attnzoo.blocks import _layout, _native, _pooled_gates, _small_graphs
 from attnzoo.training.allocator import use_allocator
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -82,14 +84,16 @@ def revision_side(rev: str, tmp: Path):
         module.__package__ = "attnzoo.blocks"
         exec(compile(text, f"{rev}:{short}.py", "exec"), module.__dict__)
         modules.append(module)
-    return lib, modules
+    layout = _git_show(rev, "attnzoo/blocks/_layout.py")
+    return lib, modules, {"_GROUPED_MAX": _layout._GROUPED_MAX if "_GroupedConv" in layout else 0}
 
 
 class Sides:
     """Switches every loaded block module's imported native ops and the kernel library between two sides."""
 
-    def __init__(self, old_lib, old_modules) -> None:
+    def __init__(self, old_lib, old_modules, old_layout: dict) -> None:
         self.lib = {"old": old_lib, "new": _native.kernels()}
+        self.layout = {"old": old_layout, "new": {k: getattr(_layout, k) for k in old_layout}}
         # an op the revision did not have: the block took its PyTorch path there (the op "does not apply")
         old = {op: getattr(m, op) for m in old_modules for op in getattr(m, "__all__", ()) if op in OPS}
         self.ops = {"old": {op: old.get(op, _not_there) for op in OPS},
@@ -97,6 +101,8 @@ class Sides:
 
     def use(self, side: str) -> None:
         _native._state["lib"] = self.lib[side]
+        for k, v in self.layout[side].items():
+            setattr(_layout, k, v)
         for module in list(sys.modules.values()):
             if getattr(module, "__name__", "").startswith("attnzoo.blocks.") and module not in OP_MODULES:
                 for op in OPS:
