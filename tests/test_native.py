@@ -521,6 +521,49 @@ def test_sk_leaves_hooks_other_layers_and_single_values_to_the_modules(monkeypat
     assert int(single.paths[0].bn.num_batches_tracked) == int(before)  # nothing counted by a refused native path
 
 
+@pytest.mark.parametrize("bn_kwargs", [{}, {"momentum": None}, {"affine": False}, {"track_running_stats": False}])
+@pytest.mark.parametrize("shape", [(4, 1, 9, 11), (3, 4, 6, 5), (4, 16, 7, 7), (8, 2, 1, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_norm_relu_is_batchnorm_then_relu(channels_last, shape, bn_kwargs, monkeypatch, two_threads):
+    """``norm_relu`` against ``relu(BatchNorm2d(x))``: output, dL/dx, dL/dweight and dL/dbias, the running
+    statistics and batch counts after two training steps, then eval mode; a hook or another activation runs
+    the modules."""
+    from attnzoo.blocks._pooled_gates import norm_relu
+
+    _native_on(monkeypatch, True)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(shape, generator=gen) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    norms = [torch.nn.BatchNorm2d(shape[1], **bn_kwargs) for _ in range(2)]
+    if norms[0].weight is not None:
+        with torch.no_grad():
+            for n in norms:
+                n.weight.copy_(torch.linspace(-1.5, 2.0, shape[1]))
+                n.bias.copy_(torch.linspace(0.5, -0.5, shape[1]))
+    act = torch.nn.ReLU()
+    for train in (True, True, False):
+        outs = []
+        for native, norm in zip((True, False), norms):
+            norm.train(train)
+            xi = x.clone().requires_grad_(True)
+            y = norm_relu(xi, norm, act) if native else act(norm(xi))
+            assert (type(y.grad_fn).__name__ == "_NormReluBackward") == native
+            dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(9)).contiguous(
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+            y.backward(dy)
+            outs.append((y.detach(), xi.grad, *[p.grad.clone() for p in norm.parameters()],
+                         *[b.clone().float() for b in norm.buffers()]))
+            for p in norm.parameters():
+                p.grad = None
+        assert outs[0][0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        for a, b in zip(*outs):
+            _close(a, b, f"train={train}")
+    hooked = torch.nn.BatchNorm2d(shape[1])
+    hooked.register_forward_hook(lambda m, i, o: None)
+    assert norm_relu(x, hooked, act) is None and norm_relu(x, norms[0], torch.nn.SiLU()) is None
+
+
 def test_bam_with_a_captured_tap_runs_the_plain_path(monkeypatch, two_threads):
     _native_on(monkeypatch, True)
     block = create_attn("bam", 32)

@@ -4217,11 +4217,13 @@ static void sk_norm(const float *x, int64_t B, int64_t C, int64_t P, int cl, int
     free(k);
 }
 
-/* One branch: its normalisation (stats, ss) and s[b, c] += mean_p u (accumulate == 0: s = that mean). */
+/* One branch: its normalisation (stats, ss) and s[b, c] += mean_p u (accumulate == 0: s = that mean; s == NULL:
+ * the normalisation alone, for a BatchNorm + ReLU that writes u with sk_select_forward). */
 void sk_branch_forward(const float *x, int64_t B, int64_t C, int64_t P, int cl, int nt, int batch_stats,
                        const float *weight, const float *bias, float *running_mean, float *running_var, float momentum,
                        float eps, int accumulate, float *stats, float *ss, float *s) {
     sk_norm(x, B, C, P, cl, nt, batch_stats, weight, bias, running_mean, running_var, momentum, eps, stats, ss);
+    if (!s) return;
     const float *sc = ss, *sh = ss + C;
     SAMPLES {
         const float *xb = x + b * C * P;

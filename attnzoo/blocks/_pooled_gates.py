@@ -33,6 +33,8 @@ kernel passes per sample while it is in cache, and backward keeps only x (the pl
 * ``sk_gates`` (sk): its fuse and select, out = sum_m a_m relu(bn_m(x_m)) of the branches' conv outputs and
   s = sum_m mean_hw relu(bn_m(x_m)), the BatchNorms and ReLUs in the kernels (the convs, the MLP, the softmax
   and the taps stay PyTorch modules).
+* ``norm_relu``: relu(BatchNorm2d(x)) for any block's BatchNorm + ReLU pair on a full-size map (bam's spatial
+  branch), on sk's kernels; backward keeps x alone and recomputes the ReLU's mask.
 * ``bam_gate`` (bam): y = x + x * sigmoid(a + s) (or a * s) of the block's two branches, computed outside.
 * ``ema_gates`` (ema): its cross-spatial step, y = x * sigmoid(s1 . x2 + s2 . x1) from the two grouped branches,
   s1, s2 the softmaxes of their means; ``ema_branch``: its 1x1 branch GroupNorm(gx * gh * gw) after the strip
@@ -66,7 +68,7 @@ from ._small_graphs import _unhooked  # the test of default, hook-free modules t
 # run as single ops (_small_graphs: mlp_gate for se, channel_conv_gate for eca, ceca, ecam).
 MEAN_ONLY = ("se", "ese", "eca", "ecam", "ceca", "ge")
 
-__all__ = ["bam_gate", "context_gates", "ema_branch", "ema_gates", "group_gates", "moment_gates", "pooled_gates", "scse_gates", "simam_gate", "sk_gates", "strip_gates",
+__all__ = ["bam_gate", "context_gates", "ema_branch", "ema_gates", "group_gates", "moment_gates", "pooled_gates", "scse_gates", "norm_relu", "simam_gate", "sk_gates", "strip_gates",
            "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -1295,18 +1297,19 @@ def _sk_norm_ok(norm: nn.Module, c: int, n: int) -> bool:
     branch counts its batch (so the plain path never sees a batch counted twice)."""
     from ._small_graphs import _NORMS, _float32, _safe_forward
 
-    return (isinstance(norm, _NORMS) and type(norm).forward in (nn.BatchNorm2d.forward, _safe_forward())
-            and norm.num_features == c and _float32(norm.weight, norm.bias, norm.running_mean, norm.running_var)
-            and (n > 1 or not norm.training)
-            and (norm.training or (norm.running_mean is not None and norm.running_var is not None)))
+    if not (isinstance(norm, _NORMS) and type(norm).forward in (nn.BatchNorm2d.forward, _safe_forward())
+            and norm.num_features == c and _float32(norm.weight, norm.bias, norm.running_mean, norm.running_var)):
+        return False
+    batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
+    return n > 1 if batch_stats else (norm.running_mean is not None and norm.running_var is not None)
 
 
-def _sk_branches(lib, cl, xs, norms):
-    """Each branch's normalisation and s = sum_m mean_p relu(bn_m(x_m)) (B, C, 1, 1)."""
+def _sk_branches(lib, cl, xs, norms, pool: bool = True):
+    """Each branch's normalisation and s = sum_m mean_p relu(bn_m(x_m)) (B, C, 1, 1) (None without ``pool``)."""
     from ._small_graphs import _norm_args
 
     b, c, h, w = xs[0].shape
-    s = xs[0].new_empty(b, c, 1, 1)
+    s = xs[0].new_empty(b, c, 1, 1) if pool else None
     stats, scales = [], []
     for m, (x, norm) in enumerate(zip(xs, norms)):
         running_mean, running_var, batch_stats, momentum, eps = _norm_args(norm, b * h * w, c)
@@ -1315,7 +1318,7 @@ def _sk_branches(lib, cl, xs, norms):
         bs = None if norm.bias is None else norm.bias.detach()
         lib.sk_branch_forward(x.data_ptr(), b, c, h * w, cl, torch.get_num_threads(), int(batch_stats),
                               _native.ptr(wt), _native.ptr(bs), _native.ptr(running_mean), _native.ptr(running_var),
-                              momentum, eps, int(m > 0), st.data_ptr(), ss.data_ptr(), s.data_ptr())
+                              momentum, eps, int(m > 0), st.data_ptr(), ss.data_ptr(), _native.ptr(s))
         stats.append(st)
         scales.append(ss)
     return s, stats, scales
@@ -1464,3 +1467,51 @@ def sk_gates(xs: list[torch.Tensor], norms: list[nn.Module], acts: list[nn.Modul
     if len(a_list) != len(xs):
         raise RuntimeError(f"sk_gates: select_fn must return one weight per branch ({len(xs)}), got {len(a_list)}")
     return _SkSelect.apply(lib, cl, link, len(xs), *aliases, *a_list)
+
+
+class _NormRelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, lib, cl, norm):
+        b, c, h, w = x.shape
+        (_, stats, scales) = _sk_branches(lib, cl, [x], [norm], pool=False)
+        ones = x.new_ones(b, c)
+        y = _sk_select(lib, cl, [x], scales, [ones])
+        ctx.save_for_backward(x, stats[0], scales[0], None if weight is None else weight.detach(), ones)
+        ctx.lib, ctx.cl = lib, cl
+        ctx.batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, stats, scales, weight, ones = ctx.saved_tensors
+        b, c, h, w = x.shape
+        need = ctx.needs_input_grad
+        dy = dy.contiguous(memory_format=torch.channels_last if ctx.cl else torch.contiguous_format)
+        dx = torch.empty_like(x)
+        dw = x.new_empty(c) if weight is not None and need[1] else None
+        db = x.new_empty(c) if need[2] else None
+        ctx.lib.sk_branch_backward(x.data_ptr(), dy.data_ptr(), ones.data_ptr(), None, stats.data_ptr(),
+                                   scales.data_ptr(), _native.ptr(weight), int(ctx.batch_stats), b, c, h * w, ctx.cl,
+                                   torch.get_num_threads(), dx.data_ptr(), _native.ptr(dw), _native.ptr(db))
+        return (dx if need[0] else None), dw, db, None, None, None
+
+
+def norm_relu(x: torch.Tensor, norm: nn.Module, act: nn.Module) -> torch.Tensor | None:
+    """``act(norm(x))`` for a plain ``BatchNorm2d`` of x's C channels and an ``nn.ReLU``, without hooks, on the
+    native kernels (running statistics and batch counts updated as the module updates them), or None where they
+    do not apply (then run the modules). Full-size traffic: forward reads x twice and writes y; backward reads x
+    and dL/dy twice and writes dL/dx (the modules: BatchNorm's two passes each way, and the ReLU's pass each
+    way over the normalised map, which they keep)."""
+    found = _native.target(x)
+    if found is None:
+        return None
+    lib, cl = found
+    b, c, h, w = x.shape
+    if not (type(act) is nn.ReLU and _sk_norm_ok(norm, c, b * h * w) and _unhooked(norm, act)):
+        return None
+    if not torch.is_grad_enabled() or not (x.requires_grad or _trainable(norm)):
+        with torch.no_grad():
+            _, _, scales = _sk_branches(lib, cl, [x], [norm], pool=False)
+            return _sk_select(lib, cl, [x], scales, [x.new_ones(b, c)])
+    return _NormRelu.apply(x, norm.weight, norm.bias, lib, cl, norm)

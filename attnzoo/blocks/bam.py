@@ -38,7 +38,9 @@ NOTE (departures and readings, ``form="paper"``):
 Speed (CPU): in eager float32 with a batch of at least the thread count, a sigmoid gate and nothing
 capturing the tap (a captured tap needs the full map M(F)), the combination ``F + F * sigmoid(Mc + Ms)``
 is one native op (``_pooled_gates.bam_gate``: one pass each way, the full-size sum, sigmoid and product
-never written); the two branches are the modules above either way.
+never written); the two branches are the modules above either way, except that each BatchNorm + ReLU
+pair of the spatial branch is one native op too (``_pooled_gates.norm_relu``, for the default BatchNorm2d
+and ReLU without hooks).
 """
 from __future__ import annotations
 
@@ -50,9 +52,15 @@ from .base import AttnTap, SafeBatchNorm2d, check_input, reduced_channels, resol
 from ._layout import LayoutConv2d, combine_like
 from ._fused import is_sigmoid
 from ._pool import pool_mean
-from ._pooled_gates import bam_gate
+from ._pooled_gates import bam_gate, norm_relu
 
 __all__ = ["BottleneckAttn", "FORMS"]
+
+
+def _norm_act(u: torch.Tensor, norm: nn.Module, act: nn.Module) -> torch.Tensor:
+    """act(norm(u)): one native op for a plain BatchNorm2d and ReLU where the kernels apply, else the modules."""
+    y = norm_relu(u, norm, act)
+    return act(norm(u)) if y is None else y
 
 FORMS = ("paper", "authors")
 
@@ -119,9 +127,9 @@ class BottleneckAttn(nn.Module):
         check_input(self, x)
         mc = pool_mean(x, (2, 3))  # (B, C, 1, 1)
         mc = self.bn_channel(self.fc2(self.act(self.bn_hidden(self.fc1(mc)))))  # (B, C, 1, 1)
-        ms = self.act_reduce(self.bn_reduce(self.conv_reduce(x)))  # (B, C/r, H, W)
-        ms = self.act_dil1(self.bn_dil1(self.conv_dil1(ms)))  # (B, C/r, H, W)
-        ms = self.act_dil2(self.bn_dil2(self.conv_dil2(ms)))  # (B, C/r, H, W)
+        ms = _norm_act(self.conv_reduce(x), self.bn_reduce, self.act_reduce)  # (B, C/r, H, W)
+        ms = _norm_act(self.conv_dil1(ms), self.bn_dil1, self.act_dil1)  # (B, C/r, H, W)
+        ms = _norm_act(self.conv_dil2(ms), self.bn_dil2, self.act_dil2)  # (B, C/r, H, W)
         ms = self.bn_spatial(self.conv_spatial(ms))  # (B, 1, H, W)
         if not (self.tap.active or self.tap._forward_hooks) and is_sigmoid(self.gate):  # a captured tap needs m
             y = bam_gate(x, mc, ms, mul=self.form == "authors")  # the native CPU kernels where they apply
