@@ -1001,10 +1001,50 @@ INLINE void dw_gather_chunk(const float *buf, const float *wT, const float *init
         }
 }
 
+/* A full chunk of LANES channels, over ng buffers (ng == 1: depthwise; bufs bn floats apart, their taps wn apart),
+ * four output positions of a row at a time: each tap's weight vector is loaded once for four products (the
+ * one-position loop loads two vectors per multiply-add, and the loads bound it). Each output sums its taps in
+ * the same order as the one-position loop, so the results are the same. */
+INLINE void gather_full_chunk(const float *bufs, int64_t bn, const float *wTs, int64_t wn, int64_t ng,
+                              const float *init, int64_t C, int64_t c0, int64_t Ho, int64_t Wo, int64_t Wp, int64_t kh,
+                              int64_t kw, int64_t dh, int64_t dw, float *out) {
+    const vec16 a_init = init ? load16(init + c0) : splat16(0.f);
+    for (int64_t ho = 0; ho < Ho; ho++) {
+        int64_t wo = 0;
+        for (; wo + 4 <= Wo; wo += 4) {
+            vec16 a0 = a_init, a1 = a_init, a2 = a_init, a3 = a_init;
+            for (int64_t g = 0; g < ng; g++)
+                for (int64_t i = 0; i < kh; i++)
+                    for (int64_t t = 0; t < kw; t++) {
+                        const vec16 wv = load16(wTs + g * wn + (i * kw + t) * C + c0);
+                        const float *q = bufs + g * bn + ((ho + i * dh) * Wp + wo + t * dw) * C + c0;
+                        a0 += wv * load16(q);
+                        a1 += wv * load16(q + C);
+                        a2 += wv * load16(q + 2 * C);
+                        a3 += wv * load16(q + 3 * C);
+                    }
+            float *o = out + (ho * Wo + wo) * C + c0;
+            store16(o, a0);
+            store16(o + C, a1);
+            store16(o + 2 * C, a2);
+            store16(o + 3 * C, a3);
+        }
+        for (; wo < Wo; wo++) {
+            vec16 a = a_init;
+            for (int64_t g = 0; g < ng; g++)
+                for (int64_t i = 0; i < kh; i++)
+                    for (int64_t t = 0; t < kw; t++)
+                        a += load16(wTs + g * wn + (i * kw + t) * C + c0)
+                             * load16(bufs + g * bn + ((ho + i * dh) * Wp + wo + t * dw) * C + c0);
+            store16(out + (ho * Wo + wo) * C + c0, a);
+        }
+    }
+}
+
 static void dw_gather(const float *buf, const float *wT, const float *init, int64_t C, int64_t Ho, int64_t Wo,
                       int64_t Wp, int64_t kh, int64_t kw, int64_t dh, int64_t dw, float *out) {
     int64_t c0 = 0;
-    for (; c0 + LANES <= C; c0 += LANES) dw_gather_chunk(buf, wT, init, C, c0, LANES, Ho, Wo, Wp, kh, kw, dh, dw, out);
+    for (; c0 + LANES <= C; c0 += LANES) gather_full_chunk(buf, 0, wT, 0, 1, init, C, c0, Ho, Wo, Wp, kh, kw, dh, dw, out);
     if (c0 < C) dw_gather_chunk(buf, wT, init, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, out);
 }
 
@@ -1036,8 +1076,37 @@ void dw_grad_input_cl(const float *dy, const float *wt, DW_DIMS, float *dx) {
     free(wT);
 }
 
+/* n (4, 2 or 1) taps (i, t0 .. t0 + n - 1) of a full chunk at once: dL/dy's vector loaded once for n products */
+#define DW_WEIGHT_TAPS(n)                                                                                    \
+    do {                                                                                                     \
+        vec16 a[n];                                                                                          \
+        for (int k = 0; k < n; k++) a[k] = splat16(0.f);                                                     \
+        for (int64_t ho = 0; ho < Ho; ho++)                                                                  \
+            for (int64_t wo = 0; wo < Wo; wo++) {                                                            \
+                const vec16 d = load16(g + (ho * Wo + wo) * C + c0);                                         \
+                const float *q = buf + ((ho + i * dh) * Wp + wo + t0 * dw) * C + c0;                          \
+                for (int k = 0; k < n; k++) a[k] += d * load16(q + k * dw * C);                              \
+            }                                                                                                \
+        for (int k = 0; k < n; k++) {                                                                        \
+            float l[LANES];                                                                                  \
+            store16(l, a[k]);                                                                                \
+            double *pt = part + (i * kw + t0 + k) * C + c0;                                                  \
+            for (int64_t j = 0; j < LANES; j++) pt[j] += l[j];                                               \
+        }                                                                                                    \
+        t0 += n;                                                                                             \
+    } while (0)
+
 INLINE void dw_weight_chunk(const float *buf, const float *g, int64_t C, int64_t c0, int64_t L, int64_t Ho,
                             int64_t Wo, int64_t Wp, int64_t kh, int64_t kw, int64_t dh, int64_t dw, double *part) {
+    if (L == LANES) {  /* each tap's sum over positions in the same order as below: the same results */
+        for (int64_t i = 0; i < kh; i++) {
+            int64_t t0 = 0;
+            while (kw - t0 >= 4) DW_WEIGHT_TAPS(4);
+            if (kw - t0 >= 2) DW_WEIGHT_TAPS(2);
+            if (kw - t0 >= 1) DW_WEIGHT_TAPS(1);
+        }
+        return;
+    }
     for (int64_t i = 0; i < kh; i++)
         for (int64_t j = 0; j < kw; j++) {
             float acc[LANES];
@@ -1162,7 +1231,7 @@ static void gw_gather(const float *bufs, int64_t bn, const float *wTs, int64_t w
                       float *out) {
     int64_t c0 = 0;
     for (; c0 + LANES <= C; c0 += LANES)
-        gw_gather_chunk(bufs, bn, wTs, wn, cg, init, C, c0, LANES, Ho, Wo, Wp, kh, kw, dh, dw, out);
+        gather_full_chunk(bufs, bn, wTs, wn, cg, init, C, c0, Ho, Wo, Wp, kh, kw, dh, dw, out);
     if (c0 < C) gw_gather_chunk(bufs, bn, wTs, wn, cg, init, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, out);
 }
 
