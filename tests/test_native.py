@@ -44,7 +44,8 @@ POOLED = ["cbam", "cbam_channel", "cbam_spatial", "lcbam", "triplet", "coord", "
 MOMENT = ["srm", "gct", "fca"]
 NATIVE_OPS = {"_MomentScaleBackward", "_ScseApplyBackward", "_ApplyGatesBackward", "_StripApplyBackward", "_GroupApplyBackward",
               "_TripletApplyBackward", "_BamGateBackward",
-              "_SgeGatesBackward", "_SimAMGateBackward", "_GcApplyBackward", "_EmaCrossBackward", "_SkSelectBackward"}
+              "_SgeGatesBackward", "_SimAMGateBackward", "_GcApplyBackward", "_EmaCrossBackward", "_SkSelectBackward",
+              "_NearestGateBackward"}
 
 
 @pytest.fixture
@@ -562,6 +563,52 @@ def test_norm_relu_is_batchnorm_then_relu(channels_last, shape, bn_kwargs, monke
     hooked = torch.nn.BatchNorm2d(shape[1])
     hooked.register_forward_hook(lambda m, i, o: None)
     assert norm_relu(x, hooked, act) is None and norm_relu(x, norms[0], torch.nn.SiLU()) is None
+
+
+@pytest.mark.parametrize("name,kwargs", [("ge_theta", {}), ("ge_theta_plus", {}), ("ge", {"extent": 2}),
+                                         ("ge", {"extent": 4, "use_mlp": True})])
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 16, 16), (4, 16, 7, 7), (3, 16, 28, 28)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gather_excite_local_gate_op_is_the_plain_path(name, kwargs, shape, channels_last, monkeypatch, two_threads):
+    """ge's ``x * upsample(sigmoid(g))`` as one op (``nearest_gate``): output, dL/dx, every parameter gradient
+    and the BatchNorm statistics against the plain path; a captured tap runs the plain path and sees the full
+    factor; inference equals."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(10))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got, want = (_train_step(name, x, monkeypatch, native, capture=False, **kwargs) for native in (True, False))
+    assert got["grad_fn"] == "_NearestGateBackward" and want["grad_fn"] not in NATIVE_OPS
+    _same_step(got, want, taps=False)
+    captured = _train_step(name, x, monkeypatch, True, **kwargs)
+    assert captured["grad_fn"] not in NATIVE_OPS and all(t.shape == x.shape for t in captured["taps"].values())
+    _close(captured["y"], want["y"], "output with a capture")
+    with torch.no_grad():
+        _native_on(monkeypatch, True)
+        block = _randomized(name, shape[1], **kwargs).eval()
+        y = block(x)
+        _native_on(monkeypatch, False)
+        _close(y, block(x), "inference output")
+
+
+def test_nearest_gate_reads_the_index_maps_of_interpolate(monkeypatch, two_threads):
+    """Upsampling ratios that are not integers (5 -> 13, 3 -> 7): the op's cells are F.interpolate's."""
+    from attnzoo.blocks._pooled_gates import nearest_gate
+
+    _native_on(monkeypatch, True)
+    for cl in (False, True):
+        x = torch.randn(4, 24, 13, 7)
+        s = torch.rand(4, 24, 5, 3, requires_grad=True)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        y = nearest_gate(x, s)
+        want = x * F.interpolate(s, size=(13, 7), mode="nearest")
+        _close(y.detach(), want.detach(), "output")
+        dy = torch.randn(y.shape)
+        gx, gs = torch.autograd.grad(y, (x, s), dy)
+        wx, ws = torch.autograd.grad(want, (x, s), dy)
+        _close(gx, wx, "dL/dx")
+        _close(gs, ws, "dL/ds")
 
 
 def test_bam_with_a_captured_tap_runs_the_plain_path(monkeypatch, two_threads):

@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 20; }
+int attnzoo_native_abi(void) { return 21; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -4481,4 +4481,76 @@ void sk_branch_backward(const float *x, const float *dy, const float *a, const f
         }
     }
     free(k1);
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Gather-excite's local gate (ge.py, extent > 0): y = x * s[c, ih[h], iw[w]], the small map s (B, C, Hs, Ws)
+ * upsampled by nearest-neighbour index maps ih (H), iw (W) (F.interpolate's own, computed by the caller).
+ * s is given laid out as x: (B, Hs, Ws, C) for channels_last, (B, C, Hs, Ws) for NCHW. Backward:
+ * dx = dy * s[...] and ds[c, i, j] = the sum of dy * x over the positions that read s[c, i, j] (float per
+ * sample, in the order of the positions). */
+void nearest_gate_forward(const float *x, const float *s, const int32_t *ih, const int32_t *iw, int64_t B, int64_t C,
+                          int64_t H, int64_t W, int64_t Hs, int64_t Ws, int cl, int nt, float *y) {
+    const int64_t P = H * W, Q = Hs * Ws;
+    SAMPLES {
+        const float *xb = x + b * C * P, *sb = s + b * C * Q;
+        float *yb = y + b * C * P;
+        if (cl) {
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t w = 0; w < W; w++) {
+                    const float *r = xb + (h * W + w) * C, *g = sb + ((int64_t)ih[h] * Ws + iw[w]) * C;
+                    float *o = yb + (h * W + w) * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] = r[c] * g[c];
+                }
+        } else {
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *r = xb + (c * H + h) * W, *g = sb + (c * Hs + ih[h]) * Ws;
+                    float *o = yb + (c * H + h) * W;
+                    for (int64_t w = 0; w < W; w++) o[w] = r[w] * g[iw[w]];
+                }
+        }
+    }
+}
+
+void nearest_gate_backward(const float *x, const float *s, const float *dy, const int32_t *ih, const int32_t *iw,
+                           int64_t B, int64_t C, int64_t H, int64_t W, int64_t Hs, int64_t Ws, int cl, int nt,
+                           float *dx, float *ds) {
+    const int64_t P = H * W, Q = Hs * Ws;
+    SAMPLES {
+        const float *xb = x + b * C * P, *sb = s + b * C * Q, *db = dy + b * C * P;
+        float *dxb = dx ? dx + b * C * P : NULL, *dsb = ds ? ds + b * C * Q : NULL;
+        if (dsb) memset(dsb, 0, sizeof(float) * C * Q);
+        if (cl) {
+            for (int64_t h = 0; h < H; h++)
+                for (int64_t w = 0; w < W; w++) {
+                    const int64_t q = (int64_t)ih[h] * Ws + iw[w];
+                    const float *r = xb + (h * W + w) * C, *d = db + (h * W + w) * C, *g = sb + q * C;
+                    if (dxb) {
+                        float *o = dxb + (h * W + w) * C;
+#pragma omp simd
+                        for (int64_t c = 0; c < C; c++) o[c] = d[c] * g[c];
+                    }
+                    if (dsb) {
+                        float *t = dsb + q * C;
+#pragma omp simd
+                        for (int64_t c = 0; c < C; c++) t[c] += d[c] * r[c];
+                    }
+                }
+        } else {
+            for (int64_t c = 0; c < C; c++)
+                for (int64_t h = 0; h < H; h++) {
+                    const float *r = xb + (c * H + h) * W, *d = db + (c * H + h) * W, *g = sb + (c * Hs + ih[h]) * Ws;
+                    if (dxb) {
+                        float *o = dxb + (c * H + h) * W;
+                        for (int64_t w = 0; w < W; w++) o[w] = d[w] * g[iw[w]];
+                    }
+                    if (dsb) {
+                        float *t = dsb + (c * Hs + ih[h]) * Ws;
+                        for (int64_t w = 0; w < W; w++) t[iw[w]] += d[w] * r[w];
+                    }
+                }
+        }
+    }
 }

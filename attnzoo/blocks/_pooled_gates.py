@@ -35,6 +35,8 @@ kernel passes per sample while it is in cache, and backward keeps only x (the pl
   and the taps stay PyTorch modules).
 * ``norm_relu``: relu(BatchNorm2d(x)) for any block's BatchNorm + ReLU pair on a full-size map (bam's spatial
   branch), on sk's kernels; backward keeps x alone and recomputes the ReLU's mask.
+* ``nearest_gate`` (ge_theta, ge_theta_plus, ge with an extent): y = x * s upsampled by nearest neighbours from
+  the small (B, C, H / e, W / e) factor s, without writing the upsampled map.
 * ``bam_gate`` (bam): y = x + x * sigmoid(a + s) (or a * s) of the block's two branches, computed outside.
 * ``ema_gates`` (ema): its cross-spatial step, y = x * sigmoid(s1 . x2 + s2 . x1) from the two grouped branches,
   s1, s2 the softmaxes of their means; ``ema_branch``: its 1x1 branch GroupNorm(gx * gh * gw) after the strip
@@ -56,6 +58,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import _native
@@ -1515,3 +1518,70 @@ def norm_relu(x: torch.Tensor, norm: nn.Module, act: nn.Module) -> torch.Tensor 
             _, _, scales = _sk_branches(lib, cl, [x], [norm], pool=False)
             return _sk_select(lib, cl, [x], scales, [x.new_ones(b, c)])
     return _NormRelu.apply(x, norm.weight, norm.bias, lib, cl, norm)
+
+
+_NEAREST: dict = {}  # (size in, size out) -> F.interpolate(mode="nearest")'s source index of every output index
+
+
+def _nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """The source row of each of n_out rows when F.interpolate upsamples n_in rows by nearest neighbours, read off
+    F.interpolate itself (so its rounding rule is the one used)."""
+    key = (n_in, n_out)
+    if key not in _NEAREST:
+        src = torch.arange(n_in, dtype=torch.float32).view(1, 1, n_in, 1)
+        _NEAREST[key] = F.interpolate(src, size=(n_out, 1), mode="nearest").view(n_out).to(torch.int32).contiguous()
+    return _NEAREST[key]
+
+
+def _nearest_args(x, s, cl):
+    b, c, h, w = x.shape
+    hs, ws = s.shape[2:]
+    sl = (s.detach().permute(0, 2, 3, 1) if cl else s.detach()).to(torch.float32).contiguous()  # laid out as x
+    return sl, _nearest_index(hs, h), _nearest_index(ws, w), (b, c, h, w, hs, ws, cl, torch.get_num_threads())
+
+
+class _NearestGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, s, lib, cl):
+        sl, ih, iw, dims = _nearest_args(x, s, cl)
+        y = torch.empty_like(x)
+        lib.nearest_gate_forward(x.data_ptr(), sl.data_ptr(), ih.data_ptr(), iw.data_ptr(), *dims, y.data_ptr())
+        ctx.save_for_backward(x, sl, ih, iw)
+        ctx.lib, ctx.dims = lib, dims
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, sl, ih, iw = ctx.saved_tensors
+        b, c, h, w, hs, ws, cl, _ = ctx.dims
+        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        ds = torch.empty_like(sl) if ctx.needs_input_grad[1] else None
+        ctx.lib.nearest_gate_backward(x.data_ptr(), sl.data_ptr(), dy.data_ptr(), ih.data_ptr(), iw.data_ptr(),
+                                      *ctx.dims, _native.ptr(dx), _native.ptr(ds))
+        if ds is not None and cl:
+            ds = ds.permute(0, 3, 1, 2)  # (B, C, Hs, Ws) again
+        return dx, ds, None, None
+
+
+def nearest_gate(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor | None:
+    """``x * F.interpolate(s, size=x.shape[2:], mode="nearest")`` on the native kernels, or None where they do not
+    apply: s (B, C, Hs, Ws) with Hs <= H, Ws <= W. One pass each way over x (forward reads x and writes y;
+    backward reads dL/dy and x, writes dL/dx and sums dL/ds over each cell's positions); the upsampled factor
+    (B, C, H, W) is never written (the plain expression writes it, multiplies, and in backward reduces it)."""
+    found = _native.target(x)
+    if found is None:
+        return None
+    lib, cl = found
+    b, c, h, w = x.shape
+    if not (s.dim() == 4 and s.shape[:2] == (b, c) and s.shape[2] <= h and s.shape[3] <= w
+            and s.dtype == torch.float32 and s.device == x.device):
+        return None
+    if not torch.is_grad_enabled() or not (x.requires_grad or s.requires_grad):
+        with torch.no_grad():
+            sl, ih, iw, dims = _nearest_args(x, s, cl)
+            y = torch.empty_like(x)
+            lib.nearest_gate_forward(x.data_ptr(), sl.data_ptr(), ih.data_ptr(), iw.data_ptr(), *dims, y.data_ptr())
+            return y
+    return _NearestGate.apply(x, s, lib, cl)

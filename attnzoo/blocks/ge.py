@@ -28,6 +28,10 @@ running statistics, where ``nn.BatchNorm2d`` would raise (``attnzoo.blocks.base.
 NOTE: the tap is of kind "channel" for the global extent (gate (B, C, 1, 1)) and "spatial" for a
 local extent (gate (B, C, H, W)). The registry family is "channel" for all variants; a local
 extent makes the gate vary over positions too.
+Speed (CPU): with a local extent, a sigmoid gate and nothing capturing the tap (a capture needs the full
+factor), the gate runs on the gathered map and ``x * upsample(gate)`` is one native op
+(``_pooled_gates.nearest_gate``: the upsampled (B, C, H, W) factor is never written); elsewhere, and
+where the kernels do not apply, the expression in ``forward``.
 Parity: identical to timm's ``GatherExcite`` under copied weights, for every configuration both
 have (same attribute names: ``gather.conv1``/``gather.norm1``/..., ``mlp.fc1``/``mlp.fc2``).
 timm 1.0.31 can only build ``use_mlp=False, extra_params=False`` (its default ``use_mlp=True`` and
@@ -44,7 +48,10 @@ from torch.nn import functional as F
 
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
+from ._fused import is_sigmoid
 from ._pool import pool_mean
+from ._pooled_gates import nearest_gate
+from ._small_graphs import _unhooked
 
 __all__ = ["GatherExcite"]
 
@@ -130,6 +137,11 @@ class GatherExcite(nn.Module):
             g = F.avg_pool2d(x, 2 * e - 1, stride=e, padding=e - 1, count_include_pad=False)  # (B, C, ceil(H/e), ceil(W/e))
         g = self.mlp(g)
         if self.extent:
+            if not (self.tap.active or self.tap._forward_hooks) and is_sigmoid(self.gate) and _unhooked(self.gate):
+                # the gate commutes with nearest upsampling: gated on the small map, upsampled inside the op
+                y = nearest_gate(x, self.gate(g))
+                if y is not None:
+                    return y
             g = F.interpolate(g, size=x.shape[2:], mode="nearest")  # (B, C, H, W)
         return x * self.tap(self.gate(g))
 
