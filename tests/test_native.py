@@ -1107,3 +1107,21 @@ def test_a_1x1_conv_of_a_strip_is_a_matmul_with_conv2ds_values(vertical, bias):
     for a, b in zip(torch.autograd.grad(y, [base, conv.weight], g), torch.autograd.grad(want, [base, conv.weight], g)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert type(y.grad_fn).__name__ != "ConvolutionBackward0"
+
+
+def test_every_op_a_block_imports_is_exported():
+    """``benchmarks/native_revision.py`` switches the ops that the block modules import by the op modules'
+    ``__all__``: an op missing there would run against the other side's kernel library."""
+    import importlib
+    import pkgutil
+
+    import attnzoo.blocks as blocks
+    from attnzoo.blocks import _pooled_gates, _small_graphs
+
+    for info in pkgutil.iter_modules(blocks.__path__):
+        module = importlib.import_module(f"attnzoo.blocks.{info.name}")
+        for name, obj in vars(module).items():
+            for ops in (_pooled_gates, _small_graphs):
+                if (callable(obj) and not name.startswith("_") and getattr(obj, "__module__", None) == ops.__name__
+                        and module is not ops and not isinstance(obj, type)):
+                    assert name in ops.__all__, f"{info.name} imports {ops.__name__}.{name}, which __all__ lacks"

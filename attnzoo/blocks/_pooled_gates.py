@@ -71,8 +71,8 @@ from ._small_graphs import _unhooked  # the test of default, hook-free modules t
 # run as single ops (_small_graphs: mlp_gate for se, channel_conv_gate for eca, ceca, ecam).
 MEAN_ONLY = ("se", "ese", "eca", "ecam", "ceca", "ge")
 
-__all__ = ["bam_gate", "context_gates", "ema_branch", "ema_gates", "group_gates", "moment_gates", "pooled_gates", "scse_gates", "norm_relu", "simam_gate", "sk_gates", "strip_gates",
-           "triplet_gates"]
+__all__ = ["bam_gate", "context_gates", "ema_branch", "ema_gates", "group_gates", "moment_gates", "nearest_gate",
+           "norm_relu", "pooled_gates", "scse_gates", "simam_gate", "sk_gates", "strip_gates", "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
