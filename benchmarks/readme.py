@@ -24,6 +24,10 @@
         --json benchmarks/results/ema_revision_cpu.json
     python benchmarks/native_revision.py --rev 0c2e6d0 --blocks se eca ceca ecam --hosts resnet20 --pairs 5 \
         --json benchmarks/results/channel_conv_revision_cpu.json
+    python benchmarks/native_revision.py --rev f582152 --blocks sk --hosts resnet20 resnet56 --pairs 5 \
+        --json benchmarks/results/sk_revision_cpu.json
+    python benchmarks/native_revision.py --rev f582152 --blocks sk bam lka lska ge_theta ge_theta_plus \
+        --hosts resnet20 --pairs 5 --json benchmarks/results/branch_ops_revision_cpu.json
     python benchmarks/readme.py                                                        # rewrite README parts
 
 Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
@@ -573,6 +577,12 @@ def main(argv=None) -> int:
                   + "\n" + revision_line(_load("ema_revision_cpu.json"), "EMA's two native ops")
                   + "\n" + revision_line(_load("channel_conv_revision_cpu.json"),
                                          "ECA's conv over channels and its sigmoid as one op, se's MLP on `mlp_gate`")
+                  + "\n" + revision_line(_load("sk_revision_cpu.json"),
+                                         "sk's BatchNorms, ReLUs, fuse and select as two ops")
+                  + "\n" + revision_line(_load("branch_ops_revision_cpu.json"),
+                                         "sk's two ops with the grouped convolution; bam's BatchNorm + ReLU pairs as "
+                                         "one op each; the depthwise kernels' register blocking (lka, lska); ge's "
+                                         "upsampled gate as one op")
                   + "\n" + allocator_line(_load("allocator_cpu.json")))
     args.readme.write_text(text)
     print(f"wrote the generated sections of {args.readme} ({len(list_attn())} blocks)")
