@@ -1,7 +1,7 @@
 """Write the README's generated sections from the registry and the measurements in benchmarks/results/.
 
     python benchmarks/blocks.py --json benchmarks/results/blocks_cpu.json              # slow: measure
-    python benchmarks/blocks.py --blocks se eca ese cbam coord ela gc sk nonlocal --repeats 21 \
+    python benchmarks/blocks.py --blocks se eca ese cbam coord ela gc sk nonlocal --pair-repeats 21 --threads 2 \
         --json benchmarks/results/blocks_vs_timm_cpu.json                               # vs timm
     python benchmarks/fmnist_resnet20.py --json benchmarks/results/fmnist_resnet20_cpu.json
     python benchmarks/harness_overhead.py --json benchmarks/results/harness_overhead_cpu.json
