@@ -116,67 +116,30 @@ class LayoutConv2d(nn.Conv2d):
                 and _native.applies(input))
 
 
-class _DepthwiseConv(torch.autograd.Function):
-    """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C)`` of a channels_last x, on the native
-    kernels (``_native.c``: one output row at a time, vectorised over channels). oneDNN's backward of
-    these convolutions was the most expensive op of lka, lska and sk on CPU. Output channels_last; the
-    weight gradient is summed in double."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, padding, dilation):
-        b, c, h, w = x.shape
-        kh, kw = weight.shape[2:]
-        wt = weight.detach().contiguous()
-        dims = (b, c, h, w, kh, kw, padding[0], padding[1], dilation[0], dilation[1], torch.get_num_threads())
-        ho, wo = h + 2 * padding[0] - dilation[0] * (kh - 1), w + 2 * padding[1] - dilation[1] * (kw - 1)
-        if ho < 1 or wo < 1:
-            raise RuntimeError(f"conv2d: the {kh}x{kw} kernel (dilation {dilation}) is larger than the padded "
-                               f"{h}x{w} input")
-        y = x.new_empty(b, ho, wo, c).permute(0, 3, 1, 2)  # (B, C, Ho, Wo) in channels_last
-        b32 = None if bias is None else bias.detach().contiguous()  # named: a temporary could be freed first
-        _native.kernels().dw_forward_cl(x.data_ptr(), wt.data_ptr(), _native.ptr(b32), *dims, y.data_ptr())
-        ctx.save_for_backward(x, wt)
-        ctx.dims, ctx.has_bias = dims, bias is not None
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, wt = ctx.saved_tensors
-        dy = dy.contiguous(memory_format=torch.channels_last)
-        lib = _native.kernels()
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            lib.dw_grad_input_cl(dy.data_ptr(), wt.data_ptr(), *ctx.dims, dx.data_ptr())
-        if ctx.needs_input_grad[1]:
-            dw = torch.empty_like(wt)
-            lib.dw_grad_weight_cl(x.data_ptr(), dy.data_ptr(), *ctx.dims, dw.data_ptr())
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dy.sum((0, 2, 3))
-        return dx, dw, db, None, None
-
-
-class _GroupedConv(torch.autograd.Function):
-    """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C / cg)`` of a channels_last x with cg = 2 to
-    ``_GROUPED_MAX`` channels per group, on the native kernels: the depthwise gather over cg channel-shifted copies
-    of each padded sample (``_native.c``, ``gw_*``). Output channels_last; the weight gradient summed in double."""
+class _GatherConv(torch.autograd.Function):
+    """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C / cg)`` of a channels_last x with C in == C out and
+    cg = weight.shape[1] channels per group, on the native gather kernels (``_native.c``: one output vector of 16
+    channels accumulated over the taps in registers; cg == 1 the depthwise ``dw_*``, else the grouped ``gw_*`` over
+    cg channel-spread copies of each padded sample). Output channels_last; the weight gradient summed in double."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding, dilation):
         b, c, h, w = x.shape
         cg, (kh, kw) = weight.shape[1], weight.shape[2:]
         wt = weight.detach().contiguous()
-        dims = (b, c, h, w, cg, kh, kw, padding[0], padding[1], dilation[0], dilation[1], torch.get_num_threads())
+        grouped = (cg,) if cg > 1 else ()
+        dims = (b, c, h, w, *grouped, kh, kw, padding[0], padding[1], dilation[0], dilation[1], torch.get_num_threads())
         ho, wo = h + 2 * padding[0] - dilation[0] * (kh - 1), w + 2 * padding[1] - dilation[1] * (kw - 1)
         if ho < 1 or wo < 1:
             raise RuntimeError(f"conv2d: the {kh}x{kw} kernel (dilation {dilation}) is larger than the padded "
                                f"{h}x{w} input")
         y = x.new_empty(b, ho, wo, c).permute(0, 3, 1, 2)  # (B, C, Ho, Wo) in channels_last
         b32 = None if bias is None else bias.detach().contiguous()  # named: a temporary could be freed first
-        _native.kernels().gw_forward_cl(x.data_ptr(), wt.data_ptr(), _native.ptr(b32), *dims, y.data_ptr())
+        prefix = "gw" if grouped else "dw"
+        getattr(_native.kernels(), f"{prefix}_forward_cl")(x.data_ptr(), wt.data_ptr(), _native.ptr(b32), *dims,
+                                                            y.data_ptr())
         ctx.save_for_backward(x, wt)
-        ctx.dims, ctx.has_bias = dims, bias is not None
+        ctx.dims, ctx.has_bias, ctx.prefix = dims, bias is not None, prefix
         return y
 
     @staticmethod
@@ -188,13 +151,22 @@ class _GroupedConv(torch.autograd.Function):
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             dx = torch.empty_like(x)
-            lib.gw_grad_input_cl(dy.data_ptr(), wt.data_ptr(), *ctx.dims, dx.data_ptr())
+            getattr(lib, f"{ctx.prefix}_grad_input_cl")(dy.data_ptr(), wt.data_ptr(), *ctx.dims, dx.data_ptr())
         if ctx.needs_input_grad[1]:
             dw = torch.empty_like(wt)
-            lib.gw_grad_weight_cl(x.data_ptr(), dy.data_ptr(), *ctx.dims, dw.data_ptr())
+            getattr(lib, f"{ctx.prefix}_grad_weight_cl")(x.data_ptr(), dy.data_ptr(), *ctx.dims, dw.data_ptr())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.sum((0, 2, 3))
         return dx, dw, db, None, None
+
+
+class _DepthwiseConv(_GatherConv):
+    """Depthwise (groups = C): oneDNN's backward of these convolutions was the most expensive op of lka, lska and
+    sk on CPU. Its own name, so that a graph says which kernel ran."""
+
+
+class _GroupedConv(_GatherConv):
+    """2 to ``_GROUPED_MAX`` channels per group (sk's branches at C = 64)."""
 
 
 def _conv_dims(x, weight, padding, dilation):

@@ -3246,6 +3246,35 @@ void mlp_gate_backward(const float *dg, const float *g, const float *a, const fl
 
 #define NORM_BLOCK 1024
 
+/* One channel's BatchNorm as torch computes it, from the shifted sums s = sum (u - k) and q = sum (u - k)^2 over
+ * its n values (batch_stats: the batch mean and biased variance normalise, and the running statistics, where
+ * given, move by momentum towards the mean and the unbiased variance) or from the running statistics: the mean
+ * and 1 / sqrt(var + eps) used (mean_out, invstd_out) and the normalisation's scale and shift, with channel c's
+ * weight and bias (NULL for 1, 0). */
+static void bn_channel(int batch_stats, double k, double s, double q, double n, int64_t c, const float *weight,
+                       const float *bias, float *running_mean, float *running_var, float momentum, float eps,
+                       float *mean_out, float *invstd_out, float *scale, float *shift) {
+    double mean, var;
+    if (batch_stats) {
+        const double ds = s / n;
+        mean = k + ds;
+        q = q - s * ds;  /* sum (u - mean)^2 */
+        if (q < 0.) q = 0.;
+        var = q / n;
+        if (running_mean) running_mean[c] = (float)((1. - momentum) * running_mean[c] + momentum * mean);
+        if (running_var) running_var[c] = (float)((1. - momentum) * running_var[c] + momentum * q / (n > 1. ? n - 1. : 1.));
+    } else {
+        mean = running_mean[c];
+        var = running_var[c];
+    }
+    const double invstd = 1. / sqrt(var + (double)eps);
+    *mean_out = (float)mean;
+    *invstd_out = (float)invstd;
+    *scale = (float)(invstd * (weight ? weight[c] : 1.f));
+    *shift = (float)((bias ? bias[c] : 0.f) - mean * *scale);
+}
+
+
 /* g = sigmoid(BatchNorm(u)) for a one-channel map of n values (the order does not matter), as torch's
  * batch_norm computes it: with batch_stats the batch mean and biased variance normalise, and the running
  * statistics (when given) move by momentum towards the mean and the unbiased variance; without, the
@@ -3256,12 +3285,12 @@ void norm_gate_forward(const float *u, int64_t n, int norm, int batch_stats, con
                        float *g) {
     float scale = 1.f, shift = 0.f;
     if (norm) {
-        double mean, var;
+        double s = 0., q = 0.;
+        float k0 = 0.f;
         if (batch_stats) {
             /* one pass: sums of d = u - u[0] and d^2 (shifted, so the variance does not cancel), 16 float
              * lanes over blocks of NORM_BLOCK values, each block's sums added in double */
-            const float k0 = u[0];
-            double s = 0., q = 0.;
+            k0 = u[0];
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(+:s, q)
             for (int64_t i0 = 0; i0 < n; i0 += NORM_BLOCK) {
                 const int64_t i1 = i0 + NORM_BLOCK < n ? i0 + NORM_BLOCK : n;
@@ -3280,23 +3309,9 @@ void norm_gate_forward(const float *u, int64_t n, int norm, int batch_stats, con
                 s += bs;
                 q += bq;
             }
-            const double ds = s / (double)n;
-            mean = k0 + ds;
-            q = q - s * ds;  /* sum (u - mean)^2 */
-            if (q < 0.) q = 0.;
-            var = q / (double)n;
-            if (running_mean) running_mean[0] = (float)((1. - momentum) * running_mean[0] + momentum * mean);
-            if (running_var)
-                running_var[0] = (float)((1. - momentum) * running_var[0] + momentum * q / (double)(n > 1 ? n - 1 : 1));
-        } else {
-            mean = running_mean[0];
-            var = running_var[0];
         }
-        const double invstd = 1. / sqrt(var + (double)eps);
-        stats[0] = (float)mean;
-        stats[1] = (float)invstd;
-        scale = (float)(invstd * (weight ? weight[0] : 1.f));
-        shift = (float)((bias ? bias[0] : 0.f) - mean * scale);
+        bn_channel(batch_stats, k0, s, q, (double)n, 0, weight, bias, running_mean, running_var, momentum, eps,
+                   stats, stats + 1, &scale, &shift);
     }
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t i0 = 0; i0 < n; i0 += LANES) {
@@ -3378,29 +3393,14 @@ static void coord_norm_stats(const float *u, COORD_DIMS, const float *bnw, const
     (void)C; (void)nt; (void)act; (void)gate;
     const int64_t L = H + W, n = B * L;
     for (int64_t m = 0; m < M; m++) {
-        double mean, var;
         if (!norm) { scale[m] = 1.f; shift[m] = 0.f; continue; }
-        if (batch_stats) {
-            double s = 0., q = 0.;
-            const float k0 = u[m * L];
+        double s = 0., q = 0.;
+        const float k0 = batch_stats ? u[m * L] : 0.f;
+        if (batch_stats)
             for (int64_t b = 0; b < B; b++)
                 for (int64_t l = 0; l < L; l++) { const double d = (double)u[(b * M + m) * L + l] - k0; s += d; q += d * d; }
-            const double ds = s / (double)n;
-            mean = k0 + ds;
-            q = q - s * ds;
-            if (q < 0.) q = 0.;
-            var = q / (double)n;
-            if (rm) rm[m] = (float)((1. - momentum) * rm[m] + momentum * mean);
-            if (rv) rv[m] = (float)((1. - momentum) * rv[m] + momentum * q / (double)(n > 1 ? n - 1 : 1));
-        } else {
-            mean = rm[m];
-            var = rv[m];
-        }
-        const double invstd = 1. / sqrt(var + (double)eps);
-        stats[m] = (float)mean;
-        stats[M + m] = (float)invstd;
-        scale[m] = (float)(invstd * (bnw ? bnw[m] : 1.f));
-        shift[m] = (float)((bnb ? bnb[m] : 0.f) - mean * scale[m]);
+        bn_channel(batch_stats, k0, s, q, (double)n, m, bnw, bnb, rm, rv, momentum, eps, stats + m, stats + M + m,
+                   scale + m, shift + m);
     }
 }
 
@@ -4261,26 +4261,11 @@ static void sk_norm(const float *x, int64_t B, int64_t C, int64_t P, int cl, int
         SAMPLES sample_channel_sums(x + b * C * P, C, P, cl, k, sums + 2 * b * C, sums + (2 * b + 1) * C);
     }
     for (int64_t c = 0; c < C; c++) {
-        double mean, var;
-        if (batch_stats) {
-            double s = 0., q = 0.;
+        double s = 0., q = 0.;
+        if (batch_stats)
             for (int64_t b = 0; b < B; b++) { s += sums[2 * b * C + c]; q += sums[(2 * b + 1) * C + c]; }
-            const double ds = s / n;
-            mean = k[c] + ds;
-            q = q - s * ds;  /* sum (x - mean)^2 */
-            if (q < 0.) q = 0.;
-            var = q / n;
-            if (running_mean) running_mean[c] = (float)((1. - momentum) * running_mean[c] + momentum * mean);
-            if (running_var) running_var[c] = (float)((1. - momentum) * running_var[c] + momentum * q / (n > 1. ? n - 1. : 1.));
-        } else {
-            mean = running_mean[c];
-            var = running_var[c];
-        }
-        const double invstd = 1. / sqrt(var + (double)eps);
-        stats[c] = (float)mean;
-        stats[C + c] = (float)invstd;
-        ss[c] = (float)(invstd * (weight ? weight[c] : 1.f));
-        ss[C + c] = (float)((bias ? bias[c] : 0.f) - mean * ss[c]);
+        bn_channel(batch_stats, batch_stats ? k[c] : 0., s, q, n, c, weight, bias, running_mean, running_var, momentum,
+                   eps, stats + c, stats + C + c, ss + c, ss + C + c);
     }
     free(sums);
     free(k);

@@ -62,7 +62,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _native
-from ._small_graphs import _unhooked  # the test of default, hook-free modules that the small graphs use
+# the test of default, hook-free modules, and the BatchNorm reading, that the small graphs use
+from ._small_graphs import _NORMS, _float32, _norm_args, _safe_forward, _unhooked
 
 # The channel gates on the mean alone: their PyTorch path is a handful of ops around two full-size passes,
 # and on moment_gates they were not reliably faster (benchmarks/native.py read 0.59-1.71 of the PyTorch
@@ -1298,19 +1299,19 @@ def ema_branch(gx: torch.Tensor, gh: torch.Tensor, gw: torch.Tensor, norm: nn.Mo
 def _sk_norm_ok(norm: nn.Module, c: int, n: int) -> bool:
     """A BatchNorm2d (or SafeBatchNorm2d) that ``_small_graphs._norm_args`` reads as it is, checked before any
     branch counts its batch (so the plain path never sees a batch counted twice)."""
-    from ._small_graphs import _NORMS, _float32, _safe_forward
-
     if not (isinstance(norm, _NORMS) and type(norm).forward in (nn.BatchNorm2d.forward, _safe_forward())
             and norm.num_features == c and _float32(norm.weight, norm.bias, norm.running_mean, norm.running_var)):
         return False
-    batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
-    return n > 1 if batch_stats else (norm.running_mean is not None and norm.running_var is not None)
+    return n > 1 if _batch_stats(norm) else (norm.running_mean is not None and norm.running_var is not None)
+
+
+def _batch_stats(norm: nn.Module) -> bool:
+    """The BatchNorm normalises with the batch's statistics (as ``nn.BatchNorm2d.forward`` decides)."""
+    return norm.training or (norm.running_mean is None and norm.running_var is None)
 
 
 def _sk_branches(lib, cl, xs, norms, pool: bool = True):
     """Each branch's normalisation and s = sum_m mean_p relu(bn_m(x_m)) (B, C, 1, 1) (None without ``pool``)."""
-    from ._small_graphs import _norm_args
-
     b, c, h, w = xs[0].shape
     s = xs[0].new_empty(b, c, 1, 1) if pool else None
     stats, scales = [], []
@@ -1361,7 +1362,7 @@ class _SkBranches(torch.autograd.Function):
         link["scales"] = scales
         ctx.save_for_backward(*xs, *stats, *scales, *[None if t is None else t.detach() for t in weights])
         ctx.lib, ctx.cl, ctx.m, ctx.link = lib, cl, m, link
-        ctx.batch_stats = [n.training or (n.running_mean is None and n.running_var is None) for n in norms]
+        ctx.batch_stats = [_batch_stats(n) for n in norms]
         return (s, *[x.view_as(x) for x in xs])
 
     @staticmethod
@@ -1481,7 +1482,7 @@ class _NormRelu(torch.autograd.Function):
         y = _sk_select(lib, cl, [x], scales, [ones])
         ctx.save_for_backward(x, stats[0], scales[0], None if weight is None else weight.detach(), ones)
         ctx.lib, ctx.cl = lib, cl
-        ctx.batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
+        ctx.batch_stats = _batch_stats(norm)
         return y
 
     @staticmethod
