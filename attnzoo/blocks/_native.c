@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 21; }
+int attnzoo_native_abi(void) { return 22; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -141,42 +141,59 @@ INLINE vec16 sigmoid16(vec16 z) {
 REDUCE16(reduce16_sum, ADD16)
 REDUCE16(reduce16_max, vmax16)
 
-/* Channels_last sums over positions of the channels [c0, c0 + LANES) (C a multiple of LANES), of x
- * (cl_chunk_sum) or of (x - m)^2 (cl_chunk_sqdev). The accumulators are doubles in registers, over
- * alternate rows: one row of C = 16 channels is a single vector, a sum kept in memory would wait on a
+/* Channels_last means over positions of the channels [c0, c0 + LANES) (C a multiple of LANES), of
+ * v = sc[c] x (cl_chunk_sum_by; sc NULL: v = x) or of (v - m)^2 (cl_chunk_sqdev_by). The accumulators are
+ * doubles in registers, over alternate rows: one row of C = 16 channels is a single vector, a sum kept in memory would wait on a
  * store every row, and a float32 running sum over hundreds of positions would lose several bits of the
  * mean -- which (x - mean) in the variance's gradient then magnifies where the spread is small. */
-INLINE void cl_chunk_sum(const float *restrict xb, int64_t C, int64_t P, int64_t c0, float *restrict out) {
+INLINE void cl_chunk_sum_by(const float *restrict xb, int64_t C, int64_t P, int64_t c0, const float *restrict sc,
+                            float *restrict out) {
+    float sv[LANES];
     double s0[LANES], s1[LANES];
-    for (int64_t j = 0; j < LANES; j++) { s0[j] = 0.; s1[j] = 0.; }
-    int64_t p = 0;
-    for (; p + 1 < P; p += 2) {
-        const float *restrict r0 = xb + p * C + c0, *restrict r1 = r0 + C;
-#pragma omp simd
-        for (int64_t j = 0; j < LANES; j++) { s0[j] += (double)r0[j]; s1[j] += (double)r1[j]; }
-    }
-    if (p < P)
-        for (int64_t j = 0; j < LANES; j++) s0[j] += (double)xb[p * C + c0 + j];
-    for (int64_t j = 0; j < LANES; j++) out[c0 + j] = (float)((s0[j] + s1[j]) / (double)P);
-}
-
-INLINE void cl_chunk_sqdev(const float *restrict xb, int64_t C, int64_t P, int64_t c0, const float *restrict m,
-                           float *restrict out) {
-    float mv[LANES];
-    double s0[LANES], s1[LANES];
-    for (int64_t j = 0; j < LANES; j++) { s0[j] = 0.; s1[j] = 0.; mv[j] = m[c0 + j]; }
+    for (int64_t j = 0; j < LANES; j++) { s0[j] = 0.; s1[j] = 0.; sv[j] = sc ? sc[c0 + j] : 1.f; }
     int64_t p = 0;
     for (; p + 1 < P; p += 2) {
         const float *restrict r0 = xb + p * C + c0, *restrict r1 = r0 + C;
 #pragma omp simd
         for (int64_t j = 0; j < LANES; j++) {
-            const float d0 = r0[j] - mv[j], d1 = r1[j] - mv[j];
+            s0[j] += (double)(sc ? sv[j] * r0[j] : r0[j]); s1[j] += (double)(sc ? sv[j] * r1[j] : r1[j]);
+        }
+    }
+    if (p < P)
+        for (int64_t j = 0; j < LANES; j++) s0[j] += (double)(sc ? sv[j] * xb[p * C + c0 + j] : xb[p * C + c0 + j]);
+    for (int64_t j = 0; j < LANES; j++) out[c0 + j] = (float)((s0[j] + s1[j]) / (double)P);
+}
+
+INLINE void cl_chunk_sqdev_by(const float *restrict xb, int64_t C, int64_t P, int64_t c0, const float *restrict sc,
+                              const float *restrict m, float *restrict out) {
+    float mv[LANES], sv[LANES];
+    double s0[LANES], s1[LANES];
+    for (int64_t j = 0; j < LANES; j++) { s0[j] = 0.; s1[j] = 0.; mv[j] = m[c0 + j]; sv[j] = sc ? sc[c0 + j] : 1.f; }
+    int64_t p = 0;
+    for (; p + 1 < P; p += 2) {
+        const float *restrict r0 = xb + p * C + c0, *restrict r1 = r0 + C;
+#pragma omp simd
+        for (int64_t j = 0; j < LANES; j++) {
+            const float d0 = (sc ? sv[j] * r0[j] : r0[j]) - mv[j], d1 = (sc ? sv[j] * r1[j] : r1[j]) - mv[j];
             s0[j] += (double)(d0 * d0); s1[j] += (double)(d1 * d1);
         }
     }
     if (p < P)
-        for (int64_t j = 0; j < LANES; j++) { const float d = xb[p * C + c0 + j] - mv[j]; s0[j] += (double)(d * d); }
+        for (int64_t j = 0; j < LANES; j++) {
+            const float d = (sc ? sv[j] * xb[p * C + c0 + j] : xb[p * C + c0 + j]) - mv[j];
+            s0[j] += (double)(d * d);
+        }
     for (int64_t j = 0; j < LANES; j++) out[c0 + j] = (float)((s0[j] + s1[j]) / (double)P);
+}
+
+/* The two above of x itself (sc NULL: the scale folds away where they inline). */
+INLINE void cl_chunk_sum(const float *restrict xb, int64_t C, int64_t P, int64_t c0, float *restrict out) {
+    cl_chunk_sum_by(xb, C, P, c0, NULL, out);
+}
+
+INLINE void cl_chunk_sqdev(const float *restrict xb, int64_t C, int64_t P, int64_t c0, const float *restrict m,
+                           float *restrict out) {
+    cl_chunk_sqdev_by(xb, C, P, c0, NULL, m, out);
 }
 
 
@@ -1779,11 +1796,9 @@ INLINE void group_reduce(const float *v, int64_t G, int64_t Cg, float *out) {
 
 /* mean[b, c] and sim (one pass over the sample for the means, one for the similarities, the sample
  * still in cache). */
-void group_sim(const float *x, GROUP_DIMS, float *mean, float *sim) {
+static void group_sim_one(const float *xb, int64_t C, int64_t P, int64_t G, int cl, float *m, float *s) {
     const int64_t Cg = C / G;
-    SAMPLES {
-        const float *xb = x + b * C * P;
-        float *m = mean + b * C, *s = sim + b * G * P;
+    {
         if (!cl) {
             for (int64_t c = 0; c < C; c++) {
                 const float *r = xb + c * P;
@@ -1824,12 +1839,14 @@ void group_sim(const float *x, GROUP_DIMS, float *mean, float *sim) {
     }
 }
 
+void group_sim(const float *x, GROUP_DIMS, float *mean, float *sim) {
+    SAMPLES group_sim_one(x + b * C * P, C, P, G, cl, mean + b * C, sim + b * G * P);
+}
+
 /* y[c, p] = x[c, p] * a[g(c), p]. */
-void group_apply(const float *x, const float *a, GROUP_DIMS, float *y) {
+static void group_apply_one(const float *xb, const float *ab, int64_t C, int64_t P, int64_t G, int cl, float *yb) {
     const int64_t Cg = C / G;
-    SAMPLES {
-        const float *xb = x + b * C * P, *ab = a + b * G * P;
-        float *yb = y + b * C * P;
+    {
         if (!cl) {
             for (int64_t c = 0; c < C; c++) {
                 const float *r = xb + c * P, *ar = ab + (c / Cg) * P;
@@ -1853,12 +1870,14 @@ void group_apply(const float *x, const float *a, GROUP_DIMS, float *y) {
     }
 }
 
+void group_apply(const float *x, const float *a, GROUP_DIMS, float *y) {
+    SAMPLES group_apply_one(x + b * C * P, a + b * G * P, C, P, G, cl, y + b * C * P);
+}
+
 /* da[b, g, p] = sum_{c in g} dy * x. */
-void group_grad_factor(const float *x, const float *dy, GROUP_DIMS, float *da) {
+static void group_grad_factor_one(const float *xb, const float *db, int64_t C, int64_t P, int64_t G, int cl, float *o) {
     const int64_t Cg = C / G;
-    SAMPLES {
-        const float *xb = x + b * C * P, *db = dy + b * C * P;
-        float *o = da + b * G * P;
+    {
         if (!cl) {
             for (int64_t q = 0; q < G * P; q++) o[q] = 0.f;
             for (int64_t c = 0; c < C; c++) {
@@ -1880,15 +1899,16 @@ void group_grad_factor(const float *x, const float *dy, GROUP_DIMS, float *da) {
     }
 }
 
+void group_grad_factor(const float *x, const float *dy, GROUP_DIMS, float *da) {
+    SAMPLES group_grad_factor_one(x + b * C * P, dy + b * C * P, C, P, G, cl, da + b * G * P);
+}
+
 /* dmean[b, c] = sum_p dsim[g(c), p] * x[c, p] (the similarity's gradient for the mean vector), then
  * dx = dy * a[g, p] + dsim[g, p] * mean[c] + dmean[c] / P, both for one sample while it is in cache. */
-void group_grad_input(const float *x, const float *dy, const float *a, const float *dsim, const float *mean,
-                      GROUP_DIMS, float *dx) {
+static void group_grad_input_one(const float *xb, const float *db, const float *ab, const float *sb, const float *m,
+                                 int64_t C, int64_t P, int64_t G, int cl, float *ob) {
     const int64_t Cg = C / G;
-    SAMPLES {
-        const float *xb = x + b * C * P, *db = dy + b * C * P, *ab = a + b * G * P, *sb = dsim + b * G * P;
-        const float *m = mean + b * C;
-        float *ob = dx + b * C * P;
+    {
         float *dm = malloc(sizeof(float) * C * 3), *ae = dm + C, *se = ae + C;
         if (!cl) {
             for (int64_t c = 0; c < C; c++) {
@@ -1946,16 +1966,20 @@ void group_grad_input(const float *x, const float *dy, const float *a, const flo
     }
 }
 
-/* SGE's factor from the similarities, per (sample, group) over its P positions (Eq. 4 with the spread
+void group_grad_input(const float *x, const float *dy, const float *a, const float *dsim, const float *mean,
+                      GROUP_DIMS, float *dx) {
+    SAMPLES group_grad_input_one(x + b * C * P, dy + b * C * P, a + b * G * P, dsim + b * G * P, mean + b * C, C, P, G,
+                                 cl, dx + b * C * P);
+}
+
+/* SGE's factor from one sample's similarities, per group over its P positions (Eq. 4 with the spread
  * sqrt(max(var, 1e-24)) + eps, var = sum (c - mean)^2 / dof): n = (c - mean) / (sd + eps);
- * a = n * gamma[g] + beta[g], to which the caller applies the sigmoid (torch's is vectorised; a scalar
- * expf per element here took most of the block's time). Saves mean and sd + eps per (sample, group).
+ * a = n * gamma[g] + beta[g], to which the caller applies the sigmoid (sigmoid_inplace, vectorised: a
+ * scalar expf per element took most of the block's time). Writes mean and sd + eps per group.
  * Element (g, p) of a sample's map is at g * P + p (cl == 0) or p * G + g (cl == 1). */
-void sge_factor(const float *sim, const float *gamma, const float *beta, float eps, float dof, int64_t B, int64_t G,
-                int64_t P, int cl, int nt, float *a, float *mu, float *den) {
-    SAMPLES {
-        const float *cb = sim + b * G * P;
-        float *ob = a + b * G * P, *m = mu + b * G, *d = den + b * G;
+static void sge_factor_one(const float *cb, const float *gamma, const float *beta, float eps, float dof, int64_t G,
+                           int64_t P, int cl, float *ob, float *m, float *d) {
+    {
         if (!cl) {
             for (int64_t g = 0; g < G; g++) {
                 const float *c = cb + g * P;
@@ -2016,14 +2040,12 @@ void sge_factor(const float *sim, const float *gamma, const float *beta, float e
     }
 }
 
-/* Backward of sge_factor and the sigmoid: dsim, and per sample and group the sums for dgamma (sum dz * n)
- * and dbeta (sum dz), dz = da * a * (1 - a); the caller sums them over the batch. */
-void sge_factor_backward(const float *da, const float *a, const float *sim, const float *gamma, const float *mu,
-                         const float *den, float eps, float dof, int64_t B, int64_t G, int64_t P, int cl, int nt,
-                         float *dsim, float *dgamma, float *dbeta) {
-    SAMPLES {
-        const float *cb = sim + b * G * P, *dAb = da + b * G * P, *Ab = a + b * G * P, *m = mu + b * G, *d = den + b * G;
-        float *ob = dsim + b * G * P, *dg = dgamma + b * G, *db = dbeta + b * G;
+/* Backward of sge_factor_one and the sigmoid for one sample: dsim, and per group the sums for dgamma
+ * (sum dz * n) and dbeta (sum dz), dz = da * a * (1 - a). */
+static void sge_factor_backward_one(const float *dAb, const float *Ab, const float *cb, const float *gamma,
+                                    const float *m, const float *d, float eps, float dof, int64_t G, int64_t P, int cl,
+                                    float *ob, float *dg, float *db) {
+    {
         float *acc = malloc(sizeof(float) * G * 4), *sdn = acc + G, *k1 = sdn + G, *k2 = k1 + G;
         for (int64_t g = 0; g < G; g++) { dg[g] = 0.f; db[g] = 0.f; sdn[g] = 0.f; acc[g] = 0.f; }
         if (!cl) {
@@ -2118,6 +2140,129 @@ void sge_factor_backward(const float *da, const float *a, const float *sim, cons
                 for (int64_t g = 0; g < G; g++) ob[p * G + g] -= acc[g];
         }
         free(acc);
+    }
+}
+
+static void sigmoid_inplace(float *z, int64_t n);
+
+/* SGE at one channel per group, channels_last, C a multiple of LANES (every CIFAR-sized network, where the
+ * paper's 64 groups meet C <= 64): sim = m[c] x[c, p] and the factor are formed in registers, LANES channels
+ * at a time, with the sums and operations of the general path (group_sim_one, sge_factor_one,
+ * sge_factor_backward_one, group_grad_input_one), except that the sigmoid is sigmoid16 and (sim - mu) / d is
+ * a product with 1 / d (a division per vector cost more than the rest of a row). No map of them is written:
+ * at one channel per group each is as large as x, and writing and reading them back took most of the
+ * block's time. sge1_stats: m (mean of x), mu (mean of sim), d = sd + eps of sim, for the chunk. */
+INLINE void sge1_stats(const float *xb, int64_t C, int64_t P, int64_t c0, float eps, float dof, float *m, float *mu,
+                       float *d) {
+    cl_chunk_sum_by(xb, C, P, c0, NULL, m);
+    cl_chunk_sum_by(xb, C, P, c0, m, mu);
+    cl_chunk_sqdev_by(xb, C, P, c0, m, mu, d);
+    for (int64_t j = c0; j < c0 + LANES; j++) {
+        float var = d[j] * (float)P / dof;
+        var = var < 1e-24f ? 1e-24f : var;
+        d[j] = sqrtf(var) + eps;
+    }
+}
+
+static void sge1_forward_one(const float *xb, const float *gamma, const float *beta, float eps, float dof, int64_t C,
+                             int64_t P, float *yb) {
+    float *m = malloc(sizeof(float) * C * 3), *mu = m + C, *d = mu + C;
+    for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+        sge1_stats(xb, C, P, c0, eps, dof, m, mu, d);
+        const vec16 M = load16(m + c0), U = load16(mu + c0), R = load16(d + c0), W = load16(gamma + c0),
+                    T = load16(beta + c0), IR = 1.f / R;
+        for (int64_t p = 0; p < P; p++) {
+            const vec16 r = load16(xb + p * C + c0);
+            store16(yb + p * C + c0, r * sigmoid16(((r * M - U) * IR) * W + T));
+        }
+    }
+    free(m);
+}
+
+static void sge1_backward_one(const float *xb, const float *db, const float *gamma, const float *beta, float eps,
+                              float dof, int64_t C, int64_t P, float *ob, float *dg, float *dbeta) {
+    float *m = malloc(sizeof(float) * (C * 3 + 2 * P * LANES)), *mu = m + C, *d = mu + C, *A = d + C, *Z = A + P * LANES;
+    for (int64_t c0 = 0; c0 < C; c0 += LANES) {
+        sge1_stats(xb, C, P, c0, eps, dof, m, mu, d);
+        const vec16 M = load16(m + c0), U = load16(mu + c0), R = load16(d + c0), W = load16(gamma + c0),
+                    T = load16(beta + c0), IR = 1.f / R, zero = splat16(0.f);
+        vec16 s0 = zero, s1 = zero, s2 = zero;
+        for (int64_t p = 0; p < P; p++) {  /* a, dz = (dy x) a (1 - a), and the factor's sums */
+            const vec16 r = load16(xb + p * C + c0), cen = r * M - U, n = cen * IR, a = sigmoid16(n * W + T);
+            const vec16 dz = (load16(db + p * C + c0) * r) * a * (1.f - a);
+            store16(A + p * LANES, a); store16(Z + p * LANES, dz);
+            s0 += dz; s1 += dz * n; s2 += dz * W * cen;
+        }
+        store16(dbeta + c0, s0); store16(dg + c0, s1);
+        float k1[LANES], k2[LANES], sdn[LANES];
+        store16(sdn, s2);
+        for (int64_t j = 0; j < LANES; j++) {  /* as in sge_factor_backward_one */
+            const float dv = d[c0 + j], sd = dv - eps, dd = -sdn[j] / (dv * dv);
+            const float dvar = sd * sd > 1e-24f ? dd * 0.5f / sd : 0.f;
+            k1[j] = gamma[c0 + j] / dv; k2[j] = dvar * 2.f / dof;
+        }
+        const vec16 K1 = load16(k1), K2 = load16(k2);
+        vec16 t = zero;
+        for (int64_t p = 0; p < P; p++) {  /* dL/dsim before its mean over p is taken off */
+            const vec16 gp = load16(Z + p * LANES) * K1 + K2 * (load16(xb + p * C + c0) * M - U);
+            store16(Z + p * LANES, gp); t += gp;
+        }
+        const vec16 tp = t / (float)P;
+        vec16 t0 = zero, t1 = zero;
+        int64_t p = 0;
+        for (; p + 1 < P; p += 2) {  /* dmean = sum_p dsim x / P, as group_grad_input_one sums it */
+            t0 += (load16(Z + p * LANES) - tp) * load16(xb + p * C + c0);
+            t1 += (load16(Z + (p + 1) * LANES) - tp) * load16(xb + (p + 1) * C + c0);
+        }
+        if (p < P) t0 += (load16(Z + p * LANES) - tp) * load16(xb + p * C + c0);
+        const vec16 DM = (t0 + t1) / (float)P;
+        for (p = 0; ob && p < P; p++)
+            store16(ob + p * C + c0, load16(db + p * C + c0) * load16(A + p * LANES) + (load16(Z + p * LANES) - tp) * M + DM);
+    }
+    free(m);
+}
+
+/* SGE's whole gate, one sample at a time while the sample is in cache: the similarities, the factor and
+ * its sigmoid go to per-thread scratch (G P floats each) and never to memory, so the forward reads x and
+ * writes y once, and saves nothing but x. sge_backward recomputes sim and a from x with the same calls
+ * (the same values), then the factor's gradient and dL/dx from the sample in cache: it reads x and dL/dy
+ * and writes dL/dx once. dgamma, dbeta (B, G): per-sample sums, which the caller adds over the batch;
+ * dx may be NULL (no input gradient). */
+void sge_forward(const float *x, const float *gamma, const float *beta, float eps, float dof, GROUP_DIMS, float *y) {
+    SAMPLES {
+        const int64_t n = G * P;
+        if (cl && G == C && C % LANES == 0) {
+            sge1_forward_one(x + b * C * P, gamma, beta, eps, dof, C, P, y + b * C * P);
+            continue;
+        }
+        float *s = malloc(sizeof(float) * (2 * n + C + 2 * G)), *a = s + n, *m = a + n, *mu = m + C, *den = mu + G;
+        group_sim_one(x + b * C * P, C, P, G, cl, m, s);
+        sge_factor_one(s, gamma, beta, eps, dof, G, P, cl, a, mu, den);
+        sigmoid_inplace(a, n);
+        group_apply_one(x + b * C * P, a, C, P, G, cl, y + b * C * P);
+        free(s);
+    }
+}
+
+void sge_backward(const float *x, const float *dy, const float *gamma, const float *beta, float eps, float dof,
+                  GROUP_DIMS, float *dx, float *dgamma, float *dbeta) {
+    SAMPLES {
+        const int64_t n = G * P;
+        const float *xb = x + b * C * P, *db = dy + b * C * P;
+        if (cl && G == C && C % LANES == 0) {
+            sge1_backward_one(xb, db, gamma, beta, eps, dof, C, P, dx ? dx + b * C * P : NULL, dgamma + b * G,
+                              dbeta + b * G);
+            continue;
+        }
+        float *s = malloc(sizeof(float) * (4 * n + C + 2 * G)), *a = s + n, *da = a + n, *ds = da + n;
+        float *m = ds + n, *mu = m + C, *den = mu + G;
+        group_sim_one(xb, C, P, G, cl, m, s);
+        sge_factor_one(s, gamma, beta, eps, dof, G, P, cl, a, mu, den);
+        sigmoid_inplace(a, n);
+        group_grad_factor_one(xb, db, C, P, G, cl, da);
+        sge_factor_backward_one(da, a, s, gamma, mu, den, eps, dof, G, P, cl, ds, dgamma + b * G, dbeta + b * G);
+        if (dx) group_grad_input_one(xb, db, a, ds, m, C, P, G, cl, dx + b * C * P);
+        free(s);
     }
 }
 

@@ -597,26 +597,20 @@ class _GroupApply(torch.autograd.Function):
 
 
 class _SgeGates(torch.autograd.Function):
-    """SGE with its factor in the kernels too (``sge_factor``): a = sigmoid(gamma * n + beta), n the
-    similarities normalised over the positions by sqrt(max(var, 1e-24)) + eps. At C = G (one channel per
-    group) the factor is as large as x, and its dozen PyTorch ops cost more than everything else."""
+    """SGE with its factor in the kernels too: a = sigmoid(gamma * n + beta), n the similarities normalised
+    over the positions by sqrt(max(var, 1e-24)) + eps. One kernel per direction works a sample at a time in
+    cache (``sge_forward``, ``sge_backward``): the similarities and the factor never reach memory -- at
+    C = G (one channel per group) each is as large as x -- and backward recomputes them from x, so only x
+    is saved."""
 
     @staticmethod
     def forward(ctx, x, lib, cl, groups, eps, dof, gamma, beta):
         b, c, h, w = x.shape
-        p = h * w
-        nt = torch.get_num_threads()
-        dims = (b, c, p, groups, cl, nt)
-        mean, sim = x.new_empty(b, c), _group_map(x, groups, cl)
-        lib.group_sim(x.data_ptr(), *dims, mean.data_ptr(), sim.data_ptr())
-        a, mu, den = torch.empty_like(sim), x.new_empty(b, groups), x.new_empty(b, groups)
         g32, b32 = gamma.detach().float().contiguous(), beta.detach().float().contiguous()
-        lib.sge_factor(sim.data_ptr(), g32.data_ptr(), b32.data_ptr(), eps, dof, b, groups, p, cl, nt, a.data_ptr(),
-                       mu.data_ptr(), den.data_ptr())
-        a.sigmoid_()
         y = torch.empty_like(x)
-        lib.group_apply(x.data_ptr(), a.data_ptr(), *dims, y.data_ptr())
-        ctx.save_for_backward(x, mean, sim, a, mu, den, g32)
+        lib.sge_forward(x.data_ptr(), g32.data_ptr(), b32.data_ptr(), eps, dof, b, c, h * w, groups, cl,
+                        torch.get_num_threads(), y.data_ptr())
+        ctx.save_for_backward(x, g32, b32)
         ctx.lib, ctx.cl, ctx.groups, ctx.eps, ctx.dof = lib, cl, groups, eps, dof
         ctx.shapes = (gamma.shape, beta.shape)
         return y
@@ -624,22 +618,15 @@ class _SgeGates(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, mean, sim, a, mu, den, g32 = ctx.saved_tensors
-        lib, cl, g = ctx.lib, ctx.cl, ctx.groups
+        x, g32, b32 = ctx.saved_tensors
         b, c, h, w = x.shape
-        p, nt = h * w, torch.get_num_threads()
-        dims = (b, c, p, g, cl, nt)
-        dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-        da = torch.empty_like(a)
-        lib.group_grad_factor(x.data_ptr(), dy.data_ptr(), *dims, da.data_ptr())
-        dsim, dgamma, dbeta = torch.empty_like(sim), x.new_empty(b, g), x.new_empty(b, g)
-        lib.sge_factor_backward(da.data_ptr(), a.data_ptr(), sim.data_ptr(), g32.data_ptr(), mu.data_ptr(), den.data_ptr(),
-                                ctx.eps, ctx.dof, b, g, p, cl, nt, dsim.data_ptr(), dgamma.data_ptr(), dbeta.data_ptr())
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            lib.group_grad_input(x.data_ptr(), dy.data_ptr(), a.data_ptr(), dsim.data_ptr(), mean.data_ptr(), *dims,
-                                 dx.data_ptr())
+        g = ctx.groups
+        dy = dy.contiguous(memory_format=torch.channels_last if ctx.cl else torch.contiguous_format)
+        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        dgamma, dbeta = x.new_empty(b, g), x.new_empty(b, g)
+        ctx.lib.sge_backward(x.data_ptr(), dy.data_ptr(), g32.data_ptr(), b32.data_ptr(), ctx.eps, ctx.dof, b, c,
+                             h * w, g, ctx.cl, torch.get_num_threads(), _native.ptr(dx), dgamma.data_ptr(),
+                             dbeta.data_ptr())
         gshape, bshape = ctx.shapes
         return (dx, None, None, None, None, None, dgamma.sum(0).view(gshape), dbeta.sum(0).view(bshape))
 

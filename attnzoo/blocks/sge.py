@@ -38,9 +38,10 @@ The variance is clamped at 1e-24 before its square root in the first two forms, 
 1e-12, far below eps. The statistics are computed in float32 under autocast.
 
 Speed (CPU): in eager float32 with a batch of at least the thread count, and nothing capturing the tap
-(a captured tap needs the full factor), the block is one native op (``_pooled_gates.group_gates``):
-group means and similarities in one pass over each cached sample, the normalisation and affine in
-the kernels (for ``spread`` std and unbiased_std with the sigmoid gate), the product in one pass.
+(a captured tap needs the full factor), the block is one native op (``_pooled_gates.group_gates``); for
+``spread`` std and unbiased_std with the sigmoid gate it takes one sample at a time while the sample is in
+cache -- group means, similarities, their normalisation, affine and sigmoid, the product -- so the
+similarity and factor maps are never written, and backward recomputes them from x (only x is saved).
 Elsewhere the PyTorch expression runs.
 """
 from __future__ import annotations
