@@ -8,6 +8,7 @@ import torch
 from torch.autograd import gradcheck
 
 from attnzoo import create_attn, list_attn
+from attnzoo.factory import attn_info
 from attnzoo.blocks import _fused
 from attnzoo.blocks._fused import _ShuffleAttn, _SimAM
 
@@ -131,6 +132,9 @@ _LAYOUT_CASES = [  # (in, out, kernel, dilation, bias, input shape) as the block
     (16, 4, 1, 1, True, (5, 16, 1, 1)),  # an MLP over pooled channels: F.linear
     (4, 16, 1, 1, False, (5, 4, 1, 1)),
     (8, 4, 3, 1, True, (2, 8, 5, 5)),  # more input channels: the plain call
+    (16, 4, 1, 1, False, (3, 16, 6, 5)),  # bam's conv_reduce C -> C/r: F.linear over the channels_last view
+    (16, 1, 1, 1, True, (2, 16, 4, 7)),
+    (16, 8, 1, 1, True, (2, 16, 4, 4)),  # not reducing enough: the plain call
 ]
 
 
@@ -176,8 +180,10 @@ def test_layout_conv2d_runs_hooks_and_leaves_unbatched_input_to_conv2d():
 @pytest.mark.parametrize("name", list_attn())
 def test_every_slow_convolution_shape_goes_through_the_layout_conv(name):
     """A conv a block applies to a pooled (B, C, 1, 1) vector (1x1 kernel), to a one-channel map
-    (1 -> 1), or to a small NCHW map inside a channels_last block is a LayoutConv2d."""
+    (1 -> 1), or to a small NCHW map inside a channels_last block is a LayoutConv2d; so is, in a channel or
+    spatial block, a 1x1 conv of a channels_last map to a quarter of its channels or fewer."""
     from attnzoo.blocks._layout import LayoutConv2d
+    gate = attn_info(name).metadata["family"] in ("channel", "spatial", "channel+spatial")
 
     block = create_attn(name, 64)
     slow = []
@@ -188,7 +194,9 @@ def test_every_slow_convolution_shape_goes_through_the_layout_conv(name):
         one = conv.in_channels == conv.out_channels == 1
         small = (1 < conv.in_channels <= 4 and conv.out_channels <= 4 and x.shape[-1] > 1
                  and not x.is_contiguous(memory_format=torch.channels_last))
-        if (pooled or one or small) and not isinstance(conv, LayoutConv2d):
+        reducing = (gate and conv.kernel_size == (1, 1) and conv.groups == 1 and 4 * conv.out_channels <= conv.in_channels
+                    and x.shape[-1] > 1 and x.is_contiguous(memory_format=torch.channels_last))
+        if (pooled or one or small or reducing) and not isinstance(conv, LayoutConv2d):
             slow.append((type(conv).__name__, tuple(x.shape)))
 
     hooks = [m.register_forward_hook(hook) for m in block.modules() if isinstance(m, torch.nn.Conv2d)]

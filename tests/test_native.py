@@ -387,6 +387,34 @@ def test_a_training_step_leaves_no_reference_cycle(name, monkeypatch, two_thread
             gc.enable()
 
 
+@pytest.mark.parametrize("form", ["paper", "authors"])
+@pytest.mark.parametrize("name", ["psa", "psa_s"])
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (3, 16, 1, 1), (4, 64, 7, 7)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_psa_projections_and_sum_op_are_the_modules(name, form, shape, channels_last, monkeypatch, two_threads):
+    """PSA's stacked-weight projections (one matmul of x's token view, W_q' on the pooled x) and, in the parallel
+    layout, its x A_ch + x A_sp op, against the four 1x1 conv modules and PyTorch's products: output, dL/dx,
+    every parameter gradient, taps."""
+    from attnzoo.blocks.psa import PolarizedSelfAttn
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(6))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got = _train_step(name, x, monkeypatch, True, form=form)
+    assert got["grad_fn"] == ("_SumGatesBackward" if name == "psa" else "MulBackward0")
+    monkeypatch.setattr(PolarizedSelfAttn, "_fast", lambda self, t: False)
+    want = _train_step(name, x, monkeypatch, False, form=form)
+    assert want["grad_fn"] != "_SumGatesBackward"
+    _same_step(got, want)
+
+
+def test_psa_runs_its_conv_modules_where_one_has_a_hook(two_threads):
+    block = create_attn("psa", 16)
+    seen = []
+    block.sp_wq.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    block(torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last))
+    assert seen == [(2, 8, 5, 5)]
+
+
 @pytest.mark.parametrize("spread", ["std", "unbiased_std", "sqrt_var"])
 @pytest.mark.parametrize("groups", [None, 4, 1])
 @pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 48, 6, 5), (2, 16, 1, 7), (4, 64, 7, 7)])

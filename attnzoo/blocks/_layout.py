@@ -54,6 +54,8 @@ from . import _native
 __all__ = ["LayoutConv2d", "combine_like", "keep_layout", "like_input"]
 
 _SMALL = 4  # channel counts up to this are "small": the input converts to channels_last for almost nothing
+# the largest map a reducing 1x1 conv runs as a matmul: at 32x64x56x56 (6.4M elements) oneDNN's was faster
+_LINEAR_MAX = 2**21
 _GROUPED_MAX = 2  # channels per group up to which the native grouped kernel runs: it lost to oneDNN at 4 (1.6-1.7x)
 
 
@@ -75,6 +77,10 @@ class LayoutConv2d(nn.Conv2d):
             if bias is not None:
                 y = y + bias.view(1, -1, 1)
             return y.view(n, self.out_channels, h, w)
+        if self._reducing_pointwise(input):
+            # a reducing 1x1 conv of a channels_last map (BAM's C -> C/r) as F.linear over its (B H W, C) view
+            y = F.linear(input.permute(0, 2, 3, 1).reshape(-1, c), weight.view(self.out_channels, c), bias)
+            return y.view(n, h, w, self.out_channels).permute(0, 3, 1, 2)  # channels_last, as oneDNN's
         if self._native_ok(input):
             return _SmallConv.apply(input, weight, bias, self.padding, self.dilation)
         if self._native_depthwise_ok(input):
@@ -88,6 +94,14 @@ class LayoutConv2d(nn.Conv2d):
         if 1 < c <= _SMALL and self.out_channels <= _SMALL and not input.is_contiguous(memory_format=torch.channels_last):
             input = input.contiguous(memory_format=torch.channels_last)
         return super()._conv_forward(input, weight, bias)
+
+    def _reducing_pointwise(self, input: torch.Tensor) -> bool:
+        """A 1x1 conv (one group, stride 1, no padding) of a channels_last map of at most ``_LINEAR_MAX``
+        elements to at most a quarter of its channels, where one matmul beats oneDNN's convolution call."""
+        return (self.kernel_size == (1, 1) and self.groups == 1 and self.stride == (1, 1)
+                and self.padding in ((0, 0), "valid") and 4 * self.out_channels <= self.in_channels
+                and input.numel() <= _LINEAR_MAX and not input.is_contiguous()
+                and input.is_contiguous(memory_format=torch.channels_last))
 
     def _native_ok(self, input: torch.Tensor) -> bool:
         """The native small-conv kernel applies: <= 4 channels in and out, one group, stride 1, numeric

@@ -73,7 +73,8 @@ from ._small_graphs import _NORMS, _float32, _norm_args, _safe_forward, _unhooke
 MEAN_ONLY = ("se", "ese", "eca", "ecam", "ceca", "ge")
 
 __all__ = ["bam_gate", "context_gates", "ema_branch", "ema_gates", "group_gates", "moment_gates", "nearest_gate",
-           "norm_relu", "pooled_gates", "scse_gates", "simam_gate", "sk_gates", "strip_gates", "triplet_gates"]
+           "norm_relu", "pooled_gates", "scse_gates", "simam_gate", "sk_gates", "strip_gates", "sum_gates",
+           "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -1171,6 +1172,48 @@ def scse_gates(x: torch.Tensor, block: nn.Module) -> torch.Tensor | None:
     mean, logits, x1 = _ScsePool.apply(x, conv.weight, lib, cl, link)
     gc_t, gs_t = block.factors(mean, logits)
     return _ScseApply.apply(x1, gc_t, gs_t, lib, cl, link, add)
+
+
+class _SumGates(torch.autograd.Function):
+    """y = x * gc + x * gs for factors gc (B, C, 1, 1) and gs (B, 1, H, W) computed elsewhere (PSA's parallel
+    layout) on scSE's "add" kernels: forward one pass (scse_apply); backward dL/dgc and dL/dgs in one pass
+    (scse_reduce) and dL/dx = dy gc + dy gs in another (scse_apply of dL/dy). Saves x and the factors."""
+
+    @staticmethod
+    def forward(ctx, x, gc_t, gs_t, lib, cl):
+        gc, gs = _scse_factors(x, gc_t, gs_t)
+        ctx.save_for_backward(x, gc, gs)
+        ctx.lib, ctx.cl, ctx.dtypes = lib, cl, (gc_t.dtype, gs_t.dtype)
+        return _scse_apply(lib, x, cl, gc, gs, True)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, gc, gs = ctx.saved_tensors
+        b, c, h, w = x.shape
+        dy = _in_layout(dy, ctx.cl)
+        dx = dgc = dgs = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dgc, dgs = x.new_empty(b, c, 1, 1), x.new_empty(b, 1, h, w)
+            ctx.lib.scse_reduce(x.data_ptr(), dy.data_ptr(), gc.data_ptr(), gs.data_ptr(), 1, b, c, h * w, ctx.cl,
+                                torch.get_num_threads(), dgc.data_ptr(), dgs.data_ptr())
+            dgc, dgs = dgc.to(ctx.dtypes[0]), dgs.to(ctx.dtypes[1])
+        if ctx.needs_input_grad[0]:
+            dx = _scse_apply(ctx.lib, dy, ctx.cl, gc, gs, True)
+        return dx, dgc, dgs, None, None
+
+
+def sum_gates(x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor) -> torch.Tensor | None:
+    """``x * gc + x * gs`` (gc (B, C, 1, 1), gs (B, 1, H, W)) as one native op, or None where the kernels do not
+    apply (then compute it in PyTorch)."""
+    found = _native.target(x)
+    if found is None:
+        return None
+    lib, cl = found
+    if not torch.is_grad_enabled() or not (x.requires_grad or gc.requires_grad or gs.requires_grad):
+        with torch.no_grad():
+            return _scse_apply(lib, x, cl, *_scse_factors(x, gc, gs), True)
+    return _SumGates.apply(x, gc, gs, lib, cl)
 
 
 # ------------------------------------------------------------------------------------------------- ema

@@ -108,7 +108,7 @@ class BottleneckAttn(nn.Module):
         self.bn_channel = nn.Identity() if authors else SafeBatchNorm2d(channels)
 
         # spatial branch, Eq. 4: 1x1 reduce -> two dilated 3x3 -> 1x1 to one map -> BN (paper) / no BN (authors)
-        self.conv_reduce = nn.Conv2d(channels, rd, 1, bias=authors)
+        self.conv_reduce = LayoutConv2d(channels, rd, 1, bias=authors)
         self.bn_reduce = SafeBatchNorm2d(rd)
         self.act_reduce = act(inplace=True)
         self.conv_dil1 = LayoutConv2d(rd, rd, 3, padding=dilation, dilation=dilation, bias=authors)

@@ -34,17 +34,29 @@ each layout; ``form="authors"`` reproduces it op for op (inner width C // 2, flo
   C/8 channels (``(C // 2) // 4``); the spatial branch applies the softmax over H*W to each channel
   of W_v'(X) before the product, again with no softmax over channels:
   sigmoid(GAP(W_q'(X)) . softmax_HW(W_v'(X))).
+
+Speed: the 1x1 convs on X (W_v, W_q and W_v' in the parallel layout; W_v, W_q in the sequential one, then
+W_v' on Z_ch) run as one matmul of X's (B, H*W, C) view with their stacked weights, and W_q' runs on GAP(X)
+instead of the map (the mean commutes with a 1x1 conv without bias): the same function, one pass over X for
+all projections instead of one oneDNN convolution each, and no copy of the projections to flatten them.
+The modules run as such where one of them has a hook or is not a plain conv. In the parallel layout,
+Z_ch + Z_sp = X A_ch + X A_sp is one native op where the CPU kernels apply (``_pooled_gates.sum_gates``:
+one pass forward, two backward, nothing but X and the factors saved).
 """
 from __future__ import annotations
 
 import functools
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
 from ._layout import LayoutConv2d
 from ._pool import pool_mean
+from ._pooled_gates import sum_gates
+from ._small_graphs import _unhooked
 
 __all__ = ["PolarizedSelfAttn", "LAYOUTS", "FORMS"]
 
@@ -87,7 +99,7 @@ class PolarizedSelfAttn(nn.Module):
         gate = resolve_layer("psa", "gate_layer", gate_layer)
         # channel-only branch
         self.ch_wv = nn.Conv2d(channels, rd, 1, bias=False)
-        self.ch_wq = nn.Conv2d(channels, 1, 1, bias=False)
+        self.ch_wq = LayoutConv2d(channels, 1, 1, bias=False)
         if form == "authors" and layout == "sequential":  # PSA_s's bottleneck C/2 -> C/8 -> C
             rd4 = max(1, rd // 4)
             self.ch_wz = LayoutConv2d(rd, rd4, 1, bias=True)
@@ -105,11 +117,32 @@ class PolarizedSelfAttn(nn.Module):
         self.tap_channel = AttnTap("channel")
         self.tap_spatial = AttnTap("spatial")
 
-    def channel_attn(self, x):
-        """A_ch(x), (B, C, 1, 1)."""
+    def _fast(self, x) -> bool:
+        """The four 1x1 convs may run as matmuls over x's (B, H*W, C) view (``_projections``): plain, unhooked
+        convs without bias (a hook would not see its module run) on a 4-D input."""
+        convs = (self.ch_wv, self.ch_wq, self.sp_wv, self.sp_wq)
+        return x.dim() == 4 and all(type(m) in (nn.Conv2d, LayoutConv2d) and m.bias is None for m in convs) and _unhooked(*convs)
+
+    @staticmethod
+    def _projections(x, convs):
+        """The 1x1 convs ``convs`` of x as one matmul of x's (B, H*W, C) view (a view in NCHW and in
+        channels_last: no copy) with their stacked weights: one (B, H*W, C_out) view per conv."""
+        b, c, h, w = x.shape
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            tokens = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        else:
+            tokens = x.flatten(2).transpose(1, 2)
+        weight = torch.cat([m.weight.view(m.out_channels, c) for m in convs]) if len(convs) > 1 else convs[0].weight.view(-1, c)
+        return torch.matmul(tokens, weight.t()).split([m.out_channels for m in convs], dim=-1)
+
+    def channel_attn(self, x, proj=None):
+        """A_ch(x), (B, C, 1, 1); ``proj``: W_v(x), W_q(x) as (B, H*W, .) views (``_projections``), or None."""
         b, c = x.shape[:2]
-        v = self.ch_wv(x).flatten(2)  # (B, C/2, H*W)
-        q = self.ch_wq(x).flatten(2).softmax(-1)  # (B, 1, H*W), softmax over positions
+        if proj is None:
+            v = self.ch_wv(x).flatten(2)  # (B, C/2, H*W)
+            q = self.ch_wq(x).flatten(2).softmax(-1)  # (B, 1, H*W), softmax over positions
+        else:
+            v, q = proj[0].transpose(1, 2), proj[1].transpose(1, 2).softmax(-1)
         z = self.ch_wz((v @ q.transpose(1, 2)).unsqueeze(-1))  # (B, C, 1, 1); (B, C/8, 1, 1) in PSA_s
         if self.form == "authors" and self.layout == "sequential":
             z = self.ch_act(self.ln(z.flatten(1))).reshape(b, -1, 1, 1)  # (B, C/8, 1, 1)
@@ -117,11 +150,17 @@ class PolarizedSelfAttn(nn.Module):
         z = self.ln(z.reshape(b, c))  # (B, C), LayerNorm over channels (paper)
         return self.gate_channel(z).reshape(b, c, 1, 1)  # (B, C, 1, 1)
 
-    def spatial_attn(self, x):
-        """A_sp(x), (B, 1, H, W)."""
-        b, _, h, w = x.shape
-        q = pool_mean(self.sp_wq(x), (2, 3), keepdim=False).unsqueeze(1)  # (B, 1, C/2), GAP
-        v = self.sp_wv(x).flatten(2)  # (B, C/2, H*W)
+    def spatial_attn(self, x, v_tokens=None):
+        """A_sp(x), (B, 1, H, W); ``v_tokens``: W_v'(x) as a (B, H*W, C/2) view (``_projections``), or None.
+        With it, GAP(W_q'(x)) is W_q'(GAP(x)) (a 1x1 conv without bias commutes with the mean): the
+        conv runs on the pooled vector, not on the map."""
+        b, c, h, w = x.shape
+        if v_tokens is None:
+            q = pool_mean(self.sp_wq(x), (2, 3), keepdim=False).unsqueeze(1)  # (B, 1, C/2), GAP
+            v = self.sp_wv(x).flatten(2)  # (B, C/2, H*W)
+        else:
+            q = F.linear(pool_mean(x, (2, 3), keepdim=False), self.sp_wq.weight.view(-1, c)).unsqueeze(1)
+            v = v_tokens.transpose(1, 2)
         if self.form == "paper":
             a = q.softmax(-1) @ v  # (B, 1, H*W), softmax over channels
         elif self.layout == "parallel":
@@ -132,10 +171,17 @@ class PolarizedSelfAttn(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        z_ch = x * self.tap_channel(self.channel_attn(x))  # (B, C, H, W)
+        fast = self._fast(x)
         if self.layout == "sequential":
-            return z_ch * self.tap_spatial(self.spatial_attn(z_ch))
-        return z_ch + x * self.tap_spatial(self.spatial_attn(x))
+            ch = self._projections(x, (self.ch_wv, self.ch_wq)) if fast else None
+            z_ch = x * self.tap_channel(self.channel_attn(x, ch))  # (B, C, H, W)
+            sp = self._projections(z_ch, (self.sp_wv,))[0] if fast else None
+            return z_ch * self.tap_spatial(self.spatial_attn(z_ch, sp))
+        proj = self._projections(x, (self.ch_wv, self.ch_wq, self.sp_wv)) if fast else None  # one matmul
+        a_ch = self.tap_channel(self.channel_attn(x, None if proj is None else proj[:2]))  # (B, C, 1, 1)
+        a_sp = self.tap_spatial(self.spatial_attn(x, None if proj is None else proj[2]))  # (B, 1, H, W)
+        y = sum_gates(x, a_ch, a_sp)  # the native CPU kernels where they apply: one pass, no Z_ch written
+        return x * a_ch + x * a_sp if y is None else y
 
 
 register_attn("psa_s", functools.partial(PolarizedSelfAttn, layout="sequential"), **_META)
