@@ -10,9 +10,13 @@ The revision's ``attnzoo/blocks/_native.c`` is built into a temporary library (t
 loaded as modules of their own; the "old" side points each block module's imported ops at those modules and
 the kernel library at that build, the "new" side at the working tree's (an op the revision did not have
 returns None there, so the block takes its PyTorch path or runs its small graph as modules, as it did).
-Everything else (the blocks' modules, the small convolutions' Python) is the working tree's on both sides,
-except ``LayoutConv2d``'s routes that the revision's ``_layout.py`` did not have: the native grouped convolution
-(``_layout._GROUPED_MAX``) is switched off on the old side there, so that side runs oneDNN's, as it did.
+Where a block's own module (``attnzoo/blocks/<block>.py``) differs from the revision's, the revision's file is
+loaded as a module of its own too, and the old side runs its classes' methods (every function the old class
+defines but ``__init__``) on the working tree's instances: the same parameters, the revision's computation.
+Everything else (the small convolutions' Python) is the working tree's on both sides, except ``LayoutConv2d``'s
+routes that the revision's ``_layout.py`` did not have, switched off on the old side so that it runs oneDNN's,
+as it did: the native grouped convolution (``_layout._GROUPED_MAX``) and the reducing 1x1 conv as a matmul
+(``LayoutConv2d._reducing_pointwise``).
 
 Blocks: forward + backward (``y.backward(g)``) at ResNet-20's three stages on Fashion-MNIST (batch 128:
 16x28x28, 32x14x14, 64x7x7), channels_last, float32, train mode, ``--steps`` passes per turn; ``--pairs``
@@ -40,6 +44,7 @@ from pathlib import Path
 import torch
 
 import attnzoo
+import attnzoo.factory
 from attnzoo.ablation.runner import cpu_model
 from attnzoo.blocks import _layout, _native, _pooled_gates, _small_graphs
 from attnzoo.training.allocator import use_allocator
@@ -85,15 +90,56 @@ def revision_side(rev: str, tmp: Path):
         exec(compile(text, f"{rev}:{short}.py", "exec"), module.__dict__)
         modules.append(module)
     layout = _git_show(rev, "attnzoo/blocks/_layout.py")
-    return lib, modules, {"_GROUPED_MAX": _layout._GROUPED_MAX if "_GroupedConv" in layout else 0}
+    routes = {"_GROUPED_MAX": _layout._GROUPED_MAX if "_GroupedConv" in layout else 0}
+    if "_reducing_pointwise" not in layout:
+        routes["_reducing_pointwise"] = lambda self, x: False
+    return lib, modules, routes
+
+
+def block_methods(rev: str, names) -> dict:
+    """{class: {method name: the revision's function}} for the blocks whose module differs from the revision's."""
+    out = {}
+    for name in names:
+        factory = attnzoo.factory.attn_info(name).factory
+        cls = getattr(factory, "func", factory)
+        short = cls.__module__.rsplit(".", 1)[1]
+        path = f"attnzoo/blocks/{short}.py"
+        text = _git_show(rev, path, missing_ok=True)
+        if text is None or text == (ROOT / path).read_text() or cls in out:
+            continue
+        spec = importlib.util.spec_from_loader(f"attnzoo.blocks.{short}_rev", loader=None)
+        module = importlib.util.module_from_spec(spec)
+        module.__package__ = "attnzoo.blocks"
+        with _registry_frozen():
+            exec(compile(text, f"{rev}:{short}.py", "exec"), module.__dict__)
+        sys.modules[spec.name] = module  # so that Sides.use points its imported ops at each side's too
+        old_cls = getattr(module, cls.__name__)
+        out[cls] = {k: v for k, v in vars(old_cls).items() if callable(v) and k != "__init__" and not isinstance(v, type)}
+    return out
+
+
+class _registry_frozen:
+    """The revision's block module registers its blocks again on import: keep the registry as it was."""
+
+    def __enter__(self):
+        self.entries = attnzoo.factory.ATTN_REGISTRY._entries
+        self.saved = dict(self.entries)
+        self.entries.clear()
+
+    def __exit__(self, *exc):
+        self.entries.clear()
+        self.entries.update(self.saved)
 
 
 class Sides:
     """Switches every loaded block module's imported native ops and the kernel library between two sides."""
 
-    def __init__(self, old_lib, old_modules, old_layout: dict) -> None:
+    def __init__(self, old_lib, old_modules, old_layout: dict, methods: dict | None = None) -> None:
         self.lib = {"old": old_lib, "new": _native.kernels()}
-        self.layout = {"old": old_layout, "new": {k: getattr(_layout, k) for k in old_layout}}
+        self.layout = {"old": old_layout, "new": {k: getattr(_layout, k) if k.isupper() else
+                                                  getattr(_layout.LayoutConv2d, k) for k in old_layout}}
+        self.methods = {"old": methods or {}, "new": {cls: {k: cls.__dict__.get(k) for k in m}
+                                                       for cls, m in (methods or {}).items()}}
         # an op the revision did not have: the block took its PyTorch path there (the op "does not apply")
         old = {op: getattr(m, op) for m in old_modules for op in getattr(m, "__all__", ()) if op in OPS}
         self.ops = {"old": {op: old.get(op, _not_there) for op in OPS},
@@ -102,7 +148,13 @@ class Sides:
     def use(self, side: str) -> None:
         _native._state["lib"] = self.lib[side]
         for k, v in self.layout[side].items():
-            setattr(_layout, k, v)
+            setattr(_layout if k.isupper() else _layout.LayoutConv2d, k, v)
+        for cls, methods in self.methods[side].items():
+            for k, v in methods.items():
+                if v is None:
+                    delattr(cls, k) if k in cls.__dict__ else None
+                else:
+                    setattr(cls, k, v)
         for module in list(sys.modules.values()):
             if getattr(module, "__name__", "").startswith("attnzoo.blocks.") and module not in OP_MODULES:
                 for op in OPS:
@@ -151,7 +203,7 @@ def main(argv=None) -> int:
                                 cwd=ROOT).stdout.strip())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        sides = Sides(*revision_side(args.rev, Path(tmp)))
+        sides = Sides(*revision_side(args.rev, Path(tmp)), block_methods(args.rev, args.blocks))
         print(f"working tree ({head}{', modified' if dirty else ''}) / {args.rev}: forward+backward, float32, "
               f"channels_last, {args.threads} threads, {cpu_model()}, torch {torch.__version__}, median of "
               f"{args.pairs} ABBA pairs of {args.steps} passes (range)")
