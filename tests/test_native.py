@@ -392,18 +392,19 @@ def test_a_training_step_leaves_no_reference_cycle(name, monkeypatch, two_thread
 @pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (3, 16, 1, 1), (4, 64, 7, 7)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_psa_projections_and_sum_op_are_the_modules(name, form, shape, channels_last, monkeypatch, two_threads):
-    """PSA's stacked-weight projections (one matmul of x's token view, W_q' on the pooled x) and, in the parallel
-    layout, its x A_ch + x A_sp op, against the four 1x1 conv modules and PyTorch's products: output, dL/dx,
-    every parameter gradient, taps."""
+    """PSA's projections (matmuls of x's token view, W_q' on the pooled x, Z_ch's from x's in the sequential
+    layout) and its output op (x A_ch + x A_sp, x A_ch A_sp), against the four 1x1 conv modules and PyTorch's
+    products: output, dL/dx, every parameter gradient, taps."""
     from attnzoo.blocks.psa import PolarizedSelfAttn
     x = torch.randn(shape, generator=torch.Generator().manual_seed(6))
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     got = _train_step(name, x, monkeypatch, True, form=form)
-    assert got["grad_fn"] == ("_SumGatesBackward" if name == "psa" else "MulBackward0")
+    op = "_SumGatesBackward" if name == "psa" else "_ProductGatesBackward"
+    assert got["grad_fn"] == op
     monkeypatch.setattr(PolarizedSelfAttn, "_fast", lambda self, t: False)
     want = _train_step(name, x, monkeypatch, False, form=form)
-    assert want["grad_fn"] != "_SumGatesBackward"
+    assert want["grad_fn"] != op
     _same_step(got, want)
 
 

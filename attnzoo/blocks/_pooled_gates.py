@@ -73,8 +73,8 @@ from ._small_graphs import _NORMS, _float32, _norm_args, _safe_forward, _unhooke
 MEAN_ONLY = ("se", "ese", "eca", "ecam", "ceca", "ge")
 
 __all__ = ["bam_gate", "context_gates", "ema_branch", "ema_gates", "group_gates", "moment_gates", "nearest_gate",
-           "norm_relu", "pooled_gates", "scse_gates", "simam_gate", "sk_gates", "strip_gates", "sum_gates",
-           "triplet_gates"]
+           "norm_relu", "pooled_gates", "product_gates", "scse_gates", "simam_gate", "sk_gates", "strip_gates",
+           "sum_gates", "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -1201,6 +1201,58 @@ class _SumGates(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = _scse_apply(ctx.lib, dy, ctx.cl, gc, gs, True)
         return dx, dgc, dgs, None, None
+
+
+class _ProductGates(torch.autograd.Function):
+    """y = x * gc * gs for factors gc (B, C, 1, 1) and gs (B, 1, H, W) computed elsewhere (PSA's sequential
+    layout) on pooled_gates' kernels, with no pooling to differentiate through: forward one pass (apply_gates);
+    backward dL/dgs (grad_spatial_factor, no maximum: +inf never ties), dL/dgc (grad_channel_factor, with no
+    pooling terms) and dL/dx = dy gc gs (apply_gates of dL/dy), one pass each. Saves x and the factors."""
+
+    @staticmethod
+    def forward(ctx, x, gc_t, gs_t, lib, cl):
+        gc, gs = _scse_factors(x, gc_t, gs_t)
+        ctx.save_for_backward(x, gc, gs)
+        ctx.lib, ctx.cl, ctx.dtypes = lib, cl, (gc_t.dtype, gs_t.dtype)
+        return _apply(lib, x, cl, gc, gs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, gc, gs = ctx.saved_tensors
+        lib, cl = ctx.lib, ctx.cl
+        b, c, h, w = x.shape
+        shape = (b, c, h * w, cl, torch.get_num_threads())
+        dy = _in_layout(dy, cl)
+        dx = dgc = dgs = None
+        if ctx.needs_input_grad[2]:
+            dgs, ties = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
+            lib.grad_spatial_factor(x.data_ptr(), gc.data_ptr(), dy.data_ptr(), gs.new_full(gs.shape, float("inf")).data_ptr(),
+                                    *shape, dgs.data_ptr(), ties.data_ptr())
+            dgs = dgs.to(ctx.dtypes[1])
+        if ctx.needs_input_grad[1]:
+            zeros, ones = gs.new_zeros(gs.shape), gs.new_ones(gs.shape)
+            dgc = x.new_empty(b, c, 1, 1)
+            lib.grad_channel_factor(x.data_ptr(), gc.data_ptr(), gs.data_ptr(), dy.data_ptr(), zeros.data_ptr(),
+                                    zeros.data_ptr(), gs.new_full(gs.shape, float("inf")).data_ptr(), ones.data_ptr(),
+                                    *shape, dgc.data_ptr())
+            dgc = dgc.to(ctx.dtypes[0])
+        if ctx.needs_input_grad[0]:
+            dx = _apply(lib, dy, cl, gc, gs)
+        return dx, dgc, dgs, None, None
+
+
+def product_gates(x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor) -> torch.Tensor | None:
+    """``x * gc * gs`` (gc (B, C, 1, 1), gs (B, 1, H, W)) as one native op, or None where the kernels do not
+    apply (then compute it in PyTorch)."""
+    found = _native.target(x)
+    if found is None:
+        return None
+    lib, cl = found
+    if not torch.is_grad_enabled() or not (x.requires_grad or gc.requires_grad or gs.requires_grad):
+        with torch.no_grad():
+            return _apply(lib, x, cl, *_scse_factors(x, gc, gs))
+    return _ProductGates.apply(x, gc, gs, lib, cl)
 
 
 def sum_gates(x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor) -> torch.Tensor | None:

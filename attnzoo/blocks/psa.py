@@ -35,13 +35,14 @@ each layout; ``form="authors"`` reproduces it op for op (inner width C // 2, flo
   of W_v'(X) before the product, again with no softmax over channels:
   sigmoid(GAP(W_q'(X)) . softmax_HW(W_v'(X))).
 
-Speed: the 1x1 convs on X (W_v, W_q and W_v' in the parallel layout; W_v, W_q in the sequential one, then
-W_v' on Z_ch) run as one matmul of X's (B, H*W, C) view with their stacked weights, and W_q' runs on GAP(X)
-instead of the map (the mean commutes with a 1x1 conv without bias): the same function, one pass over X for
-all projections instead of one oneDNN convolution each, and no copy of the projections to flatten them.
-The modules run as such where one of them has a hook or is not a plain conv. In the parallel layout,
-Z_ch + Z_sp = X A_ch + X A_sp is one native op where the CPU kernels apply (``_pooled_gates.sum_gates``:
-one pass forward, two backward, nothing but X and the factors saved).
+Speed: the 1x1 convs run as matmuls of X's (B, H*W, C) view: W_v, W_q (and W_v' in the parallel layout) as
+one, with their stacked weights; in the sequential one W_v'(Z_ch) as X times W_v' scaled by each sample's
+A_ch, so Z_ch = A_ch X is never formed. W_q' runs on the pooled vector instead of the map (GAP commutes
+with a 1x1 conv without bias; GAP(Z_ch) = A_ch GAP(X)). The same function, without one oneDNN convolution
+per W or a copy of each projection to flatten it. The output, X A_ch + X A_sp (parallel) or X A_ch A_sp
+(sequential), is one native op where the CPU kernels apply (``_pooled_gates.sum_gates`` / ``product_gates``:
+one pass forward, one per gradient backward, nothing but X and the factors saved). The modules run as such
+where one of them has a hook or is not a plain conv.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ from ..factory import register_attn
 from .base import AttnTap, check_input, reduced_channels, resolve_layer
 from ._layout import LayoutConv2d
 from ._pool import pool_mean
-from ._pooled_gates import sum_gates
+from ._pooled_gates import product_gates, sum_gates
 from ._small_graphs import _unhooked
 
 __all__ = ["PolarizedSelfAttn", "LAYOUTS", "FORMS"]
@@ -124,16 +125,19 @@ class PolarizedSelfAttn(nn.Module):
         return x.dim() == 4 and all(type(m) in (nn.Conv2d, LayoutConv2d) and m.bias is None for m in convs) and _unhooked(*convs)
 
     @staticmethod
-    def _projections(x, convs):
-        """The 1x1 convs ``convs`` of x as one matmul of x's (B, H*W, C) view (a view in NCHW and in
-        channels_last: no copy) with their stacked weights: one (B, H*W, C_out) view per conv."""
+    def _tokens(x):
+        """x (B, C, H, W) as (B, H*W, C): a view in NCHW and in channels_last (no copy)."""
         b, c, h, w = x.shape
         if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            tokens = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        else:
-            tokens = x.flatten(2).transpose(1, 2)
+            return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        return x.flatten(2).transpose(1, 2)
+
+    def _projections(self, x, convs):
+        """The 1x1 convs ``convs`` of x as one matmul of x's token view with their stacked weights: one
+        (B, H*W, C_out) view per conv."""
+        c = x.shape[1]
         weight = torch.cat([m.weight.view(m.out_channels, c) for m in convs]) if len(convs) > 1 else convs[0].weight.view(-1, c)
-        return torch.matmul(tokens, weight.t()).split([m.out_channels for m in convs], dim=-1)
+        return torch.matmul(self._tokens(x), weight.t()).split([m.out_channels for m in convs], dim=-1)
 
     def channel_attn(self, x, proj=None):
         """A_ch(x), (B, C, 1, 1); ``proj``: W_v(x), W_q(x) as (B, H*W, .) views (``_projections``), or None."""
@@ -150,16 +154,17 @@ class PolarizedSelfAttn(nn.Module):
         z = self.ln(z.reshape(b, c))  # (B, C), LayerNorm over channels (paper)
         return self.gate_channel(z).reshape(b, c, 1, 1)  # (B, C, 1, 1)
 
-    def spatial_attn(self, x, v_tokens=None):
+    def spatial_attn(self, x, v_tokens=None, pooled=None):
         """A_sp(x), (B, 1, H, W); ``v_tokens``: W_v'(x) as a (B, H*W, C/2) view (``_projections``), or None.
         With it, GAP(W_q'(x)) is W_q'(GAP(x)) (a 1x1 conv without bias commutes with the mean): the
-        conv runs on the pooled vector, not on the map."""
+        conv runs on the pooled vector (``pooled``, GAP(x) (B, C), or None to take it), not on the map."""
         b, c, h, w = x.shape
         if v_tokens is None:
             q = pool_mean(self.sp_wq(x), (2, 3), keepdim=False).unsqueeze(1)  # (B, 1, C/2), GAP
             v = self.sp_wv(x).flatten(2)  # (B, C/2, H*W)
         else:
-            q = F.linear(pool_mean(x, (2, 3), keepdim=False), self.sp_wq.weight.view(-1, c)).unsqueeze(1)
+            pooled = pool_mean(x, (2, 3), keepdim=False) if pooled is None else pooled
+            q = F.linear(pooled, self.sp_wq.weight.view(-1, c)).unsqueeze(1)
             v = v_tokens.transpose(1, 2)
         if self.form == "paper":
             a = q.softmax(-1) @ v  # (B, 1, H*W), softmax over channels
@@ -172,11 +177,18 @@ class PolarizedSelfAttn(nn.Module):
     def forward(self, x):
         check_input(self, x)
         fast = self._fast(x)
-        if self.layout == "sequential":
-            ch = self._projections(x, (self.ch_wv, self.ch_wq)) if fast else None
-            z_ch = x * self.tap_channel(self.channel_attn(x, ch))  # (B, C, H, W)
-            sp = self._projections(z_ch, (self.sp_wv,))[0] if fast else None
-            return z_ch * self.tap_spatial(self.spatial_attn(z_ch, sp))
+        if self.layout == "sequential" and not fast:
+            z_ch = x * self.tap_channel(self.channel_attn(x))  # (B, C, H, W)
+            return z_ch * self.tap_spatial(self.spatial_attn(z_ch))
+        if self.layout == "sequential":  # Z_ch = X A_ch is never formed: its projections from X's, per sample
+            b, c = x.shape[:2]
+            a_ch = self.tap_channel(self.channel_attn(x, self._projections(x, (self.ch_wv, self.ch_wq))))
+            g = a_ch.view(b, 1, c)
+            v = torch.matmul(self._tokens(x), (self.sp_wv.weight.view(1, -1, c) * g).transpose(1, 2))  # W_v'(Z_ch)
+            pooled = pool_mean(x, (2, 3), keepdim=False) * g.view(b, c)  # GAP(Z_ch) = A_ch GAP(X)
+            a_sp = self.tap_spatial(self.spatial_attn(x, v, pooled))
+            y = product_gates(x, a_ch, a_sp)  # the native CPU kernels where they apply: one pass
+            return x * a_ch * a_sp if y is None else y
         proj = self._projections(x, (self.ch_wv, self.ch_wq, self.sp_wv)) if fast else None  # one matmul
         a_ch = self.tap_channel(self.channel_attn(x, None if proj is None else proj[:2]))  # (B, C, 1, 1)
         a_sp = self.tap_spatial(self.spatial_attn(x, None if proj is None else proj[2]))  # (B, 1, H, W)
