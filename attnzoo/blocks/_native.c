@@ -4004,34 +4004,52 @@ void strip_norm_gate_backward(const float *da, const float *a, const float *z, c
  * each, a sigmoid and a broadcast product, each a full pass and again in backward. */
 #define EMA_DIMS int64_t B, int64_t C, int64_t G, int64_t P, int cl, int nt
 
-/* y = x * gate[g(c), p] for one sample: x, y (C, P) in layout cl, gate (G, P) */
+/* y = x * gate[g(c), p] for one sample: x, y (C, P) in layout cl, gate (G, P). In channels_last the gate is
+ * read across its rows: 16 positions at a time, their gate values are spread to a (16, C) block in cache
+ * first (read along the gate's rows), so that the product runs along x's rows as one vector loop. */
+#define EMA_PB 16
 static void ema_apply(const float *x, const float *gate, int64_t C, int64_t G, int64_t P, int cl, float *y) {
     const int64_t cg = C / G;
     if (!cl) {
         for (int64_t c = 0; c < C; c++) {
             const float *gt = gate + (c / cg) * P, *r = x + c * P;
             float *o = y + c * P;
+#pragma omp simd
             for (int64_t p = 0; p < P; p++) o[p] = r[p] * gt[p];
         }
         return;
     }
-    for (int64_t p = 0; p < P; p++) {
-        const float *r = x + p * C;
-        float *o = y + p * C;
-        for (int64_t g = 0; g < G; g++) {
-            const float v = gate[g * P + p];
-            for (int64_t k = g * cg; k < (g + 1) * cg; k++) o[k] = r[k] * v;
+    float *ge = malloc(sizeof(float) * EMA_PB * C);
+    for (int64_t p0 = 0; p0 < P; p0 += EMA_PB) {
+        const int64_t n = P - p0 < EMA_PB ? P - p0 : EMA_PB;
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t q = 0; q < n; q++) {
+                const float v = gate[g * P + p0 + q];
+                for (int64_t k = 0; k < cg; k++) ge[q * C + g * cg + k] = v;
+            }
+        for (int64_t q = 0; q < n; q++) {
+            const float *restrict r = x + (p0 + q) * C, *restrict e = ge + q * C;
+            float *restrict o = y + (p0 + q) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) o[c] = r[c] * e[c];
         }
     }
+    free(ge);
 }
 
-/* s = softmax over the cg channel means of a (cg, P) */
+/* s = softmax over the cg channel means of a (cg, P); the means summed in double (eight running sums, a
+ * loop the compiler vectorises), cg == 1 is s = 1 (what the softmax of one value gives). */
 static void ema_softmax_means(const float *a, int64_t cg, int64_t P, double *m, float *s) {
+    if (cg == 1) { s[0] = 1.f; return; }
     double mx = -INFINITY, tot = 0.;
     for (int64_t c = 0; c < cg; c++) {
-        double t = 0.;
-        for (int64_t p = 0; p < P; p++) t += a[c * P + p];
-        m[c] = t / (double)P;
+        double acc[8] = {0., 0., 0., 0., 0., 0., 0., 0.};
+        const float *r = a + c * P;
+        int64_t p = 0;
+        for (; p + 8 <= P; p += 8)
+            for (int j = 0; j < 8; j++) acc[j] += (double)r[p + j];
+        for (; p < P; p++) acc[0] += (double)r[p];
+        m[c] = ((acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7])) / (double)P;
         if (m[c] > mx) mx = m[c];
     }
     for (int64_t c = 0; c < cg; c++) { m[c] = exp(m[c] - mx); tot += m[c]; }
@@ -4052,9 +4070,10 @@ void ema_cross_forward(const float *x, const float *x1, const float *x2, EMA_DIM
             for (int64_t p = 0; p < P; p++) gt[p] = 0.f;
             for (int64_t c = 0; c < cg; c++) {
                 const float u = S1[c], v = S2[c], *r1 = a + c * P, *r2 = d + c * P;
+#pragma omp simd
                 for (int64_t p = 0; p < P; p++) gt[p] += u * r2[p] + v * r1[p];
             }
-            for (int64_t p = 0; p < P; p++) gt[p] = sigmoid_approx(gt[p]);
+            sigmoid_inplace(gt, P);
         }
         ema_apply(x + b * C * P, gate + b * G * P, C, G, P, cl, y + b * C * P);
         free(m);
@@ -4077,15 +4096,26 @@ void ema_cross_backward(const float *x, const float *dy, const float *x1, const 
                 const float *r = xb + c * P, *q = db + c * P;
                 for (int64_t p = 0; p < P; p++) t[p] += r[p] * q[p];
             }
-        else
-            for (int64_t p = 0; p < P; p++) {
-                const float *r = xb + p * C, *q = db + p * C;
-                for (int64_t g = 0; g < G; g++) {
-                    float t = 0.f;
-                    for (int64_t k = g * cg; k < (g + 1) * cg; k++) t += r[k] * q[k];
-                    dw[g * P + p] = t;
+        else {  /* products along x's rows, 16 positions at a time, then summed per group into dw's rows */
+            float *pr = malloc(sizeof(float) * EMA_PB * C);
+            for (int64_t p0 = 0; p0 < P; p0 += EMA_PB) {
+                const int64_t n = P - p0 < EMA_PB ? P - p0 : EMA_PB;
+                for (int64_t q = 0; q < n; q++) {
+                    const float *restrict r = xb + (p0 + q) * C, *restrict d = db + (p0 + q) * C;
+                    float *restrict o = pr + q * C;
+#pragma omp simd
+                    for (int64_t c = 0; c < C; c++) o[c] = r[c] * d[c];
                 }
+                for (int64_t g = 0; g < G; g++)
+                    for (int64_t q = 0; q < n; q++) {
+                        float t = 0.f;
+                        for (int64_t k = g * cg; k < (g + 1) * cg; k++) t += pr[q * C + k];
+                        dw[g * P + p0 + q] = t;
+                    }
             }
+            free(pr);
+        }
+#pragma omp simd
         for (int64_t i = 0; i < G * P; i++) dw[i] *= gb[i] * (1.f - gb[i]);
         if (dx) ema_apply(db, gb, C, G, P, cl, dx + b * C * P);
         for (int64_t g = 0; g < G; g++) {
@@ -4093,18 +4123,26 @@ void ema_cross_backward(const float *x, const float *dy, const float *x1, const 
             const float *a = x1 + bg * cg * P, *d = x2 + bg * cg * P, *w = dw + g * P;
             const float *S1 = s1 + bg * cg, *S2 = s2 + bg * cg;
             double t1 = 0., t2 = 0.;
-            for (int64_t c = 0; c < cg; c++) {
+            for (int64_t c = 0; c < cg && cg > 1; c++) {  /* cg == 1: s = 1, so dm = 0 */
                 ds[c] = dot16(w, d + c * P, P);  /* dL/ds1 */
                 ds[cg + c] = dot16(w, a + c * P, P);  /* dL/ds2 */
                 t1 += S1[c] * ds[c];
                 t2 += S2[c] * ds[cg + c];
             }
             for (int64_t c = 0; c < cg; c++) {
-                const float e1 = (float)(S1[c] * (ds[c] - t1) / (double)P);  /* dm1 / P */
-                const float e2 = (float)(S2[c] * (ds[cg + c] - t2) / (double)P);
+                const float e1 = cg > 1 ? (float)(S1[c] * (ds[c] - t1) / (double)P) : 0.f;  /* dm1 / P */
+                const float e2 = cg > 1 ? (float)(S2[c] * (ds[cg + c] - t2) / (double)P) : 0.f;
                 const float u = S1[c], v = S2[c];
-                if (dx1) { float *o = dx1 + (bg * cg + c) * P; for (int64_t p = 0; p < P; p++) o[p] = v * w[p] + e1; }
-                if (dx2) { float *o = dx2 + (bg * cg + c) * P; for (int64_t p = 0; p < P; p++) o[p] = u * w[p] + e2; }
+                if (dx1) {
+                    float *o = dx1 + (bg * cg + c) * P;
+#pragma omp simd
+                    for (int64_t p = 0; p < P; p++) o[p] = v * w[p] + e1;
+                }
+                if (dx2) {
+                    float *o = dx2 + (bg * cg + c) * P;
+#pragma omp simd
+                    for (int64_t p = 0; p < P; p++) o[p] = u * w[p] + e2;
+                }
             }
         }
         free(dw); free(ds);
