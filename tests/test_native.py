@@ -45,7 +45,7 @@ MOMENT = ["srm", "gct", "fca"]
 NATIVE_OPS = {"_MomentScaleBackward", "_ScseApplyBackward", "_ApplyGatesBackward", "_StripApplyBackward", "_GroupApplyBackward",
               "_TripletApplyBackward", "_BamGateBackward",
               "_SgeGatesBackward", "_SimAMGateBackward", "_GcApplyBackward", "_EmaCrossBackward", "_SkSelectBackward",
-              "_NearestGateBackward"}
+              "_NearestGateBackward", "_CbamGatesBackward", "_SumGatesBackward", "_ProductGatesBackward"}
 
 
 @pytest.fixture
@@ -67,9 +67,9 @@ def test_the_kernels_build_where_there_is_a_compiler():
     assert _native.build_error() is None
 
 
-def _randomized(name, channels, seed=0, **kwargs):
+def _randomized(name, channels, seed=0, train=True, **kwargs):
     torch.manual_seed(seed)
-    block = create_attn(name, channels, **kwargs).train()
+    block = create_attn(name, channels, **kwargs).train(train)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in block.parameters():
@@ -140,6 +140,50 @@ def test_pooled_gates_op_is_the_plain_path(name, channels_last, shape, monkeypat
     got, want = _train_step(name, x, monkeypatch, True), _train_step(name, x, monkeypatch, False)
     assert got["grad_fn"] in NATIVE_OPS and want["grad_fn"] not in NATIVE_OPS
     _same_step(got, want)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"spatial_norm": False, "mlp_bias": False}, {"kernel_size": 3, "rd_channels": 3}])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (2, 48, 1, 7), (2, 16, 1, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial"])
+def test_cbam_whole_block_op_is_the_plain_path(name, channels_last, shape, train, kwargs, monkeypatch, two_threads):
+    """CBAM as one op (``cbam_gates``: taps neither captured nor hooked), against its modules: output, dL/dx,
+    every parameter gradient and the BatchNorm buffers, in training and in eval mode."""
+    keys = {"cbam": kwargs, "cbam_channel": {k: v for k, v in kwargs.items() if k in ("mlp_bias", "rd_channels")},
+            "cbam_spatial": {k: v for k, v in kwargs.items() if k in ("spatial_norm", "kernel_size")}}[name]
+    torch.manual_seed(3)
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    got, want = (_train_step(name, x, monkeypatch, native, capture=False, train=train, **keys) for native in (True, False))
+    one_op = name == "cbam_channel" or shape[2] * shape[3] > 1  # the small-conv kernel wants a map (else the split ops)
+    assert got["grad_fn"] == ("_CbamGatesBackward" if one_op else "_ApplyGatesBackward") and want["grad_fn"] not in NATIVE_OPS
+    _same_step(got, want, taps=False)
+
+
+def test_cbam_with_a_hooked_tap_or_frozen_parts_keeps_the_ops_right(monkeypatch, two_threads):
+    """A hooked tap sends CBAM to the split ops; frozen parameters or an input without a gradient still give
+    the modules' gradients on the whole-block op."""
+    x = torch.randn(4, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    _native_on(monkeypatch, True)
+    block = _randomized("cbam", 16)
+    block.spatial.tap.register_forward_hook(lambda m, i, o: None)
+    assert type(block(x).grad_fn).__name__ == "_ApplyGatesBackward"
+    for frozen in ("channel", "spatial"):
+        grads = {}
+        for native in (True, False):
+            _native_on(monkeypatch, native)
+            block = _randomized("cbam", 16)
+            for p in getattr(block, frozen).parameters():
+                p.requires_grad_(False)
+            y = block(x)
+            assert (type(y.grad_fn).__name__ == "_CbamGatesBackward") == native
+            y.square().sum().backward()
+            grads[native] = {k: p.grad for k, p in block.named_parameters() if p.requires_grad}
+        assert grads[True].keys() == grads[False].keys()
+        for k in grads[False]:
+            _close(grads[True][k], grads[False][k], k)
 
 
 @pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (2, 48, 1, 7), (2, 16, 1, 1), (5, 17, 4, 4),
@@ -855,14 +899,14 @@ def test_pooled_gates_leave_other_inputs_to_the_plain_path(monkeypatch, two_thre
     block = _randomized("cbam", 16)
 
     def fn(x):
-        return type(block(x.requires_grad_(True)).grad_fn).__name__
+        return type(block(x.requires_grad_(True)).grad_fn).__name__ in NATIVE_OPS
 
-    assert fn(torch.randn(4, 16, 5, 5)) == "_ApplyGatesBackward"
-    assert fn(torch.randn(1, 16, 5, 5)) != "_ApplyGatesBackward"  # batch below the thread count
+    assert fn(torch.randn(4, 16, 5, 5))
+    assert not fn(torch.randn(1, 16, 5, 5))  # batch below the thread count
     block.double()
-    assert fn(torch.randn(4, 16, 5, 5).double()) != "_ApplyGatesBackward"
+    assert not fn(torch.randn(4, 16, 5, 5).double())
     block.float()
-    assert fn(torch.randn(4, 5, 5, 16).permute(0, 3, 2, 1)) != "_ApplyGatesBackward"  # neither layout
+    assert not fn(torch.randn(4, 5, 5, 16).permute(0, 3, 2, 1))  # neither layout
     with torch.no_grad():  # inference: the forward kernels, same values
         x = torch.randn(4, 16, 5, 5)
         y = block(x)

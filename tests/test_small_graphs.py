@@ -18,6 +18,7 @@ from attnzoo.blocks._layout import LayoutConv2d
 from test_native import _cc, _same_step, _train_step
 
 FUSED = {"_MlpGateBackward", "_ConvNormGateBackward"}
+WHOLE = "_CbamGatesBackward"  # cbam_gates: CBAM's small graphs inside the block's one op
 COORD = "_CoordGatesBackward"
 STRIP = "_StripNormGateBackward"
 CHANNEL_CONV = "_ChannelConvGateBackward"
@@ -92,7 +93,7 @@ def _graph_of(name, x, **kwargs):
                                   "scoord", "se", "eca", "ceca", "ecam"])
 def test_the_default_blocks_run_their_small_graphs_as_one_op_each(name):
     _, nodes = _graph_of(name, torch.randn(4, 32, 8, 8))
-    want = {"cbam_channel": {"_MlpGateBackward"}, "cbam_spatial": {"_ConvNormGateBackward"},
+    want = {"cbam": {WHOLE}, "cbam_channel": {WHOLE}, "cbam_spatial": {WHOLE},  # the whole block is one op there
             "triplet": {"_ConvNormGateBackward"}, "coord": {COORD}, "ela": {STRIP}, "strip": {STRIP},
             "scoord": {COORD}, "se": {"_MlpGateBackward"}, "eca": {CHANNEL_CONV}, "ceca": {CHANNEL_CONV},
             "ecam": {CHANNEL_CONV}}.get(name, FUSED)
@@ -234,14 +235,18 @@ def test_one_value_per_channel_in_training_runs_the_module():
     assert _small_graphs.conv_norm_gate(torch.randn(1, 2, 1, 1), conv, bn, nn.Sigmoid()) is None
 
 
-def test_frozen_parameters_and_a_second_backward():
+@pytest.mark.parametrize("split", [False, True])
+def test_frozen_parameters_and_a_second_backward(split):
+    """On the whole-block op, and on the split ops with their small graphs (a hooked tap sends CBAM there)."""
     torch.manual_seed(2)
     block = create_attn("cbam", 32).train()
+    if split:
+        block.spatial.tap.register_forward_hook(lambda m, i, o: None)
     for p in block.channel.parameters():
         p.requires_grad_(False)
     x = torch.randn(4, 32, 8, 8, requires_grad=True)
     y = block(x)
-    assert FUSED <= _nodes(y)
+    assert FUSED <= _nodes(y) if split else WHOLE in _nodes(y)
     y.sum().backward(retain_graph=True)
     first = x.grad.clone()
     y.sum().backward()

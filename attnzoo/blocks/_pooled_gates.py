@@ -20,7 +20,9 @@ kernel passes per sample while it is in cache, and backward keeps only x (the pl
 
 * ``pooled_gates`` (cbam, cbam_channel, cbam_spatial, lcbam): ``x1 = x * gc; y = x1 * gs``,
   gc = channel_fn(mean_hw(x), max_hw(x)) (B, C, 1, 1), gs = spatial_fn(mean_c(x1), max_c(x1))
-  (B, 1, H, W); either may be None. x1 is never written.
+  (B, 1, H, W); either may be None. x1 is never written. ``cbam_gates``: the same with CBAM's default small
+  parts inside one op (no small graph between ops).
+* ``sum_gates``, ``product_gates`` (psa, psa_s): y = x * gc + x * gs or x * gc * gs of factors computed outside.
 * ``triplet_gates``: y = x * (a_hc + a_cw + a_hw) / 3, the six pooled maps in one pass.
 * ``strip_gates`` (coord, ela: y = (x * gh) * gw; strip, scoord: y = x * sigmoid(gh + gw) (+ x)).
 * ``group_gates`` (sge): y[c, p] = x[c, p] * a[g(c), p], the normalisation in the kernels too.
@@ -61,9 +63,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _native
-# the test of default, hook-free modules, and the BatchNorm reading, that the small graphs use
-from ._small_graphs import _NORMS, _float32, _norm_args, _safe_forward, _unhooked
+from . import _native, _small_graphs
+from ._fused import is_sigmoid
+from ._layout import LayoutConv2d, small_conv_backward, small_conv_forward
+# the test of default, hook-free modules, the BatchNorm reading and the MLP's size limit that the small graphs use
+from ._small_graphs import _C_MLP_MAX, _NORMS, _float32, _is_pointwise, _norm_args, _safe_forward, _unhooked
+
+
+def _small_graphs_on() -> bool:
+    """``_small_graphs.ENABLED``, read at call time (tests switch it off to compare with the modules)."""
+    return _small_graphs.ENABLED
+
 
 # The channel gates on the mean alone: their PyTorch path is a handful of ops around two full-size passes,
 # and on moment_gates they were not reliably faster (benchmarks/native.py read 0.59-1.71 of the PyTorch
@@ -72,9 +82,9 @@ from ._small_graphs import _NORMS, _float32, _norm_args, _safe_forward, _unhooke
 # run as single ops (_small_graphs: mlp_gate for se, channel_conv_gate for eca, ceca, ecam).
 MEAN_ONLY = ("se", "ese", "eca", "ecam", "ceca", "ge")
 
-__all__ = ["bam_gate", "context_gates", "ema_branch", "ema_gates", "group_gates", "moment_gates", "nearest_gate",
-           "norm_relu", "pooled_gates", "product_gates", "scse_gates", "simam_gate", "sk_gates", "strip_gates",
-           "sum_gates", "triplet_gates"]
+__all__ = ["bam_gate", "cbam_gates", "context_gates", "ema_branch", "ema_gates", "group_gates", "moment_gates",
+           "nearest_gate", "norm_relu", "pooled_gates", "product_gates", "scse_gates", "simam_gate", "sk_gates",
+           "strip_gates", "sum_gates", "triplet_gates"]
 
 Factor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -938,6 +948,162 @@ def pooled_gates(x: torch.Tensor, channel_fn: Factor | None, spatial_fn: Factor 
         smean, smax, x = _SpatialPool.apply(x, gc_t, lib, cl, link, channel_fn is not None)
         gs_t = spatial_fn(smean, smax)
     return _ApplyGates.apply(x, gc_t, gs_t, lib, cl, link, spatial_fn is not None)
+
+
+# With the default small parts (CBAM's MLP ReLU -> sigmoid of 1x1 convs, its k x k conv on the native small-conv
+# kernel, BatchNorm2d or none, sigmoid; taps neither active nor hooked) ``cbam_gates`` runs the whole block as
+# one op: the same kernels as the split ops above, and the MLP's and the conv + norm's (``_small_graphs``), with
+# nothing between them for the autograd engine to run (at 7x7 maps the five ops' bookkeeping cost as much as
+# their kernels).
+
+def _cbam_channel_ok(ch: nn.Module, c: int) -> bool:
+    fc1, fc2 = ch.fc1, ch.fc2
+    return (type(ch.act) is nn.ReLU and is_sigmoid(ch.gate) and _is_pointwise(fc1) and _is_pointwise(fc2)
+            and fc1.out_channels == fc2.in_channels and fc2.out_channels == fc1.in_channels == c
+            and _float32(fc1.bias, fc2.bias) and _unhooked(fc1, ch.act, fc2, ch.gate, ch.tap) and not ch.tap.active)
+
+
+def _cbam_spatial_ok(sp: nn.Module, x: torch.Tensor) -> bool:
+    conv = sp.conv
+    return (type(conv) is LayoutConv2d and conv._native_ok(x) and is_sigmoid(sp.gate) and conv.padding_mode == "zeros"
+            and _float32(conv.bias) and _unhooked(conv, sp.norm, sp.gate, sp.tap) and not sp.tap.active
+            and (type(sp.norm) is nn.Identity or (isinstance(sp.norm, _NORMS) and type(sp.norm).forward in
+                                                  (nn.BatchNorm2d.forward, _safe_forward()))))
+
+
+def _cbam_mlp(lib, avg, cmax, w1, b1, w2, b2):
+    """gc (B, C) = sigmoid(W2 (relu(W1 avg + b1) + relu(W1 cmax + b1)) + 2 b2) and what its backward needs."""
+    b, c = avg.shape[:2]
+    r = w1.shape[0]
+    a = torch.cat([avg.view(b, c), cmax.view(b, c)])  # (2B, C)
+    w1v, w2v = w1.detach().reshape(r, c).contiguous(), w2.detach().reshape(c, r).contiguous()
+    b1d = None if b1 is None else b1.detach().contiguous()
+    b2d = None if b2 is None else b2.detach().contiguous()
+    if 2 * b * c * r <= _C_MLP_MAX:
+        h, hs, g = a.new_empty(2 * b, r), a.new_empty(b, r), a.new_empty(b, c)
+        lib.mlp_gate_forward(a.data_ptr(), w1v.data_ptr(), _native.ptr(b1d), w2v.data_ptr(), _native.ptr(b2d), 2, b, c,
+                             r, h.data_ptr(), hs.data_ptr(), g.data_ptr())
+    else:
+        h = (torch.mm(a, w1v.t()) if b1d is None else torch.addmm(b1d, a, w1v.t())).relu_()
+        hs = h.view(2, b, r).sum(0)
+        g = (torch.mm(hs, w2v.t()) if b2d is None else torch.addmm(b2d, hs, w2v.t(), beta=2)).sigmoid_()
+    return g, (a, h, hs, w1v, w2v)
+
+
+def _cbam_mlp_backward(lib, dgc, g, kept, want):
+    """(dW1, db1, dW2, db2, (davg, dcmax)) of ``_cbam_mlp`` for dL/dgc (B, C); ``want`` the first four needed."""
+    a, h, hs, w1v, w2v = kept
+    b, c = g.shape
+    r = h.shape[1]
+    if 2 * b * c * r <= _C_MLP_MAX:
+        outs = [w1v.new_empty(r, c, 1, 1), w1v.new_empty(r), w2v.new_empty(c, r, 1, 1), w2v.new_empty(c)]
+        outs = [t if w else None for t, w in zip(outs, want)]
+        da = a.new_empty(2, b, c)
+        lib.mlp_gate_backward(dgc.data_ptr(), g.data_ptr(), a.data_ptr(), h.data_ptr(), hs.data_ptr(), w1v.data_ptr(),
+                              w2v.data_ptr(), 2, b, c, r, *(_native.ptr(t) for t in outs), da.data_ptr())
+        return (*outs, da)
+    dz = torch.ops.aten.sigmoid_backward(dgc, g)
+    dw2 = torch.mm(dz.t(), hs).view(c, r, 1, 1) if want[2] else None
+    db2 = dz.sum(0).mul_(2) if want[3] else None
+    dh = torch.ops.aten.threshold_backward(torch.mm(dz, w2v).repeat(2, 1), h, 0)
+    dw1 = torch.mm(dh.t(), a).view(r, c, 1, 1) if want[0] else None
+    db1 = dh.sum(0) if want[1] else None
+    return dw1, db1, dw2, db2, torch.mm(dh, w1v).view(2, b, c)
+
+
+class _CbamGates(torch.autograd.Function):
+    """y = (x * gc) * gs with gc the MLP gate of the pooled channels and gs the conv + norm gate of the pooled
+    maps of x * gc (either may be absent), forward and backward each one op."""
+
+    @staticmethod
+    def forward(ctx, x, w1, b1, w2, b2, wc, bc, bnw, bnb, lib, cl, has_c, has_s, conv_args, bn):
+        b, c, h, w = x.shape
+        nt = torch.get_num_threads()
+        gc = gs = carg = kept = smax = z = wv = u = stats = bw = None
+        if has_c:
+            avg, cmax, carg = _channel_pool(lib, x, cl)
+            gc, kept = _cbam_mlp(lib, avg, cmax, w1, b1, w2, b2)  # (B, C)
+        if has_s:
+            smean, smax = _spatial_pool(lib, x, cl, gc)
+            z, wv, u = small_conv_forward(torch.cat([smean, smax], 1), wc, bc, *conv_args)  # u (B, 1, H, W)
+            running_mean, running_var, batch_stats, momentum, eps = bn if bn is not None else (None, None, True, 0., 0.)
+            bw = None if bnw is None else bnw.detach().contiguous()
+            bb = None if bnb is None else bnb.detach().contiguous()
+            stats, gs = u.new_empty(2), torch.empty_like(u)
+            lib.norm_gate_forward(u.data_ptr(), u.numel(), bn is not None, batch_stats, _native.ptr(bw), _native.ptr(bb),
+                                  _native.ptr(running_mean), _native.ptr(running_var), momentum, eps, nt,
+                                  stats.data_ptr(), gs.data_ptr())
+            ctx.batch_stats = batch_stats
+        y = _apply(lib, x, cl, gc, gs)
+        ctx.save_for_backward(x, gc, gs, carg, smax, z, wv, u, stats, bw)
+        ctx.kept, ctx.lib, ctx.cl, ctx.has, ctx.conv_args, ctx.norm = kept, lib, cl, (has_c, has_s), conv_args, bn is not None
+        ctx.biases = (b1 is not None, b2 is not None, bc is not None, bnw is not None, bnb is not None)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, gc, gs, carg, smax, z, wv, u, stats, bw = ctx.saved_tensors
+        lib, cl, (has_c, has_s) = ctx.lib, ctx.cl, ctx.has
+        need = ctx.needs_input_grad
+        b, c, h, w = x.shape
+        shape = (b, c, h * w, cl, torch.get_num_threads())
+        dy = _in_layout(dy, cl)
+        link = {"gc": gc, "gs": gs, "smax": smax}
+        grads = [None] * 9  # x, w1, b1, w2, b2, wc, bc, bnw, bnb
+        if has_s:
+            dgs, link["scnt"] = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
+            lib.grad_spatial_factor(x.data_ptr(), _native.ptr(gc), dy.data_ptr(), smax.data_ptr(), *shape, dgs.data_ptr(),
+                                    link["scnt"].data_ptr())
+            dbw = u.new_empty(1) if ctx.biases[3] and need[7] else None
+            dbb = u.new_empty(1) if ctx.biases[4] and need[8] else None
+            du = torch.empty_like(u)
+            lib.norm_gate_backward(dgs.data_ptr(), gs.data_ptr(), u.data_ptr(), u.numel(), ctx.norm, ctx.batch_stats,
+                                   _native.ptr(bw), stats.data_ptr(), torch.get_num_threads(), du.data_ptr(),
+                                   _native.ptr(dbw), _native.ptr(dbb))
+            dz, dwc, dbc = small_conv_backward(z, wv, du, *ctx.conv_args, (True, need[5]), ctx.biases[2] and need[6])
+            link["dmean"], link["dsmax"] = dz[:, 0:1].contiguous(), dz[:, 1:2].contiguous()
+            grads[5:9] = [dwc, dbc, dbw, dbb]
+        davg = dcmax = None
+        if has_c:
+            dgc = x.new_empty(b, c)
+            if has_s:
+                lib.grad_channel_factor(x.data_ptr(), gc.data_ptr(), gs.data_ptr(), dy.data_ptr(), link["dmean"].data_ptr(),
+                                        link["dsmax"].data_ptr(), smax.data_ptr(), link["scnt"].data_ptr(), *shape,
+                                        dgc.data_ptr())
+            else:
+                lib.grad_channel_factor(x.data_ptr(), gc.data_ptr(), None, dy.data_ptr(), None, None, None, None, *shape,
+                                        dgc.data_ptr())
+            want = (need[1], ctx.biases[0] and need[2], need[3], ctx.biases[1] and need[4])
+            *grads[1:5], da = _cbam_mlp_backward(lib, dgc, gc, ctx.kept, want)
+            davg, dcmax = da[0].contiguous(), da[1].contiguous()
+        if need[0]:
+            grads[0] = _grad_input(lib, x, cl, link, dy, davg, dcmax, carg)
+        return (*grads, None, None, None, None, None, None)
+
+
+def cbam_gates(x: torch.Tensor, channel: nn.Module | None, spatial: nn.Module | None) -> torch.Tensor | None:
+    """CBAM (``channel`` a CbamChannel, ``spatial`` a CbamSpatial; either may be None) as one native op, or None
+    where it does not apply (other small parts, a captured or hooked tap, ...: then ``pooled_gates``)."""
+    found = _native.target(x)
+    if (found is None or not _small_graphs_on() or x.shape[2] * x.shape[3] >= 2**31
+            or (channel is not None and not _cbam_channel_ok(channel, x.shape[1]))
+            or (spatial is not None and not _cbam_spatial_ok(spatial, x))):
+        return None
+    lib, cl = found
+    bn = None
+    if spatial is not None and type(spatial.norm) is not nn.Identity:
+        bn = _norm_args(spatial.norm, x.shape[0] * x.shape[2] * x.shape[3], 1)  # counts the batch: last check
+        if bn is None:
+            return None
+    ch, sp = channel, spatial
+    conv = None if sp is None else sp.conv
+    return _CbamGates.apply(
+        x, None if ch is None else ch.fc1.weight, None if ch is None else ch.fc1.bias,
+        None if ch is None else ch.fc2.weight, None if ch is None else ch.fc2.bias,
+        None if sp is None else conv.weight, None if sp is None else conv.bias,
+        None if bn is None else sp.norm.weight, None if bn is None else sp.norm.bias,
+        lib, cl, ch is not None, sp is not None, None if sp is None else (conv.padding, conv.dilation), bn)
 
 
 def _moment_pool(lib, x, cl, variance: bool, weights):

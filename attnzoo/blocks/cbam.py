@@ -22,11 +22,12 @@ NOTE (readings of the authors' released code, Jongchan/attention-module, where t
   with ``conv.weight[:, [1, 0]]``).
 * The spatial BatchNorm also runs at batch 1 on a 1x1 map in training mode (``SafeBatchNorm2d``).
 
-Speed (CPU): cbam, cbam_channel and cbam_spatial run as one native op in eager float32 with a batch of
-at least the thread count (``_pooled_gates.pooled_gates``: F' is never written, backward keeps only
-x); their small parts (MLP, 7x7 conv, BatchNorm, gate, taps) stay ordinary modules, and the default
-ones run as one autograd op each (``_small_graphs``: the MLP; the conv + BatchNorm + sigmoid). Elsewhere
-the PyTorch expression below runs.
+Speed (CPU): in eager float32 with a batch of at least the thread count, cbam, cbam_channel and cbam_spatial
+with their default small parts (the ReLU MLP of 1x1 convs, the k x k conv with BatchNorm2d or a bias, the
+sigmoid) and taps neither captured nor hooked run as one autograd op (``_pooled_gates.cbam_gates``): F' is
+never written, backward keeps x and the small maps only, and nothing runs between the kernels. Other small
+parts, or a captured tap, run as ordinary modules between three split ops on the same kernels
+(``_pooled_gates.pooled_gates``). Elsewhere the PyTorch expression below runs.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
 from ._layout import LayoutConv2d
 from ._pool import pool_amax, pool_max, pool_mean
-from ._pooled_gates import pooled_gates
+from ._pooled_gates import cbam_gates, pooled_gates
 from ._small_graphs import conv_norm_gate, mlp_gate
 
 __all__ = ["CbamChannel", "CbamSpatial", "Cbam"]
@@ -92,7 +93,9 @@ class CbamChannel(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        y = pooled_gates(x, self.from_pooled, None, channel_module=self)  # native CPU kernels where they apply
+        y = cbam_gates(x, self, None)  # native CPU kernels where they apply: one op, else the split ops
+        if y is None:
+            y = pooled_gates(x, self.from_pooled, None, channel_module=self)
         return x * self.factor(x) if y is None else y
 
 
@@ -131,7 +134,9 @@ class CbamSpatial(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        y = pooled_gates(x, None, self.from_maps, spatial_module=self)
+        y = cbam_gates(x, None, self)
+        if y is None:
+            y = pooled_gates(x, None, self.from_maps, spatial_module=self)
         return x * self.factor(x) if y is None else y
 
 
@@ -164,8 +169,10 @@ class Cbam(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        y = pooled_gates(x, self.channel.from_pooled, self.spatial.from_maps, channel_module=self.channel,
-                         spatial_module=self.spatial)
+        y = cbam_gates(x, self.channel, self.spatial)
+        if y is None:
+            y = pooled_gates(x, self.channel.from_pooled, self.spatial.from_maps, channel_module=self.channel,
+                             spatial_module=self.spatial)
         if y is not None:  # the native CPU kernels (_pooled_gates.py): F' is never written
             return y
         x1 = x * self.channel.factor(x)  # F' (B, C, H, W)

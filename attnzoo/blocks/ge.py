@@ -49,6 +49,7 @@ from torch.nn import functional as F
 from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, reduced_channels, resolve_layer
 from ._fused import is_sigmoid
+from ._layout import LayoutConv2d
 from ._pool import pool_mean
 from ._pooled_gates import nearest_gate
 from ._small_graphs import _unhooked
@@ -69,9 +70,9 @@ class ExciteMlp(nn.Module):
 
     def __init__(self, channels: int, rd_channels: int, act_layer: type[nn.Module]) -> None:
         super().__init__()
-        self.fc1 = nn.Conv2d(channels, rd_channels, 1, bias=True)
+        self.fc1 = LayoutConv2d(channels, rd_channels, 1, bias=True)  # nn.Conv2d's parameters and keys
         self.act = act_layer(inplace=True)
-        self.fc2 = nn.Conv2d(rd_channels, channels, 1, bias=True)
+        self.fc2 = LayoutConv2d(rd_channels, channels, 1, bias=True)
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
