@@ -146,12 +146,13 @@ def test_pooled_gates_op_is_the_plain_path(name, channels_last, shape, monkeypat
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("shape", [(4, 32, 9, 11), (3, 20, 6, 5), (2, 48, 1, 7), (2, 16, 1, 1)])
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial"])
+@pytest.mark.parametrize("name", ["cbam", "cbam_channel", "cbam_spatial", "lcbam"])
 def test_cbam_whole_block_op_is_the_plain_path(name, channels_last, shape, train, kwargs, monkeypatch, two_threads):
-    """CBAM as one op (``cbam_gates``: taps neither captured nor hooked), against its modules: output, dL/dx,
-    every parameter gradient and the BatchNorm buffers, in training and in eval mode."""
-    keys = {"cbam": kwargs, "cbam_channel": {k: v for k, v in kwargs.items() if k in ("mlp_bias", "rd_channels")},
-            "cbam_spatial": {k: v for k, v in kwargs.items() if k in ("spatial_norm", "kernel_size")}}[name]
+    """CBAM (and LightCBAM) as one op (``cbam_gates``: taps neither captured nor hooked), against its modules:
+    output, dL/dx, every parameter gradient and the BatchNorm buffers, in training and in eval mode."""
+    allowed = {"cbam": kwargs.keys(), "cbam_channel": ("mlp_bias", "rd_channels"),
+               "cbam_spatial": ("spatial_norm", "kernel_size"), "lcbam": ("mlp_bias", "kernel_size", "rd_channels")}
+    keys = {k: v for k, v in kwargs.items() if k in allowed[name]}
     torch.manual_seed(3)
     x = torch.randn(shape)
     if channels_last:

@@ -93,7 +93,7 @@ def _graph_of(name, x, **kwargs):
                                   "scoord", "se", "eca", "ceca", "ecam"])
 def test_the_default_blocks_run_their_small_graphs_as_one_op_each(name):
     _, nodes = _graph_of(name, torch.randn(4, 32, 8, 8))
-    want = {"cbam": {WHOLE}, "cbam_channel": {WHOLE}, "cbam_spatial": {WHOLE},  # the whole block is one op there
+    want = {"cbam": {WHOLE}, "cbam_channel": {WHOLE}, "cbam_spatial": {WHOLE}, "lcbam": {WHOLE},  # one op there
             "triplet": {"_ConvNormGateBackward"}, "coord": {COORD}, "ela": {STRIP}, "strip": {STRIP},
             "scoord": {COORD}, "se": {"_MlpGateBackward"}, "eca": {CHANNEL_CONV}, "ceca": {CHANNEL_CONV},
             "ecam": {CHANNEL_CONV}}.get(name, FUSED)

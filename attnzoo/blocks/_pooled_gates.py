@@ -963,69 +963,81 @@ def _cbam_channel_ok(ch: nn.Module, c: int) -> bool:
             and _float32(fc1.bias, fc2.bias) and _unhooked(fc1, ch.act, fc2, ch.gate, ch.tap) and not ch.tap.active)
 
 
-def _cbam_spatial_ok(sp: nn.Module, x: torch.Tensor) -> bool:
-    conv = sp.conv
+def _cbam_conv_norm(sp: nn.Module, light: bool) -> tuple[nn.Module, nn.Module, tuple[nn.Module, ...]]:
+    """(conv, norm, the modules around them) of CBAM's spatial half, or LightCBAM's (its conv + bn module)."""
+    return (sp.conv.conv, sp.conv.bn, (sp.conv,)) if light else (sp.conv, sp.norm, ())
+
+
+def _cbam_spatial_ok(sp: nn.Module, x: torch.Tensor, light: bool) -> bool:
+    conv, norm, owners = _cbam_conv_norm(sp, light)
     return (type(conv) is LayoutConv2d and conv._native_ok(x) and is_sigmoid(sp.gate) and conv.padding_mode == "zeros"
-            and _float32(conv.bias) and _unhooked(conv, sp.norm, sp.gate, sp.tap) and not sp.tap.active
-            and (type(sp.norm) is nn.Identity or (isinstance(sp.norm, _NORMS) and type(sp.norm).forward in
-                                                  (nn.BatchNorm2d.forward, _safe_forward()))))
+            and _float32(conv.bias) and _unhooked(conv, norm, sp.gate, sp.tap, *owners) and not sp.tap.active
+            and (type(norm) is nn.Identity or (isinstance(norm, _NORMS) and type(norm).forward in
+                                               (nn.BatchNorm2d.forward, _safe_forward()))))
 
 
-def _cbam_mlp(lib, avg, cmax, w1, b1, w2, b2):
-    """gc (B, C) = sigmoid(W2 (relu(W1 avg + b1) + relu(W1 cmax + b1)) + 2 b2) and what its backward needs."""
+def _cbam_mlp(lib, avg, cmax, w1, b1, w2, b2, light: bool):
+    """gc (B, C) = sigmoid(W2 (relu(W1 avg + b1) + relu(W1 cmax + b1)) + 2 b2), or LightCBAM's
+    sigmoid(W2 relu(W1 (avg + cmax) / 2 + b1) + b2), and what its backward needs."""
     b, c = avg.shape[:2]
     r = w1.shape[0]
-    a = torch.cat([avg.view(b, c), cmax.view(b, c)])  # (2B, C)
+    k = 1 if light else 2
+    a = 0.5 * avg.view(b, c) + 0.5 * cmax.view(b, c) if light else torch.cat([avg.view(b, c), cmax.view(b, c)])  # (kB, C)
     w1v, w2v = w1.detach().reshape(r, c).contiguous(), w2.detach().reshape(c, r).contiguous()
     b1d = None if b1 is None else b1.detach().contiguous()
     b2d = None if b2 is None else b2.detach().contiguous()
-    if 2 * b * c * r <= _C_MLP_MAX:
-        h, hs, g = a.new_empty(2 * b, r), a.new_empty(b, r), a.new_empty(b, c)
-        lib.mlp_gate_forward(a.data_ptr(), w1v.data_ptr(), _native.ptr(b1d), w2v.data_ptr(), _native.ptr(b2d), 2, b, c,
+    if k * b * c * r <= _C_MLP_MAX:
+        h, hs, g = a.new_empty(k * b, r), a.new_empty(b, r), a.new_empty(b, c)
+        lib.mlp_gate_forward(a.data_ptr(), w1v.data_ptr(), _native.ptr(b1d), w2v.data_ptr(), _native.ptr(b2d), k, b, c,
                              r, h.data_ptr(), hs.data_ptr(), g.data_ptr())
     else:
         h = (torch.mm(a, w1v.t()) if b1d is None else torch.addmm(b1d, a, w1v.t())).relu_()
-        hs = h.view(2, b, r).sum(0)
-        g = (torch.mm(hs, w2v.t()) if b2d is None else torch.addmm(b2d, hs, w2v.t(), beta=2)).sigmoid_()
+        hs = h.view(k, b, r).sum(0)
+        g = (torch.mm(hs, w2v.t()) if b2d is None else torch.addmm(b2d, hs, w2v.t(), beta=k)).sigmoid_()
     return g, (a, h, hs, w1v, w2v)
 
 
 def _cbam_mlp_backward(lib, dgc, g, kept, want):
-    """(dW1, db1, dW2, db2, (davg, dcmax)) of ``_cbam_mlp`` for dL/dgc (B, C); ``want`` the first four needed."""
+    """(dW1, db1, dW2, db2, da) of ``_cbam_mlp`` for dL/dgc (B, C), da (k, B, C) the MLP inputs' gradient;
+    ``want`` the first four needed."""
     a, h, hs, w1v, w2v = kept
     b, c = g.shape
     r = h.shape[1]
-    if 2 * b * c * r <= _C_MLP_MAX:
+    k = h.shape[0] // b
+    if k * b * c * r <= _C_MLP_MAX:
         outs = [w1v.new_empty(r, c, 1, 1), w1v.new_empty(r), w2v.new_empty(c, r, 1, 1), w2v.new_empty(c)]
         outs = [t if w else None for t, w in zip(outs, want)]
-        da = a.new_empty(2, b, c)
+        da = a.new_empty(k, b, c)
         lib.mlp_gate_backward(dgc.data_ptr(), g.data_ptr(), a.data_ptr(), h.data_ptr(), hs.data_ptr(), w1v.data_ptr(),
-                              w2v.data_ptr(), 2, b, c, r, *(_native.ptr(t) for t in outs), da.data_ptr())
+                              w2v.data_ptr(), k, b, c, r, *(_native.ptr(t) for t in outs), da.data_ptr())
         return (*outs, da)
     dz = torch.ops.aten.sigmoid_backward(dgc, g)
     dw2 = torch.mm(dz.t(), hs).view(c, r, 1, 1) if want[2] else None
-    db2 = dz.sum(0).mul_(2) if want[3] else None
-    dh = torch.ops.aten.threshold_backward(torch.mm(dz, w2v).repeat(2, 1), h, 0)
+    db2 = dz.sum(0).mul_(k) if want[3] else None
+    dh = torch.mm(dz, w2v)
+    dh = torch.ops.aten.threshold_backward(dh.repeat(k, 1) if k > 1 else dh, h, 0)
     dw1 = torch.mm(dh.t(), a).view(r, c, 1, 1) if want[0] else None
     db1 = dh.sum(0) if want[1] else None
-    return dw1, db1, dw2, db2, torch.mm(dh, w1v).view(2, b, c)
+    return dw1, db1, dw2, db2, torch.mm(dh, w1v).view(k, b, c)
 
 
 class _CbamGates(torch.autograd.Function):
     """y = (x * gc) * gs with gc the MLP gate of the pooled channels and gs the conv + norm gate of the pooled
-    maps of x * gc (either may be absent), forward and backward each one op."""
+    maps of x * gc (either may be absent), forward and backward each one op; ``light``: LightCBAM's, the
+    average and max descriptors (and maps) averaged before the MLP (and the conv)."""
 
     @staticmethod
-    def forward(ctx, x, w1, b1, w2, b2, wc, bc, bnw, bnb, lib, cl, has_c, has_s, conv_args, bn):
+    def forward(ctx, x, w1, b1, w2, b2, wc, bc, bnw, bnb, lib, cl, has_c, has_s, conv_args, bn, light):
         b, c, h, w = x.shape
         nt = torch.get_num_threads()
         gc = gs = carg = kept = smax = z = wv = u = stats = bw = None
         if has_c:
             avg, cmax, carg = _channel_pool(lib, x, cl)
-            gc, kept = _cbam_mlp(lib, avg, cmax, w1, b1, w2, b2)  # (B, C)
+            gc, kept = _cbam_mlp(lib, avg, cmax, w1, b1, w2, b2, light)  # (B, C)
         if has_s:
             smean, smax = _spatial_pool(lib, x, cl, gc)
-            z, wv, u = small_conv_forward(torch.cat([smean, smax], 1), wc, bc, *conv_args)  # u (B, 1, H, W)
+            z = 0.5 * smean + 0.5 * smax if light else torch.cat([smean, smax], 1)
+            z, wv, u = small_conv_forward(z, wc, bc, *conv_args)  # u (B, 1, H, W)
             running_mean, running_var, batch_stats, momentum, eps = bn if bn is not None else (None, None, True, 0., 0.)
             bw = None if bnw is None else bnw.detach().contiguous()
             bb = None if bnb is None else bnb.detach().contiguous()
@@ -1037,6 +1049,7 @@ class _CbamGates(torch.autograd.Function):
         y = _apply(lib, x, cl, gc, gs)
         ctx.save_for_backward(x, gc, gs, carg, smax, z, wv, u, stats, bw)
         ctx.kept, ctx.lib, ctx.cl, ctx.has, ctx.conv_args, ctx.norm = kept, lib, cl, (has_c, has_s), conv_args, bn is not None
+        ctx.light = light
         ctx.biases = (b1 is not None, b2 is not None, bc is not None, bnw is not None, bnb is not None)
         return y
 
@@ -1062,7 +1075,10 @@ class _CbamGates(torch.autograd.Function):
                                    _native.ptr(bw), stats.data_ptr(), torch.get_num_threads(), du.data_ptr(),
                                    _native.ptr(dbw), _native.ptr(dbb))
             dz, dwc, dbc = small_conv_backward(z, wv, du, *ctx.conv_args, (True, need[5]), ctx.biases[2] and need[6])
-            link["dmean"], link["dsmax"] = dz[:, 0:1].contiguous(), dz[:, 1:2].contiguous()
+            if ctx.light:
+                link["dmean"] = link["dsmax"] = (0.5 * dz).contiguous()
+            else:
+                link["dmean"], link["dsmax"] = dz[:, 0:1].contiguous(), dz[:, 1:2].contiguous()
             grads[5:9] = [dwc, dbc, dbw, dbb]
         davg = dcmax = None
         if has_c:
@@ -1076,34 +1092,39 @@ class _CbamGates(torch.autograd.Function):
                                         dgc.data_ptr())
             want = (need[1], ctx.biases[0] and need[2], need[3], ctx.biases[1] and need[4])
             *grads[1:5], da = _cbam_mlp_backward(lib, dgc, gc, ctx.kept, want)
-            davg, dcmax = da[0].contiguous(), da[1].contiguous()
+            if ctx.light:  # both descriptors entered the MLP as their mean
+                davg = dcmax = 0.5 * da[0]
+            else:
+                davg, dcmax = da[0].contiguous(), da[1].contiguous()
         if need[0]:
             grads[0] = _grad_input(lib, x, cl, link, dy, davg, dcmax, carg)
-        return (*grads, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None)
 
 
-def cbam_gates(x: torch.Tensor, channel: nn.Module | None, spatial: nn.Module | None) -> torch.Tensor | None:
-    """CBAM (``channel`` a CbamChannel, ``spatial`` a CbamSpatial; either may be None) as one native op, or None
-    where it does not apply (other small parts, a captured or hooked tap, ...: then ``pooled_gates``)."""
+def cbam_gates(x: torch.Tensor, channel: nn.Module | None, spatial: nn.Module | None, *,
+               light: bool = False) -> torch.Tensor | None:
+    """CBAM (``channel`` a CbamChannel, ``spatial`` a CbamSpatial; either may be None), or LightCBAM's two
+    halves (``light``), as one native op, or None where it does not apply (other small parts, a captured or
+    hooked tap, ...: then ``pooled_gates``)."""
     found = _native.target(x)
     if (found is None or not _small_graphs_on() or x.shape[2] * x.shape[3] >= 2**31
             or (channel is not None and not _cbam_channel_ok(channel, x.shape[1]))
-            or (spatial is not None and not _cbam_spatial_ok(spatial, x))):
+            or (spatial is not None and not _cbam_spatial_ok(spatial, x, light))):
         return None
     lib, cl = found
+    ch, sp = channel, spatial
+    conv, norm, _ = (None, None, ()) if sp is None else _cbam_conv_norm(sp, light)
     bn = None
-    if spatial is not None and type(spatial.norm) is not nn.Identity:
-        bn = _norm_args(spatial.norm, x.shape[0] * x.shape[2] * x.shape[3], 1)  # counts the batch: last check
+    if sp is not None and type(norm) is not nn.Identity:
+        bn = _norm_args(norm, x.shape[0] * x.shape[2] * x.shape[3], 1)  # counts the batch: the last check
         if bn is None:
             return None
-    ch, sp = channel, spatial
-    conv = None if sp is None else sp.conv
     return _CbamGates.apply(
         x, None if ch is None else ch.fc1.weight, None if ch is None else ch.fc1.bias,
         None if ch is None else ch.fc2.weight, None if ch is None else ch.fc2.bias,
         None if sp is None else conv.weight, None if sp is None else conv.bias,
-        None if bn is None else sp.norm.weight, None if bn is None else sp.norm.bias,
-        lib, cl, ch is not None, sp is not None, None if sp is None else (conv.padding, conv.dilation), bn)
+        None if bn is None else norm.weight, None if bn is None else norm.bias,
+        lib, cl, ch is not None, sp is not None, None if sp is None else (conv.padding, conv.dilation), bn, light)
 
 
 def _moment_pool(lib, x, cl, variance: bool, weights):

@@ -19,9 +19,9 @@ spatial half always uses sigmoid; here ``gate_layer`` sets both gates (the defau
 timm's computation). Parity under copied weights is tested (tests/test_zoo_timm_extra.py); the
 state_dict keys are timm's.
 
-Speed (CPU): in eager float32 with a batch of at least the thread count the block is one native op
-(``_pooled_gates.pooled_gates``, as cbam), and the default small parts run as one autograd op each
-(``_small_graphs``: the MLP; the conv + BatchNorm + sigmoid); elsewhere the PyTorch expression runs.
+Speed (CPU): in eager float32 with a batch of at least the thread count, with the default small parts and taps
+neither captured nor hooked, the whole block is one native op (``_pooled_gates.cbam_gates``, as cbam); otherwise
+three split ops around the small parts (``pooled_gates``); elsewhere the PyTorch expression runs.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from ..factory import register_attn
 from .base import AttnTap, SafeBatchNorm2d, check_channels, check_input, resolve_layer
 from ._layout import LayoutConv2d
 from ._pool import pool_amax, pool_max, pool_mean
-from ._pooled_gates import pooled_gates
+from ._pooled_gates import cbam_gates, pooled_gates
 from ._small_graphs import conv_norm_gate, mlp_gate
 
 __all__ = ["LightCbam"]
@@ -124,6 +124,8 @@ class LightCbam(nn.Module):
 
     def forward(self, x):
         check_input(self, x)
-        y = pooled_gates(x, self.channel.from_pooled, self.spatial.from_maps, channel_module=self.channel,
-                         spatial_module=self.spatial)  # the native CPU kernels (_pooled_gates.py) where they apply
+        y = cbam_gates(x, self.channel, self.spatial, light=True)  # the native CPU kernels where they apply
+        if y is None:  # other small parts or a captured tap: the split ops, or the plain path
+            y = pooled_gates(x, self.channel.from_pooled, self.spatial.from_maps, channel_module=self.channel,
+                             spatial_module=self.spatial)
         return self.spatial(self.channel(x)) if y is None else y
