@@ -13,10 +13,10 @@ returns None there, so the block takes its PyTorch path or runs its small graph 
 Where a block's own module (``attnzoo/blocks/<block>.py``) differs from the revision's, the revision's file is
 loaded as a module of its own too, and the old side runs its classes' methods (every function the old class
 defines but ``__init__``) on the working tree's instances: the same parameters, the revision's computation.
-Everything else (the small convolutions' Python) is the working tree's on both sides, except ``LayoutConv2d``'s
-routes that the revision's ``_layout.py`` did not have, switched off on the old side so that it runs oneDNN's,
-as it did: the native grouped convolution (``_layout._GROUPED_MAX``) and the reducing 1x1 conv as a matmul
-(``LayoutConv2d._reducing_pointwise``).
+``LayoutConv2d`` likewise runs the revision's ``_layout.py`` methods on the old side where that file differs (its
+routes, and the argument lists of the kernels it calls, which must match the revision's library); the native
+grouped convolution is switched off there (``_layout._GROUPED_MAX``) where the revision had none. Everything else
+is the working tree's on both sides.
 
 Blocks: forward + backward (``y.backward(g)``) at ResNet-20's three stages on Fashion-MNIST (batch 128:
 16x28x28, 32x14x14, 64x7x7), channels_last, float32, train mode, ``--steps`` passes per turn; ``--pairs``
@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -90,18 +91,18 @@ def revision_side(rev: str, tmp: Path):
         exec(compile(text, f"{rev}:{short}.py", "exec"), module.__dict__)
         modules.append(module)
     layout = _git_show(rev, "attnzoo/blocks/_layout.py")
-    routes = {"_GROUPED_MAX": _layout._GROUPED_MAX if "_GroupedConv" in layout else 0}
-    if "_reducing_pointwise" not in layout:
-        routes["_reducing_pointwise"] = lambda self, x: False
-    return lib, modules, routes
+    return lib, modules, {"_GROUPED_MAX": _layout._GROUPED_MAX if "_GroupedConv" in layout else 0}
 
 
 def block_methods(rev: str, names) -> dict:
-    """{class: {method name: the revision's function}} for the blocks whose module differs from the revision's."""
+    """{class: {method name: the revision's function}} for the blocks whose module differs from the revision's, and
+    for ``LayoutConv2d`` where ``_layout.py`` does (its routes and the argument lists of the kernels it calls)."""
     out = {}
+    classes = [_layout.LayoutConv2d]
     for name in names:
         factory = attnzoo.factory.attn_info(name).factory
-        cls = getattr(factory, "func", factory)
+        classes.append(getattr(factory, "func", factory))
+    for cls in classes:
         short = cls.__module__.rsplit(".", 1)[1]
         path = f"attnzoo/blocks/{short}.py"
         text = _git_show(rev, path, missing_ok=True)
@@ -114,8 +115,20 @@ def block_methods(rev: str, names) -> dict:
             exec(compile(text, f"{rev}:{short}.py", "exec"), module.__dict__)
         sys.modules[spec.name] = module  # so that Sides.use points its imported ops at each side's too
         old_cls = getattr(module, cls.__name__)
-        out[cls] = {k: v for k, v in vars(old_cls).items() if callable(v) and k != "__init__" and not isinstance(v, type)}
+        out[cls] = {k: _rebound(v, cls) for k, v in vars(old_cls).items()
+                    if callable(v) and k != "__init__" and not isinstance(v, type)}
     return out
+
+
+def _rebound(fn, cls):
+    """``fn`` with its zero-argument ``super()`` cell pointing at the working tree's ``cls`` (whose instances it runs
+    on), not at the revision's class of the same name."""
+    code = getattr(fn, "__code__", None)
+    if code is None or "__class__" not in code.co_freevars:
+        return fn
+    cells = tuple(types.CellType(cls) if name == "__class__" else cell
+                  for name, cell in zip(code.co_freevars, fn.__closure__))
+    return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, cells)
 
 
 class _registry_frozen:

@@ -971,7 +971,7 @@ def _conv_parity(conv, x, groups=1, module=None):
     x64 = x.detach().double().requires_grad_(True)
     w64 = conv.weight.detach().double().requires_grad_(True)
     b64 = None if conv.bias is None else conv.bias.detach().double().requires_grad_(True)
-    y64 = F.conv2d(x64, w64, b64, 1, conv.padding, conv.dilation, groups)
+    y64 = F.conv2d(x64, w64, b64, conv.stride, conv.padding, conv.dilation, groups)
     y64.backward(g.double())
     want = (y64, x64.grad, w64.grad, None if b64 is None else b64.grad)
     for a, b, what in zip(got, want, ("output", "dL/dx", "dL/dweight", "dL/dbias")):
@@ -1029,8 +1029,11 @@ def test_the_small_conv_takes_the_cheaper_kernel_for_the_shape(shape, path, conv
     assert got.value == _CONV_PATHS[path]
 
 
-_DEPTHWISE_CASES = [  # (C, kernel, padding, dilation, (H, W), bias)
+_DEPTHWISE_CASES = [  # (C, kernel, padding, dilation, (H, W), bias[, stride])
     (16, 5, 2, 1, (28, 28), True),  # lka's first conv
+    (16, 3, 1, 1, (28, 28), False, 2),  # ge_theta's gather, stride 2
+    (32, 3, 1, 1, (7, 7), False, 2),  # its odd map: 7 -> 4
+    (20, 3, (2, 1), (1, 2), (9, 11), True, (3, 2)),  # other strides, the lanes' remainder
     (16, 7, 9, 3, (14, 14), True),  # lka's dilated conv
     (64, (1, 11), (0, 5), 1, (7, 7), False),  # lska
     (32, (7, 1), (3, 0), 1, (14, 1), False),  # ela's strips
@@ -1039,11 +1042,11 @@ _DEPTHWISE_CASES = [  # (C, kernel, padding, dilation, (H, W), bias)
 ]
 
 
-@pytest.mark.parametrize("c,k,pad,dil,hw,bias", _DEPTHWISE_CASES)
-def test_depthwise_kernel_is_conv2d(c, k, pad, dil, hw, bias, monkeypatch, two_threads):
+@pytest.mark.parametrize("c,k,pad,dil,hw,bias,stride", [(*case, 1)[:7] for case in _DEPTHWISE_CASES])
+def test_depthwise_kernel_is_conv2d(c, k, pad, dil, hw, bias, stride, monkeypatch, two_threads):
     _native_on(monkeypatch, True)
     torch.manual_seed(0)
-    conv = LayoutConv2d(c, c, k, padding=pad, dilation=dil, groups=c, bias=bias)
+    conv = LayoutConv2d(c, c, k, stride=stride, padding=pad, dilation=dil, groups=c, bias=bias)
     x = torch.randn(4, c, *hw).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     assert _conv_parity(conv, x, groups=c) == "_DepthwiseConvBackward"
     nchw = torch.randn(4, c, *hw, requires_grad=True)  # NCHW input stays with oneDNN
@@ -1076,7 +1079,8 @@ def test_grouped_kernel_is_conv2d(c, cg, k, pad, dil, hw, bias, monkeypatch, two
         assert type(conv(nchw).grad_fn).__name__ == "ConvolutionBackward0"
     else:
         assert type(conv(x).grad_fn).__name__ == "ConvolutionBackward0"
-        direct = lambda t: _GroupedConv.apply(t, conv.weight, conv.bias, conv.padding, conv.dilation)  # noqa: E731
+        def direct(t):
+            return _GroupedConv.apply(t, conv.weight, conv.bias, conv.padding, conv.dilation, (1, 1))
         assert _conv_parity(direct, x, groups=c // cg, module=conv) == "_GroupedConvBackward"
 
 

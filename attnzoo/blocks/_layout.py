@@ -17,8 +17,9 @@ on set-up and layout while the arithmetic is small. On CPU, in this order:
 * **<= 4 channels in and out** (one group, stride 1), where the native kernels apply
   (``_native.applies``: eager float32, batch >= threads, built): ``_SmallConv``, a direct convolution
   over a zero-padded copy of each sample, one long vectorised loop per tap.
-* **Depthwise** (groups = C_in = C_out, stride 1) on a channels_last input, where the native kernels
-  apply: ``_DepthwiseConv``, each output vector of 16 channels accumulated over the taps in registers,
+* **Depthwise** (groups = C_in = C_out, any stride: ge_theta's stride-2 gathers too) on a channels_last
+  input, where the native kernels apply: ``_DepthwiseConv``, each output vector of 16 channels accumulated
+  over the taps in registers (with a stride, the input gradient gathers over a zero-spread dL/dy),
   four positions of a row at a time (one load of each tap's weights for four products; in a one-off
   measurement that took LKA's 7x7 dilated forward at 128x16x28x28 from 6.6 to 2.2 ms, its weight
   gradient, four taps at a time, from 4.2 to 2.4 ms).
@@ -84,9 +85,9 @@ class LayoutConv2d(nn.Conv2d):
         if self._native_ok(input):
             return _SmallConv.apply(input, weight, bias, self.padding, self.dilation)
         if self._native_depthwise_ok(input):
-            return _DepthwiseConv.apply(input, weight, bias, self.padding, self.dilation)
+            return _DepthwiseConv.apply(input, weight, bias, self.padding, self.dilation, self.stride)
         if self._native_grouped_ok(input):
-            return _GroupedConv.apply(input, weight, bias, self.padding, self.dilation)
+            return _GroupedConv.apply(input, weight, bias, self.padding, self.dilation, (1, 1))
         if self.in_channels == self.out_channels == 1 and self.groups == 1 and n > 1:
             y = F.conv2d(input.reshape(1, n, h, w), weight.expand(n, 1, *weight.shape[2:]),
                          None if bias is None else bias.expand(n), self.stride, self.padding, self.dilation, n)
@@ -112,9 +113,9 @@ class LayoutConv2d(nn.Conv2d):
 
 
     def _native_depthwise_ok(self, input: torch.Tensor) -> bool:
-        """The native depthwise kernel applies: groups == channels in == out, stride 1, numeric padding,
+        """The native depthwise kernel applies: groups == channels in == out, any stride, numeric padding,
         input in channels_last, and ``_native.applies`` (see ``_DepthwiseConv``)."""
-        return (self.groups == self.in_channels == self.out_channels > 1 and self.stride == (1, 1)
+        return (self.groups == self.in_channels == self.out_channels > 1
                 and not isinstance(self.padding, str) and self.weight.dtype == torch.float32
                 and not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
                 and _native.applies(input))
@@ -131,20 +132,24 @@ class LayoutConv2d(nn.Conv2d):
 
 
 class _GatherConv(torch.autograd.Function):
-    """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C / cg)`` of a channels_last x with C in == C out and
+    """``F.conv2d(x, weight, bias, stride, padding, dilation, groups=C / cg)`` of a channels_last x with C in == C out and
     cg = weight.shape[1] channels per group, on the native gather kernels (``_native.c``: one output vector of 16
     channels accumulated over the taps in registers; cg == 1 the depthwise ``dw_*``, else the grouped ``gw_*`` over
-    cg channel-spread copies of each padded sample). Output channels_last; the weight gradient summed in double."""
+    cg channel-spread copies of each padded sample; a stride, depthwise only). Output channels_last; the weight
+    gradient summed in double."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding, dilation):
+    def forward(ctx, x, weight, bias, padding, dilation, stride):
         b, c, h, w = x.shape
         cg, (kh, kw) = weight.shape[1], weight.shape[2:]
         wt = weight.detach().contiguous()
         grouped = (cg,) if cg > 1 else ()
-        dims = (b, c, h, w, *grouped, kh, kw, padding[0], padding[1], dilation[0], dilation[1], torch.get_num_threads())
-        ho, wo = h + 2 * padding[0] - dilation[0] * (kh - 1), w + 2 * padding[1] - dilation[1] * (kw - 1)
-        if ho < 1 or wo < 1:
+        strides = () if grouped else tuple(stride)  # the grouped kernels have stride 1 only
+        dims = (b, c, h, w, *grouped, kh, kw, padding[0], padding[1], dilation[0], dilation[1], *strides,
+                torch.get_num_threads())
+        span_h, span_w = h + 2 * padding[0] - dilation[0] * (kh - 1), w + 2 * padding[1] - dilation[1] * (kw - 1)
+        ho, wo = (span_h - 1) // stride[0] + 1, (span_w - 1) // stride[1] + 1
+        if span_h < 1 or span_w < 1:
             raise RuntimeError(f"conv2d: the {kh}x{kw} kernel (dilation {dilation}) is larger than the padded "
                                f"{h}x{w} input")
         y = x.new_empty(b, ho, wo, c).permute(0, 3, 1, 2)  # (B, C, Ho, Wo) in channels_last
@@ -171,7 +176,7 @@ class _GatherConv(torch.autograd.Function):
             getattr(lib, f"{ctx.prefix}_grad_weight_cl")(x.data_ptr(), dy.data_ptr(), *ctx.dims, dw.data_ptr())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = dy.sum((0, 2, 3))
-        return dx, dw, db, None, None
+        return dx, dw, db, None, None, None
 
 
 class _DepthwiseConv(_GatherConv):

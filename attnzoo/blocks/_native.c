@@ -19,7 +19,7 @@
 
 #define SAMPLES _Pragma("omp parallel for num_threads(nt) schedule(static)") for (int64_t b = 0; b < B; b++)
 
-int attnzoo_native_abi(void) { return 22; }
+int attnzoo_native_abi(void) { return 23; }
 
 #define LANES 16
 #define INLINE static inline __attribute__((always_inline))
@@ -972,15 +972,15 @@ void conv_small_grad_weight(const float *x, const float *dy, CONV_DIMS, float *d
     free(total); free(off);
 }
 
-/* Depthwise convolutions in channels_last: x (B, H, W, C), weight (C, 1, kh, kw), stride 1, zero padding,
+/* Depthwise convolutions in channels_last: x (B, H, W, C), weight (C, 1, kh, kw), stride (sh, sw), zero padding,
  * dilation; y (B, Ho, Wo, C). Each output vector of LANES channels at (ho, wo) is accumulated in registers
  * over all taps and stored once; the channels beyond the last full LANES go through the same code with a
  * shorter chunk. oneDNN's backward of these convolutions was the most expensive op of lka and lska on
  * CPU. The input gradient is the same gather over a zero-padded dL/dy with the taps flipped. */
 #define DW_DIMS int64_t B, int64_t C, int64_t H, int64_t W, int64_t kh, int64_t kw, int64_t ph, int64_t pw, \
-                int64_t dh, int64_t dw, int nt
-#define DW_SIZES const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, Ho = Hp - dh * (kh - 1), \
-                 Wo = Wp - dw * (kw - 1), T = kh * kw
+                int64_t dh, int64_t dw, int64_t sh, int64_t sw, int nt
+#define DW_SIZES const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, Ho = (Hp - dh * (kh - 1) - 1) / sh + 1, \
+                 Wo = (Wp - dw * (kw - 1) - 1) / sw + 1, T = kh * kw
 
 /* src (h, w, C) rows into a zeroed (h + top + bottom, w + left + right, C) buffer at (top, left). */
 static void pad_cl(const float *src, int64_t C, int64_t h, int64_t w, int64_t top, int64_t left, int64_t hp,
@@ -1002,14 +1002,14 @@ static float *taps_by_channel(const float *wt, int64_t C, int64_t T, int flip) {
  * for one chunk of L channels (L == LANES after inlining, or the remainder). */
 INLINE void dw_gather_chunk(const float *buf, const float *wT, const float *init, int64_t C, int64_t c0, int64_t L,
                             int64_t Ho, int64_t Wo, int64_t Wp, int64_t kh, int64_t kw, int64_t dh, int64_t dw,
-                            float *out) {
+                            int64_t sh, int64_t sw, float *out) {
     for (int64_t ho = 0; ho < Ho; ho++)
         for (int64_t wo = 0; wo < Wo; wo++) {
             float acc[LANES];
             for (int64_t k = 0; k < L; k++) acc[k] = init ? init[c0 + k] : 0.f;
             for (int64_t i = 0; i < kh; i++)
                 for (int64_t j = 0; j < kw; j++) {
-                    const float *q = buf + ((ho + i * dh) * Wp + wo + j * dw) * C + c0;
+                    const float *q = buf + ((ho * sh + i * dh) * Wp + wo * sw + j * dw) * C + c0;
                     const float *wv = wT + (i * kw + j) * C + c0;
                     for (int64_t k = 0; k < L; k++) acc[k] += wv[k] * q[k];
                 }
@@ -1024,7 +1024,7 @@ INLINE void dw_gather_chunk(const float *buf, const float *wT, const float *init
  * the same order as the one-position loop, so the results are the same. */
 INLINE void gather_full_chunk(const float *bufs, int64_t bn, const float *wTs, int64_t wn, int64_t ng,
                               const float *init, int64_t C, int64_t c0, int64_t Ho, int64_t Wo, int64_t Wp, int64_t kh,
-                              int64_t kw, int64_t dh, int64_t dw, float *out) {
+                              int64_t kw, int64_t dh, int64_t dw, int64_t sh, int64_t sw, float *out) {
     const vec16 a_init = init ? load16(init + c0) : splat16(0.f);
     for (int64_t ho = 0; ho < Ho; ho++) {
         int64_t wo = 0;
@@ -1034,11 +1034,11 @@ INLINE void gather_full_chunk(const float *bufs, int64_t bn, const float *wTs, i
                 for (int64_t i = 0; i < kh; i++)
                     for (int64_t t = 0; t < kw; t++) {
                         const vec16 wv = load16(wTs + g * wn + (i * kw + t) * C + c0);
-                        const float *q = bufs + g * bn + ((ho + i * dh) * Wp + wo + t * dw) * C + c0;
+                        const float *q = bufs + g * bn + ((ho * sh + i * dh) * Wp + wo * sw + t * dw) * C + c0;
                         a0 += wv * load16(q);
-                        a1 += wv * load16(q + C);
-                        a2 += wv * load16(q + 2 * C);
-                        a3 += wv * load16(q + 3 * C);
+                        a1 += wv * load16(q + sw * C);
+                        a2 += wv * load16(q + 2 * sw * C);
+                        a3 += wv * load16(q + 3 * sw * C);
                     }
             float *o = out + (ho * Wo + wo) * C + c0;
             store16(o, a0);
@@ -1052,17 +1052,21 @@ INLINE void gather_full_chunk(const float *bufs, int64_t bn, const float *wTs, i
                 for (int64_t i = 0; i < kh; i++)
                     for (int64_t t = 0; t < kw; t++)
                         a += load16(wTs + g * wn + (i * kw + t) * C + c0)
-                             * load16(bufs + g * bn + ((ho + i * dh) * Wp + wo + t * dw) * C + c0);
+                             * load16(bufs + g * bn + ((ho * sh + i * dh) * Wp + wo * sw + t * dw) * C + c0);
             store16(out + (ho * Wo + wo) * C + c0, a);
         }
     }
 }
 
+/* Output (ho, wo) reads the padded sample at (ho sh + i dh, wo sw + j dw); stride 1 has its own inlined copy. */
 static void dw_gather(const float *buf, const float *wT, const float *init, int64_t C, int64_t Ho, int64_t Wo,
-                      int64_t Wp, int64_t kh, int64_t kw, int64_t dh, int64_t dw, float *out) {
+                      int64_t Wp, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t sh, int64_t sw, float *out) {
     int64_t c0 = 0;
-    for (; c0 + LANES <= C; c0 += LANES) gather_full_chunk(buf, 0, wT, 0, 1, init, C, c0, Ho, Wo, Wp, kh, kw, dh, dw, out);
-    if (c0 < C) dw_gather_chunk(buf, wT, init, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, out);
+    for (; c0 + LANES <= C; c0 += LANES) {
+        if (sh == 1 && sw == 1) gather_full_chunk(buf, 0, wT, 0, 1, init, C, c0, Ho, Wo, Wp, kh, kw, dh, dw, 1, 1, out);
+        else gather_full_chunk(buf, 0, wT, 0, 1, init, C, c0, Ho, Wo, Wp, kh, kw, dh, dw, sh, sw, out);
+    }
+    if (c0 < C) dw_gather_chunk(buf, wT, init, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, sh, sw, out);
 }
 
 void dw_forward_cl(const float *x, const float *wt, const float *bias, DW_DIMS, float *y) {
@@ -1071,23 +1075,36 @@ void dw_forward_cl(const float *x, const float *wt, const float *bias, DW_DIMS, 
     SAMPLES {
         float *buf = malloc(sizeof(float) * Hp * Wp * C);
         pad_cl(x + b * H * W * C, C, H, W, ph, pw, Hp, Wp, buf);
-        dw_gather(buf, wT, bias, C, Ho, Wo, Wp, kh, kw, dh, dw, y + b * Ho * Wo * C);
+        dw_gather(buf, wT, bias, C, Ho, Wo, Wp, kh, kw, dh, dw, sh, sw, y + b * Ho * Wo * C);
         free(buf);
     }
     free(wT);
 }
 
 /* dx[h, w] = sum_{i, j} weight[i, j] * dy[h + ph - i dh, w + pw - j dw]: dy zero-padded by the kernel's span
- * (Sh = dh (kh - 1), Sw) on each side and the taps flipped, the forward's gather. */
+ * (Sh = dh (kh - 1), Sw) on each side and the taps flipped, the forward's gather. With a stride, dy is spread
+ * to every sh-th row and sw-th column of that buffer first (zeros between: the transposed convolution as a
+ * stride-1 gather), sized to cover every output row h + ph + Sh and every spread value. */
 void dw_grad_input_cl(const float *dy, const float *wt, DW_DIMS, float *dx) {
     DW_SIZES;
-    const int64_t Sh = dh * (kh - 1), Sw = dw * (kw - 1), Gh = Ho + 2 * Sh, Gw = Wo + 2 * Sw;
+    const int64_t Sh = dh * (kh - 1), Sw = dw * (kw - 1);
+    const int64_t one = sh == 1 && sw == 1, Rh = Sh + (Ho - 1) * sh + 1, Rw = Sw + (Wo - 1) * sw + 1;
+    const int64_t Gh = one ? Ho + 2 * Sh : (ph + H + Sh > Rh ? ph + H + Sh : Rh),
+                  Gw = one ? Wo + 2 * Sw : (pw + W + Sw > Rw ? pw + W + Sw : Rw);
     float *wT = taps_by_channel(wt, C, T, 1);
     SAMPLES {
         float *buf = malloc(sizeof(float) * Gh * Gw * C);
-        pad_cl(dy + b * Ho * Wo * C, C, Ho, Wo, Sh, Sw, Gh, Gw, buf);
+        if (one) {
+            pad_cl(dy + b * Ho * Wo * C, C, Ho, Wo, Sh, Sw, Gh, Gw, buf);
+        } else {
+            memset(buf, 0, sizeof(float) * Gh * Gw * C);
+            const float *g = dy + b * Ho * Wo * C;
+            for (int64_t r = 0; r < Ho; r++)
+                for (int64_t c = 0; c < Wo; c++)
+                    memcpy(buf + ((Sh + r * sh) * Gw + Sw + c * sw) * C, g + (r * Wo + c) * C, sizeof(float) * C);
+        }
         /* flipped tap (i', j') = (kh - 1 - i, kw - 1 - j) reads row h + ph + Sh - i dh = h + ph + i' dh */
-        dw_gather(buf + (ph * Gw + pw) * C, wT, NULL, C, H, W, Gw, kh, kw, dh, dw, dx + b * H * W * C);
+        dw_gather(buf + (ph * Gw + pw) * C, wT, NULL, C, H, W, Gw, kh, kw, dh, dw, 1, 1, dx + b * H * W * C);
         free(buf);
     }
     free(wT);
@@ -1101,7 +1118,7 @@ void dw_grad_input_cl(const float *dy, const float *wt, DW_DIMS, float *dx) {
         for (int64_t ho = 0; ho < Ho; ho++)                                                                  \
             for (int64_t wo = 0; wo < Wo; wo++) {                                                            \
                 const vec16 d = load16(g + (ho * Wo + wo) * C + c0);                                         \
-                const float *q = buf + ((ho + i * dh) * Wp + wo + t0 * dw) * C + c0;                          \
+                const float *q = buf + ((ho * sh + i * dh) * Wp + wo * sw + t0 * dw) * C + c0;                \
                 for (int k = 0; k < n; k++) a[k] += d * load16(q + k * dw * C);                              \
             }                                                                                                \
         for (int k = 0; k < n; k++) {                                                                        \
@@ -1114,7 +1131,8 @@ void dw_grad_input_cl(const float *dy, const float *wt, DW_DIMS, float *dx) {
     } while (0)
 
 INLINE void dw_weight_chunk(const float *buf, const float *g, int64_t C, int64_t c0, int64_t L, int64_t Ho,
-                            int64_t Wo, int64_t Wp, int64_t kh, int64_t kw, int64_t dh, int64_t dw, double *part) {
+                            int64_t Wo, int64_t Wp, int64_t kh, int64_t kw, int64_t dh, int64_t dw, int64_t sh,
+                            int64_t sw, double *part) {
     if (L == LANES) {  /* each tap's sum over positions in the same order as below: the same results */
         for (int64_t i = 0; i < kh; i++) {
             int64_t t0 = 0;
@@ -1130,7 +1148,7 @@ INLINE void dw_weight_chunk(const float *buf, const float *g, int64_t C, int64_t
             for (int64_t k = 0; k < L; k++) acc[k] = 0.f;
             for (int64_t ho = 0; ho < Ho; ho++)
                 for (int64_t wo = 0; wo < Wo; wo++) {
-                    const float *q = buf + ((ho + i * dh) * Wp + wo + j * dw) * C + c0;
+                    const float *q = buf + ((ho * sh + i * dh) * Wp + wo * sw + j * dw) * C + c0;
                     const float *d = g + (ho * Wo + wo) * C + c0;
                     for (int64_t k = 0; k < L; k++) acc[k] += d[k] * q[k];
                 }
@@ -1153,8 +1171,11 @@ void dw_grad_weight_cl(const float *x, const float *dy, DW_DIMS, float *dwt) {
             pad_cl(x + b * H * W * C, C, H, W, ph, pw, Hp, Wp, buf);
             const float *g = dy + b * Ho * Wo * C;
             int64_t c0 = 0;
-            for (; c0 + LANES <= C; c0 += LANES) dw_weight_chunk(buf, g, C, c0, LANES, Ho, Wo, Wp, kh, kw, dh, dw, part);
-            if (c0 < C) dw_weight_chunk(buf, g, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, part);
+            for (; c0 + LANES <= C; c0 += LANES) {
+                if (sh == 1 && sw == 1) dw_weight_chunk(buf, g, C, c0, LANES, Ho, Wo, Wp, kh, kw, dh, dw, 1, 1, part);
+                else dw_weight_chunk(buf, g, C, c0, LANES, Ho, Wo, Wp, kh, kw, dh, dw, sh, sw, part);
+            }
+            if (c0 < C) dw_weight_chunk(buf, g, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, sh, sw, part);
         }
 #pragma omp critical
         for (int64_t k = 0; k < T * C; k++) total[k] += part[k];
@@ -1248,7 +1269,7 @@ static void gw_gather(const float *bufs, int64_t bn, const float *wTs, int64_t w
                       float *out) {
     int64_t c0 = 0;
     for (; c0 + LANES <= C; c0 += LANES)
-        gather_full_chunk(bufs, bn, wTs, wn, cg, init, C, c0, Ho, Wo, Wp, kh, kw, dh, dw, out);
+        gather_full_chunk(bufs, bn, wTs, wn, cg, init, C, c0, Ho, Wo, Wp, kh, kw, dh, dw, 1, 1, out);
     if (c0 < C) gw_gather_chunk(bufs, bn, wTs, wn, cg, init, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, out);
 }
 
@@ -1265,6 +1286,7 @@ static float *grouped_taps(const float *wt, int64_t C, int64_t cg, int64_t T, in
 }
 
 void gw_forward_cl(const float *x, const float *wt, const float *bias, GW_DIMS, float *y) {
+    const int64_t sh = 1, sw = 1;  /* no stride here */
     DW_SIZES;
     float *wT = grouped_taps(wt, C, cg, T, 0);
     const int64_t bn = Hp * Wp * C;
@@ -1278,6 +1300,7 @@ void gw_forward_cl(const float *x, const float *wt, const float *bias, GW_DIMS, 
 }
 
 void gw_grad_input_cl(const float *dy, const float *wt, GW_DIMS, float *dx) {
+    const int64_t sh = 1, sw = 1;  /* no stride here */
     DW_SIZES;
     const int64_t Sh = dh * (kh - 1), Sw = dw * (kw - 1), Gh = Ho + 2 * Sh, Gw = Wo + 2 * Sw, bn = Gh * Gw * C;
     float *wT = grouped_taps(wt, C, cg, T, 1);
@@ -1292,6 +1315,7 @@ void gw_grad_input_cl(const float *dy, const float *wt, GW_DIMS, float *dx) {
 
 /* dweight[c, j, tap] = sum over samples and output positions of dy[., c] * buf_j[. + tap, c] */
 void gw_grad_weight_cl(const float *x, const float *dy, GW_DIMS, float *dwt) {
+    const int64_t sh = 1, sw = 1;  /* no stride here */
     DW_SIZES;
     const int64_t bn = Hp * Wp * C;
     double *total = calloc(cg * T * C, sizeof(double));
@@ -1306,8 +1330,8 @@ void gw_grad_weight_cl(const float *x, const float *dy, GW_DIMS, float *dwt) {
             for (int64_t j = 0; j < cg; j++) {
                 int64_t c0 = 0;
                 for (; c0 + LANES <= C; c0 += LANES)
-                    dw_weight_chunk(bufs + j * bn, g, C, c0, LANES, Ho, Wo, Wp, kh, kw, dh, dw, part + j * T * C);
-                if (c0 < C) dw_weight_chunk(bufs + j * bn, g, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, part + j * T * C);
+                    dw_weight_chunk(bufs + j * bn, g, C, c0, LANES, Ho, Wo, Wp, kh, kw, dh, dw, 1, 1, part + j * T * C);
+                if (c0 < C) dw_weight_chunk(bufs + j * bn, g, C, c0, C - c0, Ho, Wo, Wp, kh, kw, dh, dw, 1, 1, part + j * T * C);
             }
         }
 #pragma omp critical

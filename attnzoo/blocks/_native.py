@@ -40,7 +40,7 @@ __all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies", "
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
-_ABI = 22
+_ABI = 23
 _lock = threading.Lock()
 _state: dict = {}
 

@@ -31,7 +31,9 @@ extent makes the gate vary over positions too.
 Speed (CPU): with a local extent, a sigmoid gate and nothing capturing the tap (a capture needs the full
 factor), the gate runs on the gathered map and ``x * upsample(gate)`` is one native op
 (``_pooled_gates.nearest_gate``: the upsampled (B, C, H, W) factor is never written); elsewhere, and
-where the kernels do not apply, the expression in ``forward``.
+where the kernels do not apply, the expression in ``forward``. The gather's stride-2 depthwise convs and the
+MLP's 1x1 convs are ``LayoutConv2d`` (the native depthwise kernel on channels_last input; ``nn.Conv2d``'s
+parameters and state_dict keys).
 Parity: identical to timm's ``GatherExcite`` under copied weights, for every configuration both
 have (same attribute names: ``gather.conv1``/``gather.norm1``/..., ``mlp.fc1``/``mlp.fc2``).
 timm 1.0.31 can only build ``use_mlp=False, extra_params=False`` (its default ``use_mlp=True`` and
@@ -109,7 +111,8 @@ class GatherExcite(nn.Module):
             self.gather = nn.Sequential()
             num_conv = int(math.log2(extent))
             for i in range(1, num_conv + 1):
-                self.gather.add_module(f"conv{i}", nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels, bias=False))
+                self.gather.add_module(f"conv{i}", LayoutConv2d(channels, channels, 3, stride=2, padding=1, groups=channels,
+                                                                bias=False))
                 self.gather.add_module(f"norm{i}", SafeBatchNorm2d(channels))
                 if i < num_conv:
                     self.gather.add_module(f"act{i}", act(inplace=True))
