@@ -29,7 +29,7 @@
     python benchmarks/native_revision.py --rev f582152 --blocks sk bam lka lska ge_theta ge_theta_plus \
         --hosts resnet20 --pairs 5 --json benchmarks/results/branch_ops_revision_cpu.json
     python benchmarks/native_revision.py --rev 9e84788 --blocks sge psa psa_s bam ema cbam cbam_channel cbam_spatial \
-        --hosts resnet20 --pairs 5 --json benchmarks/results/round_ops_revision_cpu.json
+        lcbam ge_theta ge_theta_plus --hosts resnet20 --pairs 5 --json benchmarks/results/round_ops_revision_cpu.json
     python benchmarks/readme.py                                                        # rewrite README parts
 
 Sections (between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` markers):
@@ -587,8 +587,9 @@ def main(argv=None) -> int:
                                          "upsampled gate as one op")
                   + "\n" + revision_line(_load("round_ops_revision_cpu.json"),
                                          "sge's per-sample kernels; psa's projections as matmuls and its output op; "
-                                         "cbam, cbam_channel and cbam_spatial as one op each; bam's reducing 1x1 as "
-                                         "a matmul; ema's cross op in channels_last")
+                                         "cbam, cbam_channel, cbam_spatial and lcbam as one op each; bam's reducing "
+                                         "1x1 as a matmul; ema's cross op in channels_last; ge's strided depthwise "
+                                         "gathers on the native kernel")
                   + "\n" + allocator_line(_load("allocator_cpu.json")))
     args.readme.write_text(text)
     print(f"wrote the generated sections of {args.readme} ({len(list_attn())} blocks)")
