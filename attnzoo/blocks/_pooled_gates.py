@@ -1412,47 +1412,46 @@ class _ProductGates(torch.autograd.Function):
         shape = (b, c, h * w, cl, torch.get_num_threads())
         dy = _in_layout(dy, cl)
         dx = dgc = dgs = None
+        no_max = gs.new_full(gs.shape, float("inf"))  # no maximum to tie with: no pooling terms
         if ctx.needs_input_grad[2]:
             dgs, ties = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
-            lib.grad_spatial_factor(x.data_ptr(), gc.data_ptr(), dy.data_ptr(), gs.new_full(gs.shape, float("inf")).data_ptr(),
-                                    *shape, dgs.data_ptr(), ties.data_ptr())
+            lib.grad_spatial_factor(x.data_ptr(), gc.data_ptr(), dy.data_ptr(), no_max.data_ptr(), *shape,
+                                    dgs.data_ptr(), ties.data_ptr())
             dgs = dgs.to(ctx.dtypes[1])
         if ctx.needs_input_grad[1]:
             zeros, ones = gs.new_zeros(gs.shape), gs.new_ones(gs.shape)
             dgc = x.new_empty(b, c, 1, 1)
             lib.grad_channel_factor(x.data_ptr(), gc.data_ptr(), gs.data_ptr(), dy.data_ptr(), zeros.data_ptr(),
-                                    zeros.data_ptr(), gs.new_full(gs.shape, float("inf")).data_ptr(), ones.data_ptr(),
-                                    *shape, dgc.data_ptr())
+                                    zeros.data_ptr(), no_max.data_ptr(), ones.data_ptr(), *shape, dgc.data_ptr())
             dgc = dgc.to(ctx.dtypes[0])
         if ctx.needs_input_grad[0]:
             dx = _apply(lib, dy, cl, gc, gs)
         return dx, dgc, dgs, None, None
 
 
-def product_gates(x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor) -> torch.Tensor | None:
-    """``x * gc * gs`` (gc (B, C, 1, 1), gs (B, 1, H, W)) as one native op, or None where the kernels do not
-    apply (then compute it in PyTorch)."""
+def _outside_gates(x, gc, gs, op, forward):
+    """``op`` (``_ProductGates`` / ``_SumGates``) on factors computed outside, or its forward alone where nothing
+    needs a gradient; None where the kernels do not apply (then compute it in PyTorch)."""
     found = _native.target(x)
     if found is None:
         return None
     lib, cl = found
     if not torch.is_grad_enabled() or not (x.requires_grad or gc.requires_grad or gs.requires_grad):
         with torch.no_grad():
-            return _apply(lib, x, cl, *_scse_factors(x, gc, gs))
-    return _ProductGates.apply(x, gc, gs, lib, cl)
+            return forward(lib, x, cl, *_scse_factors(x, gc, gs))
+    return op.apply(x, gc, gs, lib, cl)
+
+
+def product_gates(x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor) -> torch.Tensor | None:
+    """``x * gc * gs`` (gc (B, C, 1, 1), gs (B, 1, H, W)) as one native op, or None where the kernels do not
+    apply (then compute it in PyTorch)."""
+    return _outside_gates(x, gc, gs, _ProductGates, _apply)
 
 
 def sum_gates(x: torch.Tensor, gc: torch.Tensor, gs: torch.Tensor) -> torch.Tensor | None:
     """``x * gc + x * gs`` (gc (B, C, 1, 1), gs (B, 1, H, W)) as one native op, or None where the kernels do not
     apply (then compute it in PyTorch)."""
-    found = _native.target(x)
-    if found is None:
-        return None
-    lib, cl = found
-    if not torch.is_grad_enabled() or not (x.requires_grad or gc.requires_grad or gs.requires_grad):
-        with torch.no_grad():
-            return _scse_apply(lib, x, cl, *_scse_factors(x, gc, gs), True)
-    return _SumGates.apply(x, gc, gs, lib, cl)
+    return _outside_gates(x, gc, gs, _SumGates, lambda lib, x, cl, gc, gs: _scse_apply(lib, x, cl, gc, gs, True))
 
 
 # ------------------------------------------------------------------------------------------------- ema
