@@ -105,11 +105,16 @@ class LayoutConv2d(nn.Conv2d):
                 and input.is_contiguous(memory_format=torch.channels_last))
 
     def _native_ok(self, input: torch.Tensor) -> bool:
-        """The native small-conv kernel applies: <= 4 channels in and out, one group, stride 1, numeric
-        padding, and ``_native.applies`` (float32 CPU, eager, batch >= threads; see ``_SmallConv``)."""
+        """The native small-conv kernel applies: ``_small_ok`` and ``_native.applies`` (float32 CPU, eager,
+        batch >= threads; see ``_SmallConv``)."""
+        return self._small_ok(input) and _native.applies(input)
+
+    def _small_ok(self, input: torch.Tensor) -> bool:
+        """The conv is one the small-conv kernel computes: <= 4 channels in and out, one group, stride 1,
+        numeric padding, float32 weights, a map of more than one position."""
         return (self.in_channels <= _SMALL and self.out_channels <= _SMALL and self.groups == 1
                 and self.stride == (1, 1) and not isinstance(self.padding, str) and self.weight.dtype == torch.float32
-                and input.shape[2] * input.shape[3] > 1 and _native.applies(input))
+                and input.shape[2] * input.shape[3] > 1)
 
 
     def _native_depthwise_ok(self, input: torch.Tensor) -> bool:

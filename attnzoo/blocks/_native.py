@@ -155,7 +155,8 @@ def applies(x: torch.Tensor) -> bool:
     ``torch.export``, TorchScript tracing or ONNX export records the graph, nor under a dispatch mode such
     as ``FlopCounterMode`` (all of them must see the aten ops: a kernel call is invisible to them, and
     FLOPs counted around one would be too few) -- with a batch of at least the thread count (the kernels
-    split samples over threads), and the library built."""
+    split samples over threads), and the library built. (Under ``torch.compile`` a few whole-block ops call
+    the kernels as custom ops instead: ``_compiled.target``.)"""
     return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
             and torch._C._len_torch_dispatch_stack() == 0 and x.device.type == "cpu"
             and x.dtype == torch.float32 and x.dim() == 4 and x.shape[0] >= torch.get_num_threads()

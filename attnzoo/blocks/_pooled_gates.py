@@ -52,7 +52,9 @@ for bit: ``tests/test_native.py`` compares each with its plain path and with flo
 
 Each is used on CPU, float32, 4-d input contiguous in NCHW or channels_last, batch >= the thread
 count, outside ``torch.compile``, export, tracing and dispatch modes, when the kernels are built
-(``_native.applies``). Elsewhere the function returns None and the block runs its plain path. Double
+(``_native.applies``). Under ``torch.compile`` the whole-block ops -- ``simam_gate``, sge's ``group_gates`` and
+``cbam_gates`` -- run as torch.library custom ops (``_compiled.py``); the others return None there. Elsewhere the
+function returns None and the block runs its plain path. Double
 backward is not supported (``once_differentiable``).
 """
 from __future__ import annotations
@@ -63,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _native, _small_graphs
+from . import _compiled, _native, _small_graphs
 from ._fused import is_sigmoid
 from ._layout import LayoutConv2d, small_conv_backward, small_conv_forward
 # the test of default, hook-free modules, the BatchNorm reading and the MLP's size limit that the small graphs use
@@ -648,6 +650,9 @@ def group_gates(x: torch.Tensor, groups: int, factor_fn, module: nn.Module, *, s
     each group's channels. ``sge=(gamma, beta, eps, dof)`` computes that factor in the kernels instead
     (SGE's sigmoid gate and its spread sqrt(max(var, 1e-24)) + eps)."""
     found = _native.target(x)
+    if found is None and sge is not None and not x.shape[1] % groups and _compiled.target(x) is not None:
+        gamma, beta, eps, dof = sge
+        return _compiled.sge(x, gamma, beta, _compiled.target(x), groups, float(eps), float(dof))
     if found is None or x.shape[1] % groups:
         return None
     lib, cl = found
@@ -699,7 +704,8 @@ def simam_gate(x: torch.Tensor, e_lambda: float, n: int) -> torch.Tensor | None:
     is computed with ``_native.c``'s vectorised exp (relative error about 2e-7 against torch's)."""
     found = _native.target(x)
     if found is None:
-        return None
+        cl = _compiled.target(x)
+        return None if cl is None else _compiled.simam(x, cl, float(e_lambda), float(n))
     lib, cl = found
     if not torch.is_grad_enabled() or not x.requires_grad:
         with torch.no_grad():
@@ -970,7 +976,7 @@ def _cbam_conv_norm(sp: nn.Module, light: bool) -> tuple[nn.Module, nn.Module, t
 
 def _cbam_spatial_ok(sp: nn.Module, x: torch.Tensor, light: bool) -> bool:
     conv, norm, owners = _cbam_conv_norm(sp, light)
-    return (type(conv) is LayoutConv2d and conv._native_ok(x) and is_sigmoid(sp.gate) and conv.padding_mode == "zeros"
+    return (type(conv) is LayoutConv2d and conv._small_ok(x) and is_sigmoid(sp.gate) and conv.padding_mode == "zeros"
             and _float32(conv.bias) and _unhooked(conv, norm, sp.gate, sp.tap, *owners) and not sp.tap.active
             and (type(norm) is nn.Identity or (isinstance(norm, _NORMS) and type(norm).forward in
                                                (nn.BatchNorm2d.forward, _safe_forward()))))
@@ -1107,11 +1113,12 @@ def cbam_gates(x: torch.Tensor, channel: nn.Module | None, spatial: nn.Module | 
     halves (``light``), as one native op, or None where it does not apply (other small parts, a captured or
     hooked tap, ...: then ``pooled_gates``)."""
     found = _native.target(x)
-    if (found is None or not _small_graphs_on() or x.shape[2] * x.shape[3] >= 2**31
+    compiled = None if found is not None else _compiled.target(x)
+    if ((found is None and compiled is None) or not _small_graphs_on() or x.shape[2] * x.shape[3] >= 2**31
             or (channel is not None and not _cbam_channel_ok(channel, x.shape[1]))
             or (spatial is not None and not _cbam_spatial_ok(spatial, x, light))):
         return None
-    lib, cl = found
+    lib, cl = found if found is not None else (None, compiled)
     ch, sp = channel, spatial
     conv, norm, _ = (None, None, ()) if sp is None else _cbam_conv_norm(sp, light)
     bn = None
@@ -1119,12 +1126,13 @@ def cbam_gates(x: torch.Tensor, channel: nn.Module | None, spatial: nn.Module | 
         bn = _norm_args(norm, x.shape[0] * x.shape[2] * x.shape[3], 1)  # counts the batch: the last check
         if bn is None:
             return None
-    return _CbamGates.apply(
+    return (_CbamGates.apply if found is not None else _compiled.cbam)(
         x, None if ch is None else ch.fc1.weight, None if ch is None else ch.fc1.bias,
         None if ch is None else ch.fc2.weight, None if ch is None else ch.fc2.bias,
         None if sp is None else conv.weight, None if sp is None else conv.bias,
         None if bn is None else norm.weight, None if bn is None else norm.bias,
-        lib, cl, ch is not None, sp is not None, None if sp is None else (conv.padding, conv.dilation), bn, light)
+        *((lib,) if found is not None else ()), cl, ch is not None, sp is not None,
+        None if sp is None else (conv.padding, conv.dilation), bn, light)
 
 
 def _moment_pool(lib, x, cl, variance: bool, weights):

@@ -27,7 +27,9 @@ with their default small parts (the ReLU MLP of 1x1 convs, the k x k conv with B
 sigmoid) and taps neither captured nor hooked run as one autograd op (``_pooled_gates.cbam_gates``): F' is
 never written, backward keeps x and the small maps only, and nothing runs between the kernels. Other small
 parts, or a captured tap, run as ordinary modules between three split ops on the same kernels
-(``_pooled_gates.pooled_gates``). Elsewhere the PyTorch expression below runs.
+(``_pooled_gates.pooled_gates``). Under ``torch.compile`` on CPU the one op runs as a custom op (``_compiled.py``;
+inductor's code for the expression below was 2-3x slower than the eager op). Elsewhere the PyTorch expression
+below runs.
 """
 from __future__ import annotations
 

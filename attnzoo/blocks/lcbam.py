@@ -21,7 +21,8 @@ state_dict keys are timm's.
 
 Speed (CPU): in eager float32 with a batch of at least the thread count, with the default small parts and taps
 neither captured nor hooked, the whole block is one native op (``_pooled_gates.cbam_gates``, as cbam); otherwise
-three split ops around the small parts (``pooled_gates``); elsewhere the PyTorch expression runs.
+three split ops around the small parts (``pooled_gates``). ``torch.compile`` on CPU calls the one op as a custom
+op (``_compiled.py``); elsewhere the PyTorch expression runs.
 """
 from __future__ import annotations
 

@@ -42,7 +42,8 @@ Speed (CPU): in eager float32 with a batch of at least the thread count, and not
 ``spread`` std and unbiased_std with the sigmoid gate it takes one sample at a time while the sample is in
 cache -- group means, similarities, their normalisation, affine and sigmoid, the product -- so the
 similarity and factor maps are never written, and backward recomputes them from x (only x is saved).
-Elsewhere the PyTorch expression runs.
+``torch.compile`` on CPU calls that op as a custom op (``_compiled.py``). Elsewhere the PyTorch expression
+runs.
 """
 from __future__ import annotations
 
