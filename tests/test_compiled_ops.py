@@ -9,6 +9,8 @@ import shutil
 import pytest
 import torch
 import torch._dynamo
+import torch._functorch.config
+import torch._inductor.config
 
 from attnzoo import create_attn
 from attnzoo.blocks import _compiled, _native
@@ -79,6 +81,8 @@ def _run(block, x, g):
 @pytest.mark.parametrize("name", sorted(OPS))
 def test_a_compiled_block_calls_the_kernels_and_matches_eager(name, train, layout):
     eager = _randomized(name, 32).train(train)
+    if layout == "channels_last":  # as users convert a model: its 4-d weights (the 7x7 conv's) change strides too
+        eager = eager.to(memory_format=torch.channels_last)
     compiled_block = copy.deepcopy(eager)
     rec = _Recorder()
     compiled = torch.compile(compiled_block, backend=rec, fullgraph=True)
@@ -150,10 +154,12 @@ def test_the_custom_ops_pass_torch_library_opcheck():
     w1, b1 = torch.randn(4, 16, 1, 1, requires_grad=True), torch.randn(4, requires_grad=True)
     w2, b2 = torch.randn(16, 4, 1, 1, requires_grad=True), torch.randn(16, requires_grad=True)
     wc, bnw, bnb = torch.randn(1, 2, 7, 7, requires_grad=True), torch.ones(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    wc_cl = wc.detach().contiguous(memory_format=torch.channels_last).requires_grad_()  # a channels_last model's
     rm, rv = torch.zeros(1), torch.ones(1)
-    torch.library.opcheck(torch.ops.attnzoo.cbam_forward.default,
-                          (x.detach().requires_grad_(), w1, b1, w2, b2, wc, None, bnw, bnb, rm, rv, 0, True, True, [3, 3],
-                           [1, 1], True, True, 0.01, 1e-5, False))
+    for xin, w, cl in ((x, wc, 0), (xcl, wc_cl, 1)):
+        torch.library.opcheck(torch.ops.attnzoo.cbam_forward.default,
+                              (xin.detach().requires_grad_(), w1, b1, w2, b2, w, None, bnw, bnb, rm, rv, cl, True, True,
+                               [3, 3], [1, 1], True, True, 0.01, 1e-5, False))
 
 
 def test_the_compile_check_declines_what_the_kernels_do_not_take():
@@ -172,3 +178,24 @@ def test_the_compile_check_declines_what_the_kernels_do_not_take():
         torch._dynamo.reset()
         torch.compile(probe, backend="eager", fullgraph=True)(x, key)
     assert seen == {"f32": 0, "cl": 1, "f64": None, "batch1": None, "strided": None}
+
+
+def test_inductor_compiles_a_channels_last_cbam_model_and_matches_eager(monkeypatch):
+    """Inductor checks every custom op's output strides against its fake implementation (aot_eager does not):
+    a channels_last model's 7x7 weight once made the fake weight gradient channels_last where the kernel's is
+    contiguous, and the first backward raised."""
+    eager = _randomized("cbam", 16).to(memory_format=torch.channels_last)
+    compiled_block = copy.deepcopy(eager)
+    # inductor, cold: its on-disk caches key on the graph, not on the custom ops' fake implementations
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+    compiled = torch.compile(compiled_block, fullgraph=True)
+    x = torch.randn(4, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    for _ in range(2):
+        y_e, dx_e = _run(eager, x, g)
+        y_c, dx_c = _run(compiled, x, g)
+        torch.testing.assert_close(y_c, y_e, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(dx_c, dx_e, rtol=1e-5, atol=1e-6)
+    for p_e, p_c in zip(eager.parameters(), compiled_block.parameters()):
+        torch.testing.assert_close(p_c.grad, p_e.grad, rtol=1e-5, atol=1e-6)

@@ -156,7 +156,8 @@ def _sge_backward(dy: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, beta: 
 
 @_sge_backward.register_fake
 def _(dy, x, gamma, beta, cl, groups, eps, dof):
-    return torch.empty_like(x), torch.empty_like(gamma), torch.empty_like(beta)
+    return torch.empty_like(x), gamma.new_empty(gamma.shape), beta.new_empty(beta.shape)  # contiguous, as the kernels'
+
 
 
 def _sge_setup(ctx, inputs, output):
@@ -181,9 +182,9 @@ def sge(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, cl: int, group
 
 
 # ---------------------------------------------------------------------------------------------- CBAM
-# _CbamGates.forward saves (x, gc, gs, carg, smax, z, wv, u, stats, bw) and keeps (a, h, hs, w1v, w2v); of these
+# _CbamGates.forward saves (x, gc, carg, smax, z, wv, u, gs, bw, stats) and keeps (a, h, hs, w1v, w2v); of these
 # x is an input, and wv, bw, w1v and w2v are views of the weights (a custom op's outputs may not alias its
-# inputs), made again in backward. The forward op returns y and the other ten.
+# inputs), made again in backward. The forward op returns y, the other ten and the running statistics.
 class _Stand(SimpleNamespace):
     """What ``_CbamGates`` reads and writes on its autograd context."""
 
@@ -215,9 +216,9 @@ def _cbam_forward(x: torch.Tensor, w1: torch.Tensor | None, b1: torch.Tensor | N
     y = _CbamGates.forward(ctx, x, w1, b1, w2, b2, wc, bc, bnw, bnb, _native.kernels(), cl, has_c, has_s,
                            _cbam_conv(padding, dilation, has_s),
                            _cbam_bn(running_mean, running_var, norm, batch_stats, momentum, eps), light)
-    _, gc, gs, carg, smax, z, _, u, stats, _ = ctx.saved_tensors
+    _, gc, carg, smax, z, _, u, gs, _, stats = ctx.saved_tensors
     a, h, hs = ctx.kept[:3] if has_c else (None, None, None)
-    return [y] + [_placeholder(t, x) for t in (gc, gs, carg, smax, z, u, stats, a, h, hs, running_mean, running_var)]
+    return [y] + [_placeholder(t, x) for t in (gc, carg, smax, z, u, gs, stats, a, h, hs, running_mean, running_var)]
 
 
 @_cbam_forward.register_fake
@@ -234,7 +235,7 @@ def _(x, w1, b1, w2, b2, wc, bc, bnw, bnb, running_mean, running_var, cl, has_c,
         gs, smax, u = x.new_empty(b, 1, hh, ww), x.new_empty(b, 1, hh, ww), x.new_empty(b, 1, hh, ww)
         z, stats = x.new_empty(b, 1 if light else 2, hh, ww), x.new_empty(2)
     stat = [none if t is None else torch.empty_like(t) for t in (running_mean, running_var)]
-    return [torch.empty_like(x), gc, gs, carg, smax, z, u, stats, a, h, hs, *stat]
+    return [torch.empty_like(x), gc, carg, smax, z, u, gs, stats, a, h, hs, *stat]
 
 
 @torch.library.custom_op("attnzoo::cbam_backward", mutates_args=(), device_types="cpu")
@@ -245,7 +246,7 @@ def _cbam_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor | None, b
                    needs: list[bool]) -> list[torch.Tensor]:
     from ._pooled_gates import _CbamGates
 
-    gc, gs, carg, smax, z, u, stats, a, h, hs = (_absent(t) for t in saved)
+    gc, carg, smax, z, u, gs, stats, a, h, hs = (_absent(t) for t in saved)
     x = _layout(x, cl)
     wv = None if wc is None else wc.detach().contiguous()
     bw = None if bnw is None else bnw.detach().contiguous()
@@ -253,7 +254,7 @@ def _cbam_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor | None, b
     if has_c:
         r, c = w1.shape[:2]
         kept = (a, h, hs, w1.detach().reshape(r, c).contiguous(), w2.detach().reshape(c, r).contiguous())
-    ctx = _Stand(saved_tensors=(x, gc, gs, carg, smax, z, wv, u, stats, bw), kept=kept, lib=_native.kernels(), cl=cl,
+    ctx = _Stand(saved_tensors=(x, gc, carg, smax, z, wv, u, gs, bw, stats), kept=kept, lib=_native.kernels(), cl=cl,
                  has=(has_c, has_s), conv_args=_cbam_conv(padding, dilation, has_s), norm=norm,
                  batch_stats=batch_stats, light=light, needs_input_grad=tuple(needs),
                  biases=(b1 is not None, b2 is not None, bc is not None, bnw is not None, bnb is not None))
@@ -265,8 +266,11 @@ def _cbam_backward(dy: torch.Tensor, x: torch.Tensor, w1: torch.Tensor | None, b
 @_cbam_backward.register_fake
 def _(dy, x, w1, b1, w2, b2, wc, bc, bnw, bnb, saved, cl, has_c, has_s, padding, dilation, norm, batch_stats, light,
       needs):
+    # dL/dx in x's layout; the parameters' gradients contiguous (as the kernels write them), whatever the
+    # parameters' own strides (``model.to(memory_format=torch.channels_last)`` makes the 7x7 weight channels_last)
     like = (x, w1, b1, w2, b2, wc, bc, bnw, bnb)
-    return [x.new_empty(0) if t is None or not n else torch.empty_like(t) for t, n in zip(like, needs)]
+    return [x.new_empty(0) if t is None or not n else torch.empty_like(x) if i == 0 else t.new_empty(t.shape)
+            for i, (t, n) in enumerate(zip(like, needs))]
 
 
 def _cbam_setup(ctx, inputs, output):

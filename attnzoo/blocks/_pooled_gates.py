@@ -67,9 +67,10 @@ from torch import nn
 
 from . import _compiled, _native, _small_graphs
 from ._fused import is_sigmoid
-from ._layout import LayoutConv2d, small_conv_backward, small_conv_forward
+from ._layout import LayoutConv2d
 # the test of default, hook-free modules, the BatchNorm reading and the MLP's size limit that the small graphs use
-from ._small_graphs import _C_MLP_MAX, _NORMS, _float32, _is_pointwise, _norm_args, _safe_forward, _unhooked
+from ._small_graphs import (_NORMS, _float32, _is_pointwise, _norm_args, _safe_forward, _unhooked, conv_norm_backward,
+                            conv_norm_forward, mlp_backward, mlp_forward)
 
 
 def _small_graphs_on() -> bool:
@@ -982,87 +983,37 @@ def _cbam_spatial_ok(sp: nn.Module, x: torch.Tensor, light: bool) -> bool:
                                                (nn.BatchNorm2d.forward, _safe_forward()))))
 
 
-def _cbam_mlp(lib, avg, cmax, w1, b1, w2, b2, light: bool):
-    """gc (B, C) = sigmoid(W2 (relu(W1 avg + b1) + relu(W1 cmax + b1)) + 2 b2), or LightCBAM's
-    sigmoid(W2 relu(W1 (avg + cmax) / 2 + b1) + b2), and what its backward needs."""
-    b, c = avg.shape[:2]
-    r = w1.shape[0]
-    k = 1 if light else 2
-    a = 0.5 * avg.view(b, c) + 0.5 * cmax.view(b, c) if light else torch.cat([avg.view(b, c), cmax.view(b, c)])  # (kB, C)
-    w1v, w2v = w1.detach().reshape(r, c).contiguous(), w2.detach().reshape(c, r).contiguous()
-    b1d = None if b1 is None else b1.detach().contiguous()
-    b2d = None if b2 is None else b2.detach().contiguous()
-    if k * b * c * r <= _C_MLP_MAX:
-        h, hs, g = a.new_empty(k * b, r), a.new_empty(b, r), a.new_empty(b, c)
-        lib.mlp_gate_forward(a.data_ptr(), w1v.data_ptr(), _native.ptr(b1d), w2v.data_ptr(), _native.ptr(b2d), k, b, c,
-                             r, h.data_ptr(), hs.data_ptr(), g.data_ptr())
-    else:
-        h = (torch.mm(a, w1v.t()) if b1d is None else torch.addmm(b1d, a, w1v.t())).relu_()
-        hs = h.view(k, b, r).sum(0)
-        g = (torch.mm(hs, w2v.t()) if b2d is None else torch.addmm(b2d, hs, w2v.t(), beta=k)).sigmoid_()
-    return g, (a, h, hs, w1v, w2v)
-
-
-def _cbam_mlp_backward(lib, dgc, g, kept, want):
-    """(dW1, db1, dW2, db2, da) of ``_cbam_mlp`` for dL/dgc (B, C), da (k, B, C) the MLP inputs' gradient;
-    ``want`` the first four needed."""
-    a, h, hs, w1v, w2v = kept
-    b, c = g.shape
-    r = h.shape[1]
-    k = h.shape[0] // b
-    if k * b * c * r <= _C_MLP_MAX:
-        outs = [w1v.new_empty(r, c, 1, 1), w1v.new_empty(r), w2v.new_empty(c, r, 1, 1), w2v.new_empty(c)]
-        outs = [t if w else None for t, w in zip(outs, want)]
-        da = a.new_empty(k, b, c)
-        lib.mlp_gate_backward(dgc.data_ptr(), g.data_ptr(), a.data_ptr(), h.data_ptr(), hs.data_ptr(), w1v.data_ptr(),
-                              w2v.data_ptr(), k, b, c, r, *(_native.ptr(t) for t in outs), da.data_ptr())
-        return (*outs, da)
-    dz = torch.ops.aten.sigmoid_backward(dgc, g)
-    dw2 = torch.mm(dz.t(), hs).view(c, r, 1, 1) if want[2] else None
-    db2 = dz.sum(0).mul_(k) if want[3] else None
-    dh = torch.mm(dz, w2v)
-    dh = torch.ops.aten.threshold_backward(dh.repeat(k, 1) if k > 1 else dh, h, 0)
-    dw1 = torch.mm(dh.t(), a).view(r, c, 1, 1) if want[0] else None
-    db1 = dh.sum(0) if want[1] else None
-    return dw1, db1, dw2, db2, torch.mm(dh, w1v).view(k, b, c)
-
-
 class _CbamGates(torch.autograd.Function):
     """y = (x * gc) * gs with gc the MLP gate of the pooled channels and gs the conv + norm gate of the pooled
-    maps of x * gc (either may be absent), forward and backward each one op; ``light``: LightCBAM's, the
-    average and max descriptors (and maps) averaged before the MLP (and the conv)."""
+    maps of x * gc (either may be absent), forward and backward each one op on ``_small_graphs``' MLP and
+    conv + norm helpers; ``light``: LightCBAM's, the average and max descriptors (and maps) averaged before
+    the MLP (and the conv). Saved: x, gc, carg, smax and the conv + norm's six (``conv_norm_forward``)."""
 
     @staticmethod
     def forward(ctx, x, w1, b1, w2, b2, wc, bc, bnw, bnb, lib, cl, has_c, has_s, conv_args, bn, light):
         b, c, h, w = x.shape
-        nt = torch.get_num_threads()
-        gc = gs = carg = kept = smax = z = wv = u = stats = bw = None
+        gc = gs = carg = smax = None
+        ctx.kept, conv_kept = None, (None,) * 6
         if has_c:
             avg, cmax, carg = _channel_pool(lib, x, cl)
-            gc, kept = _cbam_mlp(lib, avg, cmax, w1, b1, w2, b2, light)  # (B, C)
+            a = 0.5 * avg.view(b, c) + 0.5 * cmax.view(b, c) if light else torch.cat([avg.view(b, c), cmax.view(b, c)])
+            gc, ctx.kept = mlp_forward(a, w1, b1, w2, b2, 1 if light else 2)  # (B, C); a (kB, C)
         if has_s:
             smean, smax = _spatial_pool(lib, x, cl, gc)
             z = 0.5 * smean + 0.5 * smax if light else torch.cat([smean, smax], 1)
-            z, wv, u = small_conv_forward(z, wc, bc, *conv_args)  # u (B, 1, H, W)
-            running_mean, running_var, batch_stats, momentum, eps = bn if bn is not None else (None, None, True, 0., 0.)
-            bw = None if bnw is None else bnw.detach().contiguous()
-            bb = None if bnb is None else bnb.detach().contiguous()
-            stats, gs = u.new_empty(2), torch.empty_like(u)
-            lib.norm_gate_forward(u.data_ptr(), u.numel(), bn is not None, batch_stats, _native.ptr(bw), _native.ptr(bb),
-                                  _native.ptr(running_mean), _native.ptr(running_var), momentum, eps, nt,
-                                  stats.data_ptr(), gs.data_ptr())
-            ctx.batch_stats = batch_stats
+            gs, conv_kept = conv_norm_forward(z, wc, bc, bnw, bnb, *conv_args, bn)  # (B, 1, H, W)
         y = _apply(lib, x, cl, gc, gs)
-        ctx.save_for_backward(x, gc, gs, carg, smax, z, wv, u, stats, bw)
-        ctx.kept, ctx.lib, ctx.cl, ctx.has, ctx.conv_args, ctx.norm = kept, lib, cl, (has_c, has_s), conv_args, bn is not None
-        ctx.light = light
+        ctx.save_for_backward(x, gc, carg, smax, *conv_kept)
+        ctx.lib, ctx.cl, ctx.has, ctx.conv_args, ctx.norm = lib, cl, (has_c, has_s), conv_args, bn is not None
+        ctx.batch_stats, ctx.light = True if bn is None else bn[2], light
         ctx.biases = (b1 is not None, b2 is not None, bc is not None, bnw is not None, bnb is not None)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, gc, gs, carg, smax, z, wv, u, stats, bw = ctx.saved_tensors
+        x, gc, carg, smax, *conv_kept = ctx.saved_tensors
+        gs = conv_kept[3]
         lib, cl, (has_c, has_s) = ctx.lib, ctx.cl, ctx.has
         need = ctx.needs_input_grad
         b, c, h, w = x.shape
@@ -1074,18 +1025,13 @@ class _CbamGates(torch.autograd.Function):
             dgs, link["scnt"] = x.new_empty(b, 1, h, w), x.new_empty(b, 1, h, w)
             lib.grad_spatial_factor(x.data_ptr(), _native.ptr(gc), dy.data_ptr(), smax.data_ptr(), *shape, dgs.data_ptr(),
                                     link["scnt"].data_ptr())
-            dbw = u.new_empty(1) if ctx.biases[3] and need[7] else None
-            dbb = u.new_empty(1) if ctx.biases[4] and need[8] else None
-            du = torch.empty_like(u)
-            lib.norm_gate_backward(dgs.data_ptr(), gs.data_ptr(), u.data_ptr(), u.numel(), ctx.norm, ctx.batch_stats,
-                                   _native.ptr(bw), stats.data_ptr(), torch.get_num_threads(), du.data_ptr(),
-                                   _native.ptr(dbw), _native.ptr(dbb))
-            dz, dwc, dbc = small_conv_backward(z, wv, du, *ctx.conv_args, (True, need[5]), ctx.biases[2] and need[6])
+            bias = ctx.biases
+            want = (True, need[5], bias[2] and need[6], bias[3] and need[7], bias[4] and need[8])
+            dz, *grads[5:9] = conv_norm_backward(dgs, conv_kept, *ctx.conv_args, ctx.norm, ctx.batch_stats, want)
             if ctx.light:
                 link["dmean"] = link["dsmax"] = (0.5 * dz).contiguous()
             else:
                 link["dmean"], link["dsmax"] = dz[:, 0:1].contiguous(), dz[:, 1:2].contiguous()
-            grads[5:9] = [dwc, dbc, dbw, dbb]
         davg = dcmax = None
         if has_c:
             dgc = x.new_empty(b, c)
@@ -1096,8 +1042,8 @@ class _CbamGates(torch.autograd.Function):
             else:
                 lib.grad_channel_factor(x.data_ptr(), gc.data_ptr(), None, dy.data_ptr(), None, None, None, None, *shape,
                                         dgc.data_ptr())
-            want = (need[1], ctx.biases[0] and need[2], need[3], ctx.biases[1] and need[4])
-            *grads[1:5], da = _cbam_mlp_backward(lib, dgc, gc, ctx.kept, want)
+            want = (need[1], ctx.biases[0] and need[2], need[3], ctx.biases[1] and need[4], True)
+            *grads[1:5], da = mlp_backward(dgc, gc, ctx.kept, want)
             if ctx.light:  # both descriptors entered the MLP as their mean
                 davg = dcmax = 0.5 * da[0]
             else:

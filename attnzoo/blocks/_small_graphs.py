@@ -47,7 +47,8 @@ from . import _native
 from ._fused import is_sigmoid
 from ._layout import LayoutConv2d, small_conv_backward, small_conv_forward
 
-__all__ = ["channel_conv_gate", "conv_norm_gate", "coord_gates", "mlp_gate", "strip_norm_gate"]
+__all__ = ["channel_conv_gate", "conv_norm_backward", "conv_norm_forward", "conv_norm_gate", "coord_gates", "mlp_backward",
+           "mlp_forward", "mlp_gate", "strip_norm_gate"]
 
 # False: every block runs its small graphs as modules (tests/test_small_graphs.py compares the two)
 ENABLED = True
@@ -93,59 +94,74 @@ def mlp_gate(pooled: list[torch.Tensor], fc1: nn.Module, act: nn.Module, fc2: nn
 _C_MLP_MAX = 2**20
 
 
+def mlp_forward(a: torch.Tensor, w1, b1, w2, b2, k: int):
+    """g (B, C) = sigmoid(W2 sum_i relu(W1 a_i + b1) + k b2) for the k stacked descriptors ``a`` (kB, C), with
+    fc1's and fc2's 1x1 conv weights, and what ``mlp_backward`` needs, (a, h, hs, w1v, w2v): in one
+    single-threaded C call up to ``_C_MLP_MAX`` multiply-adds, else on torch's BLAS."""
+    b, c = a.shape[0] // k, a.shape[1]
+    r = w1.shape[0]
+    w1v, w2v = w1.detach().reshape(r, c).contiguous(), w2.detach().reshape(c, r).contiguous()
+    b1d = None if b1 is None else b1.detach().contiguous()
+    b2d = None if b2 is None else b2.detach().contiguous()
+    if k * b * c * r <= _C_MLP_MAX:
+        h, hs, g = a.new_empty(k * b, r), a.new_empty(b, r), a.new_empty(b, c)
+        _native.kernels().mlp_gate_forward(a.data_ptr(), w1v.data_ptr(), _native.ptr(b1d), w2v.data_ptr(),
+                                           _native.ptr(b2d), k, b, c, r, h.data_ptr(), hs.data_ptr(), g.data_ptr())
+    else:
+        h = (torch.mm(a, w1v.t()) if b1d is None else torch.addmm(b1d, a, w1v.t())).relu_()  # (kB, R)
+        hs = h.view(k, b, r).sum(0) if k > 1 else h  # the branches meet before fc2: W2 sum_i h_i + k b2
+        g = (torch.mm(hs, w2v.t()) if b2d is None else torch.addmm(b2d, hs, w2v.t(), beta=k)).sigmoid_()
+    return g, (a, h, hs, w1v, w2v)
+
+
+def mlp_backward(dg: torch.Tensor, g: torch.Tensor, kept, want) -> tuple:
+    """(dW1, db1, dW2, db2, da) of ``mlp_forward`` for dL/dg (B, C), da (k, B, C); ``want``: which of the five
+    are needed (the others are None)."""
+    a, h, hs, w1v, w2v = kept
+    b, c = g.shape
+    r = h.shape[1]
+    k = h.shape[0] // b
+    if k * b * c * r <= _C_MLP_MAX:
+        outs = [w1v.new_empty(r, c, 1, 1), w1v.new_empty(r), w2v.new_empty(c, r, 1, 1), w2v.new_empty(c),
+                a.new_empty(k, b, c)]
+        outs = [t if w else None for t, w in zip(outs, want)]
+        dg = dg.reshape(b, c).contiguous()  # named: a temporary could be freed before the call reads it
+        _native.kernels().mlp_gate_backward(dg.data_ptr(), g.data_ptr(), a.data_ptr(), h.data_ptr(), hs.data_ptr(),
+                                            w1v.data_ptr(), w2v.data_ptr(), k, b, c, r, *(_native.ptr(t) for t in outs))
+        return tuple(outs)
+    dz = torch.ops.aten.sigmoid_backward(dg.reshape(b, c), g)  # (B, C)
+    dw2 = torch.mm(dz.t(), hs).view(c, r, 1, 1) if want[2] else None
+    db2 = dz.sum(0).mul_(k) if want[3] else None
+    dw1 = db1 = da = None
+    if want[0] or want[1] or want[4]:
+        dh = torch.mm(dz, w2v)  # (B, R): the same for every branch, before each branch's ReLU
+        dh = torch.ops.aten.threshold_backward(dh.repeat(k, 1) if k > 1 else dh, h, 0)  # (kB, R)
+        dw1 = torch.mm(dh.t(), a).view(r, c, 1, 1) if want[0] else None
+        db1 = dh.sum(0) if want[1] else None
+        da = torch.mm(dh, w1v).view(k, b, c) if want[4] else None
+    return dw1, db1, dw2, db2, da
+
+
 class _MlpGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w1, b1, w2, b2, *pooled):
         b, c = pooled[0].shape[:2]
-        r = w1.shape[0]
         k = len(pooled)
         a = torch.cat([p.reshape(b, c) for p in pooled]) if k > 1 else pooled[0].reshape(b, c).contiguous()  # (kB, C)
-        w1v, w2v = w1.detach().reshape(r, c).contiguous(), w2.detach().reshape(c, r).contiguous()
-        b1d = None if b1 is None else b1.detach().contiguous()
-        b2d = None if b2 is None else b2.detach().contiguous()
-        native = k * b * c * r <= _C_MLP_MAX
-        if native:
-            h, hs, g = a.new_empty(k * b, r), a.new_empty(b, r), a.new_empty(b, c)
-            _native.kernels().mlp_gate_forward(a.data_ptr(), w1v.data_ptr(), _native.ptr(b1d), w2v.data_ptr(),
-                                               _native.ptr(b2d), k, b, c, r, h.data_ptr(), hs.data_ptr(), g.data_ptr())
-        else:
-            h = (torch.mm(a, w1v.t()) if b1d is None else torch.addmm(b1d, a, w1v.t())).relu_()  # (kB, R)
-            hs = h.view(k, b, r).sum(0) if k > 1 else h  # the branches meet before fc2: W2 sum_i h_i + k b2
-            g = (torch.mm(hs, w2v.t()) if b2d is None else torch.addmm(b2d, hs, w2v.t(), beta=k)).sigmoid_()
-        ctx.save_for_backward(a, h, hs, g, w1v, w2v)
-        ctx.k, ctx.native, ctx.has_bias = k, native, (b1 is not None, b2 is not None)
+        g, kept = mlp_forward(a, w1, b1, w2, b2, k)
+        ctx.save_for_backward(g, *kept)
+        ctx.has_bias = (b1 is not None, b2 is not None)
         return g.view(b, c, 1, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dg):
-        a, h, hs, g, w1v, w2v = ctx.saved_tensors
-        k = ctx.k
-        b, c = g.shape
-        r = h.shape[1]
+        g, *kept = ctx.saved_tensors
         need = ctx.needs_input_grad
         want = (need[0], ctx.has_bias[0] and need[1], need[2], ctx.has_bias[1] and need[3], any(need[4:]))
-        if ctx.native:
-            outs = [w1v.new_empty(r, c, 1, 1), w1v.new_empty(r), w2v.new_empty(c, r, 1, 1), w2v.new_empty(c),
-                    a.new_empty(k, b, c, 1, 1)]
-            outs = [t if w else None for t, w in zip(outs, want)]
-            dg = dg.reshape(b, c).contiguous()  # named: a temporary could be freed before the call reads it
-            _native.kernels().mlp_gate_backward(dg.data_ptr(), g.data_ptr(), a.data_ptr(),
-                                                h.data_ptr(), hs.data_ptr(), w1v.data_ptr(), w2v.data_ptr(), k, b, c,
-                                                r, *(_native.ptr(t) for t in outs))
-            dw1, db1, dw2, db2, da = outs
-        else:
-            dz = torch.ops.aten.sigmoid_backward(dg.reshape(b, c), g)  # (B, C)
-            dw2 = torch.mm(dz.t(), hs).view(c, r, 1, 1) if want[2] else None
-            db2 = dz.sum(0).mul_(k) if want[3] else None
-            dw1 = db1 = da = None
-            if want[0] or want[1] or want[4]:
-                dh = torch.mm(dz, w2v)  # (B, R): the same for every branch, before each branch's ReLU
-                dh = torch.ops.aten.threshold_backward(dh.repeat(k, 1) if k > 1 else dh, h, 0)  # (kB, R)
-                dw1 = torch.mm(dh.t(), a).view(r, c, 1, 1) if want[0] else None
-                db1 = dh.sum(0) if want[1] else None
-                da = torch.mm(dh, w1v).view(k, b, c, 1, 1) if want[4] else None
-        dpooled = [da[i] if da is not None and need[4 + i] else None for i in range(k)]
+        dw1, db1, dw2, db2, da = mlp_backward(dg, g, kept, want)
+        k, (b, c) = len(need) - 4, g.shape
+        dpooled = [da[i].view(b, c, 1, 1) if da is not None and need[4 + i] else None for i in range(k)]
         return (dw1, db1, dw2, db2, *dpooled)
 
 
@@ -268,39 +284,55 @@ def _norm_args(norm: nn.BatchNorm2d, n: int, features: int = 1):
     return (norm.running_mean if keep else None, norm.running_var if keep else None, batch_stats, momentum, norm.eps)
 
 
+def conv_norm_forward(z, weight, bias, bn_weight, bn_bias, padding, dilation, bn):
+    """g = sigmoid(norm(conv(z))) (B, 1, H, W) of the native small conv (stride 1, one group) and the one-feature
+    norm ``bn`` (``_norm_args``, or None for none; its running statistics updated in place), and what
+    ``conv_norm_backward`` needs, (z, w, u, g, bw, stats)."""
+    z, w, u = small_conv_forward(z, weight, bias, padding, dilation)  # u: (B, 1, H, W) NCHW
+    running_mean, running_var, batch_stats, momentum, eps = bn if bn is not None else (None, None, True, 0.0, 0.0)
+    bw = None if bn_weight is None else bn_weight.detach().contiguous()
+    bb = None if bn_bias is None else bn_bias.detach().contiguous()
+    stats, g = u.new_empty(2), torch.empty_like(u)
+    _native.kernels().norm_gate_forward(u.data_ptr(), u.numel(), bn is not None, batch_stats, _native.ptr(bw),
+                                        _native.ptr(bb), _native.ptr(running_mean), _native.ptr(running_var),
+                                        momentum, eps, torch.get_num_threads(), stats.data_ptr(), g.data_ptr())
+    return g, (z, w, u, g, bw, stats)
+
+
+def conv_norm_backward(dg, kept, padding, dilation, norm: bool, batch_stats: bool, want) -> tuple:
+    """(dz, dweight, dbias, dbn_weight, dbn_bias) of ``conv_norm_forward`` for dL/dg; ``want``: which of the five
+    are needed (the others are None)."""
+    z, w, u, g, bw, stats = kept
+    dbw = u.new_empty(1) if want[3] else None
+    dbb = u.new_empty(1) if want[4] else None
+    du = torch.empty_like(u)
+    dg = dg.contiguous()  # named: a temporary could be freed before the call reads it
+    _native.kernels().norm_gate_backward(dg.data_ptr(), g.data_ptr(), u.data_ptr(), u.numel(), norm, batch_stats,
+                                         _native.ptr(bw), stats.data_ptr(), torch.get_num_threads(), du.data_ptr(),
+                                         _native.ptr(dbw), _native.ptr(dbb))
+    dz = dw = db = None
+    if want[0] or want[1] or want[2]:
+        dz, dw, db = small_conv_backward(z, w, du, padding, dilation, (want[0], want[1]), want[2])
+    return dz, dw, db, dbw, dbb
+
+
 class _ConvNormGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z, weight, bias, bn_weight, bn_bias, padding, dilation, bn):
-        z, w, u = small_conv_forward(z, weight, bias, padding, dilation)  # u: (B, 1, H, W) NCHW
-        running_mean, running_var, batch_stats, momentum, eps = bn if bn is not None else (None, None, True, 0.0, 0.0)
-        bw = None if bn_weight is None else bn_weight.detach().contiguous()
-        bb = None if bn_bias is None else bn_bias.detach().contiguous()
-        stats, g = u.new_empty(2), torch.empty_like(u)
-        _native.kernels().norm_gate_forward(u.data_ptr(), u.numel(), bn is not None, batch_stats, _native.ptr(bw),
-                                            _native.ptr(bb), _native.ptr(running_mean), _native.ptr(running_var),
-                                            momentum, eps, torch.get_num_threads(), stats.data_ptr(), g.data_ptr())
-        ctx.save_for_backward(z, w, u, g, bw, stats)
-        ctx.padding, ctx.dilation, ctx.norm, ctx.batch_stats = padding, dilation, bn is not None, batch_stats
+        g, kept = conv_norm_forward(z, weight, bias, bn_weight, bn_bias, padding, dilation, bn)
+        ctx.save_for_backward(*kept)
+        ctx.padding, ctx.dilation, ctx.norm = padding, dilation, bn is not None
+        ctx.batch_stats = True if bn is None else bn[2]
         ctx.has = (bias is not None, bn_weight is not None, bn_bias is not None)
         return g
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dg):
-        z, w, u, g, bw, stats = ctx.saved_tensors
         need = ctx.needs_input_grad
-        dbw = u.new_empty(1) if ctx.has[1] and need[3] else None
-        dbb = u.new_empty(1) if ctx.has[2] and need[4] else None
-        du = torch.empty_like(u)
-        dg = dg.contiguous()  # named: a temporary could be freed before the call reads it
-        _native.kernels().norm_gate_backward(dg.data_ptr(), g.data_ptr(), u.data_ptr(), u.numel(),
-                                             ctx.norm, ctx.batch_stats, _native.ptr(bw), stats.data_ptr(),
-                                             torch.get_num_threads(), du.data_ptr(), _native.ptr(dbw), _native.ptr(dbb))
-        dz = dw = db = None
-        if need[0] or need[1] or need[2]:
-            dz, dw, db = small_conv_backward(z, w, du, ctx.padding, ctx.dilation, (need[0], need[1]),
-                                             ctx.has[0] and need[2])
-        return dz, dw, db, dbw, dbb, None, None, None
+        want = (need[0], need[1], ctx.has[0] and need[2], ctx.has[1] and need[3], ctx.has[2] and need[4])
+        return (*conv_norm_backward(dg, ctx.saved_tensors, ctx.padding, ctx.dilation, ctx.norm, ctx.batch_stats, want),
+                None, None, None)
 
 
 # ------------------------------------------------------------------------------- coordinate attention
