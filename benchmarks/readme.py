@@ -7,7 +7,7 @@
     python benchmarks/harness_overhead.py --json benchmarks/results/harness_overhead_cpu.json
     python benchmarks/data_inmemory.py --json benchmarks/results/data_inmemory_cpu.json
     python benchmarks/blocks_vs_reference.py --json benchmarks/results/blocks_vs_reference_cpu.json
-    python benchmarks/overhead_floor.py --modes eager compiled --compiled-blocks se eca cbam simam coord \
+    python benchmarks/overhead_floor.py --modes eager compiled --compiled-blocks se eca cbam simam coord sge lcbam \
         --json benchmarks/results/overhead_floor_cpu.json
     python benchmarks/pooling.py --json benchmarks/results/pooling_cpu.json
     python benchmarks/layouts.py --json benchmarks/results/layouts_cpu.json
