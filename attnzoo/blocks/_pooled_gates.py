@@ -68,7 +68,7 @@ from torch import nn
 from . import _compiled, _native, _small_graphs
 from ._fused import is_sigmoid
 from ._layout import LayoutConv2d
-# the test of default, hook-free modules, the BatchNorm reading and the MLP's size limit that the small graphs use
+# the test of default, hook-free modules, the BatchNorm reading, and the MLP and conv + norm that the small graphs use
 from ._small_graphs import (_NORMS, _float32, _is_pointwise, _norm_args, _safe_forward, _unhooked, conv_norm_backward,
                             conv_norm_forward, mlp_backward, mlp_forward)
 
@@ -651,11 +651,12 @@ def group_gates(x: torch.Tensor, groups: int, factor_fn, module: nn.Module, *, s
     each group's channels. ``sge=(gamma, beta, eps, dof)`` computes that factor in the kernels instead
     (SGE's sigmoid gate and its spread sqrt(max(var, 1e-24)) + eps)."""
     found = _native.target(x)
-    if found is None and sge is not None and not x.shape[1] % groups and _compiled.target(x) is not None:
-        gamma, beta, eps, dof = sge
-        return _compiled.sge(x, gamma, beta, _compiled.target(x), groups, float(eps), float(dof))
     if found is None or x.shape[1] % groups:
-        return None
+        cl = None if sge is None or x.shape[1] % groups else _compiled.target(x)  # a compiled graph: the custom op
+        if cl is None:
+            return None
+        gamma, beta, eps, dof = sge
+        return _compiled.sge(x, gamma, beta, cl, groups, float(eps), float(dof))
     lib, cl = found
     if sge is not None:
         gamma, beta, eps, dof = sge
