@@ -3,8 +3,9 @@
 Not a block module (the leading underscore keeps ``attnzoo.blocks`` discovery from importing it).
 
 Under ``torch.compile`` the ctypes calls of ``_pooled_gates``' autograd Functions cannot be traced, so the
-blocks used to hand the compiler their PyTorch expressions -- which inductor turned into code 1.3-3x slower
-than the eager kernels for simam and cbam on CPU (``benchmarks/overhead_floor.py``). Here the kernels are
+blocks used to hand the compiler their PyTorch expressions -- and inductor's code for cbam's added 1.5-1.6x
+what the eager op added to a training step (``benchmarks/results/overhead_floor_cpu_previous.json``, the run
+before these ops: 65 against 43 ms in ResNet-20, 256 against 165 in ResNet-56). Here the kernels are
 opaque operators with a fake (shape-only) implementation for tracing and a registered autograd formula whose
 backward is a second opaque operator: a compiled graph, ``fullgraph=True`` included, calls the same kernels
 as eager mode and fuses what lies around them.
@@ -55,15 +56,10 @@ def target(x: torch.Tensor) -> int | None:
     if (x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.numel() == 0
             or x.shape[0] < _threads() or not _available()):
         return None
-    if x.is_contiguous():
-        return 0
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return 1
-    return None
+    return _native.layout_flag(x)
 
 
-def _layout(t: torch.Tensor, cl: int) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+_layout = _native.in_layout
 
 
 def _placeholder(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -77,7 +73,7 @@ def _absent(t: torch.Tensor) -> torch.Tensor | None:
 # ---------------------------------------------------------------------------------------------- SimAM
 @torch.library.custom_op("attnzoo::simam_forward", mutates_args=(), device_types="cpu")
 def _simam_forward(x: torch.Tensor, cl: int, e_lambda: float, n: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from ._pooled_gates import _simam_forward as forward
+    from ._pooled_gates import _simam_forward as forward  # at call time: _pooled_gates imports this module
 
     return forward(_native.kernels(), _layout(x, cl), cl, e_lambda, n)  # y, mu (B, C), k (B, C)
 

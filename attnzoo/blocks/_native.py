@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies", "signatures", "status", "target"]
+__all__ = ["kernels", "native_enabled", "build_error", "cache_dir", "applies", "signatures", "status", "target",
+           "layout_flag", "in_layout"]
 
 _SOURCE = Path(__file__).with_name("_native.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
@@ -177,11 +178,22 @@ def target(x: torch.Tensor):
     (flag 0) or channels_last (flag 1) -- else None. The one entry check of every native op."""
     if not applies(x) or x.numel() == 0:
         return None
+    flag = layout_flag(x)
+    return None if flag is None else (kernels(), flag)
+
+
+def layout_flag(x: torch.Tensor) -> int | None:
+    """0 where ``x`` is contiguous in NCHW, 1 in channels_last (NCHW first where it is both), else None."""
     if x.is_contiguous():
-        return kernels(), 0
+        return 0
     if x.is_contiguous(memory_format=torch.channels_last):
-        return kernels(), 1
+        return 1
     return None
+
+
+def in_layout(t: torch.Tensor, flag: int) -> torch.Tensor:
+    """``t`` contiguous in the layout ``flag`` names (``layout_flag``): no copy where it already is."""
+    return t.contiguous(memory_format=torch.channels_last if flag else torch.contiguous_format)
 
 
 def build_error() -> str | None:

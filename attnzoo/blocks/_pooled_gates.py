@@ -137,8 +137,7 @@ def _forward(lib, x, cl, channel_fn, spatial_fn):
     return _apply(lib, x, cl, gc, gs)
 
 
-def _in_layout(t, cl):
-    return t.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+_in_layout = _native.in_layout
 
 
 def _pooled_grad(t, like):

@@ -28,7 +28,8 @@ sigmoid) and taps neither captured nor hooked run as one autograd op (``_pooled_
 never written, backward keeps x and the small maps only, and nothing runs between the kernels. Other small
 parts, or a captured tap, run as ordinary modules between three split ops on the same kernels
 (``_pooled_gates.pooled_gates``). Under ``torch.compile`` on CPU the one op runs as a custom op (``_compiled.py``;
-inductor's code for the expression below was 2-3x slower than the eager op). Elsewhere the PyTorch expression
+inductor's code for the expression below had added 1.5-1.6x what the eager op adds to a training step,
+``benchmarks/results/overhead_floor_cpu_previous.json``). Elsewhere the PyTorch expression
 below runs.
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@ statistics, gate and output per cached sample; the sigmoid is the kernels' own, 
 2e-7 against torch's). Elsewhere in eager training it is one custom autograd op
 (``_fused.simam_fused``) whose backward keeps only x (the plain expression keeps three full-size
 intermediates). Under ``torch.compile`` on CPU the same native op runs as a custom op
-(``_compiled.py``: inductor's code for the plain expression was 1.2-1.4x slower); other compiled devices
+(``_compiled.py``); other compiled devices
 and ONNX export / ``torch.export`` see the plain expression.
 """
 from __future__ import annotations
